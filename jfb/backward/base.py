@@ -1,0 +1,63 @@
+"""The backward-mode interface.
+
+A backward mode turns the graph-free fixed point ``u*`` into a tensor that carries gradients:
+``attach(T, u_star, stats)`` applies T once with grad (updating BatchNorm statistics once) and
+decides what the backward pass does with the incoming gradient. Every product with the Jacobian
+``J = dT/du`` is counted in ``stats.j_matvecs`` when the backward pass runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+
+class FixedPointMap:
+    """``u -> T(u; x)`` with the input bound, as handed to a backward mode.
+
+    ``linearization(u_star)`` rebuilds T at ``u*`` with grad for Jacobian products without
+    touching running statistics, so the products never run backward through the output's own
+    graph (which would add an uncounted gradient with respect to ``u``) and BatchNorm
+    statistics are still updated only once, by the output's application of T.
+    """
+
+    def __init__(self, T: Callable[[Tensor], Tensor], frozen: Callable[[], AbstractContextManager]) -> None:
+        self.T, self.frozen = T, frozen
+
+    def __call__(self, u: Tensor) -> Tensor:
+        return self.T(u)
+
+    def linearization(self, u_star: Tensor) -> tuple[Tensor, Tensor]:
+        """``(z, u)`` with ``z = T(u)``, ``u`` a fresh leaf equal to ``u*``, graph recorded."""
+        with torch.enable_grad(), self.frozen():
+            u = u_star.detach().requires_grad_()
+            return self.T(u), u
+
+
+@dataclass
+class BackwardStats:
+    j_matvecs: int = 0
+    iterations: int = 0
+    relative_residual: float = float("nan")
+    status: str = "not_run"
+    #: T evaluations of the forward solve (set by the layer; ``unroll`` backpropagates through them)
+    forward_evals: int = 0
+    #: T evaluations made by the backward pass itself (the linearisation for J products)
+    t_evals: int = 0
+
+
+class BackwardMode:
+    """Base class; subclasses set ``name`` and implement :meth:`attach`."""
+
+    name: str = ""
+    #: True when the forward solve itself must record an autograd graph (``unroll``).
+    records_forward_graph: bool = False
+
+    def attach(self, T: FixedPointMap, u_star: Tensor, stats: BackwardStats) -> Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.name

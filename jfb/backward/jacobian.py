@@ -1,0 +1,37 @@
+"""Counted products with the Jacobian J = dT/du at a fixed point, via autograd.
+
+``vjp(v) = J^T v`` is one backward through T. ``jvp(v) = J v`` uses the double-backward trick:
+``J^T y`` is linear in ``y``, so differentiating it with respect to ``y`` in direction ``v``
+gives ``J v``; building the ``J^T y`` graph once costs one extra (counted) VJP.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+class JacobianProducts:
+    """J^T v and J v of ``z = T(u)`` with respect to ``u``, each call counted in ``count``."""
+
+    def __init__(self, z: Tensor, u: Tensor) -> None:
+        self.z, self.u = z, u
+        self.count = 0
+        self._dummy: Optional[Tensor] = None
+        self._jt_dummy: Optional[Tensor] = None
+
+    def vjp(self, v: Tensor) -> Tensor:
+        self.count += 1
+        (out,) = torch.autograd.grad(self.z, self.u, v, retain_graph=True)
+        return out
+
+    def jvp(self, v: Tensor) -> Tensor:
+        if self._jt_dummy is None:
+            self._dummy = torch.zeros_like(self.z, requires_grad=True)
+            self.count += 1
+            (self._jt_dummy,) = torch.autograd.grad(self.z, self.u, self._dummy, retain_graph=True, create_graph=True)
+        self.count += 1
+        (out,) = torch.autograd.grad(self._jt_dummy, self._dummy, v, retain_graph=True)
+        return out
+

@@ -1,0 +1,118 @@
+"""Linear solvers for the IFT system ``(I - J^T) w = b``, on the whole batch as one vector.
+
+The batch is treated as one system because an operator with batch statistics (BatchNorm in
+training mode) couples the samples. Each solver returns ``(w, LinearSolveInfo)`` and stops when
+``||b - A w|| <= tol * ||b||``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+MatVec = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class LinearSolveInfo:
+    iterations: int
+    relative_residual: float
+    status: str  # "converged" or "max_iter" (or "non_finite")
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    return (a * b).sum()
+
+
+def _info(iterations: int, residual_norm: Tensor, b_norm: Tensor, tol: float) -> LinearSolveInfo:
+    rel = float(residual_norm / b_norm) if float(b_norm) > 0 else 0.0
+    if rel != rel or rel == float("inf"):
+        return LinearSolveInfo(iterations, rel, "non_finite")
+    return LinearSolveInfo(iterations, rel, "converged" if rel <= tol else "max_iter")
+
+
+def cg_normal(A: MatVec, At: MatVec, b: Tensor, tol: float, max_iter: int) -> tuple[Tensor, LinearSolveInfo]:
+    """Conjugate gradient on the normal equations ``A^T A w = A^T b`` (CGNR), as in the paper.
+
+    Products: one ``A^T`` to start, then one ``A`` and one ``A^T`` per iteration.
+    """
+    w = torch.zeros_like(b)
+    r = b.clone()
+    b_norm = b.norm()
+    s = At(r)
+    p = s
+    s_sq = _dot(s, s)
+    iterations = 0
+    while iterations < max_iter and float(r.norm()) > tol * float(b_norm):
+        q = A(p)
+        alpha = s_sq / _dot(q, q)
+        w = w + alpha * p
+        r = r - alpha * q
+        iterations += 1
+        if float(r.norm()) <= tol * float(b_norm) or iterations == max_iter:
+            break
+        s = At(r)
+        s_sq_new = _dot(s, s)
+        p = s + (s_sq_new / s_sq) * p
+        s_sq = s_sq_new
+    return w, _info(iterations, r.norm(), b_norm, tol)
+
+
+def fixed_point(Jt: MatVec, b: Tensor, tol: float, max_iter: int) -> tuple[Tensor, LinearSolveInfo]:
+    """Iterate ``w <- J^T w + b``; converges when the spectral radius of J is below 1.
+
+    One ``J^T`` product per iteration; ``w_{k+1} - w_k`` is exactly the residual of ``w_k``.
+    """
+    w = b.clone()
+    b_norm = b.norm()
+    res_norm = b_norm
+    iterations = 0
+    while iterations < max_iter:
+        w_next = Jt(w) + b
+        res_norm = (w_next - w).norm()
+        w = w_next
+        iterations += 1
+        if float(res_norm) <= tol * float(b_norm):
+            break
+    return w, _info(iterations, res_norm, b_norm, tol)
+
+
+def gmres(A: MatVec, b: Tensor, tol: float, max_iter: int, restart: int = 30) -> tuple[Tensor, LinearSolveInfo]:
+    """Restarted GMRES; one ``A`` product per Arnoldi step plus one per cycle for the true residual."""
+    w = torch.zeros_like(b)
+    b_norm = b.norm()
+    r = b.clone()
+    iterations = 0
+    while iterations < max_iter and float(r.norm()) > tol * float(b_norm):
+        correction, used = _gmres_cycle(A, r, min(restart, max_iter - iterations), tol * float(b_norm))
+        w = w + correction
+        iterations += used
+        r = b - A(w)
+    return w, _info(iterations, r.norm(), b_norm, tol)
+
+
+def _gmres_cycle(A: MatVec, r: Tensor, steps: int, abs_tol: float) -> tuple[Tensor, int]:
+    """One Arnoldi cycle from residual ``r``; returns the correction to ``w`` and the steps used."""
+    beta = r.norm()
+    basis = [r / beta]
+    H = torch.zeros(steps + 1, steps, dtype=r.dtype, device=r.device)
+    k = 0
+    for k in range(steps):
+        v = A(basis[k])
+        for i, q in enumerate(basis):
+            H[i, k] = _dot(v, q)
+            v = v - H[i, k] * q
+        H[k + 1, k] = v.norm()
+        e1 = torch.zeros(k + 2, dtype=r.dtype, device=r.device)
+        e1[0] = beta
+        y = torch.linalg.lstsq(H[: k + 2, : k + 1], e1[:, None]).solution[:, 0]
+        residual = (H[: k + 2, : k + 1] @ y - e1).norm()
+        if float(H[k + 1, k]) <= 1e-14 * float(beta) or float(residual) <= abs_tol or k == steps - 1:
+            break
+        basis.append(v / H[k + 1, k])
+    return sum(y[i] * basis[i] for i in range(k + 1)), k + 1
+
+
+LINEAR_SOLVERS = ("cg", "fixed_point", "gmres")

@@ -1,0 +1,75 @@
+"""Limited-memory ("good") Broyden on g(u) = T(u) - u, batched per sample."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import Operator, ResidualTracker, SolverState
+
+
+def broyden(
+    f: Operator,
+    u0: Tensor,
+    *,
+    tol: float,
+    max_iter: int,
+    stop_mode: str = "abs",
+    freeze_converged: bool = False,
+    divergence_ratio: float = 1e4,
+    keep_history: bool = False,
+    memory: int = 10,
+) -> tuple[Tensor, SolverState]:
+    """Quasi-Newton solve of ``T(u) - u = 0``.
+
+    The inverse Jacobian of ``g`` is approximated by ``B = -I + U V^T`` (``memory`` rank-one
+    updates kept in a ring buffer), so the first step is a Picard step. One T evaluation per
+    step; converged samples are frozen (not evaluated) when ``freeze_converged`` is set.
+    Returns the lowest-residual ``T(u)`` of each sample.
+    """
+    shape, batch = u0.shape, u0.shape[0]
+    tracker = ResidualTracker(u0, tol, max_iter, stop_mode, divergence_ratio, keep_history)
+    dim = u0[0].numel()
+    U = u0.new_zeros(batch, dim, memory)
+    V = u0.new_zeros(batch, memory, dim)
+    u = u0.reshape(batch, -1)
+    fu = f(u0, None).reshape(batch, -1)
+    tracker.update(u.view(shape), fu.view(shape), 1)
+    tracker.t_evals += 1
+    g = fu - u
+    for step in range(2, max_iter + 1):
+        if tracker.done:
+            break
+        frozen = tracker.converged if freeze_converged else torch.zeros_like(tracker.converged)
+        du = torch.where(frozen[:, None], torch.zeros_like(u), -_matvec(U, V, g))
+        u_new = u + du
+        active = (~frozen).nonzero().squeeze(1)
+        index = None if bool((~frozen).all()) else active
+        rows = slice(None) if index is None else index
+        fx = f(u_new[rows].view(-1, *shape[1:]), index).reshape(-1, dim)
+        tracker.update(u_new[rows].view(-1, *shape[1:]), fx.view(-1, *shape[1:]), step, index)
+        tracker.t_evals += 1
+        g_new = g.clone()
+        g_new[rows] = fx - u_new[rows]
+        _rank_one_update(U, V, du, g_new - g, (step - 2) % memory)
+        u, g = u_new, g_new
+    return tracker.best, tracker.state()
+
+
+def _matvec(U: Tensor, V: Tensor, x: Tensor) -> Tensor:
+    """``B x`` for ``B = -I + U V^T``."""
+    return -x + torch.einsum("bnm,bm->bn", U, torch.einsum("bmn,bn->bm", V, x))
+
+
+def _rmatvec(U: Tensor, V: Tensor, x: Tensor) -> Tensor:
+    """``x^T B`` for ``B = -I + U V^T``."""
+    return -x + torch.einsum("bm,bmn->bn", torch.einsum("bn,bnm->bm", x, U), V)
+
+
+def _rank_one_update(U: Tensor, V: Tensor, du: Tensor, dg: Tensor, slot: int) -> None:
+    """Sherman-Morrison update of the inverse Jacobian so that ``B dg = du``."""
+    vT = _rmatvec(U, V, du)
+    denom = (vT * dg).sum(dim=1, keepdim=True)
+    safe = denom.abs() > torch.finfo(du.dtype).eps * du.norm(dim=1, keepdim=True) * dg.norm(dim=1, keepdim=True)
+    u_vec = (du - _matvec(U, V, dg)) / torch.where(safe, denom, torch.ones_like(denom))
+    U[:, :, slot] = torch.where(safe, u_vec, torch.zeros_like(u_vec))
+    V[:, slot] = torch.where(safe, vT, torch.zeros_like(vT))

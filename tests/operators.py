@@ -1,0 +1,48 @@
+"""Small test operators with a known contraction factor."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class TanhOperator(nn.Module):
+    """``T(u, x) = tanh(W u + U x + b)`` with ``||W||_2 = contraction``: a contraction in u."""
+
+    def __init__(self, dim: int, contraction: float, seed: int = 0, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        W = torch.randn(dim, dim, generator=g, dtype=dtype)
+        W = W / torch.linalg.matrix_norm(W, ord=2) * contraction
+        self.W = nn.Parameter(W)
+        self.U = nn.Parameter(torch.randn(dim, dim, generator=g, dtype=dtype) / dim**0.5)
+        self.b = nn.Parameter(0.1 * torch.randn(dim, generator=g, dtype=dtype))
+
+    def forward(self, u: Tensor, x: Tensor) -> Tensor:
+        return torch.tanh(u @ self.W.T + x @ self.U.T + self.b)
+
+
+class ScalarLinearOperator(nn.Module):
+    """``T(u, x) = a * u + c`` with ``x = [a, c]`` per sample: fixed point ``c / (1 - a)``.
+
+    The contraction factor ``a`` travels with the input, so one batch can mix easy and hard
+    samples (and a solver that evaluates only some rows still sees the right factors).
+    """
+
+    def forward(self, u: Tensor, x: Tensor) -> Tensor:
+        return x[:, :1] * u + x[:, 1:]
+
+
+def dense_implicit_gradient(op: nn.Module, u_star: Tensor, x: Tensor, grad_out: Tensor) -> list[Tensor]:
+    """Exact gradient of ``<grad_out, u*>`` w.r.t. the operator's parameters, by dense solves of (I - J)."""
+    ws = []
+    for i in range(u_star.shape[0]):
+        J = torch.autograd.functional.jacobian(lambda u: op(u[None], x[i : i + 1])[0], u_star[i])
+        eye = torch.eye(J.shape[0], dtype=J.dtype)
+        ws.append(torch.linalg.solve((eye - J).T, grad_out[i]))
+    w = torch.stack(ws)
+    out = op(u_star, x)
+    return list(torch.autograd.grad(out, list(op.parameters()), w))
+
+
+def flat(grads) -> Tensor:
+    return torch.cat([g.reshape(-1) for g in grads])
