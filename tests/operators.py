@@ -21,6 +21,20 @@ class TanhOperator(nn.Module):
         return torch.tanh(u @ self.W.T + x @ self.U.T + self.b)
 
 
+class SlowLinearOperator(nn.Module):
+    """``T(u, x) = W u + x`` with W symmetric, eigenvalues spread over [-c, c]: Picard needs ~log(tol)/log(c) steps."""
+
+    def __init__(self, dim: int, contraction: float, seed: int = 0, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        Q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=dtype))
+        spectrum = torch.linspace(-contraction, contraction, dim, dtype=dtype)
+        self.W = nn.Parameter(Q @ torch.diag(spectrum) @ Q.T)
+
+    def forward(self, u: Tensor, x: Tensor) -> Tensor:
+        return u @ self.W.T + x
+
+
 class ScalarLinearOperator(nn.Module):
     """``T(u, x) = a * u + c`` with ``x = [a, c]`` per sample: fixed point ``c / (1 - a)``.
 

@@ -97,7 +97,9 @@ class ResidualTracker:
         self.converged[idx] = self.converged[idx] | (measure <= self.tol)
         self.lowest[idx] = torch.minimum(self.lowest[idx], torch.where(finite, measure, self.lowest[idx]))
         self.non_finite = self.non_finite or not bool(finite.all())
-        self.diverged = self.diverged or bool((measure > self.divergence_ratio * self.lowest[idx]).any())
+        # relative to the best residual so far, but never below tol: noise at the floor is no divergence
+        floor = self.lowest[idx].clamp_min(self.tol)
+        self.diverged = self.diverged or bool((measure > self.divergence_ratio * floor).any())
         if self.history is not None:
             self.history.append(float(measure.max()))
         return measure

@@ -6,6 +6,9 @@ from torch import Tensor
 
 from .base import Operator, ResidualTracker, SolverState
 
+#: a step that multiplies a sample's residual by more than this is undone and its memory reset
+_REJECT_GROWTH = 4.0
+
 
 def broyden(
     f: Operator,
@@ -21,9 +24,12 @@ def broyden(
 ) -> tuple[Tensor, SolverState]:
     """Quasi-Newton solve of ``T(u) - u = 0``.
 
-    The inverse Jacobian of ``g`` is approximated by ``B = -I + U V^T`` (``memory`` rank-one
-    updates kept in a ring buffer), so the first step is a Picard step. One T evaluation per
-    step; converged samples are frozen (not evaluated) when ``freeze_converged`` is set.
+    The inverse Jacobian of ``g`` is approximated by ``B = -I + U V^T``, so the first step is a
+    Picard step; after ``memory`` rank-one updates the approximation restarts from ``-I``. A step
+    that makes a sample's residual grow more than 4x is undone for that sample and its memory
+    reset (plain Broyden has no globalisation and otherwise blows up on slow contractions).
+    One T evaluation per step; converged samples are frozen (not evaluated) when
+    ``freeze_converged`` is set.
     Returns the lowest-residual ``T(u)`` of each sample.
     """
     shape, batch = u0.shape, u0.shape[0]
@@ -50,8 +56,14 @@ def broyden(
         tracker.t_evals += 1
         g_new = g.clone()
         g_new[rows] = fx - u_new[rows]
-        _rank_one_update(U, V, du, g_new - g, (step - 2) % memory)
-        u, g = u_new, g_new
+        rejected = g_new.norm(dim=1) > _REJECT_GROWTH * g.norm(dim=1)
+        slot = (step - 2) % memory
+        if slot == 0:
+            U.zero_(), V.zero_()
+        _rank_one_update(U, V, du, g_new - g, slot)
+        U[rejected], V[rejected] = 0, 0
+        u = torch.where(rejected[:, None], u, u_new)
+        g = torch.where(rejected[:, None], g, g_new)
     return tracker.best, tracker.state()
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks (memory, speed); each prints ratios measured side by side."""

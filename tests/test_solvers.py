@@ -1,0 +1,152 @@
+"""Forward solvers: convergence, per-sample statistics, failure statuses."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import jfb
+from operators import ScalarLinearOperator, SlowLinearOperator, TanhOperator
+
+SOLVERS = ["picard", "anderson", "broyden"]
+
+
+def _tanh_problem(contraction: float, dim: int = 32, batch: int = 8, seed: int = 0):
+    torch.manual_seed(seed)
+    return TanhOperator(dim, contraction, seed=seed), torch.randn(batch, dim, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("stop_mode", ["abs", "rel"])
+def test_solvers_reach_tolerance_on_contractions(solver, stop_mode):
+    op, x = _tanh_problem(0.8)
+    layer = jfb.ImplicitLayer(op, solver=solver, tol=1e-8, max_iter=300, stop_mode=stop_mode)
+    with torch.no_grad():
+        u = layer(x)
+    stats = layer.last_stats
+    assert stats.status == "converged" and bool(stats.converged.all())
+    residual = stats.abs_residual if stop_mode == "abs" else stats.rel_residual
+    assert float(residual.max()) <= 1e-8
+    with torch.no_grad():
+        true_residual = (op(u, x) - u).norm(dim=1)
+    assert float(true_residual.max()) <= 1e-7
+
+
+def test_anderson_needs_far_fewer_evaluations_on_a_slow_contraction():
+    torch.manual_seed(0)
+    op, x = SlowLinearOperator(48, 0.95), torch.randn(8, 48, dtype=torch.float64)
+    evals = {}
+    for solver in ("picard", "anderson", "broyden"):
+        layer = jfb.ImplicitLayer(op, solver=solver, tol=1e-6, max_iter=1000)
+        with torch.no_grad():
+            layer(x)
+        assert layer.last_stats.status == "converged", solver
+        evals[solver] = layer.last_stats.t_evals
+    assert evals["anderson"] * 2 <= evals["picard"], evals
+    assert evals["broyden"] * 2 <= evals["picard"], evals
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("freeze", [False, True])
+def test_mixed_batch_reports_per_sample_iterations(solver, freeze):
+    factors = torch.tensor([0.1, 0.5, 0.9, 0.1], dtype=torch.float64)
+    c = torch.ones(4, 3, dtype=torch.float64)
+    x = torch.cat([factors[:, None], c], dim=1)
+    layer = jfb.ImplicitLayer(ScalarLinearOperator(), solver=solver, tol=1e-9, max_iter=500, freeze_converged=freeze)
+    with torch.no_grad():
+        u = layer(x, u0=torch.zeros(4, 3, dtype=torch.float64))
+    iters = layer.last_stats.iterations
+    assert layer.last_stats.status == "converged"
+    assert torch.allclose(u, c / (1 - factors[:, None]), atol=1e-7)
+    if solver == "picard":
+        # residual of Picard on a*u + c from 0 is a^(k-1) * |c|: first k with that <= tol
+        expected = [int(torch.ceil(torch.log(torch.tensor(1e-9 / 3**0.5)) / torch.log(a))) + 1 for a in factors]
+        assert iters.tolist() == expected
+    else:
+        assert iters[0] == iters[3] and iters[0] <= iters[2]
+
+
+def test_freezing_evaluates_only_unconverged_samples():
+    calls = []
+
+    def op(u, x):
+        calls.append(u.shape[0])
+        return x[:, :1] * u + x[:, 1:]
+
+    x = torch.tensor([[0.1, 1.0], [0.9, 1.0]], dtype=torch.float64)
+    layer = jfb.ImplicitLayer(op, solver="picard", tol=1e-9, max_iter=500, freeze_converged=True)
+    with torch.no_grad():
+        layer(x, u0=torch.zeros(2, 1, dtype=torch.float64))
+    iters = layer.last_stats.iterations.tolist()
+    assert sum(calls) == sum(iters)  # every sample evaluated exactly until it converged
+    assert calls.count(2) == min(iters)
+
+
+def test_expansive_operator_is_reported_as_diverged():
+    layer = jfb.ImplicitLayer(lambda u, x: 2.0 * u + x, solver="picard", tol=1e-6, max_iter=200, on_failure="ignore")
+    with torch.no_grad():
+        layer(torch.ones(3, 4))
+    assert layer.last_stats.status == "diverged"
+    assert not bool(layer.last_stats.converged.any())
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_operator_without_fixed_point_never_reports_converged(solver):
+    layer = jfb.ImplicitLayer(lambda u, x: u + x + u * u, solver=solver, tol=1e-6, max_iter=200, on_failure="ignore")
+    with torch.no_grad():
+        layer(torch.ones(3, 4))
+    assert layer.last_stats.status in ("diverged", "non_finite", "max_iter")
+    assert not bool(layer.last_stats.converged.any())
+
+
+@pytest.mark.parametrize("solver", ["anderson", "broyden"])
+def test_accelerated_solvers_find_repelling_fixed_points(solver):
+    """2u + x is expansive but has the fixed point -x, which Anderson and Broyden find."""
+    x = torch.randn(3, 4, dtype=torch.float64)
+    layer = jfb.ImplicitLayer(lambda u, x: 2.0 * u + x, solver=solver, tol=1e-9, max_iter=200)
+    with torch.no_grad():
+        u = layer(x)
+    assert layer.last_stats.status == "converged"
+    assert torch.allclose(u, -x, atol=1e-8)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_nan_input_gives_non_finite_and_is_not_hidden(solver):
+    op, x = _tanh_problem(0.5)
+    x[2, 0] = float("nan")
+    layer = jfb.ImplicitLayer(op, solver=solver, tol=1e-6, max_iter=50)
+    with pytest.warns(jfb.ConvergenceWarning, match="non_finite"):
+        with torch.no_grad():
+            u = layer(x)
+    assert layer.last_stats.status == "non_finite"
+    assert not bool(torch.isfinite(u[2]).all())  # the NaN is visible, not replaced by a stale iterate
+
+
+def test_on_failure_raise():
+    layer = jfb.ImplicitLayer(lambda u, x: 3.0 * u + x, solver="picard", tol=1e-6, max_iter=100, on_failure="raise")
+    with pytest.raises(jfb.FixedPointError, match="diverged"):
+        layer(torch.ones(2, 2))
+
+
+def test_max_iter_status_and_history():
+    op, x = _tanh_problem(0.95)
+    layer = jfb.ImplicitLayer(op, solver="picard", tol=1e-12, max_iter=5, keep_history=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # max_iter is reported in the status, not warned about
+        with torch.no_grad():
+            layer(x)
+    stats = layer.last_stats
+    assert stats.status == "max_iter" and stats.t_evals == 5 and len(stats.history) == 5
+    assert stats.iterations.tolist() == [5] * x.shape[0]
+    assert stats.history[-1] < stats.history[0]
+
+
+def test_warm_start_saves_iterations():
+    op, x = _tanh_problem(0.9)
+    layer = jfb.ImplicitLayer(op, solver="picard", tol=1e-8, max_iter=500)
+    with torch.no_grad():
+        u = layer(x)
+        cold = layer.last_stats.t_evals
+        layer(x, u0=u)
+    assert layer.last_stats.t_evals <= 2 < cold
