@@ -1,0 +1,94 @@
+"""Reading tensors from ``torch.save`` zip archives without executing pickled code.
+
+The paper authors' checkpoints pickle an optimiser and a scheduler object next to the weights,
+so ``torch.load(weights_only=True)`` refuses them, and ``weights_only=False`` would run whatever
+code the file names. :func:`load_tensors_only` unpickles with an allow-list: tensors, storages,
+parameters and plain containers are rebuilt; any other class becomes an inert
+:class:`OpaqueObject` that records its name and never runs code.
+"""
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32,
+    "DoubleStorage": torch.float64,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+}
+
+
+class OpaqueObject(dict):
+    """Stand-in for a pickled object of a class that is not allowed; holds its state as data."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+
+    def __setstate__(self, state: Any) -> None:
+        self["__state__"] = state
+
+
+def _rebuild_parameter(data: torch.Tensor, requires_grad: bool, backward_hooks: Any, *rest: Any) -> torch.Tensor:
+    return data
+
+
+def _opaque_class(module: str, name: str) -> type:
+    return type(name, (OpaqueObject,), {"__module__": f"opaque.{module}"})
+
+
+class _TensorOnlyUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str) -> None:
+        super().__init__(io.BytesIO(data))
+        self.archive, self.prefix = archive, prefix
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return torch._utils._rebuild_tensor_v2
+        if (module, name) == ("torch._utils", "_rebuild_parameter"):
+            return _rebuild_parameter
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return name
+        return _opaque_class(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
+        _, storage_type, key, _location, _numel = pid
+        dtype = storage_type.dtype if isinstance(storage_type, torch.storage.TypedStorage) else _STORAGE_DTYPES.get(storage_type)
+        if dtype is None:
+            raise pickle.UnpicklingError(f"unsupported storage type {storage_type!r}")
+        raw = self.archive.read(f"{self.prefix}data/{key}")
+        untyped = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8) if raw else torch.UntypedStorage(0)
+        return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+
+
+def load_tensors_only(path: Union[str, Path]) -> Any:
+    """Load a ``torch.save`` zip archive, rebuilding only tensors and plain containers.
+
+    Raises ValueError naming the file when it is not a readable torch zip archive.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            if len(pickles) != 1:
+                raise ValueError(f"{path}: not a torch.save archive (expected one data.pkl, found {len(pickles)})")
+            prefix = pickles[0][: -len("data.pkl")]
+            return _TensorOnlyUnpickler(archive.read(pickles[0]), archive, prefix).load()
+    except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, KeyError) as exc:
+        raise ValueError(f"{path}: cannot read checkpoint ({exc})") from exc
