@@ -1,0 +1,120 @@
+"""Datasets held in memory as uint8 tensors, with a deterministic validation split.
+
+``load_splits(name)`` returns train / validation / test :class:`Split` objects; batches are
+normalised (and, for training with ``augment``, randomly cropped and flipped) on the fly, on
+whole batches of tensors. The test split is never augmented.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch import Tensor
+
+from .cifar10 import load_cifar10
+from .download import default_data_dir
+from .mnist import load_mnist
+from .svhn import load_svhn
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    loader: Callable[[str, Path], tuple[Tensor, Tensor]]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    validation_size: int
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo(lambda split, _dir: load_mnist(split), (0.1307,), (0.3081,), 5000),
+    "svhn": DatasetInfo(load_svhn, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), 5000),
+    "cifar10": DatasetInfo(load_cifar10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 5000),
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+@dataclass
+class Split:
+    images: Tensor  # uint8 (N, C, H, W)
+    labels: Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def subset(self, limit: Optional[int]) -> "Split":
+        return self if limit is None else Split(self.images[:limit], self.labels[:limit])
+
+
+def load_splits(name: str, data_dir: Optional[Path] = None, seed: int = 0) -> tuple[Split, Split, Split]:
+    """Train / validation / test. The validation set is a fixed random subset of the training set."""
+    info = dataset_info(name)
+    directory = Path(data_dir) if data_dir else default_data_dir()
+    images, labels = info.loader("train", directory)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    val, train = order[: info.validation_size], order[info.validation_size :]
+    test = Split(*info.loader("test", directory))
+    return Split(images[train], labels[train]), Split(images[val], labels[val]), test
+
+
+class Normalizer:
+    """uint8 images -> float, shifted and scaled per channel."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1) * 255
+        self.inv_std = 1 / (torch.tensor(std).view(1, -1, 1, 1) * 255)
+
+    def __call__(self, images: Tensor) -> Tensor:
+        mean, inv_std = self.mean.to(images.device), self.inv_std.to(images.device)
+        return (images.float() - mean) * inv_std
+
+
+def random_crop_flip(images: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
+    """The paper's CIFAR-10 augmentation on a whole batch: zero-pad, random crop, horizontal flip."""
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None]).to(images.device)  # (n, h)
+    cols = (dx[:, None] + torch.arange(w)[None]).to(images.device)  # (n, w)
+    batch = torch.arange(n, device=images.device)[:, None, None, None]
+    channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    out = padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+    flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)
+
+
+def batches(
+    split: Split,
+    batch_size: int,
+    normalize: Normalizer,
+    *,
+    shuffle_generator: Optional[torch.Generator] = None,
+    augment: bool = False,
+    start: int = 0,
+    device: str = "cpu",
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield ``(inputs, labels)`` batches from batch index ``start`` on (for exact resumption).
+
+    The permutation is drawn from ``shuffle_generator`` (no shuffling when None); augmentation
+    draws from the same generator, so a run is reproducible from that generator's state.
+    """
+    n = len(split)
+    order = torch.randperm(n, generator=shuffle_generator) if shuffle_generator is not None else torch.arange(n)
+    for first in range(start * batch_size, n, batch_size):
+        index = order[first : first + batch_size]
+        images = split.images[index]
+        if augment:
+            if shuffle_generator is None:
+                raise ValueError("augmentation needs a random generator")
+            images = random_crop_flip(images, shuffle_generator)
+        yield normalize(images.to(device)), split.labels[index].to(device)
+
+
+__all__ = ["DATASETS", "DatasetInfo", "Normalizer", "Split", "batches", "dataset_info", "load_splits", "random_crop_flip"]

@@ -1,0 +1,117 @@
+"""Shared building blocks of the paper's networks: embeddings Q, latent operators R, heads S."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+ACTIVATION_SLOPE = 0.1
+
+
+def conv3x3(c_in: int, c_out: int, stride: int = 1, bias: bool = True, padding: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=padding, bias=bias)
+
+
+def activation() -> nn.Module:
+    return nn.LeakyReLU(ACTIVATION_SLOPE)
+
+
+class ConvPoolEmbedding(nn.Module):
+    """Q for MNIST: (conv 3x3 -> BatchNorm -> LeakyReLU -> 2x2 max-pool) per stage."""
+
+    def __init__(self, channels: list[int]) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(
+            nn.Sequential(conv3x3(c_in, c_out), nn.BatchNorm2d(c_out), activation(), nn.MaxPool2d(2))
+            for c_in, c_out in zip(channels, channels[1:])
+        )
+
+    def forward(self, d: Tensor) -> Tensor:
+        for stage in self.stages:
+            d = stage(d)
+        return d
+
+
+class ResidualStage(nn.Module):
+    """A basic ResNet block; the shortcut is parameter-free (subsample + zero channels) when shapes change."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(c_in, c_out, stride, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = conv3x3(c_out, c_out, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.act = activation()
+        self.stride, self.extra_channels = stride, c_out - c_in
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.bn2(self.conv2(self.act(self.bn1(self.conv1(x)))))
+        shortcut = x[:, :, :: self.stride, :: self.stride]
+        if self.extra_channels:
+            shortcut = nn.functional.pad(shortcut, (0, 0, 0, 0, 0, self.extra_channels))
+        return self.act(out + shortcut)
+
+
+class ResNetEmbedding(nn.Module):
+    """Q for SVHN / CIFAR-10: conv stem, then residual stages (stride 2 whenever the width grows)."""
+
+    def __init__(self, in_channels: int, widths: list[int]) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(conv3x3(in_channels, widths[0], bias=False), nn.BatchNorm2d(widths[0]), activation())
+        self.stages = nn.Sequential(
+            *(ResidualStage(c_in, c_out, 1 if c_in == c_out else 2) for c_in, c_out in zip([widths[0], *widths[:-1]], widths))
+        )
+
+    def forward(self, d: Tensor) -> Tensor:
+        return self.stages(self.stem(d))
+
+
+class LatentBlock(nn.Module):
+    """One residual branch of R: conv -> LeakyReLU -> conv -> LeakyReLU."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(channels, channels)
+        self.conv2 = conv3x3(channels, channels)
+        self.act = activation()
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.act(self.conv2(self.act(self.conv1(z))))
+
+
+class LatentOperator(nn.Module):
+    """T(u, q) = gamma * z_k with z_0 = u + q and z_i = N_i(z_{i-1} + B_i(z_{i-1})).
+
+    Each block adds its residual branch and normalises with a BatchNorm without affine
+    parameters (BatchNorm inside T, as in the paper); ``gamma`` < 1 scales the output.
+    """
+
+    def __init__(self, channels: int, blocks: int, gamma: float, batch_norm: bool = True) -> None:
+        super().__init__()
+        if not 0 < gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
+        self.blocks = nn.ModuleList(LatentBlock(channels) for _ in range(blocks))
+        self.norms = nn.ModuleList(
+            (nn.BatchNorm2d(channels, affine=False) if batch_norm else nn.Identity()) for _ in range(blocks)
+        )
+        self.gamma = gamma
+
+    def forward(self, u: Tensor, q: Tensor) -> Tensor:
+        z = u + q
+        for block, norm in zip(self.blocks, self.norms):
+            z = norm(z + block(z))
+        return self.gamma * z
+
+
+class ConvLinearHead(nn.Module):
+    """S: conv 3x3 to a few channels -> LeakyReLU -> dropout -> linear classifier (no bias)."""
+
+    def __init__(self, channels: int, head_channels: int, spatial: int, classes: int, padding: int, dropout: float) -> None:
+        super().__init__()
+        self.conv = conv3x3(channels, head_channels, padding=padding)
+        self.act = activation()
+        self.dropout = nn.Dropout(dropout)
+        out_side = spatial + 2 * padding - 2
+        self.fc = nn.Linear(head_channels * out_side * out_side, classes, bias=False)
+
+    def forward(self, u: Tensor) -> Tensor:
+        return self.fc(self.dropout(torch.flatten(self.act(self.conv(u)), 1)))

@@ -1,0 +1,71 @@
+"""The paper's networks, all from the same blocks; one table entry per architecture.
+
+Parameter counts (trainable): ``mnist`` 54,352 (paper: 54K), ``svhn`` 163,488 (paper: 164K),
+``cifar10`` 844,792 (paper: 0.84M), ``mnist-reference`` 35,856 (the authors' published MNIST
+checkpoint, one latent block), ``cifar10-small`` 163,488 (the authors' unaugmented CIFAR-10
+checkpoint: the SVHN topology).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Union
+
+from torch import nn
+
+from .blocks import ConvLinearHead, ConvPoolEmbedding, LatentOperator, ResNetEmbedding
+from .networks import ExplicitClassifier, ImplicitClassifier
+
+
+@dataclass(frozen=True)
+class Architecture:
+    in_channels: int
+    embedding: str  # "convpool" or "resnet"
+    widths: tuple[int, ...]  # embedding output widths; the last one is the latent width
+    latent_blocks: int
+    latent_side: int  # spatial size of the latent state
+    head_padding: int
+    head_channels: int = 16
+    gamma: float = 0.9
+    dropout: float = 0.1
+    classes: int = 10
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "mnist": Architecture(1, "convpool", (16, 32), latent_blocks=2, latent_side=7, head_padding=1),
+    "mnist-reference": Architecture(1, "convpool", (16, 32), latent_blocks=1, latent_side=7, head_padding=1),
+    "svhn": Architecture(3, "resnet", (16, 32, 64), latent_blocks=1, latent_side=8, head_padding=0),
+    "cifar10-small": Architecture(3, "resnet", (16, 32, 64), latent_blocks=1, latent_side=8, head_padding=0),
+    "cifar10": Architecture(3, "resnet", (48, 96, 140), latent_blocks=1, latent_side=8, head_padding=0),
+}
+MODEL_KINDS = ("implicit", "explicit")
+
+
+def architecture(name: str) -> Architecture:
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+
+def build_parts(arch: Union[str, Architecture], latent_batch_norm: bool = True) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """Fresh ``(Q, R, S)`` for an architecture."""
+    a = architecture(arch) if isinstance(arch, str) else arch
+    if a.embedding == "convpool":
+        embedding: nn.Module = ConvPoolEmbedding([a.in_channels, *a.widths])
+    else:
+        embedding = ResNetEmbedding(a.in_channels, list(a.widths))
+    channels = a.widths[-1]
+    operator = LatentOperator(channels, a.latent_blocks, a.gamma, batch_norm=latent_batch_norm)
+    head = ConvLinearHead(channels, a.head_channels, a.latent_side, a.classes, a.head_padding, a.dropout)
+    return embedding, operator, head
+
+
+def build_model(
+    arch: str, kind: str = "implicit", explicit_depth: int = 3, latent_batch_norm: bool = True, **layer_options: Any
+) -> nn.Module:
+    """An implicit network (``layer_options`` go to :class:`~jfb.ImplicitLayer`) or its explicit twin."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+    parts = build_parts(arch, latent_batch_norm)
+    if kind == "explicit":
+        return ExplicitClassifier(*parts, depth=explicit_depth)
+    return ImplicitClassifier(*parts, **layer_options)
