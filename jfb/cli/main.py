@@ -1,0 +1,196 @@
+"""The ``jfb`` command line: train, eval, import-reference, demo.
+
+Every command accepts ``--json`` and then prints one final JSON line with its results.
+Bad options print a one-line error and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Optional
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+DEMO_CONFIG = dict(dataset="mnist", epochs=3, lr=3e-3, solver="anderson", tol=1e-2, stop_mode="rel")
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _config_from_target(target: str) -> dict[str, Any]:
+    from ..data import DATASETS
+
+    path = Path(target)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise CliError(f"config file {path} does not exist")
+        with open(path, "rb") as f:
+            return {"__source__": str(path), **tomllib.load(f)}
+    if target in DATASETS:
+        packaged = CONFIG_DIR / f"{target}.toml"
+        if packaged.is_file():
+            with open(packaged, "rb") as f:
+                return {"__source__": str(packaged), **tomllib.load(f)}
+        return {"dataset": target}
+    raise CliError(f"unknown dataset or config {target!r}; choose one of {', '.join(DATASETS)} or a .toml file")
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    from ..train.config import TrainConfig
+
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            kind = {"int": int, "float": float, "Optional[int]": int, "Optional[float]": float}.get(str(f.type), str)
+            parser.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper())
+
+
+def _train_config(args: argparse.Namespace, base: dict[str, Any]):
+    from ..train.config import TrainConfig
+
+    values = {k: v for k, v in base.items() if k != "__source__"}
+    for f in fields(TrainConfig):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            values[f.name] = value
+    return TrainConfig.from_dict(values, source=base.get("__source__", "options"))
+
+
+def _writable_run_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise CliError(f"run dir {path} is not writable ({exc.strerror or exc})")
+    return path
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    from ..train import train
+
+    config = _train_config(args, _config_from_target(args.target))
+    run_dir = _writable_run_dir(Path(args.out or f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    return train(config, run_dir, resume=args.resume, progress=not args.no_progress, log=_logger(args))
+
+
+def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
+    from ..train import TrainConfig, train
+
+    config = TrainConfig(**{**DEMO_CONFIG, **({"limit_train": args.limit_train} if args.limit_train else {})})
+    run_dir = _writable_run_dir(Path(args.out))
+    log = _logger(args)
+    log(f"demo: {config.epochs} epochs of JFB training on MNIST (run dir {run_dir})")
+    return train(config, run_dir, progress=not args.no_progress, log=log)
+
+
+def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
+    from ..data import Normalizer, dataset_info, load_splits
+    from ..train import TrainConfig, build_from_config, evaluate, load_checkpoint
+
+    checkpoint = load_checkpoint(Path(args.checkpoint))
+    values = dict(checkpoint["config"])
+    for name in ("tol", "max_iter", "solver", "batch_size", "limit_test", "data_dir"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    values["eval_tol"] = values["tol"] if args.tol is not None else values.get("eval_tol")
+    config = TrainConfig.from_dict(values, source=args.checkpoint)
+    model = build_from_config(config)
+    model.load_state_dict(checkpoint["model"])
+    _, _, test = load_splits(config.dataset, config.data_dir, seed=config.seed)
+    test = test.subset(config.limit_test)
+    info = dataset_info(config.dataset)
+    result = evaluate(model, test, config, Normalizer(info.mean, info.std), progress=not args.no_progress, desc="test")
+    summary = {
+        "checkpoint": args.checkpoint,
+        "samples": len(test),
+        "test_acc": result["eval_acc"],
+        "test_loss": result["eval_loss"],
+        "forward_iters_mean": result["eval_forward_iters_mean"],
+        "forward_iters_max": result["eval_forward_iters_max"],
+        "tol": config.eval_tol or config.tol,
+        "solver": config.solver,
+    }
+    _logger(args)(f"test accuracy {summary['test_acc']:.2f}% (loss {summary['test_loss']:.4f}) on {len(test)} images, "
+                  f"{summary['forward_iters_mean']:.1f} forward iterations on average (max {summary['forward_iters_max']})")
+    return summary
+
+
+def cmd_import_reference(args: argparse.Namespace) -> dict[str, Any]:
+    from ..models.reference import load_reference
+    from ..train import TrainConfig, save_checkpoint
+
+    arch, state, info = load_reference(args.path, args.dataset)
+    dataset = {"mnist-reference": "mnist", "cifar10-small": "cifar10"}.get(arch, arch)
+    config = TrainConfig(dataset=dataset, arch=arch, solver="picard", tol=1e-3, stop_mode="abs", max_iter=50)
+    save_checkpoint(Path(args.out), {"config": config.to_dict(), "model": state, "imported_from": info["source"]})
+    _logger(args)(f"converted {args.path} ({arch}, reported test accuracy {info['reported_test_accuracy']}) to {args.out}")
+    return {"architecture": arch, "out": args.out, **info}
+
+
+def _logger(args: argparse.Namespace):
+    def log(message: str) -> None:
+        print(message, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    return log
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jfb", description="Implicit networks trained with Jacobian-free backpropagation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--json", action="store_true", help="print one final JSON line with the results")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        return p
+
+    p = command("train", "Train an implicit (or explicit) network on a dataset or a TOML config.")
+    p.add_argument("target", help="mnist, svhn, cifar10, or a .toml config file")
+    p.add_argument("--out", help="run dir (default runs/DATASET-TIME)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    _add_train_options(p)
+    p.set_defaults(run=cmd_train)
+
+    p = command("eval", "Test accuracy of a checkpoint.")
+    p.add_argument("checkpoint")
+    p.add_argument("--tol", type=float)
+    p.add_argument("--max-iter", type=int, dest="max_iter")
+    p.add_argument("--solver")
+    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--limit-test", type=int, dest="limit_test")
+    p.add_argument("--data-dir", dest="data_dir")
+    p.set_defaults(run=cmd_eval)
+
+    p = command("import-reference", "Convert a checkpoint published by the paper's authors (no pickled code runs).")
+    p.add_argument("path")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dataset", choices=["mnist", "svhn", "cifar10"], help="needed when the file name does not say")
+    p.set_defaults(run=cmd_import_reference)
+
+    p = command("demo", "Train the MNIST implicit network with JFB for a few minutes and report test accuracy.")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--limit-train", type=int, dest="limit_train", help=argparse.SUPPRESS)
+    p.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.run(args)
+    except (CliError, ValueError, FileNotFoundError) as exc:
+        print(f"jfb {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    return 0

@@ -1,0 +1,97 @@
+"""Training configuration: one dataclass, loadable from TOML, unknown keys rejected with a hint."""
+from __future__ import annotations
+
+import difflib
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Optional
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("onecycle", "cosine", "step", "constant")
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "mnist"
+    arch: Optional[str] = None  # defaults to the dataset's paper architecture
+    model: str = "implicit"  # or "explicit" (the same layers, R applied explicit_depth times)
+    explicit_depth: int = 3
+    latent_batch_norm: bool = True
+    solver: str = "anderson"
+    backward: str = "jfb"
+    tol: float = 1e-2
+    stop_mode: str = "rel"
+    max_iter: int = 50
+    eval_tol: Optional[float] = None  # defaults to tol
+    freeze_converged: bool = False
+    epochs: int = 5
+    batch_size: int = 100
+    optimizer: str = "adam"
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: str = "onecycle"
+    step_size: int = 10  # epochs per decay of the "step" schedule
+    augment: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    threads: Optional[int] = None
+    limit_train: Optional[int] = None
+    limit_test: Optional[int] = None
+    data_dir: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def architecture(self) -> str:
+        return self.arch or self.dataset
+
+    def validate(self) -> None:
+        checks = [
+            (self.tol > 0, "tol", "a number > 0"),
+            (self.max_iter >= 1, "max_iter", "an integer >= 1"),
+            (self.epochs >= 1, "epochs", "an integer >= 1"),
+            (self.batch_size >= 1, "batch_size", "an integer >= 1"),
+            (self.lr > 0, "lr", "a number > 0"),
+            (self.explicit_depth >= 1, "explicit_depth", "an integer >= 1"),
+            (self.eval_tol is None or self.eval_tol > 0, "eval_tol", "a number > 0"),
+            (self.limit_train is None or self.limit_train >= 1, "limit_train", "an integer >= 1"),
+            (self.limit_test is None or self.limit_test >= 1, "limit_test", "an integer >= 1"),
+        ]
+        for ok, name, requirement in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {requirement}, got {getattr(self, name)!r}")
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+        known = [f.name for f in fields(cls)]
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(known)}"
+                raise ValueError(f"{source}: unknown key {key!r}{hint}")
+        return cls(**values)
+
+    @classmethod
+    def from_toml(cls, path: Path) -> "TrainConfig":
+        with open(path, "rb") as f:
+            return cls.from_dict(tomllib.load(f), source=str(path))
+
+    def layer_options(self, evaluation: bool = False) -> dict[str, Any]:
+        return dict(
+            solver=self.solver,
+            backward=self.backward,
+            tol=(self.eval_tol or self.tol) if evaluation else self.tol,
+            max_iter=self.max_iter,
+            stop_mode=self.stop_mode,
+            freeze_converged=self.freeze_converged,
+        )

@@ -1,0 +1,228 @@
+"""The training loop, readable top to bottom: data, model, optimiser, epochs, checkpoints, report."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..data import Normalizer, Split, batches, dataset_info, load_splits
+from ..models import ImplicitClassifier, build_model, count_parameters
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .metrics import MetricsLog, plot_curves
+
+
+@dataclass
+class EpochStats:
+    """Running sums over the batches of one pass."""
+
+    loss: float = 0.0
+    correct: int = 0
+    samples: int = 0
+    batches: int = 0
+    forward_iterations: float = 0.0
+    max_forward_iterations: int = 0
+    residual: float = 0.0
+    j_matvecs: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, model: nn.Module) -> None:
+        n = labels.shape[0]
+        self.loss += float(loss) * n
+        self.correct += int((logits.argmax(1) == labels).sum())
+        self.samples += n
+        self.batches += 1
+        stats = model.implicit.last_stats if isinstance(model, ImplicitClassifier) else None
+        if stats is not None:
+            self.forward_iterations += float(stats.iterations.float().mean())
+            self.max_forward_iterations = max(self.max_forward_iterations, int(stats.iterations.max()))
+            self.residual += float(stats.rel_residual.mean())
+            self.statuses[stats.status] = self.statuses.get(stats.status, 0) + 1
+
+    def summary(self, prefix: str) -> dict[str, Any]:
+        b = max(self.batches, 1)
+        return {
+            f"{prefix}_loss": self.loss / max(self.samples, 1),
+            f"{prefix}_acc": 100.0 * self.correct / max(self.samples, 1),
+            f"{prefix}_forward_iters_mean": self.forward_iterations / b,
+            f"{prefix}_forward_iters_max": self.max_forward_iterations,
+            f"{prefix}_rel_residual_mean": self.residual / b,
+        }
+
+    def postfix(self) -> dict[str, str]:
+        b = max(self.batches, 1)
+        return {
+            "loss": f"{self.loss / max(self.samples, 1):.3f}",
+            "acc": f"{100.0 * self.correct / max(self.samples, 1):.2f}",
+            "iters": f"{self.forward_iterations / b:.1f}",
+            "res": f"{self.residual / b:.1e}",
+        }
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module, steps_per_epoch: int):
+    params = model.parameters()
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    elif config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
+    elif config.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    elif config.schedule == "step":
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size * steps_per_epoch, gamma=0.1)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return optimizer, scheduler
+
+
+def set_evaluation_tolerance(model: nn.Module, config: TrainConfig, evaluation: bool) -> None:
+    if isinstance(model, ImplicitClassifier):
+        model.implicit.tol = config.layer_options(evaluation)["tol"]
+
+
+def train_one_epoch(model, optimizer, scheduler, split: Split, config: TrainConfig, normalize, epoch: int, progress: bool):
+    model.train()
+    set_evaluation_tolerance(model, config, evaluation=False)
+    stats = EpochStats()
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    steps = math.ceil(len(split) / config.batch_size)
+    data = batches(split, config.batch_size, normalize, shuffle_generator=generator, augment=config.augment, device=config.device)
+    bar = tqdm(data, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+    for inputs, labels in bar:
+        logits = model(inputs)
+        loss = nn.functional.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        stats.add(loss.detach(), logits.detach(), labels, model)
+        if isinstance(model, ImplicitClassifier):
+            stats.j_matvecs += model.implicit.last_stats.j_matvecs
+        bar.set_postfix(stats.postfix(), refresh=False)
+    return stats
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, config: TrainConfig, normalize, progress: bool = False, desc: str = "eval") -> dict[str, Any]:
+    """Accuracy and loss in eval mode (running BatchNorm statistics, no dropout), never augmented."""
+    model.eval()
+    set_evaluation_tolerance(model, config, evaluation=True)
+    stats = EpochStats()
+    steps = math.ceil(len(split) / config.batch_size)
+    for inputs, labels in tqdm(batches(split, config.batch_size, normalize, device=config.device), total=steps, desc=desc, disable=not progress, leave=False):
+        logits = model(inputs)
+        stats.add(nn.functional.cross_entropy(logits, labels), logits, labels, model)
+    return stats.summary("eval")
+
+
+def build_from_config(config: TrainConfig) -> nn.Module:
+    return build_model(
+        config.architecture,
+        kind=config.model,
+        explicit_depth=config.explicit_depth,
+        latent_batch_norm=config.latent_batch_norm,
+        **config.layer_options(),
+    ).to(config.device)
+
+
+def train(config: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True, log=print) -> dict[str, Any]:
+    """Train, evaluate every epoch, keep ``last.pt`` and the validation-selected ``best.pt``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+
+    info = dataset_info(config.dataset)
+    train_split, val_split, test_split = load_splits(config.dataset, config.data_dir, seed=config.seed)
+    train_split, test_split = train_split.subset(config.limit_train), test_split.subset(config.limit_test)
+    val_split = val_split.subset(config.limit_test)
+    normalize = Normalizer(info.mean, info.std)
+
+    model = build_from_config(config)
+    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
+    optimizer, scheduler = make_optimizer(config, model, steps_per_epoch)
+    log(f"{config.model} {config.architecture}: {count_parameters(model):,} parameters; "
+        f"train {len(train_split)}, validation {len(val_split)}, test {len(test_split)}")
+
+    start_epoch, best_val, records = 0, -1.0, []
+    if resume and (run_dir / "last.pt").exists():
+        checkpoint = load_checkpoint(run_dir / "last.pt")
+        if checkpoint["config"] != config.to_dict():
+            raise ValueError(f"{run_dir / 'last.pt'} was written with a different configuration; resume with the same options")
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        torch.set_rng_state(checkpoint["rng"])
+        start_epoch, best_val, records = checkpoint["epoch"], checkpoint["best_val_acc"], checkpoint["records"]
+        log(f"resumed from {run_dir / 'last.pt'} after epoch {start_epoch}")
+    metrics = MetricsLog(run_dir, records)
+
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        stats = train_one_epoch(model, optimizer, scheduler, train_split, config, normalize, epoch, progress)
+        epoch_time = time.perf_counter() - started
+        val = evaluate(model, val_split, config, normalize, progress, "validation")
+        test = evaluate(model, test_split, config, normalize, progress, "test")
+        record = {
+            "epoch": epoch + 1,
+            **stats.summary("train"),
+            "val_loss": val["eval_loss"],
+            "val_acc": val["eval_acc"],
+            "test_loss": test["eval_loss"],
+            "test_acc": test["eval_acc"],
+            "test_forward_iters_mean": test["eval_forward_iters_mean"],
+            "epoch_time_s": epoch_time,
+            "samples_per_s": stats.samples / epoch_time,
+            "j_matvecs": stats.j_matvecs,
+            "backward": config.backward if config.model == "implicit" else "explicit",
+            "solver_statuses": json.dumps(stats.statuses, sort_keys=True),
+            "lr": scheduler.get_last_lr()[0],
+        }
+        metrics.append(record)
+        improved = record["val_acc"] > best_val
+        best_val = max(best_val, record["val_acc"])
+        payload = {
+            "config": config.to_dict(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch + 1,
+            "best_val_acc": best_val,
+            "records": metrics.records,
+            "rng": torch.get_rng_state(),
+        }
+        save_checkpoint(run_dir / "last.pt", payload)
+        if improved:
+            save_checkpoint(run_dir / "best.pt", payload)
+        log(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.2f}% | "
+            f"val {record['val_acc']:.2f}% | test {record['test_acc']:.2f}% | {epoch_time:.1f} s, "
+            f"{record['train_forward_iters_mean']:.1f} forward iterations/batch")
+
+    plot = plot_curves(run_dir, metrics.records)
+    best = max(metrics.records, key=lambda r: r["val_acc"])
+    result = {
+        "run_dir": str(run_dir),
+        "parameters": count_parameters(model),
+        "epochs": len(metrics.records),
+        "test_acc_last": metrics.records[-1]["test_acc"],
+        "test_acc_best_val": best["test_acc"],
+        "best_val_acc": best["val_acc"],
+        "best_epoch": best["epoch"],
+        "train_time_s": sum(r["epoch_time_s"] for r in metrics.records),
+        "plot": str(plot) if plot else None,
+    }
+    log(f"test accuracy: last epoch {result['test_acc_last']:.2f}%, validation-selected "
+        f"(epoch {result['best_epoch']}) {result['test_acc_best_val']:.2f}%")
+    return result
