@@ -8,6 +8,7 @@ used (``num_batches_tracked == 0``); they are dropped after checking exactly tha
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Optional, Union
 
@@ -82,7 +83,12 @@ def load_reference(path: Union[str, Path], dataset: Optional[str] = None) -> tup
     if not isinstance(content, dict) or "net_state_dict" not in content:
         raise ValueError(f"{path}: not a published JFB checkpoint (no 'net_state_dict')")
     reference = content["net_state_dict"]
-    arch = recognise(list(reference), dataset or path.name)
+    if type(reference) not in (dict, OrderedDict) or not all(isinstance(v, Tensor) for v in reference.values()):
+        raise ValueError(f"{path}: 'net_state_dict' is not a plain dict of tensors ({type(reference).__name__})")
+    try:
+        arch = recognise(list(reference), dataset or path.name)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
     state = convert_state_dict(reference, arch)
     model_keys = build_model(arch).state_dict()
     missing = sorted(set(model_keys) - set(state))
