@@ -1,4 +1,4 @@
-"""The ``jfb`` command line: train, eval, import-reference, demo.
+"""The ``jfb`` command line: train, eval, import-reference, demo, toy.
 
 Every command accepts ``--json`` and then prints one final JSON line with its results.
 Bad options print a one-line error and exit with status 2.
@@ -136,6 +136,15 @@ def cmd_import_reference(args: argparse.Namespace) -> dict[str, Any]:
     return {"architecture": arch, "out": args.out, **info}
 
 
+def cmd_toy(args: argparse.Namespace) -> dict[str, Any]:
+    from ..experiments.toy import run_toy
+
+    out = _writable_run_dir(Path(args.out))
+    result = run_toy(out, steps=args.steps, seed=args.seed, progress=not args.no_progress)
+    _logger(args)((out / "toy.md").read_text() + f"(table, CSV and plot in {out})")
+    return result
+
+
 def _logger(args: argparse.Namespace):
     def log(message: str) -> None:
         print(message, file=sys.stderr if args.json else sys.stdout, flush=True)
@@ -175,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--dataset", choices=["mnist", "svhn", "cifar10"], help="needed when the file name does not say")
     p.set_defaults(run=cmd_import_reference)
+
+    p = command("toy", "Learn T for the paper's toy problem y = d + y^5 by JFB and compare with the true solution.")
+    p.add_argument("--out", default="runs/toy")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_toy)
 
     p = command("demo", "Train the MNIST implicit network with JFB for a few minutes and report test accuracy.")
     p.add_argument("--out", default="runs/demo")

@@ -59,13 +59,25 @@ def anderson(
         n = min(step - 1, memory)
         G = F[:, :n] - X[:, :n]
         gram = G @ G.transpose(1, 2)
-        scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(torch.finfo(u0.dtype).tiny)
+        # floor at eps, not tiny: a sample whose residuals are all exactly zero must still give a regular system
+        scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(torch.finfo(u0.dtype).eps)
         eye = torch.eye(n, dtype=u0.dtype, device=u0.device)
         H[:, 1 : n + 1, 1 : n + 1] = gram + ridge * scale[:, None, None] * eye
         alpha = torch.linalg.solve(H[:, : n + 1, : n + 1], rhs[:, : n + 1])[:, 1 : n + 1, 0]
+        alpha = _picard_where_singular(alpha, (step - 2) % memory)
         mixed = beta * (alpha[:, None] @ F[:, :n])[:, 0] + (1 - beta) * (alpha[:, None] @ X[:, :n])[:, 0]
         evaluate((step - 1) % memory, mixed, step)
     return tracker.best, tracker.state()
+
+
+def _picard_where_singular(alpha: Tensor, latest: int) -> Tensor:
+    """Rows whose mixing weights are not finite fall back to a plain Picard step from the latest iterate."""
+    bad = ~torch.isfinite(alpha).all(dim=1)
+    if not bool(bad.any()):
+        return alpha
+    picard_step = torch.zeros_like(alpha)
+    picard_step[:, latest] = 1
+    return torch.where(bad[:, None], picard_step, alpha)
 
 
 def _active(tracker: ResidualTracker, freeze_converged: bool) -> Optional[Tensor]:

@@ -85,7 +85,8 @@ class ResidualTracker:
         Returns the per-sample residual that the stopping rule uses, for those samples.
         """
         abs_res = per_sample_norm(fu - u)
-        rel_res = abs_res / (per_sample_norm(fu) + _EPS)
+        fu_norm = per_sample_norm(fu)
+        rel_res = abs_res / (fu_norm + _EPS)
         measure = abs_res if self.stop_mode == "abs" else rel_res
         idx = index if index is not None else slice(None)
         finite = torch.isfinite(measure)
@@ -97,8 +98,10 @@ class ResidualTracker:
         self.converged[idx] = self.converged[idx] | (measure <= self.tol)
         self.lowest[idx] = torch.minimum(self.lowest[idx], torch.where(finite, measure, self.lowest[idx]))
         self.non_finite = self.non_finite or not bool(finite.all())
-        # relative to the best residual so far, but never below tol: noise at the floor is no divergence
-        floor = self.lowest[idx].clamp_min(self.tol)
+        # relative to the best residual so far, but never below tol or rounding noise: a residual
+        # that reached exactly zero and then shows float noise has not diverged
+        noise = torch.finfo(fu.dtype).eps * (fu_norm if self.stop_mode == "abs" else torch.ones_like(fu_norm))
+        floor = torch.maximum(self.lowest[idx].clamp_min(self.tol), noise)
         self.diverged = self.diverged or bool((measure > self.divergence_ratio * floor).any())
         if self.history is not None:
             self.history.append(float(measure.max()))
