@@ -1,0 +1,38 @@
+"""Imports point one way: the core never loads models, data, train, cli or experiments."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "jfb"
+CORE = ["layer.py", "frozen.py", "contraction.py", "safe_load.py", "solvers", "backward"]
+OUTER = ("models", "data", "train", "cli", "experiments", "benchmarks")
+
+
+def _relative_imports(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            names.append((node.module or "").split(".")[0])
+    return names
+
+
+def test_core_modules_do_not_import_outer_layers():
+    for entry in CORE:
+        for path in [PACKAGE / entry] if entry.endswith(".py") else sorted((PACKAGE / entry).glob("*.py")):
+            bad = [m for m in _relative_imports(path) if m in OUTER]
+            assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}"
+
+
+def test_data_knows_no_model():
+    for path in sorted((PACKAGE / "data").glob("*.py")):
+        assert not [m for m in _relative_imports(path) if m in ("models", "train", "cli", "layer")], path
+
+
+def test_import_jfb_stays_light():
+    code = "import sys, jfb; print(sorted(m for m in sys.modules if m.startswith('jfb.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for outer in OUTER:
+        assert f"'jfb.{outer}" not in loaded
