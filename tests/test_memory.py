@@ -1,6 +1,8 @@
 """Peak memory of a training step vs forward depth (fresh subprocess per measurement)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from jfb.benchmarks.memory import peak_step_memory
@@ -22,3 +24,15 @@ def test_unroll_memory_grows_with_depth():
     deep = peak_step_memory("unroll", 200, DIM, BATCH)
     # 190 extra iterations keep at least one 2 MiB activation each
     assert deep - shallow > 190 * 2 * 0.9, (shallow, deep)
+
+
+def test_bench_memory_command_writes_table_and_plot(tmp_path, capsys):
+    from jfb.cli.main import main
+
+    argv = ["bench", "memory", "--out", str(tmp_path), "--depths", "5,40", "--methods", "jfb,unroll", "--batch-size", "20", "--json"]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    peak = {(r["backward"], r["max_iter"]): r["peak_mib"] for r in rows}
+    assert peak[("jfb", 40)] / peak[("jfb", 5)] <= 1.05  # the paper model: flat for JFB ...
+    assert peak[("unroll", 40)] > 2 * peak[("unroll", 5)]  # ... linear for unrolled backprop
+    assert "| jfb |" in (tmp_path / "memory.md").read_text() and (tmp_path / "memory.png").is_file()

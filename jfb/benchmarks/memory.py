@@ -5,21 +5,26 @@ allocator keeps freed memory around, so measurements in one process contaminate 
 Each measurement runs in a new interpreter with glibc's mmap threshold fixed at 64 KiB (every
 tensor larger than that is mapped on allocation and unmapped on free, so resident memory
 tracks live tensors), resets the kernel's peak-RSS counter after a warm-up step
-(``/proc/self/clear_refs``), runs one step and reports ``VmHWM - VmRSS_before``.
+(``/proc/self/clear_refs``), runs one step and reports ``VmHWM - VmRSS_before``. The tolerance
+is set so that every one of the ``max_iter`` iterations runs (checked).
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
 import sys
-from typing import Optional
+from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 import jfb
+
+MODELS = ("elementwise", "mnist")
 
 
 class _ElementwiseOperator(nn.Module):
@@ -41,48 +46,103 @@ def _kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _measure_in_this_process(backward: str, max_iter: int, dim: int, batch: int) -> dict:
+def _step_function(model_name: str, backward: str, dim: int, batch: int) -> Callable[[int], int]:
+    """``step(depth)`` runs one training step with ``depth`` forward iterations and returns the depth run."""
     torch.manual_seed(0)
-    torch.set_num_threads(1)
-    op = _ElementwiseOperator(dim)
-    opt = torch.optim.SGD(op.parameters(), lr=1e-3)
-    x = torch.randn(batch, dim)
-    solver = "picard"
+    if model_name == "mnist":
+        from ..models import build_model
 
-    def step(depth: int) -> None:
-        layer = jfb.ImplicitLayer(op, solver=solver, backward=backward, tol=1e-30, max_iter=depth, on_failure="ignore")
+        model = build_model("mnist")
+        operator, embed, head = model.operator, model.embedding, model.head
+        inputs, targets = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    else:
+        operator, embed, head = _ElementwiseOperator(dim), nn.Identity(), None
+        inputs, targets = torch.randn(batch, dim), None
+    params = [p for m in (operator, embed, head) if m is not None for p in m.parameters()]
+    opt = torch.optim.SGD(params, lr=1e-3)
+
+    def step(depth: int) -> int:
+        layer = jfb.ImplicitLayer(operator, solver="picard", backward=backward, tol=1e-30, max_iter=depth, on_failure="ignore")
+        u = layer(embed(inputs))
+        loss = nn.functional.cross_entropy(head(u), targets) if head is not None else u.square().mean()
         opt.zero_grad(set_to_none=False)
-        layer(x).square().mean().backward()
+        loss.backward()
         opt.step()
-        layer_depth[0] = layer.last_stats.forward.t_evals
+        return layer.last_stats.forward.t_evals
 
-    layer_depth = [0]
+    return step
+
+
+def _measure_in_this_process(model_name: str, backward: str, max_iter: int, dim: int, batch: int) -> dict:
+    torch.set_num_threads(1)
+    step = _step_function(model_name, backward, dim, batch)
     step(2)  # warm-up: gradient buffers, optimiser state, autograd engine
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = _kib("VmRSS")
-    step(max_iter)
-    depth = layer_depth[0]
+    depth = step(max_iter)
     if depth != max_iter:
         raise RuntimeError(f"the solve stopped after {depth} of {max_iter} iterations; the measurement needs all of them")
-    return {"backward": backward, "max_iter": max_iter, "peak_mib": (_kib("VmHWM") - before) / 1024}
+    return {"model": model_name, "backward": backward, "max_iter": max_iter, "peak_mib": (_kib("VmHWM") - before) / 1024}
 
 
-def peak_step_memory(backward: str, max_iter: int, dim: int = 1024, batch: int = 256) -> float:
+def peak_step_memory(backward: str, max_iter: int, dim: int = 1024, batch: int = 256, model: str = "elementwise") -> float:
     """Peak extra resident memory (MiB) of one training step, measured in a fresh subprocess."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "jfb.benchmarks.memory", "--child", backward, str(max_iter), str(dim), str(batch)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    cmd = [sys.executable, "-m", "jfb.benchmarks.memory", "--child", model, backward, str(max_iter), str(dim), str(batch)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"memory measurement failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"])
+
+
+def memory_table(out_dir: Path, depths: list[int], modes: list[str], model: str, batch: int, log=print) -> list[dict]:
+    """Peak memory for every (mode, depth); writes memory.csv, memory.md and a log-log memory.png."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for mode in modes:
+        for depth in depths:
+            rows.append({"backward": mode, "max_iter": depth, "peak_mib": round(peak_step_memory(mode, depth, batch=batch, model=model), 2)})
+            log(f"{mode:>12} depth {depth:>4}: {rows[-1]['peak_mib']:.2f} MiB")
+    with open(out_dir / "memory.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    header = "| backward | " + " | ".join(f"depth {d}" for d in depths) + " | ratio deepest/shallowest |\n"
+    lines = [header, "|---" * (len(depths) + 2) + "|\n"]
+    for mode in modes:
+        values = [r["peak_mib"] for r in rows if r["backward"] == mode]
+        lines.append(f"| {mode} | " + " | ".join(f"{v:.1f} MiB" for v in values) + f" | {values[-1] / values[0]:.2f} |\n")
+    (out_dir / "memory.md").write_text("".join(lines))
+    _plot(out_dir / "memory.png", rows, modes)
+    return rows
+
+
+def _plot(path: Path, rows: list[dict], modes: list[str]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for mode in modes:
+        points = [(r["max_iter"], r["peak_mib"]) for r in rows if r["backward"] == mode]
+        ax.loglog(*zip(*points), marker="o", label=mode)
+    ax.set_xlabel("forward iterations"), ax.set_ylabel("peak memory of a training step (MiB)"), ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--child", nargs=4, metavar=("BACKWARD", "MAX_ITER", "DIM", "BATCH"))
+    parser.add_argument("--child", nargs=5, metavar=("MODEL", "BACKWARD", "MAX_ITER", "DIM", "BATCH"))
     args = parser.parse_args(argv)
     if args.child:
-        backward, max_iter, dim, batch = args.child
-        print(json.dumps(_measure_in_this_process(backward, int(max_iter), int(dim), int(batch))))
+        model, backward, max_iter, dim, batch = args.child
+        print(json.dumps(_measure_in_this_process(model, backward, int(max_iter), int(dim), int(batch))))
 
 
 if __name__ == "__main__":

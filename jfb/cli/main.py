@@ -1,4 +1,4 @@
-"""The ``jfb`` command line: train, eval, import-reference, demo, toy.
+"""The ``jfb`` command line: train, eval, import-reference, demo, toy, bench memory.
 
 Every command accepts ``--json`` and then prints one final JSON line with its results.
 Bad options print a one-line error and exit with status 2.
@@ -145,6 +145,17 @@ def cmd_toy(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def cmd_bench_memory(args: argparse.Namespace) -> dict[str, Any]:
+    from ..benchmarks.memory import memory_table
+
+    out = _writable_run_dir(Path(args.out))
+    depths = [int(d) for d in args.depths.split(",")]
+    modes = args.methods.split(",")
+    rows = memory_table(out, depths, modes, args.model, args.batch_size, log=_logger(args))
+    _logger(args)((out / "memory.md").read_text())
+    return {"rows": rows, "out": str(out)}
+
+
 def _logger(args: argparse.Namespace):
     def log(message: str) -> None:
         print(message, file=sys.stderr if args.json else sys.stdout, flush=True)
@@ -190,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_toy)
+
+    bench = sub.add_parser("bench", help="Benchmarks.").add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("memory", help="Peak memory of a training step vs forward depth (fresh process per point).")
+    p.add_argument("--json", action="store_true", help="print one final JSON line with the results")
+    p.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--out", default="runs/bench-memory")
+    p.add_argument("--depths", default="10,50,100,200,500")
+    p.add_argument("--methods", default="jfb,ift,neumann:4,unroll")
+    p.add_argument("--model", default="mnist", choices=["mnist", "elementwise"])
+    p.add_argument("--batch-size", type=int, default=100, dest="batch_size")
+    p.set_defaults(run=cmd_bench_memory)
 
     p = command("demo", "Train the MNIST implicit network with JFB for a few minutes and report test accuracy.")
     p.add_argument("--out", default="runs/demo")
