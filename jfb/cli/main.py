@@ -223,11 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ..train.loop import TrainingStopped
+
     try:
         result = args.run(args)
     except (CliError, ValueError, FileNotFoundError) as exc:
         print(f"jfb {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingStopped as exc:
+        print(f"jfb {args.command}: training stopped: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(result))
     return 0

@@ -1,6 +1,7 @@
 """Training: configuration, loop, checkpoints and metrics (callable without the CLI)."""
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .loop import build_from_config, evaluate, train
+from .loop import TrainingStopped, build_from_config, evaluate, train
 
-__all__ = ["TrainConfig", "build_from_config", "evaluate", "load_checkpoint", "save_checkpoint", "train"]
+__all__ = ["TrainConfig",
+    "TrainingStopped", "build_from_config", "evaluate", "load_checkpoint", "save_checkpoint", "train"]

@@ -41,6 +41,7 @@ class TrainConfig:
     limit_train: Optional[int] = None
     limit_test: Optional[int] = None
     data_dir: Optional[str] = None
+    max_bad_batches: int = 10  # consecutive non-finite batches before training stops
 
     def __post_init__(self) -> None:
         self.validate()
@@ -57,6 +58,7 @@ class TrainConfig:
             (self.batch_size >= 1, "batch_size", "an integer >= 1"),
             (self.lr > 0, "lr", "a number > 0"),
             (self.explicit_depth >= 1, "explicit_depth", "an integer >= 1"),
+            (self.max_bad_batches >= 1, "max_bad_batches", "an integer >= 1"),
             (self.eval_tol is None or self.eval_tol > 0, "eval_tol", "a number > 0"),
             (self.limit_train is None or self.limit_train >= 1, "limit_train", "an integer >= 1"),
             (self.limit_test is None or self.limit_test >= 1, "limit_test", "an integer >= 1"),

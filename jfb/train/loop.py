@@ -19,6 +19,10 @@ from .config import TrainConfig
 from .metrics import MetricsLog, plot_curves
 
 
+class TrainingStopped(RuntimeError):
+    """Too many consecutive batches had a non-finite loss or fixed point."""
+
+
 @dataclass
 class EpochStats:
     """Running sums over the batches of one pass."""
@@ -31,6 +35,7 @@ class EpochStats:
     max_forward_iterations: int = 0
     residual: float = 0.0
     j_matvecs: int = 0
+    skipped: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, model: nn.Module) -> None:
@@ -99,10 +104,23 @@ def train_one_epoch(model, optimizer, scheduler, split: Split, config: TrainConf
     steps = math.ceil(len(split) / config.batch_size)
     data = batches(split, config.batch_size, normalize, shuffle_generator=generator, augment=config.augment, device=config.device)
     bar = tqdm(data, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+    consecutive_bad = 0
     for inputs, labels in bar:
+        buffers = [b.clone() for b in model.buffers()]  # BatchNorm statistics: a few KB
         logits = model(inputs)
         loss = nn.functional.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
+        if not _finite_batch(model, loss):
+            # no optimiser step on a non-finite loss or fixed point, and the running statistics that
+            # its forward pass already updated are restored: the model stays the last good one
+            for buffer, saved in zip(model.buffers(), buffers):
+                buffer.copy_(saved)
+            stats.skipped += 1
+            consecutive_bad += 1
+            if consecutive_bad >= config.max_bad_batches:
+                raise TrainingStopped(f"{consecutive_bad} consecutive batches had a non-finite loss or fixed point (epoch {epoch + 1})")
+            continue
+        consecutive_bad = 0
         loss.backward()
         optimizer.step()
         scheduler.step()
@@ -111,6 +129,12 @@ def train_one_epoch(model, optimizer, scheduler, split: Split, config: TrainConf
             stats.j_matvecs += model.implicit.last_stats.j_matvecs
         bar.set_postfix(stats.postfix(), refresh=False)
     return stats
+
+
+def _finite_batch(model: nn.Module, loss: torch.Tensor) -> bool:
+    if isinstance(model, ImplicitClassifier) and model.implicit.last_stats.status == "non_finite":
+        return False
+    return bool(torch.isfinite(loss))
 
 
 @torch.no_grad()
@@ -171,8 +195,14 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, progress: bo
 
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
-        stats = train_one_epoch(model, optimizer, scheduler, train_split, config, normalize, epoch, progress)
+        try:
+            stats = train_one_epoch(model, optimizer, scheduler, train_split, config, normalize, epoch, progress)
+        except TrainingStopped as stop:
+            save_checkpoint(run_dir / "stopped.pt", {"config": config.to_dict(), "model": model.state_dict(), "epoch": epoch})
+            raise TrainingStopped(f"{stop}; weights before the bad batches saved to {run_dir / 'stopped.pt'}") from None
         epoch_time = time.perf_counter() - started
+        if stats.skipped:
+            log(f"warning: epoch {epoch + 1} skipped {stats.skipped} batches with a non-finite loss or fixed point")
         val = evaluate(model, val_split, config, normalize, progress, "validation")
         test = evaluate(model, test_split, config, normalize, progress, "test")
         record = {
@@ -186,6 +216,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, progress: bo
             "epoch_time_s": epoch_time,
             "samples_per_s": stats.samples / epoch_time,
             "j_matvecs": stats.j_matvecs,
+            "skipped_batches": stats.skipped,
             "backward": config.backward if config.model == "implicit" else "explicit",
             "solver_statuses": json.dumps(stats.statuses, sort_keys=True),
             "lr": scheduler.get_last_lr()[0],

@@ -1,0 +1,47 @@
+"""Batches with a non-finite loss or fixed point are skipped, counted, and stop training when they persist."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+import jfb.train.loop as loop
+from jfb.train import TrainConfig, TrainingStopped, load_checkpoint, train
+
+CONFIG = dict(epochs=1, limit_train=500, limit_test=100, max_iter=10)
+
+
+def _poisoned_batches(bad_indices):
+    original = loop.batches
+
+    def batches(split, batch_size, normalize, **kwargs):
+        for i, (inputs, labels) in enumerate(original(split, batch_size, normalize, **kwargs)):
+            if kwargs.get("shuffle_generator") is not None and (bad_indices is None or i in bad_indices):
+                inputs = inputs.clone()
+                inputs[0, 0, 0, 0] = float("nan")
+            yield inputs, labels
+
+    return batches
+
+
+def test_nan_batches_are_skipped_and_counted(tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "batches", _poisoned_batches({1, 3}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = train(TrainConfig(**CONFIG), tmp_path, progress=False, log=lambda m: None)
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["skipped_batches"] == 2
+    assert all(torch.isfinite(p).all() for p in load_checkpoint(tmp_path / "last.pt")["model"].values() if p.is_floating_point())
+    assert result["test_acc_last"] > 20  # 3 good steps of 5 still train
+
+
+def test_persistent_nan_stops_training_and_saves_the_good_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "batches", _poisoned_batches(None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(TrainingStopped, match=r"3 consecutive batches had a non-finite loss or fixed point.*stopped.pt"):
+            train(TrainConfig(**CONFIG, max_bad_batches=3), tmp_path, progress=False, log=lambda m: None)
+    saved = load_checkpoint(tmp_path / "stopped.pt")["model"]
+    assert all(torch.isfinite(p).all() for p in saved.values() if p.is_floating_point())
