@@ -145,6 +145,21 @@ def cmd_toy(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
+    from ..experiments.compare import run_compare
+
+    base = {k: v for k, v in _config_from_target(args.target).items() if k != "__source__"}
+    for name in ("epochs", "limit_train", "limit_test", "max_iter", "seed", "batch_size", "tol"):
+        if getattr(args, name) is not None:
+            base[name] = getattr(args, name)
+    out = _writable_run_dir(Path(args.out))
+    methods = args.methods.split(",")
+    rows = run_compare(base, methods, out, ift_batch_norm=args.ift_batch_norm, progress=not args.no_progress, log=_logger(args))
+    reduced = {k: base[k] for k in ("epochs", "limit_train", "limit_test") if base.get(k) is not None}
+    _logger(args)((out / "compare.md").read_text() + (f"budget reduced from the paper's runs: {reduced}" if reduced else ""))
+    return {"rows": rows, "out": str(out), "budget": reduced}
+
+
 def cmd_bench_memory(args: argparse.Namespace) -> dict[str, Any]:
     from ..benchmarks.memory import memory_table
 
@@ -201,6 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_toy)
+
+    p = command("compare", "Train the same model from the same seed with each backward mode (the paper's Table 2).")
+    p.add_argument("target", help="mnist, svhn, cifar10, or a .toml config file")
+    p.add_argument("--methods", default="jfb,ift,neumann:1,neumann:2,neumann:4")
+    p.add_argument("--out", default="runs/compare")
+    p.add_argument("--ift-batch-norm", action="store_true", help="keep latent BatchNorm in the ift runs too")
+    for name, kind in (("epochs", int), ("limit_train", int), ("limit_test", int), ("max_iter", int), ("seed", int), ("batch_size", int), ("tol", float)):
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind)
+    p.set_defaults(run=cmd_compare)
 
     bench = sub.add_parser("bench", help="Benchmarks.").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("memory", help="Peak memory of a training step vs forward depth (fresh process per point).")

@@ -37,6 +37,7 @@ class EpochStats:
     j_matvecs: int = 0
     skipped: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
+    backward_statuses: dict[str, int] = field(default_factory=dict)
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, model: nn.Module) -> None:
         n = labels.shape[0]
@@ -126,7 +127,9 @@ def train_one_epoch(model, optimizer, scheduler, split: Split, config: TrainConf
         scheduler.step()
         stats.add(loss.detach(), logits.detach(), labels, model)
         if isinstance(model, ImplicitClassifier):
-            stats.j_matvecs += model.implicit.last_stats.j_matvecs
+            backward = model.implicit.last_stats.backward
+            stats.j_matvecs += backward.j_matvecs
+            stats.backward_statuses[backward.status] = stats.backward_statuses.get(backward.status, 0) + 1
         bar.set_postfix(stats.postfix(), refresh=False)
     return stats
 
@@ -219,6 +222,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, progress: bo
             "skipped_batches": stats.skipped,
             "backward": config.backward if config.model == "implicit" else "explicit",
             "solver_statuses": json.dumps(stats.statuses, sort_keys=True),
+            "backward_statuses": json.dumps(stats.backward_statuses, sort_keys=True),
             "lr": scheduler.get_last_lr()[0],
         }
         metrics.append(record)

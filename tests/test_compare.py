@@ -1,0 +1,23 @@
+"""`jfb compare` at a tiny scale: one run per method, J mat-vec counts per their formula."""
+from __future__ import annotations
+
+import json
+
+from jfb.cli.main import main
+
+
+def test_compare_counts_and_outputs(tmp_path, capsys):
+    argv = ["compare", "mnist", "--methods", "jfb,neumann:2,ift", "--epochs", "1", "--limit-train", "300",
+            "--limit-test", "100", "--max-iter", "10", "--out", str(tmp_path), "--no-progress", "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = {r["method"]: r for r in result["rows"]}
+    batches = 3  # 300 images, batch 100
+    assert rows["jfb"]["j_matvecs_per_epoch"] == 0
+    assert rows["neumann:2"]["j_matvecs_per_epoch"] == 2 * batches
+    # CG: 2 products per iteration + 1 set-up per batch, at most max_iter (= forward max_iter) iterations
+    assert batches * 3 <= rows["ift"]["j_matvecs_per_epoch"] <= batches * (2 * 10 + 1)
+    assert rows["ift"]["latent_batch_norm"] is False and rows["jfb"]["latent_batch_norm"] is True
+    assert result["budget"] == {"epochs": 1, "limit_train": 300, "limit_test": 100}
+    table = (tmp_path / "compare.md").read_text()
+    assert "| neumann:2 |" in table and (tmp_path / "compare.png").is_file() and (tmp_path / "compare.csv").is_file()
