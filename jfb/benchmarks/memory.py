@@ -24,6 +24,8 @@ from torch import nn
 
 import jfb
 
+from ..plotting import pyplot
+
 MODELS = ("elementwise", "mnist")
 
 
@@ -119,12 +121,8 @@ def memory_table(out_dir: Path, depths: list[int], modes: list[str], model: str,
 
 
 def _plot(path: Path, rows: list[dict], modes: list[str]) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(5, 4))
     for mode in modes:

@@ -1,4 +1,4 @@
-"""The ``jfb`` command line: train, eval, import-reference, demo, toy, bench memory.
+"""The ``jfb`` command line: train, eval, import-reference, demo, compare, toy, bench memory.
 
 Every command accepts ``--json`` and then prints one final JSON line with its results.
 Bad options print a one-line error and exit with status 2.

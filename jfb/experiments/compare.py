@@ -13,6 +13,7 @@ from statistics import mean
 from typing import Any
 
 from ..train import TrainConfig, train
+from ..plotting import pyplot
 
 
 def run_compare(base: dict[str, Any], methods: list[str], out_dir: Path, ift_batch_norm: bool = False, progress: bool = True, log=print) -> list[dict[str, Any]]:
@@ -70,12 +71,8 @@ def _write(out_dir: Path, rows: list[dict[str, Any]], curves: dict[str, list[dic
 
 
 def _plot(out_dir: Path, curves: dict[str, list[dict[str, Any]]]) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for method, records in curves.items():

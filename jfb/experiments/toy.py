@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..layer import ImplicitLayer
+from ..plotting import pyplot
 
 ROOT_BOUND = 5 ** (-0.25)
 
@@ -81,12 +82,8 @@ def run_toy(out_dir: Path, steps: int = 1500, batch: int = 128, seed: int = 0, p
 
 
 def _plot(path: Path, grid: Tensor, truth: Tensor, learned: Tensor) -> Optional[Path]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.plot(grid[:, 0], truth[:, 0], label="true y(d): y = d + y^5")

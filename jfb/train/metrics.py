@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from ..plotting import pyplot
+
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -52,12 +54,8 @@ def _tensorboard_writer(run_dir: Path):
 
 def plot_curves(run_dir: Path, records: list[dict[str, Any]]) -> Optional[Path]:
     """Training curves as ``curves.png`` (None when matplotlib is not installed)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     epochs = [r["epoch"] for r in records]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
