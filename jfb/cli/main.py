@@ -1,4 +1,4 @@
-"""The ``jfb`` command line: train, eval, import-reference, demo, compare, toy, bench memory.
+"""The ``jfb`` command line: train, eval, import-reference, demo, compare, diagnose, toy, bench memory.
 
 Every command accepts ``--json`` and then prints one final JSON line with its results.
 Bad options print a one-line error and exit with status 2.
@@ -160,6 +160,15 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": rows, "out": str(out), "budget": reduced}
 
 
+def cmd_diagnose(args: argparse.Namespace) -> dict[str, Any]:
+    from ..experiments.diagnose import diagnose
+
+    out = _writable_run_dir(Path(args.out))
+    summary = diagnose(Path(args.checkpoint), out, n_batches=args.batches, log=_logger(args))
+    _logger(args)((out / "diagnose.md").read_text())
+    return summary
+
+
 def cmd_bench_memory(args: argparse.Namespace) -> dict[str, Any]:
     from ..benchmarks.memory import memory_table
 
@@ -225,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind in (("epochs", int), ("limit_train", int), ("limit_test", int), ("max_iter", int), ("seed", int), ("batch_size", int), ("tol", float)):
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind)
     p.set_defaults(run=cmd_compare)
+
+    p = command("diagnose", "Contraction factor at u*, JFB vs true gradient (descent), Neumann-k errors, on test batches.")
+    p.add_argument("checkpoint")
+    p.add_argument("--batches", type=int, default=5)
+    p.add_argument("--out", default="runs/diagnose")
+    p.set_defaults(run=cmd_diagnose)
 
     bench = sub.add_parser("bench", help="Benchmarks.").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("memory", help="Peak memory of a training step vs forward depth (fresh process per point).")
