@@ -11,7 +11,6 @@ is set so that every one of the ``max_iter`` iterations runs (checked).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -25,6 +24,7 @@ from torch import nn
 import jfb
 
 from ..plotting import pyplot
+from ..tables import csv_text
 
 MODELS = ("elementwise", "mnist")
 
@@ -106,10 +106,7 @@ def memory_table(out_dir: Path, depths: list[int], modes: list[str], model: str,
         for depth in depths:
             rows.append({"backward": mode, "max_iter": depth, "peak_mib": round(peak_step_memory(mode, depth, batch=batch, model=model), 2)})
             log(f"{mode:>12} depth {depth:>4}: {rows[-1]['peak_mib']:.2f} MiB")
-    with open(out_dir / "memory.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    (out_dir / "memory.csv").write_text(csv_text(rows))
     header = "| backward | " + " | ".join(f"depth {d}" for d in depths) + " | ratio deepest/shallowest |\n"
     lines = [header, "|---" * (len(depths) + 2) + "|\n"]
     for mode in modes:

@@ -6,7 +6,6 @@ equals the forward ``max_iter``.
 """
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from statistics import mean
@@ -14,6 +13,7 @@ from typing import Any
 
 from ..train import TrainConfig, train
 from ..plotting import pyplot
+from ..tables import csv_text
 
 
 def run_compare(base: dict[str, Any], methods: list[str], out_dir: Path, ift_batch_norm: bool = False, progress: bool = True, log=print) -> list[dict[str, Any]]:
@@ -52,10 +52,7 @@ def _summary(method: str, config: TrainConfig, result: dict[str, Any], records: 
 
 
 def _write(out_dir: Path, rows: list[dict[str, Any]], curves: dict[str, list[dict[str, Any]]]) -> None:
-    with open(out_dir / "compare.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    (out_dir / "compare.csv").write_text(csv_text(rows))
     jfb_time = next((r["epoch_time_s"] for r in rows if r["method"] == "jfb"), None)
     lines = ["| method | latent BN | s/epoch | time vs jfb | J mat-vecs/epoch | forward iters | backward converged | test acc (last) | test acc (val-selected) |\n",
              "|---|---|---|---|---|---|---|---|---|\n"]

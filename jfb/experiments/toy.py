@@ -6,7 +6,6 @@ solution, which is computed by bisection: ``g(y) = y - y^5 - d`` is increasing o
 """
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -17,6 +16,7 @@ from tqdm import tqdm
 
 from ..layer import ImplicitLayer
 from ..plotting import pyplot
+from ..tables import csv_text
 
 ROOT_BOUND = 5 ** (-0.25)
 
@@ -63,10 +63,7 @@ def run_toy(out_dir: Path, steps: int = 1500, batch: int = 128, seed: int = 0, p
     truth = true_solution(grid).float()
     error = (learned - truth).abs()
     rows = [{"d": float(a), "true_y": float(b), "learned_y": float(c)} for a, b, c in zip(grid[:, 0], truth[:, 0], learned[:, 0])]
-    with open(out_dir / "toy.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    (out_dir / "toy.csv").write_text(csv_text(rows))
     result = {
         "max_abs_error": float(error.max()),
         "mean_abs_error": float(error.mean()),

@@ -12,7 +12,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Optional, Union
 
-import torch
 from torch import Tensor
 
 from ..safe_load import load_tensors_only

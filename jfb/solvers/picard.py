@@ -1,7 +1,6 @@
 """Picard (fixed-point) iteration: Algorithm 1 of the paper."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .base import Operator, ResidualTracker, SolverState

@@ -6,7 +6,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,6 +51,8 @@ class EpochStats:
             self.max_forward_iterations = max(self.max_forward_iterations, int(stats.iterations.max()))
             self.residual += float(stats.rel_residual.mean())
             self.statuses[stats.status] = self.statuses.get(stats.status, 0) + 1
+            self.j_matvecs += stats.j_matvecs
+            self.backward_statuses[stats.backward.status] = self.backward_statuses.get(stats.backward.status, 0) + 1
 
     def summary(self, prefix: str) -> dict[str, Any]:
         b = max(self.batches, 1)
@@ -125,11 +127,7 @@ def train_one_epoch(model, optimizer, scheduler, split: Split, config: TrainConf
         loss.backward()
         optimizer.step()
         scheduler.step()
-        stats.add(loss.detach(), logits.detach(), labels, model)
-        if isinstance(model, ImplicitClassifier):
-            backward = model.implicit.last_stats.backward
-            stats.j_matvecs += backward.j_matvecs
-            stats.backward_statuses[backward.status] = stats.backward_statuses.get(backward.status, 0) + 1
+        stats.add(loss.detach(), logits.detach(), labels, model)  # after backward: J mat-vecs are counted
         bar.set_postfix(stats.postfix(), refresh=False)
     return stats
 

@@ -1,14 +1,13 @@
 """Per-epoch metrics: metrics.csv and metrics.jsonl in the run dir (plus TensorBoard if installed)."""
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from pathlib import Path
 from typing import Any, Optional
 
 from ..plotting import pyplot
+from ..tables import csv_text
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -31,12 +30,7 @@ class MetricsLog:
     def append(self, record: dict[str, Any]) -> None:
         self.records.append(record)
         _atomic_write(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
-        columns = list(dict.fromkeys(k for r in self.records for k in r))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(self.records)
-        _atomic_write(self.run_dir / "metrics.csv", buffer.getvalue())
+        _atomic_write(self.run_dir / "metrics.csv", csv_text(self.records))
         if self._tensorboard is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key != "epoch":
