@@ -94,17 +94,12 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     from ..data import Normalizer, dataset_info, load_splits
-    from ..train import TrainConfig, build_from_config, evaluate, load_checkpoint
+    from ..train import evaluate, restore_model
 
-    checkpoint = load_checkpoint(Path(args.checkpoint))
-    values = dict(checkpoint["config"])
-    for name in ("tol", "max_iter", "solver", "batch_size", "limit_test", "data_dir"):
-        if getattr(args, name) is not None:
-            values[name] = getattr(args, name)
-    values["eval_tol"] = values["tol"] if args.tol is not None else values.get("eval_tol")
-    config = TrainConfig.from_dict(values, source=args.checkpoint)
-    model = build_from_config(config)
-    model.load_state_dict(checkpoint["model"])
+    overrides = {name: getattr(args, name) for name in ("tol", "max_iter", "solver", "batch_size", "limit_test", "data_dir") if getattr(args, name) is not None}
+    if args.tol is not None:
+        overrides["eval_tol"] = args.tol
+    model, config = restore_model(Path(args.checkpoint), overrides)
     _, _, test = load_splits(config.dataset, config.data_dir, seed=config.seed)
     test = test.subset(config.limit_test)
     info = dataset_info(config.dataset)

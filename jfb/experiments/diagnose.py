@@ -20,7 +20,7 @@ from ..contraction import lipschitz_estimate
 from ..data import Normalizer, batches, dataset_info, load_splits
 from ..layer import ImplicitLayer
 from ..models import ImplicitClassifier
-from ..train import TrainConfig, build_from_config, load_checkpoint
+from ..train import restore_model
 
 NEUMANN_ORDERS = (0, 1, 2, 4, 8)
 
@@ -33,10 +33,7 @@ def _gradient(model: ImplicitClassifier, backward, inputs, labels, tol: float, m
 
 
 def diagnose(checkpoint_path: Path, out_dir: Path, n_batches: int = 5, batch_size: int = 100, log=print) -> dict[str, Any]:
-    checkpoint = load_checkpoint(checkpoint_path)
-    config = TrainConfig.from_dict(checkpoint["config"], source=str(checkpoint_path))
-    model = build_from_config(config)
-    model.load_state_dict(checkpoint["model"])
+    model, config = restore_model(checkpoint_path)
     if not isinstance(model, ImplicitClassifier):
         raise ValueError(f"{checkpoint_path}: diagnose needs an implicit model, not {config.model!r}")
     model.eval()

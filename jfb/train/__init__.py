@@ -1,7 +1,15 @@
 """Training: configuration, loop, checkpoints and metrics (callable without the CLI)."""
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .loop import TrainingStopped, build_from_config, evaluate, train
+from .loop import TrainingStopped, build_from_config, evaluate, restore_model, train
 
-__all__ = ["TrainConfig",
-    "TrainingStopped", "build_from_config", "evaluate", "load_checkpoint", "save_checkpoint", "train"]
+__all__ = [
+    "TrainConfig",
+    "TrainingStopped",
+    "build_from_config",
+    "evaluate",
+    "load_checkpoint",
+    "restore_model",
+    "save_checkpoint",
+    "train",
+]

@@ -6,7 +6,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -159,6 +159,15 @@ def build_from_config(config: TrainConfig) -> nn.Module:
         latent_batch_norm=config.latent_batch_norm,
         **config.layer_options(),
     ).to(config.device)
+
+
+def restore_model(path: Path, overrides: Optional[dict[str, Any]] = None) -> tuple[nn.Module, TrainConfig]:
+    """The model saved in one of our checkpoints, with its configuration (``overrides`` applied)."""
+    checkpoint = load_checkpoint(path)
+    config = TrainConfig.from_dict({**checkpoint["config"], **(overrides or {})}, source=str(path))
+    model = build_from_config(config)
+    model.load_state_dict(checkpoint["model"])
+    return model, config
 
 
 def train(config: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True, log=print) -> dict[str, Any]:
