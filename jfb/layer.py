@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from .backward import IFT, BackwardMode, BackwardStats, get_backward
 from .backward.base import FixedPointMap
 from .frozen import frozen_running_stats
+from .lockstep import all_processes_done, distributed_world_size, has_collectives
 from .solvers import STOP_MODES, SolverState, get_solver
 
 ON_FAILURE = ("warn", "raise", "ignore")
@@ -85,6 +86,10 @@ class ImplicitLayer(nn.Module):
         on_failure: ``"warn"`` (default), ``"raise"`` or ``"ignore"`` when the forward solve
             diverges or meets a non-finite value; the status is always in ``last_stats``.
         solver_kwargs: extra options of the solver (e.g. ``memory``, ``beta`` for Anderson).
+        lockstep: make all processes of a distributed run stop the solve together (see
+            :mod:`jfb.lockstep`). ``None`` (default) decides per call: on when torch.distributed
+            runs several processes and the operator holds a SyncBatchNorm in training mode.
+            Lock-step solves never freeze converged samples.
 
     In training mode with grad enabled the output is ``T(u*)`` computed with grad (the paper's
     Figure 3); otherwise it is the solver's ``u*``. BatchNorm running statistics inside T are
@@ -105,6 +110,7 @@ class ImplicitLayer(nn.Module):
         keep_history: bool = False,
         divergence_ratio: float = 1e4,
         solver_kwargs: Optional[dict[str, Any]] = None,
+        lockstep: Optional[bool] = None,
     ) -> None:
         super().__init__()
         if not callable(operator):
@@ -124,6 +130,7 @@ class ImplicitLayer(nn.Module):
         self.stop_mode, self.freeze_converged, self.on_failure = stop_mode, freeze_converged, on_failure
         self.keep_history, self.divergence_ratio = keep_history, divergence_ratio
         self.solver_kwargs = dict(solver_kwargs or {})
+        self.lockstep = lockstep
         self.last_stats: Optional[ImplicitStats] = None
 
     def forward(self, x: Any, u0: Optional[Tensor] = None) -> Tensor:
@@ -140,6 +147,7 @@ class ImplicitLayer(nn.Module):
 
     def _solve(self, T: Callable, u0: Tensor) -> tuple[Tensor, SolverState]:
         records_graph = self.backward_mode.records_forward_graph and torch.is_grad_enabled()
+        lockstep = self._in_lockstep()
         with frozen_running_stats(self.operator), torch.set_grad_enabled(records_graph):
             return self.solve(
                 T,
@@ -147,11 +155,25 @@ class ImplicitLayer(nn.Module):
                 tol=self.tol,
                 max_iter=self.max_iter,
                 stop_mode=self.stop_mode,
-                freeze_converged=self.freeze_converged and not records_graph,
+                freeze_converged=self.freeze_converged and not records_graph and not lockstep,
                 divergence_ratio=self.divergence_ratio,
                 keep_history=self.keep_history,
+                agree=all_processes_done(u0.device) if lockstep else None,
                 **self.solver_kwargs,
             )
+
+    def _in_lockstep(self) -> bool:
+        if self.lockstep is not None:
+            lockstep = self.lockstep and distributed_world_size() > 1
+        else:
+            lockstep = distributed_world_size() > 1 and has_collectives(self.operator)
+        if lockstep and isinstance(self.backward_mode, IFT) and torch.is_grad_enabled():
+            raise ValueError(
+                "backward 'ift' cannot run with collectives inside the operator (SyncBatchNorm in a distributed run): "
+                "its linear solve stops at a different iteration on each process; use backward 'jfb' or 'neumann:K', "
+                "or no latent BatchNorm"
+            )
+        return lockstep
 
     def _bind(self, x: Any) -> Callable[[Tensor, Optional[Tensor]], Tensor]:
         """T(u, index): the operator with the input bound, on the batch rows ``index``."""

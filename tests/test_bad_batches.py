@@ -18,7 +18,7 @@ def _poisoned_batches(bad_indices):
 
     def batches(split, batch_size, normalize, **kwargs):
         for i, (inputs, labels) in enumerate(original(split, batch_size, normalize, **kwargs)):
-            if kwargs.get("shuffle_generator") is not None and (bad_indices is None or i in bad_indices):
+            if kwargs.get("shuffle_seed") is not None and (bad_indices is None or i in bad_indices):
                 inputs = inputs.clone()
                 inputs[0, 0, 0, 0] = float("nan")
             yield inputs, labels

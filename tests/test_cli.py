@@ -51,9 +51,9 @@ def test_eval_reproduces_the_recorded_test_accuracy(trained_run, capsys):
 
 def test_checkpoint_holds_everything_for_resumption(trained_run):
     checkpoint = load_checkpoint(trained_run / "last.pt")
-    for key in ("config", "model", "optimizer", "scheduler", "epoch", "rng", "records", "best_val_acc"):
+    for key in ("config", "model", "optimizer", "scheduler", "position", "rng", "records", "best_val_acc"):
         assert key in checkpoint
-    assert checkpoint["epoch"] == 1
+    assert checkpoint["position"]["epoch"] == 1 and checkpoint["position"]["step"] == 0
 
 
 def test_resume_of_a_finished_run_reports_the_same_and_trains_no_more(trained_run, capsys):

@@ -6,6 +6,7 @@ whole batches of tensors. The test split is never augmented.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -51,6 +52,10 @@ class Split:
     def subset(self, limit: Optional[int]) -> "Split":
         return self if limit is None else Split(self.images[:limit], self.labels[:limit])
 
+    def shard(self, rank: int, world: int) -> "Split":
+        """Every ``world``-th sample from ``rank`` on (for evaluation split across processes)."""
+        return self if world == 1 else Split(self.images[rank::world], self.labels[rank::world])
+
 
 def load_splits(name: str, data_dir: Optional[Path] = None, seed: int = 0) -> tuple[Split, Split, Split]:
     """Train / validation / test. The validation set is a fixed random subset of the training set."""
@@ -95,26 +100,47 @@ def batches(
     batch_size: int,
     normalize: Normalizer,
     *,
-    shuffle_generator: Optional[torch.Generator] = None,
+    shuffle_seed: Optional[int] = None,
     augment: bool = False,
     start: int = 0,
+    shard: tuple[int, int] = (0, 1),
     device: str = "cpu",
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(inputs, labels)`` batches from batch index ``start`` on (for exact resumption).
+    """Yield ``(inputs, labels)`` batches from batch index ``start`` on.
 
-    The permutation is drawn from ``shuffle_generator`` (no shuffling when None); augmentation
-    draws from the same generator, so a run is reproducible from that generator's state.
+    The permutation is drawn from ``shuffle_seed`` (no shuffling when None) and batch ``i`` is
+    augmented from its own seed, so starting at ``start`` gives exactly the batches an
+    uninterrupted pass would have given there. With ``shard=(rank, world)`` every global batch
+    of ``batch_size`` samples is augmented as a whole and split into ``world`` parts (rank
+    ``r`` takes rows ``r, r + world, ...``): the processes of a data-parallel run together
+    see exactly the batches of a single-process run. A final global batch with fewer than
+    ``world`` samples is dropped, so that no process gets an empty batch.
     """
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard rank must be in [0, {world}), got {rank}")
+    if augment and shuffle_seed is None:
+        raise ValueError("augmentation needs a shuffle seed")
     n = len(split)
-    order = torch.randperm(n, generator=shuffle_generator) if shuffle_generator is not None else torch.arange(n)
-    for first in range(start * batch_size, n, batch_size):
-        index = order[first : first + batch_size]
+    order = torch.arange(n) if shuffle_seed is None else torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))
+    for batch_index in range(start, math.ceil(n / batch_size)):
+        index = order[batch_index * batch_size : (batch_index + 1) * batch_size]
+        if len(index) < world:
+            return
         images = split.images[index]
         if augment:
-            if shuffle_generator is None:
-                raise ValueError("augmentation needs a random generator")
-            images = random_crop_flip(images, shuffle_generator)
-        yield normalize(images.to(device)), split.labels[index].to(device)
+            images = random_crop_flip(images, torch.Generator().manual_seed(_batch_seed(shuffle_seed, batch_index)))
+        yield normalize(images[rank::world].to(device)), split.labels[index[rank::world]].to(device)
 
 
-__all__ = ["DATASETS", "DatasetInfo", "Normalizer", "Split", "batches", "dataset_info", "load_splits", "random_crop_flip"]
+def _batch_seed(shuffle_seed: int, batch_index: int) -> int:
+    return (shuffle_seed * 1_000_003 + batch_index) % (2**63)
+
+
+def steps_per_pass(n: int, batch_size: int, world: int = 1) -> int:
+    """Number of batches :func:`batches` yields for ``n`` samples."""
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest >= world else 0)
+
+
+__all__ = ["DATASETS", "DatasetInfo", "Normalizer", "Split", "batches", "dataset_info", "load_splits", "random_crop_flip", "steps_per_pass"]

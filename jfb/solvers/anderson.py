@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .base import Operator, ResidualTracker, SolverState
+from .base import Agreement, Operator, ResidualTracker, SolverState
 
 
 def anderson(
@@ -19,6 +19,7 @@ def anderson(
     freeze_converged: bool = False,
     divergence_ratio: float = 1e4,
     keep_history: bool = False,
+    agree: Optional[Agreement] = None,
     memory: int = 5,
     beta: float = 1.0,
     ridge: float = 1e-4,
@@ -32,7 +33,7 @@ def anderson(
     One T evaluation per step. Returns the lowest-residual iterate of each sample.
     """
     shape, batch = u0.shape, u0.shape[0]
-    tracker = ResidualTracker(u0, tol, max_iter, stop_mode, divergence_ratio, keep_history)
+    tracker = ResidualTracker(u0, tol, max_iter, stop_mode, divergence_ratio, keep_history, agree=agree)
     X = u0.new_zeros(batch, memory, u0[0].numel())
     F = torch.zeros_like(X)
 
@@ -47,14 +48,14 @@ def anderson(
         F[rows, slot] = fx.reshape(x_rows.shape[0], -1)
 
     evaluate(0, u0.reshape(batch, -1), 1)
-    if max_iter > 1 and not tracker.done:
+    if max_iter > 1 and not tracker.finished():
         evaluate(1, F[:, 0].clone(), 2)
     H = u0.new_zeros(batch, memory + 1, memory + 1)
     H[:, 0, 1:] = H[:, 1:, 0] = 1
     rhs = u0.new_zeros(batch, memory + 1, 1)
     rhs[:, 0] = 1
     for step in range(3, max_iter + 1):
-        if tracker.done:
+        if tracker.finished():
             break
         n = min(step - 1, memory)
         G = F[:, :n] - X[:, :n]

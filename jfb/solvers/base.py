@@ -3,7 +3,8 @@
 Every solver has the signature ``solve(f, u0, *, tol, max_iter, ...) -> (u, SolverState)`` where
 ``f(u, index)`` evaluates T on the samples ``index`` of the batch (``index=None`` means all of
 them).  Residuals are per sample: ``||T(u_k) - u_k||`` with the norm over all non-batch
-dimensions, and the relative residual divides it by ``||T(u_k)||``.
+dimensions, and the relative residual divides it by ``||T(u_k)||``. With ``agree`` (data-parallel
+training with collectives inside T, see :mod:`jfb.lockstep`) all processes stop together.
 """
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import torch
 from torch import Tensor
 
 Operator = Callable[[Tensor, Optional[Tensor]], Tensor]
+#: ``agree(locally_done) -> stop``: turns this process's stopping decision into one shared by
+#: all processes (see :mod:`jfb.lockstep`); called exactly once per iteration when given
+Agreement = Callable[[bool], bool]
 
 STATUSES = ("converged", "max_iter", "diverged", "non_finite")
 STOP_MODES = ("abs", "rel")
@@ -62,10 +66,12 @@ class ResidualTracker:
         divergence_ratio: float,
         keep_history: bool,
         track_best: bool = True,
+        agree: Optional[Agreement] = None,
     ) -> None:
         batch = u0.shape[0]
         self.tol, self.max_iter, self.stop_mode = tol, max_iter, stop_mode
         self.divergence_ratio = divergence_ratio
+        self.agree = agree
         self.best = u0.detach().clone() if track_best else None
         device = u0.device
         self.abs_residual = torch.full((batch,), float("inf"), device=device, dtype=u0.dtype)
@@ -127,9 +133,10 @@ class ResidualTracker:
         self.abs_residual[rows] = abs_res[improved]
         self.rel_residual[rows] = rel_res[improved]
 
-    @property
-    def done(self) -> bool:
-        return bool(self.converged.all()) or self.non_finite or self.diverged
+    def finished(self) -> bool:
+        """Whether to stop iterating: every sample converged, or a failure (agreed across processes)."""
+        done = bool(self.converged.all()) or self.non_finite or self.diverged
+        return done if self.agree is None else self.agree(done)
 
     def state(self) -> SolverState:
         if self.non_finite:

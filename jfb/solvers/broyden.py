@@ -1,10 +1,12 @@
 """Limited-memory ("good") Broyden on g(u) = T(u) - u, batched per sample."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
-from .base import Operator, ResidualTracker, SolverState
+from .base import Agreement, Operator, ResidualTracker, SolverState
 
 #: a step that multiplies a sample's residual by more than this is undone and its memory reset
 _REJECT_GROWTH = 4.0
@@ -20,6 +22,7 @@ def broyden(
     freeze_converged: bool = False,
     divergence_ratio: float = 1e4,
     keep_history: bool = False,
+    agree: Optional[Agreement] = None,
     memory: int = 10,
 ) -> tuple[Tensor, SolverState]:
     """Quasi-Newton solve of ``T(u) - u = 0``.
@@ -33,7 +36,7 @@ def broyden(
     Returns the lowest-residual ``T(u)`` of each sample.
     """
     shape, batch = u0.shape, u0.shape[0]
-    tracker = ResidualTracker(u0, tol, max_iter, stop_mode, divergence_ratio, keep_history)
+    tracker = ResidualTracker(u0, tol, max_iter, stop_mode, divergence_ratio, keep_history, agree=agree)
     dim = u0[0].numel()
     U = u0.new_zeros(batch, dim, memory)
     V = u0.new_zeros(batch, memory, dim)
@@ -43,7 +46,7 @@ def broyden(
     tracker.t_evals += 1
     g = fu - u
     for step in range(2, max_iter + 1):
-        if tracker.done:
+        if tracker.finished():
             break
         frozen = tracker.converged if freeze_converged else torch.zeros_like(tracker.converged)
         du = torch.where(frozen[:, None], torch.zeros_like(u), -_matvec(U, V, g))

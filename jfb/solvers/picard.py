@@ -1,9 +1,11 @@
 """Picard (fixed-point) iteration: Algorithm 1 of the paper."""
 from __future__ import annotations
 
+from typing import Optional
+
 from torch import Tensor
 
-from .base import Operator, ResidualTracker, SolverState
+from .base import Agreement, Operator, ResidualTracker, SolverState
 
 
 def picard(
@@ -16,6 +18,7 @@ def picard(
     freeze_converged: bool = False,
     divergence_ratio: float = 1e4,
     keep_history: bool = False,
+    agree: Optional[Agreement] = None,
 ) -> tuple[Tensor, SolverState]:
     """Iterate ``u <- T(u)`` until every sample's residual is <= ``tol`` or ``max_iter``.
 
@@ -24,7 +27,7 @@ def picard(
     statistics if T normalises over the batch).  Differentiable when called with grad enabled
     and ``freeze_converged=False`` (that is how the ``unroll`` backward uses it).
     """
-    tracker = ResidualTracker(u0, tol, max_iter, stop_mode, divergence_ratio, keep_history, track_best=False)
+    tracker = ResidualTracker(u0, tol, max_iter, stop_mode, divergence_ratio, keep_history, track_best=False, agree=agree)
     u = u0
     for step in range(1, max_iter + 1):
         if freeze_converged and step > 1:
@@ -37,6 +40,6 @@ def picard(
             tracker.update(u, fu, step)
             u = fu
         tracker.t_evals += 1
-        if tracker.done:
+        if tracker.finished():
             break
     return u, tracker.state()

@@ -10,6 +10,8 @@ from typing import Any, Optional
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 DEVICES = ("cpu", "cuda")
+#: options a resumed run may change
+RUNTIME_OPTIONS = ("threads", "checkpoint_every", "data_dir")
 
 
 @dataclass
@@ -42,6 +44,8 @@ class TrainConfig:
     limit_test: Optional[int] = None
     data_dir: Optional[str] = None
     max_bad_batches: int = 10  # consecutive non-finite batches before training stops
+    checkpoint_every: int = 200  # steps between mid-epoch checkpoints (0: at the end of each epoch only)
+    deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns and resumes
 
     def __post_init__(self) -> None:
         self.validate()
@@ -59,6 +63,7 @@ class TrainConfig:
             (self.lr > 0, "lr", "a number > 0"),
             (self.explicit_depth >= 1, "explicit_depth", "an integer >= 1"),
             (self.max_bad_batches >= 1, "max_bad_batches", "an integer >= 1"),
+            (self.checkpoint_every >= 0, "checkpoint_every", "an integer >= 0"),
             (self.eval_tol is None or self.eval_tol > 0, "eval_tol", "a number > 0"),
             (self.limit_train is None or self.limit_train >= 1, "limit_train", "an integer >= 1"),
             (self.limit_test is None or self.limit_test >= 1, "limit_test", "an integer >= 1"),
@@ -72,6 +77,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def same_run(self, saved: dict[str, Any]) -> bool:
+        """Whether a checkpoint written with ``saved`` continues this run: options that do not
+        change the numbers (threads, checkpoint frequency, data location) may differ."""
+        mine = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_OPTIONS}
+        return mine == {k: v for k, v in {**self.to_dict(), **saved}.items() if k not in RUNTIME_OPTIONS}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":

@@ -4,18 +4,19 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..data import Normalizer, Split, batches, dataset_info, load_splits
+from ..data import Normalizer, Split, batches, dataset_info, load_splits, steps_per_pass
 from ..models import ImplicitClassifier, build_model, count_parameters
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .distributed import Processes, main_process_only, start_processes, stop_processes, synchronize_batch_norm
 from .metrics import MetricsLog, plot_curves
 
 
@@ -54,6 +55,21 @@ class EpochStats:
             self.j_matvecs += stats.j_matvecs
             self.backward_statuses[stats.backward.status] = self.backward_statuses.get(stats.backward.status, 0) + 1
 
+    def reduced(self, processes: Processes) -> "EpochStats":
+        """Sums over all processes (per-batch means such as iterations are averaged over them)."""
+        if not processes.distributed:
+            return self
+        loss, correct, samples, iterations, residual, j_matvecs, skipped = processes.sum(
+            [self.loss, self.correct, self.samples, self.forward_iterations, self.residual, self.j_matvecs, self.skipped])
+        w = processes.world_size
+        return EpochStats(
+            loss=loss, correct=int(correct), samples=int(samples), batches=self.batches,
+            forward_iterations=iterations / w, max_forward_iterations=int(processes.max([self.max_forward_iterations])[0]),
+            residual=residual / w, j_matvecs=round(j_matvecs / w), skipped=int(skipped) // w,
+            statuses=_merge_counts(processes.gather(self.statuses)),
+            backward_statuses=_merge_counts(processes.gather(self.backward_statuses)),
+        )
+
     def summary(self, prefix: str) -> dict[str, Any]:
         b = max(self.batches, 1)
         return {
@@ -72,6 +88,14 @@ class EpochStats:
             "iters": f"{self.forward_iterations / b:.1f}",
             "res": f"{self.residual / b:.1e}",
         }
+
+
+def _merge_counts(counts: list[dict[str, int]]) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for c in counts:
+        for key, n in c.items():
+            merged[key] = merged.get(key, 0) + n
+    return merged
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module, steps_per_epoch: int):
@@ -99,36 +123,83 @@ def set_evaluation_tolerance(model: nn.Module, config: TrainConfig, evaluation: 
         model.implicit.tol = config.layer_options(evaluation)["tol"]
 
 
-def train_one_epoch(model, optimizer, scheduler, split: Split, config: TrainConfig, normalize, epoch: int, progress: bool):
+@dataclass
+class Position:
+    """Where a run stands: ``epoch`` epochs done and ``step`` batches of the next one.
+
+    A checkpoint taken mid-epoch also holds the running sums of that epoch, the count of
+    consecutive bad batches and the training time spent in it, so a resumed run continues the
+    epoch exactly where it stopped.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    stats: EpochStats = field(default_factory=EpochStats)
+    consecutive_bad: int = 0
+    elapsed_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Position":
+        return cls(**{**values, "stats": EpochStats(**values["stats"])})
+
+
+def train_one_epoch(
+    engine: nn.Module,
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    split: Split,
+    config: TrainConfig,
+    normalize,
+    position: Position,
+    processes: Processes,
+    progress: bool,
+    save: Callable[[Position], None],
+) -> EpochStats:
+    """One pass over ``split`` from ``position.step`` on; ``save(position)`` every ``checkpoint_every`` steps.
+
+    ``engine`` is the module to call (``model`` or DistributedDataParallel around it); under
+    DDP each process gets one shard of every global batch, and its mean loss is weighted by
+    its share of the global batch, so that DDP's average of the gradients is the gradient of
+    the mean loss over the global batch (shards can differ by one sample).
+    """
     model.train()
     set_evaluation_tolerance(model, config, evaluation=False)
-    stats = EpochStats()
-    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    steps = math.ceil(len(split) / config.batch_size)
-    data = batches(split, config.batch_size, normalize, shuffle_generator=generator, augment=config.augment, device=config.device)
-    bar = tqdm(data, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
-    consecutive_bad = 0
+    stats = position.stats
+    steps = steps_per_pass(len(split), config.batch_size, processes.world_size)
+    data = batches(split, config.batch_size, normalize, shuffle_seed=config.seed * 100_003 + position.epoch,
+                   augment=config.augment, start=position.step, shard=(processes.rank, processes.world_size), device=config.device)
+    bar = tqdm(data, total=steps, initial=position.step, desc=f"epoch {position.epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+    started = time.perf_counter() - position.elapsed_s
     for inputs, labels in bar:
         buffers = [b.clone() for b in model.buffers()]  # BatchNorm statistics: a few KB
-        logits = model(inputs)
+        logits = engine(inputs)
         loss = nn.functional.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
-        if not _finite_batch(model, loss):
-            # no optimiser step on a non-finite loss or fixed point, and the running statistics that
-            # its forward pass already updated are restored: the model stays the last good one
+        if processes.any(not _finite_batch(model, loss)):
+            # no optimiser step on a non-finite loss or fixed point (on any process), and the running
+            # statistics that its forward pass already updated are restored: the model stays the last good one
             for buffer, saved in zip(model.buffers(), buffers):
                 buffer.copy_(saved)
             stats.skipped += 1
-            consecutive_bad += 1
-            if consecutive_bad >= config.max_bad_batches:
-                raise TrainingStopped(f"{consecutive_bad} consecutive batches had a non-finite loss or fixed point (epoch {epoch + 1})")
-            continue
-        consecutive_bad = 0
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        stats.add(loss.detach(), logits.detach(), labels, model)  # after backward: J mat-vecs are counted
-        bar.set_postfix(stats.postfix(), refresh=False)
+            position.consecutive_bad += 1
+            if position.consecutive_bad >= config.max_bad_batches:
+                raise TrainingStopped(f"{position.consecutive_bad} consecutive batches had a non-finite loss or fixed point (epoch {position.epoch + 1})")
+        else:
+            position.consecutive_bad = 0
+            global_batch = min(config.batch_size, len(split) - position.step * config.batch_size)
+            (loss * (labels.shape[0] * processes.world_size / global_batch)).backward()
+            optimizer.step()
+            scheduler.step()
+            stats.add(loss.detach(), logits.detach(), labels, model)  # after backward: J mat-vecs are counted
+            bar.set_postfix(stats.postfix(), refresh=False)
+        position.step += 1
+        position.elapsed_s = time.perf_counter() - started
+        if config.checkpoint_every and position.step % config.checkpoint_every == 0 and position.step < steps:
+            save(position)
     return stats
 
 
@@ -139,16 +210,21 @@ def _finite_batch(model: nn.Module, loss: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, config: TrainConfig, normalize, progress: bool = False, desc: str = "eval") -> dict[str, Any]:
-    """Accuracy and loss in eval mode (running BatchNorm statistics, no dropout), never augmented."""
+def evaluate(model: nn.Module, split: Split, config: TrainConfig, normalize, progress: bool = False,
+             desc: str = "eval", processes: Processes = Processes()) -> dict[str, Any]:
+    """Accuracy and loss in eval mode (running BatchNorm statistics, no dropout), never augmented.
+
+    In a distributed run each process evaluates every ``world_size``-th sample and the sums are combined.
+    """
     model.eval()
     set_evaluation_tolerance(model, config, evaluation=True)
     stats = EpochStats()
-    steps = math.ceil(len(split) / config.batch_size)
-    for inputs, labels in tqdm(batches(split, config.batch_size, normalize, device=config.device), total=steps, desc=desc, disable=not progress, leave=False):
+    shard = split.shard(processes.rank, processes.world_size)
+    steps = math.ceil(len(shard) / config.batch_size)
+    for inputs, labels in tqdm(batches(shard, config.batch_size, normalize, device=config.device), total=steps, desc=desc, disable=not progress, leave=False):
         logits = model(inputs)
         stats.add(nn.functional.cross_entropy(logits, labels), logits, labels, model)
-    return stats.summary("eval")
+    return stats.reduced(processes).summary("eval")
 
 
 def build_from_config(config: TrainConfig) -> nn.Module:
@@ -171,11 +247,25 @@ def restore_model(path: Path, overrides: Optional[dict[str, Any]] = None) -> tup
 
 
 def train(config: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True, log=print) -> dict[str, Any]:
-    """Train, evaluate every epoch, keep ``last.pt`` and the validation-selected ``best.pt``."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Train, evaluate every epoch, keep ``last.pt`` and the validation-selected ``best.pt``.
+
+    Under ``torchrun`` this runs data-parallel (see :mod:`jfb.train.distributed`); only the
+    main process logs, shows progress and writes files.
+    """
+    processes = start_processes(config.device)
+    try:
+        return _train(config, Path(run_dir), resume, progress and processes.is_main, main_process_only(log, processes), processes)
+    finally:
+        stop_processes(processes)
+
+
+def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, log, processes: Processes) -> dict[str, Any]:
+    if processes.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     if config.threads:
         torch.set_num_threads(config.threads)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
     torch.manual_seed(config.seed)
 
     info = dataset_info(config.dataset)
@@ -185,38 +275,52 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, progress: bo
     normalize = Normalizer(info.mean, info.std)
 
     model = build_from_config(config)
-    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
+    if processes.distributed:
+        model = synchronize_batch_norm(model)
+    engine = processes.wrap(model, config.device)
+    steps_per_epoch = steps_per_pass(len(train_split), config.batch_size, processes.world_size)
     optimizer, scheduler = make_optimizer(config, model, steps_per_epoch)
     log(f"{config.model} {config.architecture}: {count_parameters(model):,} parameters; "
-        f"train {len(train_split)}, validation {len(val_split)}, test {len(test_split)}")
+        f"train {len(train_split)}, validation {len(val_split)}, test {len(test_split)}"
+        + (f"; {processes.world_size} processes, global batch {config.batch_size}" if processes.distributed else ""))
 
-    start_epoch, best_val, records = 0, -1.0, []
+    position, best_val, records = Position(), -1.0, []
     if resume and (run_dir / "last.pt").exists():
-        checkpoint = load_checkpoint(run_dir / "last.pt")
-        if checkpoint["config"] != config.to_dict():
-            raise ValueError(f"{run_dir / 'last.pt'} was written with a different configuration; resume with the same options")
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        torch.set_rng_state(checkpoint["rng"])
-        start_epoch, best_val, records = checkpoint["epoch"], checkpoint["best_val_acc"], checkpoint["records"]
-        log(f"resumed from {run_dir / 'last.pt'} after epoch {start_epoch}")
-    metrics = MetricsLog(run_dir, records)
+        position, best_val, records = _restore_run(run_dir / "last.pt", config, model, optimizer, scheduler)
+        log(f"resumed from {run_dir / 'last.pt'} at epoch {position.epoch + 1}, step {position.step}")
+    metrics = MetricsLog(run_dir, records, write=processes.is_main)
 
-    for epoch in range(start_epoch, config.epochs):
-        started = time.perf_counter()
+    def save(name: str, position: Position) -> None:
+        if processes.is_main:
+            payload = {
+                "config": config.to_dict(),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "position": position.to_dict(),
+                "best_val_acc": best_val,
+                "records": metrics.records,
+                "rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state()} if config.device == "cuda" else {}),
+            }
+            save_checkpoint(run_dir / name, payload)
+        processes.barrier()
+
+    while position.epoch < config.epochs:
         try:
-            stats = train_one_epoch(model, optimizer, scheduler, train_split, config, normalize, epoch, progress)
+            stats = train_one_epoch(engine, model, optimizer, scheduler, train_split, config, normalize, position,
+                                    processes, progress, lambda p: save("last.pt", p))
         except TrainingStopped as stop:
-            save_checkpoint(run_dir / "stopped.pt", {"config": config.to_dict(), "model": model.state_dict(), "epoch": epoch})
+            save("stopped.pt", position)
             raise TrainingStopped(f"{stop}; weights before the bad batches saved to {run_dir / 'stopped.pt'}") from None
-        epoch_time = time.perf_counter() - started
+        epoch_time = position.elapsed_s
+        stats = stats.reduced(processes)
         if stats.skipped:
-            log(f"warning: epoch {epoch + 1} skipped {stats.skipped} batches with a non-finite loss or fixed point")
-        val = evaluate(model, val_split, config, normalize, progress, "validation")
-        test = evaluate(model, test_split, config, normalize, progress, "test")
+            log(f"warning: epoch {position.epoch + 1} skipped {stats.skipped} batches with a non-finite loss or fixed point")
+        val = evaluate(model, val_split, config, normalize, progress, "validation", processes)
+        test = evaluate(model, test_split, config, normalize, progress, "test", processes)
         record = {
-            "epoch": epoch + 1,
+            "epoch": position.epoch + 1,
             **stats.summary("train"),
             "val_loss": val["eval_loss"],
             "val_acc": val["eval_acc"],
@@ -231,28 +335,21 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, progress: bo
             "solver_statuses": json.dumps(stats.statuses, sort_keys=True),
             "backward_statuses": json.dumps(stats.backward_statuses, sort_keys=True),
             "lr": scheduler.get_last_lr()[0],
+            "world_size": processes.world_size,
+            "global_batch_size": config.batch_size,
         }
         metrics.append(record)
         improved = record["val_acc"] > best_val
         best_val = max(best_val, record["val_acc"])
-        payload = {
-            "config": config.to_dict(),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch + 1,
-            "best_val_acc": best_val,
-            "records": metrics.records,
-            "rng": torch.get_rng_state(),
-        }
-        save_checkpoint(run_dir / "last.pt", payload)
+        position = Position(epoch=position.epoch + 1)
+        save("last.pt", position)
         if improved:
-            save_checkpoint(run_dir / "best.pt", payload)
-        log(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.2f}% | "
+            save("best.pt", position)
+        log(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.2f}% | "
             f"val {record['val_acc']:.2f}% | test {record['test_acc']:.2f}% | {epoch_time:.1f} s, "
             f"{record['train_forward_iters_mean']:.1f} forward iterations/batch")
 
-    plot = plot_curves(run_dir, metrics.records)
+    plot = plot_curves(run_dir, metrics.records) if processes.is_main else None
     best = max(metrics.records, key=lambda r: r["val_acc"])
     result = {
         "run_dir": str(run_dir),
@@ -263,8 +360,25 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, progress: bo
         "best_val_acc": best["val_acc"],
         "best_epoch": best["epoch"],
         "train_time_s": sum(r["epoch_time_s"] for r in metrics.records),
+        "world_size": processes.world_size,
         "plot": str(plot) if plot else None,
     }
     log(f"test accuracy: last epoch {result['test_acc_last']:.2f}%, validation-selected "
         f"(epoch {result['best_epoch']}) {result['test_acc_best_val']:.2f}%")
     return result
+
+
+def _restore_run(path: Path, config: TrainConfig, model, optimizer, scheduler) -> tuple[Position, float, list[dict[str, Any]]]:
+    """Load everything a run needs to continue exactly where ``path`` was written."""
+    checkpoint = load_checkpoint(path)
+    if "position" not in checkpoint:
+        raise ValueError(f"{path} is not a resumable training checkpoint (no optimiser state or position)")
+    if not config.same_run(checkpoint["config"]):
+        raise ValueError(f"{path} was written with a different configuration; resume with the same options")
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    torch.set_rng_state(checkpoint["rng"])
+    if "cuda_rng" in checkpoint and config.device == "cuda":
+        torch.cuda.set_rng_state(checkpoint["cuda_rng"])
+    return Position.from_dict(checkpoint["position"]), checkpoint["best_val_acc"], checkpoint["records"]

@@ -20,15 +20,21 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 class MetricsLog:
-    """Keeps all epoch records; rewrites both files atomically after each epoch."""
+    """Keeps all epoch records; rewrites both files atomically after each epoch.
 
-    def __init__(self, run_dir: Path, records: Optional[list[dict[str, Any]]] = None) -> None:
+    With ``write=False`` (the other processes of a distributed run) it only keeps the records.
+    """
+
+    def __init__(self, run_dir: Path, records: Optional[list[dict[str, Any]]] = None, write: bool = True) -> None:
         self.run_dir = run_dir
         self.records: list[dict[str, Any]] = list(records or [])
-        self._tensorboard = _tensorboard_writer(run_dir)
+        self.write = write
+        self._tensorboard = _tensorboard_writer(run_dir) if write else None
 
     def append(self, record: dict[str, Any]) -> None:
         self.records.append(record)
+        if not self.write:
+            return
         _atomic_write(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
         _atomic_write(self.run_dir / "metrics.csv", csv_text(self.records))
         if self._tensorboard is not None:

@@ -1,0 +1,140 @@
+"""Data-parallel training under ``torchrun``: process group, SyncBatchNorm, DDP, reductions.
+
+``torchrun`` sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; without them training runs in one
+process and nothing here does anything. Every BatchNorm becomes a SyncBatchNorm (including the
+ones inside the fixed-point operator, whose solve then runs in lock-step, see
+:mod:`jfb.lockstep`), the model is wrapped in DistributedDataParallel, and the backend is nccl
+on GPUs and gloo on CPU.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_functional
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place in the run: ``rank`` of ``world_size`` (one process: 0 of 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def wrap(self, model: nn.Module, device: str) -> nn.Module:
+        """The module to call for training steps: ``model`` itself, or DDP around it."""
+        if not self.distributed:
+            return model
+        return DistributedDataParallel(model, device_ids=[self.local_rank] if device == "cuda" else None)
+
+    def sum(self, values: list[float]) -> list[float]:
+        return self._reduce(values, dist.ReduceOp.SUM)
+
+    def max(self, values: list[float]) -> list[float]:
+        return self._reduce(values, dist.ReduceOp.MAX)
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any process (every process must call this)."""
+        return bool(self.max([float(flag)])[0])
+
+    def gather(self, value: Any) -> list[Any]:
+        if not self.distributed:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def _reduce(self, values: list[float], op) -> list[float]:
+        if not self.distributed:
+            return list(values)
+        device = torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor, op=op)
+        return tensor.tolist()
+
+
+def start_processes(device: str) -> Processes:
+    """Join the process group that ``torchrun`` describes in the environment (or run alone)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Processes()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        if device == "cuda":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    return Processes(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def stop_processes(processes: Processes) -> None:
+    if processes.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class SyncBatchNorm(nn.SyncBatchNorm):
+    """torch's SyncBatchNorm, which also runs on CPU (gloo).
+
+    torch's own implementation only accepts accelerator tensors; on those it is used as is. On
+    CPU the batch statistics are summed over processes with a differentiable all-reduce of
+    per-channel sums, squared sums and counts. The state dict is that of a BatchNorm.
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        if input.device.type != "cpu" or not self.training or not dist.is_initialized():
+            return super().forward(input)
+        self._check_input_dim(input)
+        channels = input.shape[1]
+        dims = [0, *range(2, input.dim())]
+        count = input.new_full((1,), input.numel() // channels)
+        stats = torch.cat([input.sum(dims), (input * input).sum(dims), count])
+        stats = dist_functional.all_reduce(stats, group=self.process_group or dist.group.WORLD)
+        total = stats[-1]
+        mean = stats[:channels] / total
+        var = (stats[channels : 2 * channels] / total - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            self._update_running_stats(mean.detach(), var.detach(), total.detach())
+        shape = (1, channels, *([1] * (input.dim() - 2)))
+        out = (input - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: Tensor, var: Tensor, total: Tensor) -> None:
+        self.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        unbiased = var * total / (total - 1).clamp_min(1)
+        self.running_mean.lerp_(mean, momentum)
+        self.running_var.lerp_(unbiased, momentum)
+
+
+def synchronize_batch_norm(model: nn.Module) -> nn.Module:
+    """Every BatchNorm of ``model`` (the operator's too) replaced by a :class:`SyncBatchNorm`."""
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for module in converted.modules():
+        if type(module) is nn.SyncBatchNorm:
+            module.__class__ = SyncBatchNorm
+    return converted
+
+
+def main_process_only(function: Callable[..., None], processes: Processes) -> Callable[..., None]:
+    """``function`` on the main process; a no-op on the others (logging)."""
+    return function if processes.is_main else (lambda *args, **kwargs: None)

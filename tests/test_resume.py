@@ -1,0 +1,84 @@
+"""Crash and resume: a run killed with SIGKILL mid-epoch and resumed equals an uninterrupted run, bit for bit."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from jfb.train import load_checkpoint
+
+# 600 training images in batches of 100: 6 steps per epoch, a checkpoint every 2 steps
+COMMAND = ["train", "mnist", "--epochs", "2", "--limit-train", "600", "--limit-test", "100", "--max-iter", "20",
+           "--checkpoint-every", "2", "--deterministic", "--threads", "1", "--no-progress"]
+TIMING_KEYS = ("epoch_time_s", "samples_per_s")
+
+
+def _jfb(run_dir: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "jfb", *COMMAND, "--out", str(run_dir), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process: subprocess.Popen) -> None:
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+
+
+def _records(run_dir: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def _kill_at_first_mid_epoch_checkpoint(process: subprocess.Popen, checkpoint: Path) -> dict:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if checkpoint.exists():
+            position = load_checkpoint(checkpoint)["position"]
+            if position["step"] > 0:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                return position
+        time.sleep(0.005)
+    pytest.fail("the run ended before a mid-epoch checkpoint appeared")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("resume")
+    uninterrupted = [base / "a", base / "b"]
+    for run_dir in uninterrupted:
+        _finish(_jfb(run_dir))
+    crashed = base / "crashed"
+    process = _jfb(crashed)
+    position = _kill_at_first_mid_epoch_checkpoint(process, crashed / "last.pt")
+    killed_with = process.returncode
+    _finish(_jfb(crashed, "--resume"))
+    return uninterrupted, crashed, position, killed_with
+
+
+def test_the_run_was_killed_mid_epoch(runs):
+    _, _, position, killed_with = runs
+    assert killed_with == -signal.SIGKILL
+    assert position["epoch"] == 0 and 0 < position["step"] < 6
+
+
+def test_deterministic_runs_give_bit_identical_metrics(runs):
+    (a, b), _, _, _ = runs
+    assert _records(a) == _records(b)
+    assert len(_records(a)) == 2
+
+
+def test_resumed_run_equals_the_uninterrupted_one(runs):
+    (a, _), crashed, _, _ = runs
+    assert _records(crashed) == _records(a)
+    expected, resumed = load_checkpoint(a / "last.pt"), load_checkpoint(crashed / "last.pt")
+    for name, tensor in expected["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+    assert resumed["optimizer"]["state"].keys() == expected["optimizer"]["state"].keys()
+    for index, state in expected["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg"], resumed["optimizer"]["state"][index]["exp_avg"])
