@@ -23,10 +23,17 @@ def distributed_world_size() -> int:
 
 
 def has_collectives(operator: object) -> bool:
-    """Whether calling ``operator`` synchronises processes (a SyncBatchNorm in training mode)."""
+    """Whether calling ``operator`` synchronises processes.
+
+    True when it holds, in training mode, a SyncBatchNorm or any module with a true
+    ``synchronizes_processes`` attribute (the way to declare a custom module with collectives).
+    """
     if not isinstance(operator, nn.Module):
         return False
-    return any(isinstance(m, nn.SyncBatchNorm) and m.training for m in operator.modules())
+    return any(
+        m.training and (isinstance(m, nn.SyncBatchNorm) or getattr(m, "synchronizes_processes", False))
+        for m in operator.modules()
+    )
 
 
 def all_processes_done(device: torch.device) -> Agreement:

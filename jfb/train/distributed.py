@@ -1,4 +1,4 @@
-"""Data-parallel training under ``torchrun``: process group, SyncBatchNorm, DDP, reductions.
+"""Data-parallel training under ``torchrun``: process group, synchronised BatchNorm, DDP, reductions.
 
 ``torchrun`` sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; without them training runs in one
 process and nothing here does anything. Every BatchNorm becomes a SyncBatchNorm (including the
@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_functional
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -89,23 +90,30 @@ def stop_processes(processes: Processes) -> None:
         dist.destroy_process_group()
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
-    """torch's SyncBatchNorm, which also runs on CPU (gloo).
+class CPUSyncBatchNorm(_BatchNorm):
+    """A BatchNorm whose batch statistics are synchronised across processes on CPU (gloo).
 
-    torch's own implementation only accepts accelerator tensors; on those it is used as is. On
-    CPU the batch statistics are summed over processes with a differentiable all-reduce of
-    per-channel sums, squared sums and counts. The state dict is that of a BatchNorm.
+    torch's SyncBatchNorm only runs on accelerators (and DistributedDataParallel refuses it on
+    CPU), so on CPU the per-channel sums, squared sums and counts are combined with one
+    differentiable all-reduce per call. Outside distributed training it is a plain BatchNorm,
+    with the same state dict.
     """
 
+    synchronizes_processes = True  # tells jfb.lockstep that calls must stay in lock-step
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input, got {input.dim()}D")
+
     def forward(self, input: Tensor) -> Tensor:
-        if input.device.type != "cpu" or not self.training or not dist.is_initialized():
+        if not self.training or not dist.is_initialized():
             return super().forward(input)
         self._check_input_dim(input)
         channels = input.shape[1]
         dims = [0, *range(2, input.dim())]
         count = input.new_full((1,), input.numel() // channels)
         stats = torch.cat([input.sum(dims), (input * input).sum(dims), count])
-        stats = dist_functional.all_reduce(stats, group=self.process_group or dist.group.WORLD)
+        stats = dist_functional.all_reduce(stats)
         total = stats[-1]
         mean = stats[:channels] / total
         var = (stats[channels : 2 * channels] / total - mean * mean).clamp_min(0)
@@ -126,13 +134,22 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         self.running_var.lerp_(unbiased, momentum)
 
 
-def synchronize_batch_norm(model: nn.Module) -> nn.Module:
-    """Every BatchNorm of ``model`` (the operator's too) replaced by a :class:`SyncBatchNorm`."""
-    converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    for module in converted.modules():
-        if type(module) is nn.SyncBatchNorm:
-            module.__class__ = SyncBatchNorm
-    return converted
+def synchronize_batch_norm(model: nn.Module, device: str) -> nn.Module:
+    """Every BatchNorm of ``model`` (the operator's too) made synchronous across processes:
+    torch's SyncBatchNorm on GPUs, :class:`CPUSyncBatchNorm` on CPU."""
+    if device == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return _cpu_sync(model)
+
+
+def _cpu_sync(module: nn.Module) -> nn.Module:
+    if isinstance(module, _BatchNorm) and not isinstance(module, CPUSyncBatchNorm):
+        sync = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        sync.load_state_dict(module.state_dict())
+        return sync.train(module.training)
+    for name, child in module.named_children():
+        module.add_module(name, _cpu_sync(child))
+    return module
 
 
 def main_process_only(function: Callable[..., None], processes: Processes) -> Callable[..., None]:

@@ -276,7 +276,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, log
 
     model = build_from_config(config)
     if processes.distributed:
-        model = synchronize_batch_norm(model)
+        model = synchronize_batch_norm(model, config.device)
     engine = processes.wrap(model, config.device)
     steps_per_epoch = steps_per_pass(len(train_split), config.batch_size, processes.world_size)
     optimizer, scheduler = make_optimizer(config, model, steps_per_epoch)

@@ -1,0 +1,87 @@
+"""Run by test_distributed.py, alone or under torchrun. Every process saves its weights and, per
+step, (T evaluations, the largest per-sample iteration count among its own samples).
+
+``mnist``: one pass of ``train_one_epoch`` over a small MNIST subset.
+``lockstep``: an ImplicitLayer whose operator normalises over the batch; process 0's samples
+contract 16x faster than process 1's, so each process alone would stop at a different iteration.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from torch import nn
+
+from jfb import ImplicitLayer
+from jfb.data import Normalizer, dataset_info, load_splits, steps_per_pass
+from jfb.train import TrainConfig
+from jfb.train.distributed import start_processes, stop_processes, synchronize_batch_norm
+from jfb.train.loop import Position, build_from_config, make_optimizer, train_one_epoch
+
+
+def train_mnist(out: Path, options: dict) -> None:
+    dropout = options.pop("dropout", None)
+    config = TrainConfig(**options)
+    processes = start_processes(config.device)
+    torch.manual_seed(config.seed)
+    split = load_splits("mnist")[0].subset(config.limit_train)
+    model = build_from_config(config)
+    if dropout is not None:  # dropout masks differ between 1 and 2 processes
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = dropout
+    if processes.distributed:
+        model = synchronize_batch_norm(model, config.device)
+    engine = processes.wrap(model, config.device)
+    optimizer, scheduler = make_optimizer(config, model, steps_per_pass(len(split), config.batch_size, processes.world_size))
+    solves: list[list[int]] = []
+    model.implicit.register_forward_hook(lambda layer, args, output: solves.append(
+        [layer.last_stats.forward.t_evals, int(layer.last_stats.iterations.max())]))
+    info = dataset_info("mnist")
+    train_one_epoch(engine, model, optimizer, scheduler, split, config, Normalizer(info.mean, info.std), Position(),
+                    processes, False, lambda position: None)
+    torch.save({"model": model.state_dict(), "solves": solves}, out / f"rank{processes.rank}.pt")
+    stop_processes(processes)
+
+
+class BatchNormalisedOperator(nn.Module):
+    """T(u; base, rate) = base + rate * tanh(W BN(u)), W orthogonal: contraction ~ rate."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(features, affine=False)
+        self.mix = nn.Linear(features, features, bias=False)
+        nn.init.orthogonal_(self.mix.weight)
+
+    def forward(self, u: torch.Tensor, x: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        base, rate = x
+        return base + rate * torch.tanh(self.mix(self.norm(u)))
+
+
+def train_lockstep(out: Path, options: dict) -> None:
+    processes = start_processes("cpu")
+    torch.manual_seed(0)
+    layer = ImplicitLayer(BatchNormalisedOperator(8), solver="picard", tol=1e-5, max_iter=300, lockstep=options.get("lockstep"))
+    if processes.distributed:
+        layer = synchronize_batch_norm(layer, "cpu")
+    engine = processes.wrap(layer, "cpu")
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.01)
+    solves = []
+    generator = torch.Generator().manual_seed(1 + processes.rank)
+    for _ in range(options.get("steps", 3)):
+        base = torch.randn(32, 8, generator=generator)
+        rate = torch.full((32, 1), 0.05 if processes.rank == 0 else 0.8)
+        loss = engine((base, rate), torch.zeros_like(base)).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        solves.append([layer.last_stats.forward.t_evals, int(layer.last_stats.iterations.max())])
+    torch.save({"model": layer.state_dict(), "solves": solves}, out / f"rank{processes.rank}.pt")
+    stop_processes(processes)
+
+
+if __name__ == "__main__":
+    {"mnist": train_mnist, "lockstep": train_lockstep}[sys.argv[1]](Path(sys.argv[2]), json.loads(sys.argv[3]))
