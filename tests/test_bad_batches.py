@@ -1,4 +1,4 @@
-"""Batches with a non-finite loss or fixed point are skipped, counted, and stop training when they persist."""
+"""Bad batches (non-finite loss, diverged or non-finite fixed point) are skipped, counted, and stop training when they persist."""
 from __future__ import annotations
 
 import json
@@ -41,7 +41,41 @@ def test_persistent_nan_stops_training_and_saves_the_good_weights(tmp_path, monk
     monkeypatch.setattr(loop, "batches", _poisoned_batches(None))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(TrainingStopped, match=r"3 consecutive batches had a non-finite loss or fixed point.*stopped.pt"):
+        with pytest.raises(TrainingStopped, match=r"3 consecutive batches had a non-finite loss or a diverged or non-finite fixed point.*stopped.pt"):
             train(TrainConfig(**CONFIG, max_bad_batches=3), tmp_path, progress=False, log=lambda m: None)
     saved = load_checkpoint(tmp_path / "stopped.pt")["model"]
     assert all(torch.isfinite(p).all() for p in saved.values() if p.is_floating_point())
+
+
+class _Expansive(torch.nn.Module):
+    """T'(u) = 2u + T(u): Picard iterates double every step, the solve diverges (finite values)."""
+
+    def __init__(self, operator: torch.nn.Module) -> None:
+        super().__init__()
+        self.operator = operator
+
+    def forward(self, u, x):
+        return 2 * u + self.operator(u, x)
+
+
+def test_an_expansive_operator_is_reported_diverged_and_never_trained_on(tmp_path, monkeypatch):
+    original = loop.build_from_config
+
+    def expansive_model(config):
+        model = original(config)
+        model.implicit.operator = _Expansive(model.implicit.operator)
+        return model
+
+    monkeypatch.setattr(loop, "build_from_config", expansive_model)
+    statuses = []
+    monkeypatch.setattr(loop.EpochStats, "add", lambda self, *a: statuses.append("trained"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(TrainingStopped, match="3 consecutive batches"):
+            train(TrainConfig(**{**CONFIG, "solver": "picard", "max_iter": 20}, max_bad_batches=3), tmp_path, progress=False, log=lambda m: None)
+    assert statuses == []  # no optimiser step was taken
+    assert any("diverged" in str(w.message) for w in caught)
+    before = torch.manual_seed(0) and loop.build_from_config(TrainConfig(**CONFIG)).state_dict()
+    saved = load_checkpoint(tmp_path / "stopped.pt")["model"]
+    for name, tensor in saved.items():
+        assert torch.equal(tensor, before[name]), name  # the initial weights and BatchNorm statistics, untouched

@@ -79,6 +79,7 @@ class ResidualTracker:
         self.iterations = torch.full((batch,), max_iter, device=device, dtype=torch.long)
         self.converged = torch.zeros(batch, dtype=torch.bool, device=device)
         self.lowest = self.abs_residual.clone()
+        self.lowest_abs = self.abs_residual.clone()
         self.non_finite = False
         self.diverged = False
         self.history: Optional[list[float]] = [] if keep_history else None
@@ -109,6 +110,12 @@ class ResidualTracker:
         noise = torch.finfo(fu.dtype).eps * (fu_norm if self.stop_mode == "abs" else torch.ones_like(fu_norm))
         floor = torch.maximum(self.lowest[idx].clamp_min(self.tol), noise)
         self.diverged = self.diverged or bool((measure > self.divergence_ratio * floor).any())
+        if self.stop_mode == "rel":
+            # iterates running off to infinity can keep a bounded relative residual; their absolute
+            # residual grows without bound (floored at rounding noise)
+            self.lowest_abs[idx] = torch.minimum(self.lowest_abs[idx], torch.where(finite, abs_res, self.lowest_abs[idx]))
+            abs_floor = torch.maximum(self.lowest_abs[idx], 100 * torch.finfo(fu.dtype).eps * fu_norm)
+            self.diverged = self.diverged or bool((abs_res > self.divergence_ratio * abs_floor).any())
         if self.history is not None:
             self.history.append(float(measure.max()))
         return measure

@@ -21,7 +21,7 @@ from .metrics import MetricsLog, plot_curves
 
 
 class TrainingStopped(RuntimeError):
-    """Too many consecutive batches had a non-finite loss or fixed point."""
+    """Too many consecutive bad batches (non-finite loss, diverged or non-finite fixed point)."""
 
 
 @dataclass
@@ -179,15 +179,15 @@ def train_one_epoch(
         logits = engine(inputs)
         loss = nn.functional.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
-        if processes.any(not _finite_batch(model, loss)):
-            # no optimiser step on a non-finite loss or fixed point (on any process), and the running
+        if processes.any(_bad_batch(model, loss)):
+            # no optimiser step on a bad batch (on any process), and the running
             # statistics that its forward pass already updated are restored: the model stays the last good one
             for buffer, saved in zip(model.buffers(), buffers):
                 buffer.copy_(saved)
             stats.skipped += 1
             position.consecutive_bad += 1
             if position.consecutive_bad >= config.max_bad_batches:
-                raise TrainingStopped(f"{position.consecutive_bad} consecutive batches had a non-finite loss or fixed point (epoch {position.epoch + 1})")
+                raise TrainingStopped(f"{position.consecutive_bad} consecutive batches had a non-finite loss or a diverged or non-finite fixed point (epoch {position.epoch + 1})")
         else:
             position.consecutive_bad = 0
             global_batch = min(config.batch_size, len(split) - position.step * config.batch_size)
@@ -203,10 +203,12 @@ def train_one_epoch(
     return stats
 
 
-def _finite_batch(model: nn.Module, loss: torch.Tensor) -> bool:
-    if isinstance(model, ImplicitClassifier) and model.implicit.last_stats.status == "non_finite":
-        return False
-    return bool(torch.isfinite(loss))
+def _bad_batch(model: nn.Module, loss: torch.Tensor) -> bool:
+    """A non-finite loss, or a forward solve that diverged or met a non-finite value: T(u) there
+    is no fixed point, and the JFB gradient at it says nothing about the loss."""
+    if isinstance(model, ImplicitClassifier) and model.implicit.last_stats.status in ("non_finite", "diverged"):
+        return True
+    return not bool(torch.isfinite(loss))
 
 
 @torch.no_grad()
@@ -316,7 +318,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, log
         epoch_time = position.elapsed_s
         stats = stats.reduced(processes)
         if stats.skipped:
-            log(f"warning: epoch {position.epoch + 1} skipped {stats.skipped} batches with a non-finite loss or fixed point")
+            log(f"warning: epoch {position.epoch + 1} skipped {stats.skipped} bad batches (non-finite loss, diverged or non-finite fixed point)")
         val = evaluate(model, val_split, config, normalize, progress, "validation", processes)
         test = evaluate(model, test_split, config, normalize, progress, "test", processes)
         record = {
