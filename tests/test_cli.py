@@ -110,6 +110,7 @@ def test_malicious_pickles_never_run(tmp_path, capsys):
         ["eval", str(evil)],
         ["import-reference", str(evil), "--out", str(tmp_path / "out.pt"), "--dataset", "mnist"],
         ["train", "mnist", "--out", str(run_dir), "--resume", "--limit-train", "100", "--no-progress"],
+        ["diagnose", str(evil), "--out", str(tmp_path / "diagnose")],
     ):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
@@ -122,3 +123,40 @@ def test_truncated_checkpoint_gives_a_clear_error(trained_run, tmp_path, capsys)
     broken.write_bytes((trained_run / "last.pt").read_bytes()[:5000])
     assert main(["eval", str(broken)]) == 2
     assert f"{broken}: cannot load checkpoint safely" in capsys.readouterr().err
+
+
+def test_unwritable_run_dir_is_a_one_line_error_from_cli_and_api(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["train", "mnist", "--out", str(blocker / "run"), "--limit-train", "100"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"run dir {blocker / 'run'} is not writable" in err and len(err.splitlines()) == 1
+    from jfb.train import TrainConfig, train
+
+    with pytest.raises(ValueError, match="is not writable"):
+        train(TrainConfig(limit_train=100), blocker / "run", progress=False, log=lambda m: None)
+
+
+def test_bad_values_leave_nothing_written(tmp_path, capsys):
+    for argv in (["--tol", "-1"], ["--max-iter", "0"], ["--lr", "0"], ["--checkpoint-every", "-1"]):
+        assert main(["train", "mnist", "--out", str(tmp_path / "run"), *argv]) == 2
+        assert not (tmp_path / "run").exists(), argv
+    assert "checkpoint_every must be an integer >= 0, got -1" in capsys.readouterr().err
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_good_one(tmp_path, monkeypatch):
+    from jfb.train import save_checkpoint
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"value": torch.tensor([1.0])})
+
+    def crash_mid_write(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash_mid_write)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"value": torch.tensor([2.0])})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["value"].item() == 1.0
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind

@@ -14,6 +14,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional
 
+from ..train.checkpoint import prepare_run_dir
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEMO_CONFIG = dict(dataset="mnist", epochs=3, lr=3e-3, solver="anderson", tol=1e-2, stop_mode="rel")
 
@@ -63,22 +65,11 @@ def _train_config(args: argparse.Namespace, base: dict[str, Any]):
     return TrainConfig.from_dict(values, source=base.get("__source__", "options"))
 
 
-def _writable_run_dir(path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise CliError(f"run dir {path} is not writable ({exc.strerror or exc})")
-    return path
-
-
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from ..train import train
 
     config = _train_config(args, _config_from_target(args.target))
-    run_dir = _writable_run_dir(Path(args.out or f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    run_dir = prepare_run_dir(Path(args.out or f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"))
     return train(config, run_dir, resume=args.resume, progress=not args.no_progress, log=_logger(args))
 
 
@@ -86,7 +77,7 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     from ..train import TrainConfig, train
 
     config = TrainConfig(**{**DEMO_CONFIG, **({"limit_train": args.limit_train} if args.limit_train else {})})
-    run_dir = _writable_run_dir(Path(args.out))
+    run_dir = prepare_run_dir(Path(args.out))
     log = _logger(args)
     log(f"demo: {config.epochs} epochs of JFB training on MNIST (run dir {run_dir})")
     return train(config, run_dir, progress=not args.no_progress, log=log)
@@ -134,7 +125,7 @@ def cmd_import_reference(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_toy(args: argparse.Namespace) -> dict[str, Any]:
     from ..experiments.toy import run_toy
 
-    out = _writable_run_dir(Path(args.out))
+    out = prepare_run_dir(Path(args.out))
     result = run_toy(out, steps=args.steps, seed=args.seed, progress=not args.no_progress)
     _logger(args)((out / "toy.md").read_text() + f"(table, CSV and plot in {out})")
     return result
@@ -147,7 +138,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("epochs", "limit_train", "limit_test", "max_iter", "seed", "batch_size", "tol"):
         if getattr(args, name) is not None:
             base[name] = getattr(args, name)
-    out = _writable_run_dir(Path(args.out))
+    out = prepare_run_dir(Path(args.out))
     methods = args.methods.split(",")
     rows = run_compare(base, methods, out, ift_batch_norm=args.ift_batch_norm, progress=not args.no_progress, log=_logger(args))
     reduced = {k: base[k] for k in ("epochs", "limit_train", "limit_test") if base.get(k) is not None}
@@ -158,7 +149,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_diagnose(args: argparse.Namespace) -> dict[str, Any]:
     from ..experiments.diagnose import diagnose
 
-    out = _writable_run_dir(Path(args.out))
+    out = prepare_run_dir(Path(args.out))
     summary = diagnose(Path(args.checkpoint), out, n_batches=args.batches, log=_logger(args))
     _logger(args)((out / "diagnose.md").read_text())
     return summary
@@ -167,7 +158,7 @@ def cmd_diagnose(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_bench_memory(args: argparse.Namespace) -> dict[str, Any]:
     from ..benchmarks.memory import memory_table
 
-    out = _writable_run_dir(Path(args.out))
+    out = prepare_run_dir(Path(args.out))
     depths = [int(d) for d in args.depths.split(",")]
     modes = args.methods.split(",")
     rows = memory_table(out, depths, modes, args.model, args.batch_size, log=_logger(args))

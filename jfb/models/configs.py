@@ -29,6 +29,11 @@ class Architecture:
     dropout: float = 0.1
     classes: int = 10
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """Both embeddings reduce the image side by 4 (two poolings or two stride-2 stages)."""
+        return (self.in_channels, 4 * self.latent_side, 4 * self.latent_side)
+
 
 ARCHITECTURES: dict[str, Architecture] = {
     "mnist": Architecture(1, "convpool", (16, 32), latent_blocks=2, latent_side=7, head_padding=1),
@@ -66,6 +71,7 @@ def build_model(
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
     parts = build_parts(arch, latent_batch_norm)
+    shape = architecture(arch).input_shape
     if kind == "explicit":
-        return ExplicitClassifier(*parts, depth=explicit_depth)
-    return ImplicitClassifier(*parts, **layer_options)
+        return ExplicitClassifier(*parts, depth=explicit_depth, input_shape=shape)
+    return ImplicitClassifier(*parts, input_shape=shape, **layer_options)

@@ -12,9 +12,10 @@ from ..layer import ImplicitLayer
 class ImplicitClassifier(nn.Module):
     """Embedding ``Q`` once per batch, fixed point of ``R`` by an :class:`ImplicitLayer`, head ``S``."""
 
-    def __init__(self, embedding: nn.Module, operator: nn.Module, head: nn.Module, **layer_options: Any) -> None:
+    def __init__(self, embedding: nn.Module, operator: nn.Module, head: nn.Module,
+                 input_shape: Optional[tuple[int, ...]] = None, **layer_options: Any) -> None:
         super().__init__()
-        self.embedding, self.head = embedding, head
+        self.embedding, self.head, self.input_shape = embedding, head, input_shape
         self.implicit = ImplicitLayer(operator, **layer_options)
 
     @property
@@ -22,24 +23,38 @@ class ImplicitClassifier(nn.Module):
         return self.implicit.operator
 
     def forward(self, d: Tensor, u0: Optional[Tensor] = None) -> Tensor:
+        check_input_shape(d, self.input_shape)
         return self.head(self.implicit(self.embedding(d), u0))
 
 
 class ExplicitClassifier(nn.Module):
     """The explicit twin: the same layers, R applied ``depth`` times with ordinary backprop."""
 
-    def __init__(self, embedding: nn.Module, operator: nn.Module, head: nn.Module, depth: int) -> None:
+    def __init__(self, embedding: nn.Module, operator: nn.Module, head: nn.Module, depth: int,
+                 input_shape: Optional[tuple[int, ...]] = None) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"explicit depth must be >= 1, got {depth!r}")
         self.embedding, self.operator, self.head, self.depth = embedding, operator, head, depth
+        self.input_shape = input_shape
 
     def forward(self, d: Tensor) -> Tensor:
+        check_input_shape(d, self.input_shape)
         q = self.embedding(d)
         u = torch.zeros_like(q)
         for _ in range(self.depth):
             u = self.operator(u, q)
         return self.head(u)
+
+
+def check_input_shape(d: Tensor, expected: Optional[tuple[int, ...]]) -> None:
+    """A clear ValueError instead of a convolution's shape error deep inside the embedding."""
+    if not isinstance(d, Tensor):
+        raise ValueError(f"expected an image tensor, got {type(d).__name__}")
+    if expected is not None and (d.dim() != len(expected) + 1 or tuple(d.shape[1:]) != tuple(expected) or d.shape[0] == 0):
+        raise ValueError(f"expected input of shape (N, {', '.join(map(str, expected))}) with N >= 1, got {tuple(d.shape)}")
+    if not d.is_floating_point():
+        raise ValueError(f"expected a floating-point input (normalised images), got {d.dtype}")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -11,6 +11,19 @@ import torch
 FORMAT = "torch-jfb/1"
 
 
+def prepare_run_dir(path: Path) -> Path:
+    """Create ``path`` and check that files can be written there (ValueError otherwise)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"run dir {path} is not writable ({exc.strerror or exc})") from None
+    return path
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write to a temporary file in the same folder, flush to disk, then rename over ``path``.
 

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from ..data import Normalizer, Split, batches, dataset_info, load_splits, steps_per_pass
 from ..models import ImplicitClassifier, build_model, count_parameters
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint
 from .config import TrainConfig
 from .distributed import Processes, main_process_only, start_processes, stop_processes, synchronize_batch_norm
 from .metrics import MetricsLog, plot_curves
@@ -263,7 +263,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, progress: bo
 
 def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, log, processes: Processes) -> dict[str, Any]:
     if processes.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        prepare_run_dir(run_dir)
     if config.threads:
         torch.set_num_threads(config.threads)
     if config.deterministic:
