@@ -160,3 +160,16 @@ def test_a_failed_checkpoint_write_keeps_the_previous_good_one(tmp_path, monkeyp
     monkeypatch.undo()
     assert load_checkpoint(path)["value"].item() == 1.0
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_bench_solvers_on_a_trained_checkpoint(trained_run, tmp_path, capsys):
+    capsys.readouterr()
+    argv = ["bench", "solvers", str(trained_run / "last.pt"), "--batches", "2", "--batch-size", "50", "--out", str(tmp_path), "--json"]
+    assert main(argv) == 0
+    rows = {r["solver"]: r for r in _json_line(capsys)["rows"]}
+    assert list(rows) == ["picard", "anderson", "broyden"]
+    for row in rows.values():
+        assert row["converged_share"] == 1.0 and row["batches"] == 2
+    assert rows["anderson"]["t_evals_mean"] < rows["picard"]["t_evals_mean"]
+    assert rows["picard"]["t_evals_vs_first"] == 1.0
+    assert "| anderson |" in (tmp_path / "solvers.md").read_text()

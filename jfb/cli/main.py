@@ -140,7 +140,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
             base[name] = getattr(args, name)
     out = prepare_run_dir(Path(args.out))
     methods = args.methods.split(",")
-    rows = run_compare(base, methods, out, ift_batch_norm=args.ift_batch_norm, progress=not args.no_progress, log=_logger(args))
+    rows = run_compare(base, methods, out, ift_batch_norm=args.ift_batch_norm, progress=not args.no_progress, log=_logger(args), field=args.vary)
     reduced = {k: base[k] for k in ("epochs", "limit_train", "limit_test") if base.get(k) is not None}
     _logger(args)((out / "compare.md").read_text() + (f"budget reduced from the paper's runs: {reduced}" if reduced else ""))
     return {"rows": rows, "out": str(out), "budget": reduced}
@@ -163,6 +163,26 @@ def cmd_bench_memory(args: argparse.Namespace) -> dict[str, Any]:
     modes = args.methods.split(",")
     rows = memory_table(out, depths, modes, args.model, args.batch_size, log=_logger(args))
     _logger(args)((out / "memory.md").read_text())
+    return {"rows": rows, "out": str(out)}
+
+
+def cmd_bench_step(args: argparse.Namespace) -> dict[str, Any]:
+    from ..benchmarks.step import step_table
+
+    out = prepare_run_dir(Path(args.out))
+    ks = [int(k) for k in args.ks.split(",")]
+    rows = step_table(out, ks, args.methods.split(","), args.batch_size, args.repeats, args.warmup, log=_logger(args))
+    _logger(args)((out / "step.md").read_text())
+    return {"rows": rows, "out": str(out)}
+
+
+def cmd_bench_solvers(args: argparse.Namespace) -> dict[str, Any]:
+    from ..benchmarks.solvers import solver_table
+
+    out = prepare_run_dir(Path(args.out))
+    rows = solver_table(Path(args.checkpoint), out, args.solvers.split(","), args.tol, args.stop_mode, args.max_iter,
+                        args.batches, args.batch_size, log=_logger(args))
+    _logger(args)((out / "solvers.md").read_text())
     return {"rows": rows, "out": str(out)}
 
 
@@ -214,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("compare", "Train the same model from the same seed with each backward mode (the paper's Table 2).")
     p.add_argument("target", help="mnist, svhn, cifar10, or a .toml config file")
-    p.add_argument("--methods", default="jfb,ift,neumann:1,neumann:2,neumann:4")
+    p.add_argument("--methods", default="jfb,ift,neumann:1,neumann:2,neumann:4", help="the values of --vary to compare")
+    p.add_argument("--vary", default="backward", choices=["backward", "solver"], help="compare backward modes (default) or forward solvers")
     p.add_argument("--out", default="runs/compare")
     p.add_argument("--ift-batch-norm", action="store_true", help="keep latent BatchNorm in the ift runs too")
     for name, kind in (("epochs", int), ("limit_train", int), ("limit_test", int), ("max_iter", int), ("seed", int), ("batch_size", int), ("tol", float)):
@@ -237,6 +258,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="mnist", choices=["mnist", "elementwise"])
     p.add_argument("--batch-size", type=int, default=100, dest="batch_size")
     p.set_defaults(run=cmd_bench_memory)
+
+    p = bench.add_parser("step", help="ms per training step vs a hand-written PyTorch floor, interleaved, medians.")
+    p.add_argument("--json", action="store_true", help="print one final JSON line with the results")
+    p.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--out", default="runs/bench-step")
+    p.add_argument("--ks", default="10,40", help="forward iterations per step")
+    p.add_argument("--methods", default="jfb,neumann:2,ift,unroll")
+    p.add_argument("--batch-size", type=int, default=100, dest="batch_size")
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--warmup", type=int, default=3)
+    p.set_defaults(run=cmd_bench_step)
+
+    p = bench.add_parser("solvers", help="T evaluations and time for each forward solver to reach tol on a trained model.")
+    p.add_argument("checkpoint")
+    p.add_argument("--json", action="store_true", help="print one final JSON line with the results")
+    p.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--out", default="runs/bench-solvers")
+    p.add_argument("--solvers", default="picard,anderson,broyden")
+    p.add_argument("--tol", type=float, default=1e-4)
+    p.add_argument("--stop-mode", default="rel", choices=["abs", "rel"], dest="stop_mode")
+    p.add_argument("--max-iter", type=int, default=200, dest="max_iter")
+    p.add_argument("--batches", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=100, dest="batch_size")
+    p.set_defaults(run=cmd_bench_solvers)
 
     p = command("demo", "Train the MNIST implicit network with JFB for a few minutes and report test accuracy.")
     p.add_argument("--out", default="runs/demo")

@@ -1,0 +1,43 @@
+"""`jfb bench step`: the hand-written floor computes the same step as the library, and the command's output."""
+from __future__ import annotations
+
+import copy
+import json
+
+import torch
+
+from jfb.benchmarks.floor import floor_step
+from jfb.cli.main import main
+from jfb.models import build_model
+
+
+def test_floor_and_library_take_the_same_jfb_step():
+    torch.manual_seed(0)
+    ours = build_model("mnist", solver="picard", backward="jfb", tol=1e-30, max_iter=4)
+    floor = copy.deepcopy(ours)
+    images, labels = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    our_opt, floor_opt = torch.optim.SGD(ours.parameters(), lr=0.0), torch.optim.SGD(floor.parameters(), lr=0.0)
+
+    torch.manual_seed(1)  # the same dropout mask in both heads
+    floor_loss = floor_step(floor.embedding, floor.operator, floor.head, floor_opt, images, labels, iterations=4)
+    torch.manual_seed(1)
+    our_loss = torch.nn.functional.cross_entropy(ours(images), labels)
+    our_opt.zero_grad()
+    our_loss.backward()
+
+    assert int(ours.implicit.last_stats.iterations.max()) == 4
+    assert torch.allclose(our_loss, floor_loss, rtol=1e-5)
+    for (name, p), q in zip(ours.named_parameters(), floor.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-7), name
+
+
+def test_bench_step_writes_a_table_of_ratios(tmp_path, capsys):
+    argv = ["bench", "step", "--ks", "2", "--methods", "jfb,neumann:1", "--batch-size", "4", "--repeats", "2",
+            "--warmup", "1", "--out", str(tmp_path), "--json"]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    assert [(r["K"], r["backward"]) for r in rows] == [(2, "jfb"), (2, "neumann:1")]
+    for r in rows:
+        assert r["ratio"] == r["ours_ms"] / r["floor_ms"] and r["floor_ms"] > 0
+    assert "ours / floor" in (tmp_path / "step.md").read_text()
+    assert len((tmp_path / "step.csv").read_text().splitlines()) == 3
