@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -72,77 +73,79 @@ class ResidualTracker:
         self.tol, self.max_iter, self.stop_mode = tol, max_iter, stop_mode
         self.divergence_ratio = divergence_ratio
         self.agree = agree
+        self.device, self.dtype, self.eps = u0.device, u0.dtype, torch.finfo(u0.dtype).eps
         self.best = u0.detach().clone() if track_best else None
-        device = u0.device
-        self.abs_residual = torch.full((batch,), float("inf"), device=device, dtype=u0.dtype)
-        self.rel_residual = self.abs_residual.clone()
-        self.iterations = torch.full((batch,), max_iter, device=device, dtype=torch.long)
-        self.converged = torch.zeros(batch, dtype=torch.bool, device=device)
-        self.lowest = self.abs_residual.clone()
-        self.lowest_abs = self.abs_residual.clone()
+        # per-sample bookkeeping on the host: a handful of length-batch vectors per iteration,
+        # where a tensor op each would cost more dispatch time than the arithmetic
+        self.abs_residual = np.full(batch, np.inf)
+        self.rel_residual = np.full(batch, np.inf)
+        self.iterations = np.full(batch, max_iter, dtype=np.int64)
+        self.done_samples = np.zeros(batch, dtype=bool)
+        self.lowest = np.full(batch, np.inf)
+        self.lowest_abs = np.full(batch, np.inf)
         self.non_finite = False
         self.diverged = False
         self.history: Optional[list[float]] = [] if keep_history else None
         self.t_evals = 0
 
-    @torch.no_grad()
-    def update(self, u: Tensor, fu: Tensor, step: int, index: Optional[Tensor] = None) -> Tensor:
-        """Record ``fu = T(u)`` for the samples ``index`` (all when None) at iteration ``step``.
+    @property
+    def converged(self) -> Tensor:
+        """Per-sample convergence as a bool tensor on the iterates' device (for masking)."""
+        return torch.from_numpy(self.done_samples.copy()).to(self.device)
 
-        Returns the per-sample residual that the stopping rule uses, for those samples.
-        """
-        abs_res = per_sample_norm(fu - u)
-        fu_norm = per_sample_norm(fu)
-        rel_res = abs_res / (fu_norm + _EPS)
-        measure = abs_res if self.stop_mode == "abs" else rel_res
-        idx = index if index is not None else slice(None)
-        finite = torch.isfinite(measure)
-        # non-finite samples are written too, so that a NaN is visible in the output
-        improved = (measure < self._stored(idx)) | ~finite
-        self._write_best(idx, improved, fu, abs_res, rel_res)
-        newly = (measure <= self.tol) & ~self.converged[idx]
-        self.iterations[idx] = torch.where(newly, torch.full_like(self.iterations[idx], step), self.iterations[idx])
-        self.converged[idx] = self.converged[idx] | (measure <= self.tol)
-        self.lowest[idx] = torch.minimum(self.lowest[idx], torch.where(finite, measure, self.lowest[idx]))
-        self.non_finite = self.non_finite or not bool(finite.all())
-        # relative to the best residual so far, but never below tol or rounding noise: a residual
-        # that reached exactly zero and then shows float noise has not diverged
-        noise = torch.finfo(fu.dtype).eps * (fu_norm if self.stop_mode == "abs" else torch.ones_like(fu_norm))
-        floor = torch.maximum(self.lowest[idx].clamp_min(self.tol), noise)
-        self.diverged = self.diverged or bool((measure > self.divergence_ratio * floor).any())
-        if self.stop_mode == "rel":
-            # iterates running off to infinity can keep a bounded relative residual; their absolute
-            # residual grows without bound (floored at rounding noise)
-            self.lowest_abs[idx] = torch.minimum(self.lowest_abs[idx], torch.where(finite, abs_res, self.lowest_abs[idx]))
-            abs_floor = torch.maximum(self.lowest_abs[idx], 100 * torch.finfo(fu.dtype).eps * fu_norm)
-            self.diverged = self.diverged or bool((abs_res > self.divergence_ratio * abs_floor).any())
+    @torch.no_grad()
+    def update(self, u: Tensor, fu: Tensor, step: int, index: Optional[Tensor] = None) -> None:
+        """Record ``fu = T(u)`` for the samples ``index`` (all when None) at iteration ``step``."""
+        abs_res, fu_norm = torch.stack([per_sample_norm(fu - u), per_sample_norm(fu)]).double().cpu().numpy()
+        idx = slice(None) if index is None else index.cpu().numpy()
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # NaN / inf are handled below
+            rel_res = abs_res / (fu_norm + _EPS)
+            measure = abs_res if self.stop_mode == "abs" else rel_res
+            finite = np.isfinite(measure)
+            # non-finite samples are written too, so that a NaN is visible in the output
+            improved = (measure < self._stored()[idx]) | ~finite
+            self._write_best(idx, index, improved, fu, abs_res, rel_res)
+            met = measure <= self.tol
+            self.iterations[idx] = np.where(met & ~self.done_samples[idx], step, self.iterations[idx])
+            self.done_samples[idx] = self.done_samples[idx] | met
+            self.lowest[idx] = np.minimum(self.lowest[idx], np.where(finite, measure, self.lowest[idx]))
+            self.non_finite = self.non_finite or not bool(finite.all())
+            # relative to the best residual so far, but never below tol or rounding noise: a residual
+            # that reached exactly zero and then shows float noise has not diverged
+            noise = self.eps * (fu_norm if self.stop_mode == "abs" else 1.0)
+            floor = np.maximum(np.maximum(self.lowest[idx], self.tol), noise)
+            self.diverged = self.diverged or bool((measure > self.divergence_ratio * floor).any())
+            if self.stop_mode == "rel":
+                # iterates running off to infinity can keep a bounded relative residual; their absolute
+                # residual grows without bound (floored at rounding noise)
+                self.lowest_abs[idx] = np.minimum(self.lowest_abs[idx], np.where(finite, abs_res, self.lowest_abs[idx]))
+                abs_floor = np.maximum(self.lowest_abs[idx], 100 * self.eps * fu_norm)
+                self.diverged = self.diverged or bool((abs_res > self.divergence_ratio * abs_floor).any())
         if self.history is not None:
             self.history.append(float(measure.max()))
-        return measure
 
-    def _stored(self, idx) -> Tensor:
-        return self.abs_residual[idx] if self.stop_mode == "abs" else self.rel_residual[idx]
+    def _stored(self) -> np.ndarray:
+        return self.abs_residual if self.stop_mode == "abs" else self.rel_residual
 
-    def _write_best(self, idx, improved: Tensor, fu: Tensor, abs_res: Tensor, rel_res: Tensor) -> None:
+    def _write_best(self, idx, index: Optional[Tensor], improved: np.ndarray, fu: Tensor, abs_res: np.ndarray, rel_res: np.ndarray) -> None:
         """Keep the lowest-residual iterate per sample (or the latest one when not tracking)."""
         if self.best is None:
-            self.abs_residual[idx] = abs_res
-            self.rel_residual[idx] = rel_res
+            self.abs_residual[idx], self.rel_residual[idx] = abs_res, rel_res
             return
-        if isinstance(idx, slice):
-            mask = improved.view(-1, *([1] * (fu.dim() - 1)))
-            self.best = torch.where(mask, fu.detach(), self.best)
-            self.abs_residual = torch.where(improved, abs_res, self.abs_residual)
-            self.rel_residual = torch.where(improved, rel_res, self.rel_residual)
+        self.abs_residual[idx] = np.where(improved, abs_res, self.abs_residual[idx])
+        self.rel_residual[idx] = np.where(improved, rel_res, self.rel_residual[idx])
+        if index is None and improved.all():
+            self.best = fu.detach()
             return
-        rows = idx[improved]
-        self.best[rows] = fu.detach()[improved]
-        self.abs_residual[rows] = abs_res[improved]
-        self.rel_residual[rows] = rel_res[improved]
+        mask = torch.from_numpy(improved).to(self.device)
+        if index is None:
+            self.best = torch.where(mask.view(-1, *([1] * (fu.dim() - 1))), fu.detach(), self.best)
+        else:
+            self.best[index[mask]] = fu.detach()[mask]
 
     def finished(self) -> bool:
         """Whether to stop iterating: every sample converged, or a failure (agreed across processes)."""
-        done = bool(self.converged.all()) or self.non_finite or self.diverged
+        done = bool(self.done_samples.all()) or self.non_finite or self.diverged
         return done if self.agree is None else self.agree(done)
 
     def state(self) -> SolverState:
@@ -150,14 +153,15 @@ class ResidualTracker:
             status = "non_finite"
         elif self.diverged:
             status = "diverged"
-        elif bool(self.converged.all()):
+        elif bool(self.done_samples.all()):
             status = "converged"
         else:
             status = "max_iter"
+        as_tensor = lambda values: torch.from_numpy(values).to(self.device, self.dtype)  # noqa: E731
         return SolverState(
-            iterations=self.iterations,
-            abs_residual=self.abs_residual,
-            rel_residual=self.rel_residual,
+            iterations=torch.from_numpy(self.iterations).to(self.device),
+            abs_residual=as_tensor(self.abs_residual),
+            rel_residual=as_tensor(self.rel_residual),
             converged=self.converged,
             status=status,
             t_evals=self.t_evals,
