@@ -249,9 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_diagnose)
 
     bench = sub.add_parser("bench", help="Benchmarks.").add_subparsers(dest="bench", required=True)
-    p = bench.add_parser("memory", help="Peak memory of a training step vs forward depth (fresh process per point).")
-    p.add_argument("--json", action="store_true", help="print one final JSON line with the results")
-    p.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
+
+    def bench_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = bench.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--json", action="store_true", help="print one final JSON line with the results")
+        p.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
+        return p
+
+    p = bench_command("memory", "Peak memory of a training step vs forward depth (fresh process per point).")
     p.add_argument("--out", default="runs/bench-memory")
     p.add_argument("--depths", default="10,50,100,200,500")
     p.add_argument("--methods", default="jfb,ift,neumann:4,unroll")
@@ -259,9 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=100, dest="batch_size")
     p.set_defaults(run=cmd_bench_memory)
 
-    p = bench.add_parser("step", help="ms per training step vs a hand-written PyTorch floor, interleaved, medians.")
-    p.add_argument("--json", action="store_true", help="print one final JSON line with the results")
-    p.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
+    p = bench_command("step", "ms per training step vs a hand-written PyTorch floor, interleaved, medians.")
     p.add_argument("--out", default="runs/bench-step")
     p.add_argument("--ks", default="10,40", help="forward iterations per step")
     p.add_argument("--methods", default="jfb,neumann:2,ift,unroll")
@@ -270,10 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3)
     p.set_defaults(run=cmd_bench_step)
 
-    p = bench.add_parser("solvers", help="T evaluations and time for each forward solver to reach tol on a trained model.")
+    p = bench_command("solvers", "T evaluations and time for each forward solver to reach tol on a trained model.")
     p.add_argument("checkpoint")
-    p.add_argument("--json", action="store_true", help="print one final JSON line with the results")
-    p.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default="runs/bench-solvers")
     p.add_argument("--solvers", default="picard,anderson,broyden")
     p.add_argument("--tol", type=float, default=1e-4)
