@@ -167,3 +167,24 @@ def test_solving_past_the_rounding_floor_stays_finite_and_is_not_divergence(solv
             u = layer(x)
     assert layer.last_stats.status in ("converged", "max_iter")  # an exact zero residual meets any tol
     assert torch.allclose(u, 2 * x, atol=1e-6)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_channels_last_iterates_give_the_same_fixed_point_and_stay_channels_last(solver):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 3, 3, padding=1).double()
+    with torch.no_grad():
+        conv.weight.mul_(0.5 / conv.weight.abs().sum(dim=(1, 2, 3)).max())  # a contraction in the max norm
+    x = torch.randn(4, 3, 5, 6, dtype=torch.float64)
+    seen = []
+
+    def T(u, index):
+        seen.append(u.is_contiguous(memory_format=torch.channels_last))
+        return torch.tanh(conv(u)) + (x if index is None else x[index])
+
+    solve = jfb.solvers.get_solver(solver)
+    plain, _ = solve(T, torch.zeros_like(x), tol=1e-10, max_iter=200)
+    seen.clear()
+    nhwc, state = solve(T, torch.zeros_like(x).contiguous(memory_format=torch.channels_last), tol=1e-10, max_iter=200)
+    assert state.status == "converged" and all(seen)
+    assert torch.allclose(plain, nhwc, atol=1e-9)

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .base import Agreement, Operator, ResidualTracker, SolverState
+from .base import Agreement, Operator, ResidualTracker, SampleLayout, SolverState
 
 
 def anderson(
@@ -32,22 +32,23 @@ def anderson(
     ``memory`` residuals ``G``, then mixes ``u = beta F alpha + (1 - beta) X alpha``.
     One T evaluation per step. Returns the lowest-residual iterate of each sample.
     """
-    shape, batch = u0.shape, u0.shape[0]
+    batch = u0.shape[0]
     tracker = ResidualTracker(u0, tol, max_iter, stop_mode, divergence_ratio, keep_history, agree=agree)
+    layout = SampleLayout(u0)
     X = u0.new_zeros(batch, memory, u0[0].numel())
     F = torch.zeros_like(X)
 
     def evaluate(slot: int, x: Tensor, step: int) -> None:
         index = _active(tracker, freeze_converged)
         rows = slice(None) if index is None else index
-        x_rows = x[rows].view(-1, *shape[1:])
+        x_rows = layout.unflatten(x[rows])
         fx = f(x_rows, index)
         tracker.update(x_rows, fx, step, index)
         tracker.t_evals += 1
-        X[rows, slot] = x_rows.reshape(x_rows.shape[0], -1)
-        F[rows, slot] = fx.reshape(x_rows.shape[0], -1)
+        X[rows, slot] = layout.flatten(x_rows)
+        F[rows, slot] = layout.flatten(fx)
 
-    evaluate(0, u0.reshape(batch, -1), 1)
+    evaluate(0, layout.flatten(u0), 1)
     if max_iter > 1 and not tracker.finished():
         evaluate(1, F[:, 0].clone(), 2)
     H = u0.new_zeros(batch, memory + 1, memory + 1)

@@ -48,7 +48,30 @@ class SolverState:
 
 
 def per_sample_norm(v: Tensor) -> Tensor:
-    return v.reshape(v.shape[0], -1).norm(dim=1)
+    """2-norm over all non-batch dimensions (no copy for channels-last tensors)."""
+    return torch.linalg.vector_norm(v, dim=tuple(range(1, v.dim()))) if v.dim() > 1 else v.abs()
+
+
+class SampleLayout:
+    """Flattens a batch to ``(batch, features)`` in its memory order, and back.
+
+    Anderson and Broyden work on flat vectors, and norms and inner products do not depend on the
+    order of the features; flattening a channels-last tensor in its own (NHWC) order is a view
+    each way, so the operator keeps receiving channels-last inputs and no copy is made.
+    """
+
+    def __init__(self, like: Tensor) -> None:
+        self.shape = like.shape
+        self.channels_last = like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last)
+
+    def flatten(self, t: Tensor) -> Tensor:
+        return (t.permute(0, 2, 3, 1) if self.channels_last else t).reshape(t.shape[0], -1)
+
+    def unflatten(self, flat: Tensor) -> Tensor:
+        if self.channels_last:
+            _, channels, height, width = self.shape
+            return flat.view(-1, height, width, channels).permute(0, 3, 1, 2)
+        return flat.view(-1, *self.shape[1:])
 
 
 class ResidualTracker:

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .base import Agreement, Operator, ResidualTracker, SolverState
+from .base import Agreement, Operator, ResidualTracker, SampleLayout, SolverState
 
 #: a step that multiplies a sample's residual by more than this is undone and its memory reset
 _REJECT_GROWTH = 4.0
@@ -35,14 +35,15 @@ def broyden(
     ``freeze_converged`` is set.
     Returns the lowest-residual ``T(u)`` of each sample.
     """
-    shape, batch = u0.shape, u0.shape[0]
+    batch = u0.shape[0]
     tracker = ResidualTracker(u0, tol, max_iter, stop_mode, divergence_ratio, keep_history, agree=agree)
     dim = u0[0].numel()
     U = u0.new_zeros(batch, dim, memory)
     V = u0.new_zeros(batch, memory, dim)
-    u = u0.reshape(batch, -1)
-    fu = f(u0, None).reshape(batch, -1)
-    tracker.update(u.view(shape), fu.view(shape), 1)
+    layout = SampleLayout(u0)
+    u = layout.flatten(u0)
+    fu = layout.flatten(f(u0, None))
+    tracker.update(layout.unflatten(u), layout.unflatten(fu), 1)
     tracker.t_evals += 1
     g = fu - u
     for step in range(2, max_iter + 1):
@@ -54,8 +55,9 @@ def broyden(
         active = (~frozen).nonzero().squeeze(1)
         index = None if bool((~frozen).all()) else active
         rows = slice(None) if index is None else index
-        fx = f(u_new[rows].view(-1, *shape[1:]), index).reshape(-1, dim)
-        tracker.update(u_new[rows].view(-1, *shape[1:]), fx.view(-1, *shape[1:]), step, index)
+        x_rows = layout.unflatten(u_new[rows])
+        fx = layout.flatten(f(x_rows, index))
+        tracker.update(x_rows, layout.unflatten(fx), step, index)
         tracker.t_evals += 1
         g_new = g.clone()
         g_new[rows] = fx - u_new[rows]

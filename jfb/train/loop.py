@@ -176,7 +176,7 @@ def train_one_epoch(
     started = time.perf_counter() - position.elapsed_s
     for inputs, labels in bar:
         buffers = [b.clone() for b in model.buffers()]  # BatchNorm statistics: a few KB
-        logits = engine(inputs)
+        logits = engine(inputs.contiguous(memory_format=_memory_format(config)))
         loss = nn.functional.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         if processes.any(_bad_batch(model, loss)):
@@ -224,19 +224,24 @@ def evaluate(model: nn.Module, split: Split, config: TrainConfig, normalize, pro
     shard = split.shard(processes.rank, processes.world_size)
     steps = math.ceil(len(shard) / config.batch_size)
     for inputs, labels in tqdm(batches(shard, config.batch_size, normalize, device=config.device), total=steps, desc=desc, disable=not progress, leave=False):
-        logits = model(inputs)
+        logits = model(inputs.contiguous(memory_format=_memory_format(config)))
         stats.add(nn.functional.cross_entropy(logits, labels), logits, labels, model)
     return stats.reduced(processes).summary("eval")
 
 
 def build_from_config(config: TrainConfig) -> nn.Module:
-    return build_model(
+    model = build_model(
         config.architecture,
         kind=config.model,
         explicit_depth=config.explicit_depth,
         latent_batch_norm=config.latent_batch_norm,
         **config.layer_options(),
-    ).to(config.device)
+    )
+    return model.to(config.device, memory_format=_memory_format(config))
+
+
+def _memory_format(config: TrainConfig) -> torch.memory_format:
+    return torch.channels_last if config.channels_last else torch.contiguous_format
 
 
 def restore_model(path: Path, overrides: Optional[dict[str, Any]] = None) -> tuple[nn.Module, TrainConfig]:
