@@ -45,6 +45,7 @@ class TrainConfig:
     data_dir: Optional[str] = None
     max_bad_batches: int = 10  # consecutive non-finite batches before training stops
     checkpoint_every: int = 200  # steps between mid-epoch checkpoints (0: at the end of each epoch only)
+    test_every_epoch: bool = True  # False: test accuracy only of the last and the validation-selected epoch
     channels_last: bool = True  # NHWC memory layout: ~25% faster convolutions on CPU (measured)
     deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns and resumes
 

@@ -325,15 +325,14 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, log
         if stats.skipped:
             log(f"warning: epoch {position.epoch + 1} skipped {stats.skipped} bad batches (non-finite loss, diverged or non-finite fixed point)")
         val = evaluate(model, val_split, config, normalize, progress, "validation", processes)
-        test = evaluate(model, test_split, config, normalize, progress, "test", processes)
+        final = position.epoch + 1 == config.epochs
+        test = evaluate(model, test_split, config, normalize, progress, "test", processes) if config.test_every_epoch or final else None
         record = {
             "epoch": position.epoch + 1,
             **stats.summary("train"),
             "val_loss": val["eval_loss"],
             "val_acc": val["eval_acc"],
-            "test_loss": test["eval_loss"],
-            "test_acc": test["eval_acc"],
-            "test_forward_iters_mean": test["eval_forward_iters_mean"],
+            **_test_fields(test),
             "epoch_time_s": epoch_time,
             "samples_per_s": stats.samples / epoch_time,
             "j_matvecs": stats.j_matvecs,
@@ -348,12 +347,14 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, log
         metrics.append(record)
         improved = record["val_acc"] > best_val
         best_val = max(best_val, record["val_acc"])
+        if final and not improved and not config.test_every_epoch:
+            _test_selected_epoch(run_dir / "best.pt", metrics, test_split, config, normalize, progress, processes)
         position = Position(epoch=position.epoch + 1)
         save("last.pt", position)
         if improved:
             save("best.pt", position)
         log(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.2f}% | "
-            f"val {record['val_acc']:.2f}% | test {record['test_acc']:.2f}% | {epoch_time:.1f} s, "
+            f"val {record['val_acc']:.2f}% | test {'-' if test is None else format(record['test_acc'], '.2f') + '%'} | {epoch_time:.1f} s, "
             f"{record['train_forward_iters_mean']:.1f} forward iterations/batch")
 
     plot = plot_curves(run_dir, metrics.records) if processes.is_main else None
@@ -373,6 +374,24 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, log
     log(f"test accuracy: last epoch {result['test_acc_last']:.2f}%, validation-selected "
         f"(epoch {result['best_epoch']}) {result['test_acc_best_val']:.2f}%")
     return result
+
+
+def _test_fields(test: Optional[dict[str, Any]]) -> dict[str, float]:
+    """The record's test columns; NaN for epochs whose test accuracy was not measured."""
+    if test is None:
+        return {"test_loss": math.nan, "test_acc": math.nan, "test_forward_iters_mean": math.nan}
+    return {"test_loss": test["eval_loss"], "test_acc": test["eval_acc"], "test_forward_iters_mean": test["eval_forward_iters_mean"]}
+
+
+def _test_selected_epoch(best_path: Path, metrics: MetricsLog, test_split: Split, config: TrainConfig, normalize, progress: bool,
+                         processes: Processes) -> None:
+    """Without per-epoch test evaluation: the test accuracy of the validation-selected weights, once, at the end."""
+    model = build_from_config(config)
+    model.load_state_dict(load_checkpoint(best_path)["model"])
+    test = evaluate(model, test_split, config, normalize, progress, "test (selected epoch)", processes)
+    selected = max(metrics.records, key=lambda r: r["val_acc"])
+    selected.update(_test_fields(test))
+    metrics.rewrite()
 
 
 def _restore_run(path: Path, config: TrainConfig, model, optimizer, scheduler) -> tuple[Position, float, list[dict[str, Any]]]:

@@ -33,15 +33,18 @@ class MetricsLog:
 
     def append(self, record: dict[str, Any]) -> None:
         self.records.append(record)
-        if not self.write:
-            return
-        _atomic_write(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
-        _atomic_write(self.run_dir / "metrics.csv", csv_text(self.records))
+        self.rewrite()
         if self._tensorboard is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key != "epoch":
                     self._tensorboard.add_scalar(key, value, record["epoch"])
             self._tensorboard.flush()
+
+    def rewrite(self) -> None:
+        """Write all records to metrics.jsonl and metrics.csv (after appending or updating one)."""
+        if self.write:
+            _atomic_write(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
+            _atomic_write(self.run_dir / "metrics.csv", csv_text(self.records))
 
 
 def _tensorboard_writer(run_dir: Path):
