@@ -94,8 +94,8 @@ class CPUSyncBatchNorm(_BatchNorm):
     """A BatchNorm whose batch statistics are synchronised across processes on CPU (gloo).
 
     torch's SyncBatchNorm only runs on accelerators (and DistributedDataParallel refuses it on
-    CPU), so on CPU the per-channel sums, squared sums and counts are combined with one
-    differentiable all-reduce per call. Outside distributed training it is a plain BatchNorm,
+    CPU), so on CPU the per-channel sums, squared sums and counts (in float64) are combined
+    with one differentiable all-reduce per call. Outside distributed training it is a plain BatchNorm,
     with the same state dict.
     """
 
@@ -111,12 +111,14 @@ class CPUSyncBatchNorm(_BatchNorm):
         self._check_input_dim(input)
         channels = input.shape[1]
         dims = [0, *range(2, input.dim())]
-        count = input.new_full((1,), input.numel() // channels)
-        stats = torch.cat([input.sum(dims), (input * input).sum(dims), count])
-        stats = dist_functional.all_reduce(stats)
+        # sums in float64: E[x^2] - E[x]^2 in float32 loses ~1e-5 to cancellation when |mean| >> std
+        wide = input.double()
+        count = wide.new_full((1,), input.numel() // channels)
+        stats = dist_functional.all_reduce(torch.cat([wide.sum(dims), (wide * wide).sum(dims), count]))
         total = stats[-1]
         mean = stats[:channels] / total
         var = (stats[channels : 2 * channels] / total - mean * mean).clamp_min(0)
+        mean, var, total = mean.to(input.dtype), var.to(input.dtype), total.to(input.dtype)
         if self.track_running_stats:
             self._update_running_stats(mean.detach(), var.detach(), total.detach())
         shape = (1, channels, *([1] * (input.dim() - 2)))
