@@ -132,11 +132,13 @@ class ImplicitLayer(nn.Module):
         self.solver_kwargs = dict(solver_kwargs or {})
         self.lockstep = lockstep
         self.last_stats: Optional[ImplicitStats] = None
+        self.last_fixed_point: Optional[Tensor] = None
 
     def forward(self, x: Any, u0: Optional[Tensor] = None) -> Tensor:
         u0 = torch.zeros_like(_first_tensor(x)) if u0 is None else u0
         T = self._bind(x)
         u_star, state = self._solve(T, u0)
+        self.last_fixed_point = u_star.detach()  # for warm starts of later solves (no graph attached)
         self.last_stats = stats = ImplicitStats(state, BackwardStats(forward_evals=state.t_evals))
         self._handle_failure(state)
         if not torch.is_grad_enabled():

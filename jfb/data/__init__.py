@@ -105,7 +105,8 @@ def batches(
     start: int = 0,
     shard: tuple[int, int] = (0, 1),
     device: str = "cpu",
-) -> Iterator[tuple[Tensor, Tensor]]:
+    with_index: bool = False,
+) -> Iterator[tuple[Tensor, ...]]:
     """Yield ``(inputs, labels)`` batches from batch index ``start`` on.
 
     The permutation is drawn from ``shuffle_seed`` (no shuffling when None) and batch ``i`` is
@@ -114,7 +115,8 @@ def batches(
     of ``batch_size`` samples is augmented as a whole and split into ``world`` parts (rank
     ``r`` takes rows ``r, r + world, ...``): the processes of a data-parallel run together
     see exactly the batches of a single-process run. A final global batch with fewer than
-    ``world`` samples is dropped, so that no process gets an empty batch.
+    ``world`` samples is dropped, so that no process gets an empty batch. With ``with_index``
+    each batch also carries the samples' positions in ``split`` (for per-sample caches).
     """
     rank, world = shard
     if not 0 <= rank < world:
@@ -130,7 +132,9 @@ def batches(
         images = split.images[index]
         if augment:
             images = random_crop_flip(images, torch.Generator().manual_seed(_batch_seed(shuffle_seed, batch_index)))
-        yield normalize(images[rank::world].to(device)), split.labels[index[rank::world]].to(device)
+        mine = index[rank::world]
+        batch = (normalize(images[rank::world].to(device)), split.labels[mine].to(device))
+        yield (*batch, mine) if with_index else batch
 
 
 def _batch_seed(shuffle_seed: int, batch_index: int) -> int:

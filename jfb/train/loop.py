@@ -158,6 +158,7 @@ def train_one_epoch(
     processes: Processes,
     progress: bool,
     save: Callable[[Position], None],
+    warm_starts: Optional["WarmStarts"] = None,
 ) -> EpochStats:
     """One pass over ``split`` from ``position.step`` on; ``save(position)`` every ``checkpoint_every`` steps.
 
@@ -170,13 +171,14 @@ def train_one_epoch(
     set_evaluation_tolerance(model, config, evaluation=False)
     stats = position.stats
     steps = steps_per_pass(len(split), config.batch_size, processes.world_size)
-    data = batches(split, config.batch_size, normalize, shuffle_seed=config.seed * 100_003 + position.epoch,
-                   augment=config.augment, start=position.step, shard=(processes.rank, processes.world_size), device=config.device)
+    data = batches(split, config.batch_size, normalize, shuffle_seed=config.seed * 100_003 + position.epoch, augment=config.augment,
+                   start=position.step, shard=(processes.rank, processes.world_size), device=config.device, with_index=True)
     bar = tqdm(data, total=steps, initial=position.step, desc=f"epoch {position.epoch + 1}/{config.epochs}", disable=not progress, leave=False)
     started = time.perf_counter() - position.elapsed_s
-    for inputs, labels in bar:
+    for inputs, labels, index in bar:
         buffers = [b.clone() for b in model.buffers()]  # BatchNorm statistics: a few KB
-        logits = engine(inputs.contiguous(memory_format=_memory_format(config)))
+        inputs = inputs.contiguous(memory_format=_memory_format(config))
+        logits = engine(inputs) if warm_starts is None else engine(inputs, warm_starts.initial(index, config))
         loss = nn.functional.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         if processes.any(_bad_batch(model, loss)):
@@ -195,12 +197,36 @@ def train_one_epoch(
             optimizer.step()
             scheduler.step()
             stats.add(loss.detach(), logits.detach(), labels, model)  # after backward: J mat-vecs are counted
+            if warm_starts is not None:
+                warm_starts.store(index, model.implicit.last_fixed_point)
             bar.set_postfix(stats.postfix(), refresh=False)
         position.step += 1
         position.elapsed_s = time.perf_counter() - started
         if config.checkpoint_every and position.step % config.checkpoint_every == 0 and position.step < steps:
             save(position)
     return stats
+
+
+class WarmStarts:
+    """Each training sample's last fixed point, to start its next solve from (``--warm-start``).
+
+    Samples not yet seen start from zero. The cache lives in memory (N x latent size, float32;
+    345 MB for MNIST) and is not checkpointed: a resumed run starts it cold again.
+    """
+
+    def __init__(self, samples: int) -> None:
+        self.samples = samples
+        self.cache: Optional[torch.Tensor] = None
+
+    def initial(self, index: torch.Tensor, config: TrainConfig) -> Optional[torch.Tensor]:
+        if self.cache is None:
+            return None
+        return self.cache[index].to(config.device).contiguous(memory_format=_memory_format(config))
+
+    def store(self, index: torch.Tensor, fixed_point: torch.Tensor) -> None:
+        if self.cache is None:
+            self.cache = fixed_point.new_zeros((self.samples, *fixed_point.shape[1:]), device="cpu")
+        self.cache[index] = fixed_point.to("cpu")
 
 
 def _bad_batch(model: nn.Module, loss: torch.Tensor) -> bool:
@@ -296,6 +322,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, log
         position, best_val, records = _restore_run(run_dir / "last.pt", config, model, optimizer, scheduler)
         log(f"resumed from {run_dir / 'last.pt'} at epoch {position.epoch + 1}, step {position.step}")
     metrics = MetricsLog(run_dir, records, write=processes.is_main)
+    warm_starts = WarmStarts(len(train_split)) if config.warm_start else None
 
     def save(name: str, position: Position) -> None:
         if processes.is_main:
@@ -316,7 +343,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, log
     while position.epoch < config.epochs:
         try:
             stats = train_one_epoch(engine, model, optimizer, scheduler, train_split, config, normalize, position,
-                                    processes, progress, lambda p: save("last.pt", p))
+                                    processes, progress, lambda p: save("last.pt", p), warm_starts)
         except TrainingStopped as stop:
             save("stopped.pt", position)
             raise TrainingStopped(f"{stop}; weights before the bad batches saved to {run_dir / 'stopped.pt'}") from None
