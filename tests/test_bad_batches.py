@@ -17,11 +17,11 @@ def _poisoned_batches(bad_indices):
     original = loop.batches
 
     def batches(split, batch_size, normalize, **kwargs):
-        for i, (inputs, labels) in enumerate(original(split, batch_size, normalize, **kwargs)):
+        for i, (inputs, *rest) in enumerate(original(split, batch_size, normalize, **kwargs)):
             if kwargs.get("shuffle_seed") is not None and (bad_indices is None or i in bad_indices):
                 inputs = inputs.clone()
                 inputs[0, 0, 0, 0] = float("nan")
-            yield inputs, labels
+            yield inputs, *rest
 
     return batches
 
