@@ -86,8 +86,11 @@ class TrainConfig:
     def same_run(self, saved: dict[str, Any]) -> bool:
         """Whether a checkpoint written with ``saved`` continues this run: options that do not
         change the numbers (threads, checkpoint frequency, data location) may differ."""
-        mine = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_OPTIONS}
-        return mine == {k: v for k, v in {**self.to_dict(), **saved}.items() if k not in RUNTIME_OPTIONS}
+        def numeric(values: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in values.items() if k not in RUNTIME_OPTIONS}
+
+        mine = self.to_dict()
+        return numeric(mine) == numeric({**mine, **saved})  # options missing from older checkpoints: defaults
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
