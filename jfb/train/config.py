@@ -90,7 +90,7 @@ class TrainConfig:
             return {k: v for k, v in values.items() if k not in RUNTIME_OPTIONS}
 
         mine = self.to_dict()
-        return numeric(mine) == numeric({**mine, **saved})  # options missing from older checkpoints: defaults
+        return numeric(mine) == numeric({**mine, **saved})  # options an older checkpoint lacks count as equal
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
