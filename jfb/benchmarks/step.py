@@ -40,8 +40,7 @@ def _timed(step: Callable[[], object]) -> float:
 def compare_steps(iterations: int, backward: str, batch: int, repeats: int, warmup: int, seed: int = 0) -> dict:
     """Median ms per step for ours and the floor, interleaved step by step."""
     torch.manual_seed(seed)
-    solver = "picard"
-    ours = build_model("mnist", solver=solver, backward=backward, tol=1e-30, max_iter=iterations, on_failure="raise")
+    ours = build_model("mnist", solver="picard", backward=backward, tol=1e-30, max_iter=iterations, on_failure="raise")
     floor = copy.deepcopy(ours)
     images, labels = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
     our_opt, floor_opt = torch.optim.Adam(ours.parameters(), 1e-3), torch.optim.Adam(floor.parameters(), 1e-3)

@@ -163,8 +163,8 @@ class ResidualTracker:
         mask = torch.from_numpy(improved).to(self.device)
         if index is None:
             self.best = torch.where(mask.view(-1, *([1] * (fu.dim() - 1))), fu.detach(), self.best)
-        else:
-            self.best[index[mask]] = fu.detach()[mask]
+        else:  # out of place: ``best`` may be a tensor the solver handed over earlier
+            self.best = self.best.index_put((index[mask],), fu.detach()[mask])
 
     def finished(self) -> bool:
         """Whether to stop iterating: every sample converged, or a failure (agreed across processes)."""

@@ -46,10 +46,11 @@ def broyden(
     tracker.update(layout.unflatten(u), layout.unflatten(fu), 1)
     tracker.t_evals += 1
     g = fu - u
+    nothing_frozen = torch.zeros(batch, dtype=torch.bool, device=u0.device)
     for step in range(2, max_iter + 1):
         if tracker.finished():
             break
-        frozen = tracker.converged if freeze_converged else torch.zeros_like(tracker.converged)
+        frozen = tracker.converged if freeze_converged else nothing_frozen
         du = torch.where(frozen[:, None], torch.zeros_like(u), -_matvec(U, V, g))
         u_new = u + du
         active = (~frozen).nonzero().squeeze(1)
