@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -77,12 +79,17 @@ def test_synchronised_batch_norm_solves_run_in_lock_step_without_deadlock(tmp_pa
 def test_without_agreement_the_same_run_breaks(tmp_path):
     """The control for the test above: with lock-step turned off the collectives mismatch."""
     (tmp_path / "run").mkdir()
+    # its own session, so that a hang can be ended with the workers, not just the launcher
+    process = subprocess.Popen([*TORCHRUN, str(WORKER), "lockstep", str(tmp_path / "run"), json.dumps({"lockstep": False})],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        result = subprocess.run([*TORCHRUN, str(WORKER), "lockstep", str(tmp_path / "run"), json.dumps({"lockstep": False})],
-                                capture_output=True, text=True, timeout=120)
+        assert process.wait(timeout=120) != 0
     except subprocess.TimeoutExpired:
-        return  # hung: the deadlock itself
-    assert result.returncode != 0
+        pass  # hung: the deadlock itself
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def test_torchrun_cli_trains_writes_from_rank_0_and_resumes(tmp_path):
