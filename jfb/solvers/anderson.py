@@ -69,7 +69,7 @@ def anderson(
         alpha = _picard_where_singular(alpha, (step - 2) % memory)
         mixed = beta * (alpha[:, None] @ F[:, :n])[:, 0] + (1 - beta) * (alpha[:, None] @ X[:, :n])[:, 0]
         evaluate((step - 1) % memory, mixed, step)
-    return tracker.best, tracker.state()
+    return tracker.best, tracker.state(tracker.best)
 
 
 def _picard_where_singular(alpha: Tensor, latest: int) -> Tensor:

@@ -99,9 +99,10 @@ class ResidualTracker:
         self.device, self.dtype, self.eps = u0.device, u0.dtype, torch.finfo(u0.dtype).eps
         self.best = u0.detach().clone() if track_best else None
         # per-sample bookkeeping on the host: a handful of length-batch vectors per iteration,
-        # where a tensor op each would cost more dispatch time than the arithmetic
-        self.abs_residual = np.full(batch, np.inf)
-        self.rel_residual = np.full(batch, np.inf)
+        # where a tensor op each would cost more dispatch time than the arithmetic. Only the
+        # stopping measure (abs or rel) is stored; the other one is derived from the returned
+        # iterates' norms in ``state`` (each stored residual belongs to the returned iterate)
+        self.residual = np.full(batch, np.inf)
         self.iterations = np.full(batch, max_iter, dtype=np.int64)
         self.done_samples = np.zeros(batch, dtype=bool)
         self.lowest = np.full(batch, np.inf)
@@ -119,44 +120,55 @@ class ResidualTracker:
     @torch.no_grad()
     def update(self, u: Tensor, fu: Tensor, step: int, index: Optional[Tensor] = None) -> None:
         """Record ``fu = T(u)`` for the samples ``index`` (all when None) at iteration ``step``."""
-        abs_res, fu_norm = torch.stack([per_sample_norm(fu - u), per_sample_norm(fu)]).double().cpu().numpy()
         idx = slice(None) if index is None else index.cpu().numpy()
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # NaN / inf are handled below
-            rel_res = abs_res / (fu_norm + _EPS)
-            measure = abs_res if self.stop_mode == "abs" else rel_res
+            if self.stop_mode == "abs":  # one norm per iteration; ||T(u)|| only when divergence is suspected
+                measure = abs_res = _host(per_sample_norm(fu - u))
+                fu_norm = None
+            else:
+                abs_res, fu_norm = _host(torch.stack([per_sample_norm(fu - u), per_sample_norm(fu)]))
+                measure = abs_res / (fu_norm + _EPS)
             finite = np.isfinite(measure)
             # non-finite samples are written too, so that a NaN is visible in the output
-            improved = (measure < self._stored()[idx]) | ~finite
-            self._write_best(idx, index, improved, fu, abs_res, rel_res)
+            improved = (measure < self.residual[idx]) | ~finite
+            self._write_best(idx, index, improved, fu, measure)
             met = measure <= self.tol
-            self.iterations[idx] = np.where(met & ~self.done_samples[idx], step, self.iterations[idx])
-            self.done_samples[idx] = self.done_samples[idx] | met
-            self.lowest[idx] = np.minimum(self.lowest[idx], np.where(finite, measure, self.lowest[idx]))
+            newly_met = met & ~self.done_samples[idx]
+            if newly_met.any():
+                self.iterations[idx] = np.where(newly_met, step, self.iterations[idx])
+                self.done_samples[idx] = self.done_samples[idx] | met
+            self.lowest[idx] = np.fmin(self.lowest[idx], measure)  # fmin skips NaN; inf never lowers it
             self.non_finite = self.non_finite or not bool(finite.all())
-            # relative to the best residual so far, but never below tol or rounding noise: a residual
-            # that reached exactly zero and then shows float noise has not diverged
-            noise = self.eps * (fu_norm if self.stop_mode == "abs" else 1.0)
-            floor = np.maximum(np.maximum(self.lowest[idx], self.tol), noise)
-            self.diverged = self.diverged or bool((measure > self.divergence_ratio * floor).any())
-            if self.stop_mode == "rel":
-                # iterates running off to infinity can keep a bounded relative residual; their absolute
-                # residual grows without bound (floored at rounding noise)
-                self.lowest_abs[idx] = np.minimum(self.lowest_abs[idx], np.where(finite, abs_res, self.lowest_abs[idx]))
-                abs_floor = np.maximum(self.lowest_abs[idx], 100 * self.eps * fu_norm)
-                self.diverged = self.diverged or bool((abs_res > self.divergence_ratio * abs_floor).any())
+            self.diverged = self.diverged or self._diverging(idx, measure, abs_res, fu_norm, fu)
         if self.history is not None:
             self.history.append(float(measure.max()))
 
-    def _stored(self) -> np.ndarray:
-        return self.abs_residual if self.stop_mode == "abs" else self.rel_residual
+    def _diverging(self, idx, measure: np.ndarray, abs_res: np.ndarray, fu_norm: Optional[np.ndarray], fu: Tensor) -> bool:
+        """Residual grown ``divergence_ratio`` times over its best, never below tol or rounding noise.
 
-    def _write_best(self, idx, index: Optional[Tensor], improved: np.ndarray, fu: Tensor, abs_res: np.ndarray, rel_res: np.ndarray) -> None:
+        A residual that reached exactly zero and then shows float noise has not diverged. In rel
+        mode the absolute residual is watched too: iterates running off to infinity can keep a
+        bounded relative residual while their absolute residual grows without bound.
+        """
+        floor = np.maximum(self.lowest[idx], self.tol)
+        suspects = measure > self.divergence_ratio * floor
+        if self.stop_mode == "abs":
+            if not suspects.any():
+                return False
+            noise = self.eps * _host(per_sample_norm(fu))
+            return bool((measure > self.divergence_ratio * np.maximum(floor, noise)).any())
+        if bool((measure > self.divergence_ratio * np.maximum(floor, self.eps)).any()):
+            return True
+        self.lowest_abs[idx] = np.fmin(self.lowest_abs[idx], abs_res)
+        abs_floor = np.maximum(self.lowest_abs[idx], 100 * self.eps * fu_norm)
+        return bool((abs_res > self.divergence_ratio * abs_floor).any())
+
+    def _write_best(self, idx, index: Optional[Tensor], improved: np.ndarray, fu: Tensor, measure: np.ndarray) -> None:
         """Keep the lowest-residual iterate per sample (or the latest one when not tracking)."""
         if self.best is None:
-            self.abs_residual[idx], self.rel_residual[idx] = abs_res, rel_res
+            self.residual[idx] = measure
             return
-        self.abs_residual[idx] = np.where(improved, abs_res, self.abs_residual[idx])
-        self.rel_residual[idx] = np.where(improved, rel_res, self.rel_residual[idx])
+        self.residual[idx] = np.where(improved, measure, self.residual[idx])
         if index is None and improved.all():
             self.best = fu.detach()
             return
@@ -171,7 +183,8 @@ class ResidualTracker:
         done = bool(self.done_samples.all()) or self.non_finite or self.diverged
         return done if self.agree is None else self.agree(done)
 
-    def state(self) -> SolverState:
+    def state(self, returned: Tensor) -> SolverState:
+        """The solve's outcome; ``returned`` is the solver's output (``T(u)`` of each stored residual)."""
         if self.non_finite:
             status = "non_finite"
         elif self.diverged:
@@ -180,13 +193,21 @@ class ResidualTracker:
             status = "converged"
         else:
             status = "max_iter"
+        with np.errstate(invalid="ignore", over="ignore"):
+            scale = _host(per_sample_norm(returned.detach())) + _EPS
+            abs_res, rel_res = (self.residual, self.residual / scale) if self.stop_mode == "abs" else (self.residual * scale, self.residual)
         as_tensor = lambda values: torch.from_numpy(values).to(self.device, self.dtype)  # noqa: E731
         return SolverState(
             iterations=torch.from_numpy(self.iterations).to(self.device),
-            abs_residual=as_tensor(self.abs_residual),
-            rel_residual=as_tensor(self.rel_residual),
+            abs_residual=as_tensor(abs_res),
+            rel_residual=as_tensor(rel_res),
             converged=self.converged,
             status=status,
             t_evals=self.t_evals,
             history=self.history or [],
         )
+
+
+def _host(values: Tensor) -> np.ndarray:
+    """Per-sample values as float64 on the host."""
+    return values.double().cpu().numpy()

@@ -70,7 +70,7 @@ def broyden(
         U[rejected], V[rejected] = 0, 0
         u = torch.where(rejected[:, None], u, u_new)
         g = torch.where(rejected[:, None], g, g_new)
-    return tracker.best, tracker.state()
+    return tracker.best, tracker.state(tracker.best)
 
 
 def _matvec(U: Tensor, V: Tensor, x: Tensor) -> Tensor:

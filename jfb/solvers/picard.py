@@ -42,4 +42,4 @@ def picard(
         tracker.t_evals += 1
         if tracker.finished():
             break
-    return u, tracker.state()
+    return u, tracker.state(u)
