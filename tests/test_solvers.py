@@ -188,3 +188,13 @@ def test_channels_last_iterates_give_the_same_fixed_point_and_stay_channels_last
     nhwc, state = solve(T, torch.zeros_like(x).contiguous(memory_format=torch.channels_last), tol=1e-10, max_iter=200)
     assert state.status == "converged" and all(seen)
     assert torch.allclose(plain, nhwc, atol=1e-9)
+
+
+@pytest.mark.parametrize("solver, options", [
+    ("anderson", {"memory": 1}), ("anderson", {"memory": 2.5}), ("anderson", {"beta": 0.0}), ("anderson", {"ridge": -1e-3}),
+    ("broyden", {"memory": 0}),
+])
+def test_invalid_solver_options_raise_a_clear_error(solver, options):
+    layer = jfb.ImplicitLayer(TanhOperator(4, 0.5), solver=solver, solver_kwargs=options)
+    with pytest.raises(ValueError, match=solver):
+        layer(torch.randn(3, 4, dtype=torch.float64))

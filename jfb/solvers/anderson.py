@@ -32,6 +32,10 @@ def anderson(
     ``memory`` residuals ``G``, then mixes ``u = beta F alpha + (1 - beta) X alpha``.
     One T evaluation per step. Returns the lowest-residual iterate of each sample.
     """
+    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 2:
+        raise ValueError(f"anderson memory must be an integer >= 2 (memory 1 is Picard), got {memory!r}")
+    if not beta > 0 or not ridge >= 0:
+        raise ValueError(f"anderson needs beta > 0 and ridge >= 0, got beta={beta!r}, ridge={ridge!r}")
     batch = u0.shape[0]
     tracker = ResidualTracker(u0, tol, max_iter, stop_mode, divergence_ratio, keep_history, agree=agree)
     layout = SampleLayout(u0)

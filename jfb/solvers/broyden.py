@@ -35,6 +35,8 @@ def broyden(
     ``freeze_converged`` is set.
     Returns the lowest-residual ``T(u)`` of each sample.
     """
+    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 1:
+        raise ValueError(f"broyden memory must be an integer >= 1, got {memory!r}")
     batch = u0.shape[0]
     tracker = ResidualTracker(u0, tol, max_iter, stop_mode, divergence_ratio, keep_history, agree=agree)
     dim = u0[0].numel()
