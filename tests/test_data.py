@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from jfb.data import DATASETS, Normalizer, batches, dataset_info, load_splits, random_crop_flip
+from jfb.data import DATASETS, Augmentation, Normalizer, augment_batch, batches, dataset_info, load_splits
 from jfb.data.checksum import ChecksumError, md5sum, verify_md5
 from jfb.data.cifar10 import parse_cifar_archive
 from jfb.data.download import fetch
@@ -95,16 +95,27 @@ def test_unknown_dataset():
         dataset_info("imagenet")
 
 
-def test_augmentation_crops_and_flips_whole_batches():
+@pytest.mark.parametrize("flip", [True, False])
+def test_augmentation_shifts_and_optionally_flips_whole_batches(flip):
     g = torch.Generator().manual_seed(0)
-    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.uint8).reshape(2, 3, 8, 8)
-    out = random_crop_flip(images, g, padding=2)
+    images = torch.arange(64 * 3 * 8 * 8, dtype=torch.int64).reshape(64, 3, 8, 8).to(torch.uint8)
+    out = augment_batch(images, g, Augmentation(2, flip=flip))
     assert out.shape == images.shape and out.dtype == torch.uint8
-    # each output is a shifted (possibly mirrored) window of the zero-padded input
+    # each output is a shifted (and, only with flip, possibly mirrored) window of the zero-padded input
     padded = torch.nn.functional.pad(images, (2,) * 4)
-    for i in range(2):
+    mirrored = 0
+    for i in range(64):
         windows = [padded[i, :, y : y + 8, x : x + 8] for y in range(5) for x in range(5)]
-        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
+        plain = any(torch.equal(out[i], w) for w in windows)
+        mirror = any(torch.equal(out[i], w.flip(-1)) for w in windows)
+        assert plain or (flip and mirror)
+        mirrored += not plain
+    assert (mirrored > 10) if flip else mirrored == 0
+
+
+def test_digits_are_never_mirrored():
+    assert not DATASETS["mnist"].augmentation.flip and not DATASETS["svhn"].augmentation.flip
+    assert DATASETS["cifar10"].augmentation == Augmentation(4, flip=True)  # the paper's
 
 
 def test_normalised_batches_and_no_test_augmentation():

@@ -1,7 +1,7 @@
 """Datasets held in memory as uint8 tensors, with a deterministic validation split.
 
 ``load_splits(name)`` returns train / validation / test :class:`Split` objects; batches are
-normalised (and, for training with ``augment``, randomly cropped and flipped) on the fly, on
+normalised (and, for training with ``augment``, randomly shifted, and mirrored where the dataset allows) on the fly, on
 whole batches of tensors. The test split is never augmented.
 """
 from __future__ import annotations
@@ -21,17 +21,28 @@ from .svhn import load_svhn
 
 
 @dataclass(frozen=True)
+class Augmentation:
+    """Random translation by up to ``padding`` pixels (zero-pad, random crop), and mirroring when ``flip``."""
+
+    padding: int
+    flip: bool
+
+
+@dataclass(frozen=True)
 class DatasetInfo:
     loader: Callable[[str, Path], tuple[Tensor, Tensor]]
     mean: tuple[float, ...]
     std: tuple[float, ...]
     validation_size: int
+    #: what ``augment`` does for this dataset: digits are never mirrored
+    augmentation: Augmentation
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo(lambda split, _dir: load_mnist(split), (0.1307,), (0.3081,), 5000),
-    "svhn": DatasetInfo(load_svhn, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), 5000),
-    "cifar10": DatasetInfo(load_cifar10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 5000),
+    "mnist": DatasetInfo(lambda split, _dir: load_mnist(split), (0.1307,), (0.3081,), 5000, Augmentation(2, flip=False)),
+    "svhn": DatasetInfo(load_svhn, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), 5000, Augmentation(4, flip=False)),
+    # the paper's CIFAR-10 augmentation
+    "cifar10": DatasetInfo(load_cifar10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 5000, Augmentation(4, flip=True)),
 }
 
 
@@ -80,8 +91,9 @@ class Normalizer:
         return (images.float() - mean) * inv_std
 
 
-def random_crop_flip(images: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
-    """The paper's CIFAR-10 augmentation on a whole batch: zero-pad, random crop, horizontal flip."""
+def augment_batch(images: Tensor, generator: torch.Generator, augmentation: Augmentation) -> Tensor:
+    """A whole batch at once: zero-pad, random crop per image, horizontal flip with probability 1/2 when enabled."""
+    padding = augmentation.padding
     n, _, h, w = images.shape
     padded = torch.nn.functional.pad(images, (padding,) * 4)
     dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
@@ -91,6 +103,8 @@ def random_crop_flip(images: Tensor, generator: torch.Generator, padding: int = 
     batch = torch.arange(n, device=images.device)[:, None, None, None]
     channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
     out = padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+    if not augmentation.flip:
+        return out
     flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
@@ -101,13 +115,13 @@ def batches(
     normalize: Normalizer,
     *,
     shuffle_seed: Optional[int] = None,
-    augment: bool = False,
+    augment: Optional[Augmentation] = None,
     start: int = 0,
     shard: tuple[int, int] = (0, 1),
     device: str = "cpu",
     with_index: bool = False,
 ) -> Iterator[tuple[Tensor, ...]]:
-    """Yield ``(inputs, labels)`` batches from batch index ``start`` on.
+    """Yield ``(inputs, labels)`` batches from batch index ``start`` on, augmented with ``augment`` if given.
 
     The permutation is drawn from ``shuffle_seed`` (no shuffling when None) and batch ``i`` is
     augmented from its own seed, so starting at ``start`` gives exactly the batches an
@@ -131,7 +145,7 @@ def batches(
             return
         images = split.images[index]
         if augment:
-            images = random_crop_flip(images, torch.Generator().manual_seed(_batch_seed(shuffle_seed, batch_index)))
+            images = augment_batch(images, torch.Generator().manual_seed(_batch_seed(shuffle_seed, batch_index)), augment)
         mine = index[rank::world]
         batch = (normalize(images[rank::world].to(device)), split.labels[mine].to(device))
         yield (*batch, mine) if with_index else batch
@@ -147,4 +161,4 @@ def steps_per_pass(n: int, batch_size: int, world: int = 1) -> int:
     return full + (1 if rest >= world else 0)
 
 
-__all__ = ["DATASETS", "DatasetInfo", "Normalizer", "Split", "batches", "dataset_info", "load_splits", "random_crop_flip", "steps_per_pass"]
+__all__ = ["DATASETS", "Augmentation", "DatasetInfo", "Normalizer", "Split", "augment_batch", "batches", "dataset_info", "load_splits", "steps_per_pass"]

@@ -171,7 +171,8 @@ def train_one_epoch(
     set_evaluation_tolerance(model, config, evaluation=False)
     stats = position.stats
     steps = steps_per_pass(len(split), config.batch_size, processes.world_size)
-    data = batches(split, config.batch_size, normalize, shuffle_seed=config.seed * 100_003 + position.epoch, augment=config.augment,
+    augmentation = dataset_info(config.dataset).augmentation if config.augment else None
+    data = batches(split, config.batch_size, normalize, shuffle_seed=config.seed * 100_003 + position.epoch, augment=augmentation,
                    start=position.step, shard=(processes.rank, processes.world_size), device=config.device, with_index=True)
     bar = tqdm(data, total=steps, initial=position.step, desc=f"epoch {position.epoch + 1}/{config.epochs}", disable=not progress, leave=False)
     started = time.perf_counter() - position.elapsed_s
