@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ks", default="10,40", help="forward iterations per step")
     p.add_argument("--methods", default="jfb,neumann:2,ift,unroll")
     p.add_argument("--batch-size", type=int, default=100, dest="batch_size")
-    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
     p.set_defaults(run=cmd_bench_step)
 
