@@ -151,9 +151,8 @@ class ResidualTracker:
         bounded relative residual while their absolute residual grows without bound.
         """
         floor = np.maximum(self.lowest[idx], self.tol)
-        suspects = measure > self.divergence_ratio * floor
         if self.stop_mode == "abs":
-            if not suspects.any():
+            if not (measure > self.divergence_ratio * floor).any():
                 return False
             noise = self.eps * _host(per_sample_norm(fu))
             return bool((measure > self.divergence_ratio * np.maximum(floor, noise)).any())
