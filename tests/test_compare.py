@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from jfb.cli.main import main
+from jfb.train import load_checkpoint
 
 
 def test_compare_counts_and_outputs(tmp_path, capsys):
@@ -31,3 +32,6 @@ def test_compare_solvers_anderson_needs_fewer_iterations_than_picard(tmp_path, c
     # measured at this scale: Picard 12.9, Anderson 8.0 forward iterations per batch
     assert rows["anderson"]["forward_iters_mean"] < 0.8 * rows["picard"]["forward_iters_mean"]
     assert "time vs picard" in (tmp_path / "compare.md").read_text()
+    # the comparison's own solve settings, not the packaged training config's fixed depth of 8
+    config = load_checkpoint(tmp_path / "picard" / "last.pt")["config"]
+    assert (config["max_iter"], config["batch_size"], config["stop_mode"], config["tol"]) == (50, 100, "rel", 1e-3)

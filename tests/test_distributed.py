@@ -95,7 +95,7 @@ def test_without_agreement_the_same_run_breaks(tmp_path):
 def test_torchrun_cli_trains_writes_from_rank_0_and_resumes(tmp_path):
     run_dir = tmp_path / "run"
     command = [*TORCHRUN, "-m", "jfb", "train", "mnist", "--epochs", "1", "--limit-train", "400", "--limit-test", "200",
-               "--threads", "1", "--no-progress", "--out", str(run_dir)]
+               "--batch-size", "100", "--threads", "1", "--no-progress", "--out", str(run_dir)]
     first = _run(command)
     assert first.stdout.count("epoch 1:") == 1  # one log, from rank 0
     record = json.loads((run_dir / "metrics.jsonl").read_text())

@@ -14,7 +14,7 @@ import torch
 from jfb.train import load_checkpoint
 
 # 600 training images in batches of 100: 6 steps per epoch, a checkpoint every 2 steps
-COMMAND = ["train", "mnist", "--epochs", "2", "--limit-train", "600", "--limit-test", "100", "--max-iter", "20",
+COMMAND = ["train", "mnist", "--epochs", "2", "--limit-train", "600", "--limit-test", "100", "--batch-size", "100", "--max-iter", "8",
            "--checkpoint-every", "2", "--deterministic", "--threads", "1", "--no-progress"]
 TIMING_KEYS = ("epoch_time_s", "samples_per_s")
 

@@ -17,7 +17,7 @@ from typing import Any, Optional
 from ..train.checkpoint import prepare_run_dir
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-DEMO_CONFIG = dict(dataset="mnist", epochs=3, lr=3e-3, solver="anderson", tol=1e-2, stop_mode="rel")
+DEMO_EPOCHS = 3  # of the packaged MNIST config
 
 
 class CliError(Exception):
@@ -76,7 +76,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     from ..train import TrainConfig, train
 
-    config = TrainConfig(**{**DEMO_CONFIG, **({"limit_train": args.limit_train} if args.limit_train else {})})
+    settings = {key: value for key, value in _config_from_target("mnist").items() if key != "__source__"}
+    config = TrainConfig(**{**settings, "epochs": DEMO_EPOCHS, **({"limit_train": args.limit_train} if args.limit_train else {})})
     run_dir = prepare_run_dir(Path(args.out))
     log = _logger(args)
     log(f"demo: {config.epochs} epochs of JFB training on MNIST (run dir {run_dir})")
@@ -132,9 +133,9 @@ def cmd_toy(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
-    from ..experiments.compare import run_compare
+    from ..experiments.compare import COMPARISON_SOLVE, run_compare
 
-    base = {k: v for k, v in _config_from_target(args.target).items() if k != "__source__"}
+    base = {**{k: v for k, v in _config_from_target(args.target).items() if k != "__source__"}, **COMPARISON_SOLVE}
     for name in ("epochs", "limit_train", "limit_test", "max_iter", "seed", "batch_size", "tol"):
         if getattr(args, name) is not None:
             base[name] = getattr(args, name)

@@ -17,6 +17,12 @@ from ..plotting import pyplot
 from ..tables import csv_text
 
 
+#: the forward solve every compared run uses unless the command line overrides it: a tolerance-based
+#: solve with the paper's maximum depth of 50, which is also the CG iteration cap of ``ift`` (the
+#: packaged MNIST training config runs a fixed depth of 8, which would cap CG at 8)
+COMPARISON_SOLVE = {"solver": "anderson", "tol": 1e-2, "stop_mode": "rel", "max_iter": 50, "batch_size": 100}
+
+
 def run_compare(base: dict[str, Any], methods: list[str], out_dir: Path, ift_batch_norm: bool = False, progress: bool = True,
                 log=print, field: str = "backward") -> list[dict[str, Any]]:
     """One run per value of ``field`` (``backward`` or ``solver``) in ``methods``."""
