@@ -1,8 +1,8 @@
 """Datasets held in memory as uint8 tensors, with a deterministic validation split.
 
 ``load_splits(name)`` returns train / validation / test :class:`Split` objects; batches are
-normalised (and, for training with ``augment``, randomly shifted, and mirrored where the dataset allows) on the fly, on
-whole batches of tensors. The test split is never augmented.
+normalised (and, for training with ``augment``, randomly shifted, and mirrored where the dataset
+allows) on the fly, on whole batches of tensors. The test split is never augmented.
 """
 from __future__ import annotations
 
