@@ -13,6 +13,7 @@ from .backward.base import FixedPointMap
 from .frozen import frozen_running_stats
 from .lockstep import all_processes_done, distributed_world_size, has_collectives
 from .solvers import STOP_MODES, SolverState, get_solver
+from .solvers.base import require_integer
 
 ON_FAILURE = ("warn", "raise", "ignore")
 
@@ -116,8 +117,7 @@ class ImplicitLayer(nn.Module):
         if not callable(operator):
             raise ValueError(f"operator must be an nn.Module or a callable (u, x) -> u, got {type(operator).__name__}")
         _check_positive_number("tol", tol)
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+        require_integer("max_iter", max_iter, 1)
         _check_choice("stop_mode", stop_mode, STOP_MODES)
         _check_choice("on_failure", on_failure, ON_FAILURE)
         self.operator = operator

@@ -24,7 +24,8 @@ class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
-def _config_from_target(target: str) -> dict[str, Any]:
+def _config_from_target(target: str) -> tuple[dict[str, Any], str]:
+    """The settings a dataset name or a .toml file stands for, and where they came from."""
     from ..data import DATASETS
 
     path = Path(target)
@@ -32,13 +33,13 @@ def _config_from_target(target: str) -> dict[str, Any]:
         if not path.is_file():
             raise CliError(f"config file {path} does not exist")
         with open(path, "rb") as f:
-            return {"__source__": str(path), **tomllib.load(f)}
+            return tomllib.load(f), str(path)
     if target in DATASETS:
         packaged = CONFIG_DIR / f"{target}.toml"
         if packaged.is_file():
             with open(packaged, "rb") as f:
-                return {"__source__": str(packaged), **tomllib.load(f)}
-        return {"dataset": target}
+                return tomllib.load(f), str(packaged)
+        return {"dataset": target}, "options"
     raise CliError(f"unknown dataset or config {target!r}; choose one of {', '.join(DATASETS)} or a .toml file")
 
 
@@ -54,21 +55,21 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper())
 
 
-def _train_config(args: argparse.Namespace, base: dict[str, Any]):
+def _train_config(args: argparse.Namespace, target: str):
     from ..train.config import TrainConfig
 
-    values = {k: v for k, v in base.items() if k != "__source__"}
+    values, source = _config_from_target(target)
     for f in fields(TrainConfig):
         value = getattr(args, f.name, None)
         if value is not None:
             values[f.name] = value
-    return TrainConfig.from_dict(values, source=base.get("__source__", "options"))
+    return TrainConfig.from_dict(values, source=source)
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from ..train import train
 
-    config = _train_config(args, _config_from_target(args.target))
+    config = _train_config(args, args.target)
     run_dir = prepare_run_dir(Path(args.out or f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"))
     return train(config, run_dir, resume=args.resume, progress=not args.no_progress, log=_logger(args))
 
@@ -76,8 +77,9 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     from ..train import TrainConfig, train
 
-    settings = {key: value for key, value in _config_from_target("mnist").items() if key != "__source__"}
-    config = TrainConfig(**{**settings, "epochs": DEMO_EPOCHS, **({"limit_train": args.limit_train} if args.limit_train else {})})
+    settings, source = _config_from_target("mnist")
+    limit = {"limit_train": args.limit_train} if args.limit_train else {}
+    config = TrainConfig.from_dict({**settings, "epochs": DEMO_EPOCHS, **limit}, source=source)
     run_dir = prepare_run_dir(Path(args.out))
     log = _logger(args)
     log(f"demo: {config.epochs} epochs of JFB training on MNIST (run dir {run_dir})")
@@ -135,7 +137,7 @@ def cmd_toy(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     from ..experiments.compare import COMPARISON_SOLVE, run_compare
 
-    base = {**{k: v for k, v in _config_from_target(args.target).items() if k != "__source__"}, **COMPARISON_SOLVE}
+    base = {**_config_from_target(args.target)[0], **COMPARISON_SOLVE}
     for name in ("epochs", "limit_train", "limit_test", "max_iter", "seed", "batch_size", "tol"):
         if getattr(args, name) is not None:
             base[name] = getattr(args, name)

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .base import Agreement, Operator, ResidualTracker, SampleLayout, SolverState
+from .base import Agreement, Operator, ResidualTracker, SampleLayout, SolverState, require_integer
 
 
 def anderson(
@@ -32,8 +32,7 @@ def anderson(
     ``memory`` residuals ``G``, then mixes ``u = beta F alpha + (1 - beta) X alpha``.
     One T evaluation per step. Returns the lowest-residual iterate of each sample.
     """
-    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 2:
-        raise ValueError(f"anderson memory must be an integer >= 2 (memory 1 is Picard), got {memory!r}")
+    require_integer("anderson memory", memory, 2, hint=" (memory 1 is Picard)")
     if not beta > 0 or not ridge >= 0:
         raise ValueError(f"anderson needs beta > 0 and ridge >= 0, got beta={beta!r}, ridge={ridge!r}")
     batch = u0.shape[0]

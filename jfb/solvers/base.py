@@ -47,6 +47,12 @@ class SolverState:
         return int(self.iterations.max()) if self.iterations.numel() else 0
 
 
+def require_integer(name: str, value: object, minimum: int, hint: str = "") -> None:
+    """ValueError unless ``value`` is an int (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}{hint}, got {value!r}")
+
+
 def per_sample_norm(v: Tensor) -> Tensor:
     """2-norm over all non-batch dimensions (no copy for channels-last tensors)."""
     return torch.linalg.vector_norm(v, dim=tuple(range(1, v.dim()))) if v.dim() > 1 else v.abs()

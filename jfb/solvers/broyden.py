@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .base import Agreement, Operator, ResidualTracker, SampleLayout, SolverState
+from .base import Agreement, Operator, ResidualTracker, SampleLayout, SolverState, require_integer
 
 #: a step that multiplies a sample's residual by more than this is undone and its memory reset
 _REJECT_GROWTH = 4.0
@@ -35,8 +35,7 @@ def broyden(
     ``freeze_converged`` is set.
     Returns the lowest-residual ``T(u)`` of each sample.
     """
-    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 1:
-        raise ValueError(f"broyden memory must be an integer >= 1, got {memory!r}")
+    require_integer("broyden memory", memory, 1)
     batch = u0.shape[0]
     tracker = ResidualTracker(u0, tol, max_iter, stop_mode, divergence_ratio, keep_history, agree=agree)
     dim = u0[0].numel()
