@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -21,10 +22,24 @@ EXACT = dict(dropout=0.0, channels_last=False, limit_train=400, batch_size=100, 
              solver="anderson", tol=1e-12, stop_mode="abs", max_iter=8, threads=1)
 
 
+def _launch(command: list[str], timeout: float) -> tuple[Optional[int], str, str]:
+    """Run ``command`` in its own session: ``(returncode, stdout, stderr)``, returncode None when it
+    hung, in which case the whole group (launcher and workers) is killed and its output kept."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+        return process.returncode, stdout, stderr
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        return None, stdout, stderr
+
+
 def _run(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    returncode, stdout, stderr = _launch(command, timeout)
+    state = f"hung for {timeout} s" if returncode is None else f"exit status {returncode}"
+    assert returncode == 0, f"{state}\nstdout: {stdout[-2000:]}\nstderr: {stderr[-3000:]}"
+    return subprocess.CompletedProcess(command, returncode, stdout, stderr)
 
 
 def _worker(out: Path, options: dict, processes: int, mode: str = "mnist") -> list[dict]:
@@ -79,17 +94,8 @@ def test_synchronised_batch_norm_solves_run_in_lock_step_without_deadlock(tmp_pa
 def test_without_agreement_the_same_run_breaks(tmp_path):
     """The control for the test above: with lock-step turned off the collectives mismatch."""
     (tmp_path / "run").mkdir()
-    # its own session, so that a hang can be ended with the workers, not just the launcher
-    process = subprocess.Popen([*TORCHRUN, str(WORKER), "lockstep", str(tmp_path / "run"), json.dumps({"lockstep": False})],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        assert process.wait(timeout=120) != 0
-    except subprocess.TimeoutExpired:
-        pass  # hung: the deadlock itself
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    returncode, _, _ = _launch([*TORCHRUN, str(WORKER), "lockstep", str(tmp_path / "run"), json.dumps({"lockstep": False})], timeout=120)
+    assert returncode != 0  # failed, or hung (None: the deadlock itself)
 
 
 def test_torchrun_cli_trains_writes_from_rank_0_and_resumes(tmp_path):
