@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from . import backward, contraction, solvers
-from .backward import BackwardMode, BackwardStats, get_backward
+from .backward import IFT, BackwardMode, BackwardStats, Neumann, get_backward, register_backward
 from .contraction import GammaScaled, lipschitz_estimate, spectral_normalize
+from .errors import ConvergenceWarning, FixedPointError, JfbError
 from .frozen import frozen_running_stats
-from .layer import ConvergenceWarning, FixedPointError, ImplicitLayer, ImplicitStats
-from .solvers import SolverState, get_solver
+from .layer import ImplicitLayer, ImplicitStats
+from .solvers import SolveOptions, Solver, SolverState, register_solver, solve
+from .status import Status
 
 __version__ = "0.1.0"
 
@@ -16,15 +18,23 @@ __all__ = [
     "ConvergenceWarning",
     "FixedPointError",
     "GammaScaled",
+    "IFT",
     "ImplicitLayer",
     "ImplicitStats",
+    "JfbError",
+    "Neumann",
+    "SolveOptions",
+    "Solver",
     "SolverState",
+    "Status",
     "backward",
     "contraction",
     "frozen_running_stats",
     "get_backward",
-    "get_solver",
     "lipschitz_estimate",
+    "register_backward",
+    "register_solver",
+    "solve",
     "solvers",
     "spectral_normalize",
 ]

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from .backward.jacobian import JacobianProducts
-from .solvers.base import per_sample_norm
+from .state import per_sample_norm
+from .errors import JfbError
 
 
 class GammaScaled(nn.Module):
@@ -25,7 +26,7 @@ class GammaScaled(nn.Module):
     def __init__(self, branch: Callable[[Tensor, Any], Tensor], gamma: float) -> None:
         super().__init__()
         if not 0 < gamma:
-            raise ValueError(f"gamma must be > 0, got {gamma!r}")
+            raise JfbError(f"gamma must be > 0, got {gamma!r}")
         self.branch, self.gamma = branch, gamma
 
     def forward(self, u: Tensor, x: Any) -> Tensor:
@@ -51,7 +52,7 @@ def lipschitz_estimate(operator: Callable[[Tensor, Any], Tensor], u: Tensor, x: 
     sample only when T acts on each sample separately.
     """
     if iters < 1:
-        raise ValueError(f"iters must be >= 1, got {iters!r}")
+        raise JfbError(f"iters must be >= 1, got {iters!r}")
     with torch.enable_grad():
         u = u.detach().requires_grad_()
         products = JacobianProducts(operator(u, x), u)

@@ -9,6 +9,10 @@ layer's one application of T with grad then updates them exactly once per traini
 Spectral-norm parametrisations are likewise kept from running a power-iteration step per
 solver iteration (which would also change T between iterations), and parametrised weights are
 computed once per solve instead of once per iteration.
+
+An operator that is an ``nn.Module`` is searched directly. For any other callable (a lambda or a
+function closing over modules, as torchdeq users write) the modules it calls are caught as they
+run, by a global forward pre-hook that lives only for the duration of the context.
 """
 from __future__ import annotations
 
@@ -16,31 +20,53 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from torch import nn
-from torch.nn.utils import parametrize
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.module import register_module_forward_pre_hook
+from torch.nn.utils import parametrize
 
 
-def _spectral_norm_parametrizations(module: nn.Module) -> list[nn.Module]:
-    return [m for m in module.modules() if type(m).__name__ == "_SpectralNorm"]
+def _is_spectral_norm(module: nn.Module) -> bool:
+    return type(module).__name__ == "_SpectralNorm"
+
+
+class _Freezer:
+    """Switches modules to their frozen behaviour and remembers how to switch them back."""
+
+    def __init__(self) -> None:
+        self.norms: list[nn.Module] = []
+        self.spectral: list[nn.Module] = []
+
+    def freeze(self, module: nn.Module) -> None:
+        if isinstance(module, _BatchNorm) and module.training and module.track_running_stats:
+            module.track_running_stats = False
+            self.norms.append(module)
+        elif _is_spectral_norm(module) and module.training:
+            module.training = False
+            self.spectral.append(module)
+
+    def restore(self) -> None:
+        for m in self.norms:
+            m.track_running_stats = True
+        for m in self.spectral:
+            m.training = True
 
 
 @contextmanager
 def frozen_running_stats(operator: Any) -> Iterator[None]:
-    """Context in which ``operator``'s BatchNorm running statistics and spectral-norm vectors do not change."""
-    if not isinstance(operator, nn.Module) or not operator.training:
-        yield
-        return
-    norms = [m for m in operator.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    spectral = [m for m in _spectral_norm_parametrizations(operator) if m.training]
-    for m in norms:
-        m.track_running_stats = False
-    for m in spectral:
-        m.training = False
+    """Context in which the BatchNorm running statistics and spectral-norm vectors that
+    ``operator`` uses do not change."""
+    freezer = _Freezer()
+    hook = None
+    if isinstance(operator, nn.Module):
+        if operator.training:
+            for module in operator.modules():
+                freezer.freeze(module)
+    else:
+        hook = register_module_forward_pre_hook(lambda module, args: freezer.freeze(module))
     try:
         with parametrize.cached():
             yield
     finally:
-        for m in norms:
-            m.track_running_stats = True
-        for m in spectral:
-            m.training = True
+        if hook is not None:
+            hook.remove()
+        freezer.restore()

@@ -2,28 +2,25 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
-from .backward import IFT, BackwardMode, BackwardStats, get_backward
-from .backward.base import FixedPointMap
+from .backward import IFT, BackwardMode, BackwardStats, FixedPointMap, get_backward
+from .errors import ConvergenceWarning, FixedPointError, JfbError, unknown_name
 from .frozen import frozen_running_stats
 from .lockstep import all_processes_done, distributed_world_size, has_collectives
-from .solvers import STOP_MODES, SolverState, get_solver
-from .solvers.base import require_integer
+from .solvers import SolveOptions, SolverState, solve_flat
+from .solvers.options import option_names
+from .state import State, StateLayout, describe, first_tensor, take_rows
+from .status import Status
 
 ON_FAILURE = ("warn", "raise", "ignore")
-
-
-class FixedPointError(RuntimeError):
-    """Raised (with ``on_failure="raise"``) when a forward solve diverges or produces non-finite values."""
-
-
-class ConvergenceWarning(RuntimeWarning):
-    """Warned (with ``on_failure="warn"``) when a forward solve diverges or produces non-finite values."""
+#: ``u0`` as given to :meth:`ImplicitLayer.forward`: a state, a function of ``x``, or None
+InitialState = Union[None, Tensor, Sequence[Tensor], Callable[[Any], State]]
 
 
 @dataclass
@@ -37,6 +34,7 @@ class ImplicitStats:
     """
 
     forward: SolverState
+    options: SolveOptions
     backward: BackwardStats = field(default_factory=BackwardStats)
     attached: bool = False
 
@@ -57,11 +55,11 @@ class ImplicitStats:
         return self.forward.converged
 
     @property
-    def status(self) -> str:
+    def status(self) -> Status:
         return self.forward.status
 
     @property
-    def history(self) -> list[float]:
+    def history(self):
         return self.forward.history
 
     @property
@@ -77,92 +75,146 @@ class ImplicitLayer(nn.Module):
     """Computes ``u* = T(u*; x)`` with ``operator(u, x) -> u`` and differentiates it.
 
     Args:
-        operator: an nn.Module or callable ``(u, x) -> u`` (same shape as ``u``).
-        solver: ``"picard"``, ``"anderson"`` or ``"broyden"``.
-        backward: ``"jfb"``, ``"neumann:K"``, ``"ift"`` / ``"ift:cg"`` / ``"ift:fixed_point"`` /
-            ``"ift:gmres"``, ``"unroll"``, or a :class:`~jfb.backward.BackwardMode` instance.
-        tol: stopping tolerance on the per-sample residual (absolute or relative, ``stop_mode``).
-        max_iter: maximum number of T evaluations of the forward solve.
-        freeze_converged: stop updating samples that already met the tolerance.
-        on_failure: ``"warn"`` (default), ``"raise"`` or ``"ignore"`` when the forward solve
-            diverges or meets a non-finite value; the status is always in ``last_stats``.
-        solver_kwargs: extra options of the solver (e.g. ``memory``, ``beta`` for Anderson).
+        operator: an nn.Module or any callable ``(u, x) -> u``; ``u`` is a batch-first tensor or a
+            tuple of them, and T must return the same structure and shapes.
+        backward: ``"jfb"`` (default), ``"neumann:K"``, ``"ift"`` (fixed-point linear solve),
+            ``"ift:cg"`` (the paper's CG), ``"ift:gmres"``, ``"unroll"``, options as ``"ift:cg:tol=1e-8"``, a name added
+            with :func:`jfb.register_backward`, or a :class:`~jfb.backward.BackwardMode` instance.
+        options: the training-mode :class:`~jfb.SolveOptions`; or give its fields as keywords
+            (``solver=``, ``tol=``, ``max_iter=``, ``stop_mode=``, ``freeze_converged=``,
+            ``check_every=``, ``keep_history=``, ``divergence_ratio=``, ``solver_options=``).
+        eval_options: the solve in eval mode (default: the training options).
+        latent_shape: per-sample shape of the state when ``u0`` is not given (a tuple of shapes
+            for a tuple state); without it the state starts as zeros shaped like ``x``.
+        on_failure: ``"warn"`` (default), ``"raise"`` or ``"ignore"`` when a forward solve diverges
+            or meets a non-finite value, or a backward linear solve misses its tolerance; the
+            status is always in ``last_stats``.
         lockstep: make all processes of a distributed run stop the solve together (see
             :mod:`jfb.lockstep`). ``None`` (default) decides per call: on when torch.distributed
             runs several processes and the operator holds a SyncBatchNorm in training mode.
             Lock-step solves never freeze converged samples.
 
-    In training mode with grad enabled the output is ``T(u*)`` computed with grad (the paper's
-    Figure 3); otherwise it is the solver's ``u*``. BatchNorm running statistics inside T are
-    updated once per call, by that final application (see :mod:`jfb.frozen`).
+    Options are changed by assigning a new SolveOptions to ``layer.options`` or
+    ``layer.eval_options``, for one call with ``layer(x, solve=dict(tol=1e-6))``, or for a block
+    with ``with layer.solving(tol=1e-6): ...``.
+
+    Output: with grad enabled (training or eval mode) the output is the backward mode's
+    attachment, for JFB ``T(u*)`` computed with grad (the paper's Figure 3); under ``no_grad`` it
+    is the solver's ``u*``. In training mode BatchNorm running statistics inside T are updated
+    once per call, by that final application (see :mod:`jfb.frozen`); in eval mode they are used,
+    not updated, and the eval options apply.
     """
 
     def __init__(
         self,
-        operator: Union[nn.Module, Callable[[Tensor, Any], Tensor]],
-        solver: str = "anderson",
+        operator: Union[nn.Module, Callable[[Any, Any], Any]],
         backward: Union[str, BackwardMode] = "jfb",
-        tol: float = 1e-4,
-        max_iter: int = 50,
         *,
-        stop_mode: str = "abs",
-        freeze_converged: bool = False,
+        options: Optional[SolveOptions] = None,
+        eval_options: Optional[SolveOptions] = None,
+        latent_shape: Optional[Sequence[Any]] = None,
         on_failure: str = "warn",
-        keep_history: bool = False,
-        divergence_ratio: float = 1e4,
-        solver_kwargs: Optional[dict[str, Any]] = None,
         lockstep: Optional[bool] = None,
+        **settings: Any,
     ) -> None:
         super().__init__()
         if not callable(operator):
-            raise ValueError(f"operator must be an nn.Module or a callable (u, x) -> u, got {type(operator).__name__}")
-        _check_positive_number("tol", tol)
-        require_integer("max_iter", max_iter, 1)
-        _check_choice("stop_mode", stop_mode, STOP_MODES)
-        _check_choice("on_failure", on_failure, ON_FAILURE)
+            raise JfbError(f"operator must be an nn.Module or a callable (u, x) -> u, got {type(operator).__name__}")
+        if options is not None and settings:
+            raise JfbError(f"pass either options= or solve settings as keywords, not both (got {', '.join(settings)})")
+        if on_failure not in ON_FAILURE:
+            raise unknown_name("on_failure", on_failure, ON_FAILURE)
         self.operator = operator
-        self.solver_name = solver
-        self.solve = get_solver(solver)
-        self.backward_mode = _resolve_backward(get_backward(backward), max_iter)
-        if self.backward_mode.records_forward_graph and solver != "picard":
-            raise ValueError(f"backward 'unroll' backpropagates through Picard iterations; use solver='picard', not {solver!r}")
-        self.tol, self.max_iter = tol, max_iter
-        self.stop_mode, self.freeze_converged, self.on_failure = stop_mode, freeze_converged, on_failure
-        self.keep_history, self.divergence_ratio = keep_history, divergence_ratio
-        self.solver_kwargs = dict(solver_kwargs or {})
-        self.lockstep = lockstep
+        self.backward_mode = get_backward(backward)
+        self.options = options if options is not None else SolveOptions.from_settings(**settings)
+        self.eval_options = eval_options
+        self.latent_shape = _latent_shape(latent_shape)
+        self.on_failure, self.lockstep = on_failure, lockstep
+        self._overrides: list[dict[str, Any]] = []
         self.last_stats: Optional[ImplicitStats] = None
-        self.last_fixed_point: Optional[Tensor] = None
+        self.last_fixed_point: Optional[State] = None
 
-    def forward(self, x: Any, u0: Optional[Tensor] = None) -> Tensor:
-        u0 = torch.zeros_like(_first_tensor(x)) if u0 is None else u0
-        T = self._bind(x)
-        u_star, state = self._solve(T, u0)
-        self.last_fixed_point = u_star.detach()  # for warm starts of later solves (no graph attached)
-        self.last_stats = stats = ImplicitStats(state, BackwardStats(forward_evals=state.t_evals))
-        self._handle_failure(state)
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in option_names():
+            raise AttributeError(f"ImplicitLayer.{name} cannot be set; assign layer.options = layer.options.replace({name}=...), "
+                                 f"or use layer(x, solve=dict({name}=...)) or `with layer.solving({name}=...)`")
+        if name in ("options", "eval_options") and value is not None:
+            if not isinstance(value, SolveOptions):
+                raise JfbError(f"{name} must be a jfb.SolveOptions, got {type(value).__name__}")
+            self._check_compatible(value)
+        super().__setattr__(name, value)
+
+    def _check_compatible(self, options: SolveOptions) -> None:
+        if self.backward_mode.records_forward_graph and options.solver_name != "picard":
+            raise JfbError(f"backward 'unroll' backpropagates through Picard iterations; use solver='picard', not {options.solver_name!r}")
+
+    def active_options(self, solve: Union[None, SolveOptions, Mapping[str, Any]] = None) -> SolveOptions:
+        """The options a call makes now: eval or training options, ``solving`` overrides, then ``solve``."""
+        options = self.options if self.training or self.eval_options is None else self.eval_options
+        for changes in self._overrides:
+            options = options.replace(**changes)
+        if isinstance(solve, SolveOptions):
+            options = solve
+        elif solve is not None:
+            options = options.replace(**solve)
+        if options is not self.options and options is not self.eval_options:
+            self._check_compatible(options)
+        return options
+
+    @contextmanager
+    def solving(self, **changes: Any) -> Iterator["ImplicitLayer"]:
+        """Solve with ``changes`` to the options (training and eval) inside the block; validated on entry."""
+        self.options.replace(**changes)
+        self._overrides.append(changes)
+        try:
+            yield self
+        finally:
+            self._overrides.pop()
+
+    def forward(self, x: Any, u0: InitialState = None, *, solve: Union[None, SolveOptions, Mapping[str, Any]] = None) -> State:
+        """The fixed point of ``T(., x)`` from ``u0`` (see the class docstring for what is returned).
+
+        Args:
+            x: the input: a tensor, or a tuple, list or dict of batch-first tensors.
+            u0: the initial state (a state, or a function ``x -> state``); default zeros of
+                ``latent_shape``, else zeros shaped like ``x``.
+            solve: options for this call only: a SolveOptions, or a mapping of fields to change.
+        """
+        options = self.active_options(solve)
+        u0, guessed = self._initial_state(x, u0)
+        layout = StateLayout(u0)
+        T = self._bind(x, layout, u0, guessed)
+        u_star, state = self._solve(T, layout.flatten(u0), options)
+        self.last_fixed_point = layout.unflatten(u_star.detach())  # for warm starts of later solves
+        self.last_stats = stats = ImplicitStats(state, options, BackwardStats(forward_evals=state.t_evals))
+        self._handle_forward_failure(state)
         if not torch.is_grad_enabled():
-            return u_star
+            return layout.unflatten(u_star)
         stats.attached = True
-        bound = FixedPointMap(lambda u: T(u, None), lambda: frozen_running_stats(self.operator))
-        return self.backward_mode.attach(bound, u_star, stats.backward)
+        bound = FixedPointMap(lambda u: T(u, None), lambda: frozen_running_stats(self.operator), options.max_iter, self._handle_backward_failure)
+        return layout.unflatten(self.backward_mode.attach(bound, u_star, stats.backward))
 
-    def _solve(self, T: Callable, u0: Tensor) -> tuple[Tensor, SolverState]:
+    def _initial_state(self, x: Any, u0: InitialState) -> tuple[State, bool]:
+        """``(u0, guessed)``; ``guessed``: zeros shaped like x, for want of a latent shape."""
+        if callable(u0) and not isinstance(u0, Tensor):
+            u0 = u0(x)
+        if u0 is not None:
+            return (tuple(u0) if isinstance(u0, list) else u0), False
+        like = first_tensor(x)
+        if self.latent_shape is None:
+            return torch.zeros_like(like), True
+        if all(isinstance(d, int) for d in self.latent_shape):
+            return like.new_zeros((like.shape[0], *self.latent_shape)), False
+        return tuple(like.new_zeros((like.shape[0], *shape)) for shape in self.latent_shape), False
+
+    def _solve(self, T: Callable, x0: Tensor, options: SolveOptions) -> tuple[Tensor, SolverState]:
         records_graph = self.backward_mode.records_forward_graph and torch.is_grad_enabled()
         lockstep = self._in_lockstep()
+        if options.freeze_converged and (records_graph or lockstep):
+            options = options.replace(freeze_converged=False)
         with frozen_running_stats(self.operator), torch.set_grad_enabled(records_graph):
-            return self.solve(
-                T,
-                u0 if records_graph else u0.detach(),
-                tol=self.tol,
-                max_iter=self.max_iter,
-                stop_mode=self.stop_mode,
-                freeze_converged=self.freeze_converged and not records_graph and not lockstep,
-                divergence_ratio=self.divergence_ratio,
-                keep_history=self.keep_history,
-                agree=all_processes_done(u0.device) if lockstep else None,
-                **self.solver_kwargs,
-            )
+            agree = all_processes_done(x0.device) if lockstep else None
+            return solve_flat(T, x0 if records_graph else x0.detach(), options, agree)
 
     def _in_lockstep(self) -> bool:
         if self.lockstep is not None:
@@ -170,70 +222,60 @@ class ImplicitLayer(nn.Module):
         else:
             lockstep = distributed_world_size() > 1 and has_collectives(self.operator)
         if lockstep and isinstance(self.backward_mode, IFT) and torch.is_grad_enabled():
-            raise ValueError(
+            raise JfbError(
                 "backward 'ift' cannot run with collectives inside the operator (SyncBatchNorm in a distributed run): "
                 "its linear solve stops at a different iteration on each process; use backward 'jfb' or 'neumann:K', "
                 "or no latent BatchNorm"
             )
         return lockstep
 
-    def _bind(self, x: Any) -> Callable[[Tensor, Optional[Tensor]], Tensor]:
-        """T(u, index): the operator with the input bound, on the batch rows ``index``."""
+    def _bind(self, x: Any, layout: StateLayout, u0: State, guessed: bool) -> Callable[[Tensor, Optional[Tensor]], Tensor]:
+        """T on flat states, ``T(u, index)`` on the batch rows ``index``; shapes checked on every call."""
 
         def T(u: Tensor, index: Optional[Tensor] = None) -> Tensor:
-            out = self.operator(u, x if index is None else _take_rows(x, index))
-            if out.shape != u.shape:
-                raise ValueError(
-                    f"operator output shape {tuple(out.shape)} differs from u shape {tuple(u.shape)}; "
-                    "T must map u to the same shape (pass u0 with the latent shape if it differs from x)"
-                )
-            return out
+            state = layout.unflatten(u)
+            try:
+                out = self.operator(state, x if index is None else take_rows(x, index))
+            except RuntimeError as error:
+                if not guessed:
+                    raise
+                raise JfbError(f"the operator failed on u0 = zeros shaped like x {describe(x)} ({error}); if the state has "
+                               "another shape, pass latent_shape= to the layer or u0= to the call") from error
+            if not layout.matches(out):
+                raise JfbError(f"T(u0) has shape {describe(out)} but u0 has {describe(u0)} (x: {describe(x)}); T must return a state "
+                               "of u's shape: pass u0= or latent_shape= when the state is not shaped like x")
+            return layout.flatten(out)
 
         return T
 
-    def _handle_failure(self, state: SolverState) -> None:
-        if state.status not in ("diverged", "non_finite") or self.on_failure == "ignore":
-            return
-        message = (
-            f"fixed-point solve {state.status} after {state.t_evals} T evaluations "
-            f"({int((~state.converged).sum())} of {state.converged.numel()} samples not converged)"
-        )
+    def _handle_forward_failure(self, state: SolverState) -> None:
+        if state.status.failed:
+            self._fail(f"fixed-point solve {state.status} after {state.t_evals} T evaluations "
+                       f"({int((~state.converged).sum())} of {state.converged.numel()} samples not converged)")
+
+    def _handle_backward_failure(self, name: str, stats: BackwardStats) -> None:
+        if stats.status != Status.CONVERGED:
+            self._fail(f"backward linear solve ({name}) {stats.status} after {stats.iterations} iterations, "
+                       f"relative residual {stats.relative_residual:.3g}")
+
+    def _fail(self, message: str) -> None:
         if self.on_failure == "raise":
             raise FixedPointError(message)
-        warnings.warn(message, ConvergenceWarning, stacklevel=3)
+        if self.on_failure == "warn":
+            warnings.warn(message, ConvergenceWarning, stacklevel=4)
 
     def extra_repr(self) -> str:
-        return f"solver={self.solver_name!r}, backward={self.backward_mode!r}, tol={self.tol}, max_iter={self.max_iter}"
+        evaluation = "" if self.eval_options is None else f", eval_options={self.eval_options}"
+        return f"backward={self.backward_mode!r}, options={self.options}{evaluation}"
 
 
-def _resolve_backward(mode: BackwardMode, max_iter: int) -> BackwardMode:
-    """The paper's IFT setting: max linear-solver iterations = max forward depth."""
-    if isinstance(mode, IFT) and mode.max_iter is None:
-        return IFT(mode.linear_solver, mode.tol, max_iter)
-    return mode
-
-
-def _check_positive_number(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a number > 0, got {value!r}")
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
-
-
-def _first_tensor(x: Any) -> Tensor:
-    if isinstance(x, Tensor):
-        return x
-    if isinstance(x, (tuple, list)) and x and isinstance(x[0], Tensor):
-        return x[0]
-    raise ValueError(f"x must be a tensor or a tuple of tensors (batch first) when u0 is not given, got {type(x).__name__}")
-
-
-def _take_rows(x: Any, index: Tensor) -> Any:
-    if isinstance(x, Tensor):
-        return x[index]
-    if isinstance(x, (tuple, list)):
-        return type(x)(_take_rows(item, index) for item in x)
-    return x
+def _latent_shape(shape: Optional[Sequence[Any]]) -> Optional[tuple]:
+    """A shape as a tuple of ints, or for a tuple state a tuple of such shapes."""
+    if shape is None:
+        return None
+    try:
+        if all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+            return tuple(shape)
+        return tuple(_latent_shape(part) for part in shape)
+    except TypeError:
+        raise JfbError(f"latent_shape must be a shape like (64,) or a tuple of shapes, got {shape!r}") from None

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .solvers.base import Agreement
+from .solvers.driver import Agreement
 
 
 def distributed_world_size() -> int:

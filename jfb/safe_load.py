@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Union
 
 import torch
+from .errors import JfbError
 
 _STORAGE_DTYPES = {
     "FloatStorage": torch.float32,
@@ -87,8 +88,8 @@ def load_tensors_only(path: Union[str, Path]) -> Any:
         with zipfile.ZipFile(path) as archive:
             pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
             if len(pickles) != 1:
-                raise ValueError(f"{path}: not a torch.save archive (expected one data.pkl, found {len(pickles)})")
+                raise JfbError(f"{path}: not a torch.save archive (expected one data.pkl, found {len(pickles)})")
             prefix = pickles[0][: -len("data.pkl")]
             return _TensorOnlyUnpickler(archive.read(pickles[0]), archive, prefix).load()
     except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, KeyError) as exc:
-        raise ValueError(f"{path}: cannot read checkpoint ({exc})") from exc
+        raise JfbError(f"{path}: cannot read checkpoint ({exc})") from exc

@@ -75,6 +75,8 @@ def test_unknown_names_and_bad_values_exit_2_with_one_line(capsys, tmp_path):
         (["train", "imagenet"], "unknown dataset or config 'imagenet'; choose one of mnist, svhn, cifar10"),
         (["train", "mnist", "--solver", "newton", "--out", str(tmp_path / "a")], "unknown solver 'newton'; choose one of picard, anderson, broyden"),
         (["train", "mnist", "--tol", "-1", "--out", str(tmp_path / "b")], "tol must be a number > 0, got -1.0"),
+        (["train", "mnist", "--tol", "1e-3", "--out", str(tmp_path / "e")], "--tol has no effect: "),
+        (["train", "mnist", "--solver", "anderson", "--solver-options", "m=3", "--out", str(tmp_path / "f")], "unknown option of solver 'anderson' 'm'; choose one of memory, beta, ridge"),
         (["train", "mnist", "--max-iter", "0", "--out", str(tmp_path / "c")], "max_iter must be an integer >= 1, got 0"),
         (["train", "mnist", "--backward", "adjoint", "--out", str(tmp_path / "d")], "unknown backward mode 'adjoint'"),
     ]
@@ -82,6 +84,18 @@ def test_unknown_names_and_bad_values_exit_2_with_one_line(capsys, tmp_path):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # refused before any run dir was made
+
+
+def test_a_real_bug_keeps_its_traceback(monkeypatch):
+    import jfb.cli.main as cli
+
+    def broken(args):
+        raise ValueError("an internal bug, not bad input")
+
+    monkeypatch.setattr(cli, "cmd_toy", broken)
+    with pytest.raises(ValueError, match="internal bug"):
+        cli.main(["toy", "--steps", "1"])
 
 
 def test_unknown_config_key_suggests_the_closest(tmp_path, capsys):

@@ -117,17 +117,42 @@ def test_j_matvec_counts_match_independent_count(backward):
 def test_cg_counts_two_products_per_iteration():
     """CGNR: one J^T and one J product per iteration, plus the J^T-graph set-up for J products."""
     op, x, head = _problem(10, 0.6, seed=2)
-    layer = jfb.ImplicitLayer(op, backward="ift", tol=1e-12, max_iter=200)
+    layer = jfb.ImplicitLayer(op, backward="ift:cg", tol=1e-12, max_iter=200)
     (head * layer(x)).sum().backward()
     b = layer.last_stats.backward
     assert b.status == "converged"
     assert b.j_matvecs == 2 * b.iterations + 1
 
 
-def test_ift_max_iter_defaults_to_forward_max_iter():
+def test_ift_max_iter_follows_the_forward_max_iter_and_a_missed_tolerance_is_warned():
     op, x, head = _problem(10, 0.95, seed=4)
     layer = jfb.ImplicitLayer(op, backward="ift:fixed_point", tol=1e-12, max_iter=7)
-    (head * layer(x)).sum().backward()
-    assert layer.backward_mode.max_iter == 7
+    with pytest.warns(jfb.ConvergenceWarning, match=r"backward linear solve \(ift:fixed_point\) max_iter after 7 iterations"):
+        (head * layer(x)).sum().backward()
     assert layer.last_stats.backward.iterations == 7
-    assert layer.last_stats.backward.status == "max_iter"
+    assert layer.last_stats.backward.status == jfb.Status.MAX_ITER
+    layer.options = layer.options.replace(max_iter=9)  # a later change reaches the backward cap too
+    with pytest.warns(jfb.ConvergenceWarning):
+        (head * layer(x)).sum().backward()
+    assert layer.last_stats.backward.iterations == 9
+
+
+@pytest.mark.parametrize("on_failure", ["raise", "ignore"])
+def test_backward_solve_failures_follow_on_failure(on_failure, recwarn):
+    op, x, head = _problem(10, 0.95, seed=4)
+    layer = jfb.ImplicitLayer(op, backward="ift:gmres:tol=1e-12:max_iter=3", tol=1e-12, max_iter=200, on_failure=on_failure)
+    loss = (head * layer(x)).sum()
+    if on_failure == "raise":
+        with pytest.raises(jfb.FixedPointError, match=r"ift:gmres\) max_iter after 3 iterations"):
+            loss.backward()
+    else:
+        loss.backward()
+        assert layer.last_stats.backward.status == "max_iter" and not [w for w in recwarn if w.category is jfb.ConvergenceWarning]
+
+
+def test_backward_options_by_name():
+    mode = jfb.get_backward("ift:cg:tol=1e-8:max_iter=100")
+    assert (mode.linear_solver, mode.tol, mode.max_iter) == ("cg", 1e-8, 100)
+    assert jfb.get_backward("ift").linear_solver == jfb.backward.DEFAULT_LINEAR_SOLVER == "fixed_point"
+    with pytest.raises(jfb.JfbError, match=r"bad backward mode 'ift:1e-8'.*unknown IFT linear solver"):
+        jfb.get_backward("ift:1e-8")

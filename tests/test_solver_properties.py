@@ -6,7 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jfb.solvers import SOLVERS, get_solver, per_sample_norm
+from jfb import SolveOptions, solve
+from jfb.solvers import solver_names
+from jfb.state import per_sample_norm
 
 TOL = 1e-7
 
@@ -20,7 +22,7 @@ def _contraction(dim: int, factor: float, seed: int):
     return lambda u, x_rows: torch.tanh(u @ w.T) + x_rows, x
 
 
-@pytest.mark.parametrize("solver", sorted(SOLVERS))
+@pytest.mark.parametrize("solver", sorted(solver_names()))
 @settings(max_examples=40, deadline=None)
 @given(
     dim=st.integers(1, 40),
@@ -34,7 +36,7 @@ def test_solvers_converge_on_random_contractions(solver, dim, batch, factor, see
     T, x_row = _contraction(dim, factor, seed)
     x = x_row * torch.linspace(0.5, 2.0, batch, dtype=torch.float64)[:, None]
     f = lambda u, index: T(u, x if index is None else x[index])  # noqa: E731
-    u, state = get_solver(solver)(f, torch.zeros_like(x), tol=TOL, max_iter=500, stop_mode=stop_mode, freeze_converged=freeze)
+    u, state = solve(f, torch.zeros_like(x), SolveOptions(solver=solver, tol=TOL, max_iter=500, stop_mode=stop_mode, freeze_converged=freeze))
 
     assert state.status == "converged"
     assert bool(state.converged.all()) and torch.isfinite(u).all()

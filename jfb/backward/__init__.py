@@ -1,36 +1,77 @@
-"""Backward modes: how the gradient of a fixed point is computed.
+"""How the gradient flows: backward modes, by name or as objects, and their registry.
 
-Names: ``jfb``, ``neumann:K``, ``ift`` (CG on the normal equations), ``ift:cg``,
-``ift:fixed_point``, ``ift:gmres``, ``unroll``.
+Names: ``jfb``, ``neumann:K``, ``ift`` (fixed-point iteration), ``ift:cg`` (the paper's CG on the normal equations),
+``ift:fixed_point``, ``ift:gmres``, ``unroll``. Options follow as ``key=value`` parts:
+``ift:cg:tol=1e-8:max_iter=100``. Add a mode with :func:`register_backward`.
 """
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Callable, Union
 
-from .base import BackwardMode, BackwardStats
-from .ift import IFT
+from ..errors import JfbError, unknown_name
+from .base import BackwardMode, BackwardStats, FixedPointMap
+from .ift import DEFAULT_LINEAR_SOLVER, IFT
 from .jfb import JFB
 from .linear import LINEAR_SOLVERS
 from .neumann import Neumann
 from .unroll import Unroll
 
-BACKWARD_NAMES = ("jfb", "neumann:K", "ift", *(f"ift:{s}" for s in LINEAR_SOLVERS), "unroll")
+BackwardFactory = Callable[..., BackwardMode]
+_REGISTRY: dict[str, tuple[BackwardFactory, str]] = {}
+
+
+def register_backward(name: str, factory: BackwardFactory, usage: str = "", *, replace: bool = False) -> None:
+    """Make ``factory(*args, **options) -> BackwardMode`` available as ``"name[:arg...][:key=value...]"``.
+
+    ``usage`` is how the name is written in error messages (default: the bare name).
+    """
+    if not isinstance(name, str) or not name or ":" in name:
+        raise JfbError(f"a backward mode name must be a non-empty string without ':', got {name!r}")
+    if name in _REGISTRY and not replace:
+        raise JfbError(f"a backward mode named {name!r} is registered already; pass replace=True to replace it")
+    _REGISTRY[name] = (factory, usage or name)
+
+
+def backward_names() -> tuple[str, ...]:
+    """How each registered mode is written, e.g. ``neumann:K``."""
+    return tuple(usage for _, usage in _REGISTRY.values())
 
 
 def get_backward(spec: Union[str, BackwardMode]) -> BackwardMode:
-    """Parse a backward-mode name (or pass a BackwardMode through)."""
+    """A BackwardMode from its name (or the instance itself); bad names or options raise JfbError."""
     if isinstance(spec, BackwardMode):
         return spec
-    name, _, arg = str(spec).partition(":")
-    if name == "jfb" and not arg:
-        return JFB()
-    if name == "unroll" and not arg:
-        return Unroll()
-    if name == "neumann" and arg.isdigit():
-        return Neumann(int(arg))
-    if name == "ift" and (not arg or arg in LINEAR_SOLVERS):
-        return IFT(arg or "cg")
-    raise ValueError(f"unknown backward mode {spec!r}; choose one of {', '.join(BACKWARD_NAMES)} (K an integer >= 0)")
+    if not isinstance(spec, str):
+        raise JfbError(f"backward must be a name or a jfb.backward.BackwardMode, got {spec!r}")
+    name, *parts = spec.split(":")
+    if name not in _REGISTRY:
+        raise unknown_name("backward mode", spec, backward_names())
+    factory, usage = _REGISTRY[name]
+    args = [_value(p) for p in parts if "=" not in p]
+    options = {key: _value(value) for key, _, value in (p.partition("=") for p in parts if "=" in p)}
+    try:
+        return factory(*args, **options)
+    except TypeError as error:
+        raise JfbError(f"bad backward mode {spec!r} ({error}); write it as {usage}") from None
+    except JfbError as error:
+        raise JfbError(f"bad backward mode {spec!r}: {error}") from None
 
 
-__all__ = ["BACKWARD_NAMES", "BackwardMode", "BackwardStats", "IFT", "JFB", "Neumann", "Unroll", "get_backward"]
+def _value(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+register_backward("jfb", JFB)
+register_backward("neumann", Neumann, "neumann:K")
+register_backward("ift", IFT, f"ift[:{'|'.join(LINEAR_SOLVERS)}][:tol=T][:max_iter=N]")
+register_backward("unroll", Unroll)
+
+__all__ = [
+    "BackwardMode", "BackwardStats", "DEFAULT_LINEAR_SOLVER", "FixedPointMap", "IFT", "JFB", "LINEAR_SOLVERS", "Neumann",
+    "Unroll", "backward_names", "get_backward", "register_backward",
+]

@@ -1,31 +1,49 @@
 """The backward-mode interface.
 
-A backward mode turns the graph-free fixed point ``u*`` into a tensor that carries gradients:
-``attach(T, u_star, stats)`` applies T once with grad (updating BatchNorm statistics once) and
-decides what the backward pass does with the incoming gradient. Every product with the Jacobian
-``J = dT/du`` is counted in ``stats.j_matvecs`` when the backward pass runs.
+A backward mode turns the graph-free fixed point ``u*`` (flattened to ``(batch, features)``, see
+:mod:`jfb.state`) into a tensor that carries gradients: ``attach(T, u_star, stats)`` applies T once
+with grad (updating BatchNorm statistics once) and decides what the backward pass does with the
+incoming gradient. Every product with the Jacobian ``J = dT/du`` is counted in
+``stats.j_matvecs`` when the backward pass runs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
+from ..status import Status
+
+
+@dataclass
+class BackwardStats:
+    j_matvecs: int = 0
+    iterations: int = 0
+    relative_residual: float = float("nan")
+    status: Status = Status.NOT_RUN
+    #: T evaluations of the forward solve (set by the layer; ``unroll`` backpropagates through them)
+    forward_evals: int = 0
+    #: T evaluations made by the backward pass itself (the linearisation for J products)
+    t_evals: int = 0
+
 
 class FixedPointMap:
-    """``u -> T(u; x)`` with the input bound, as handed to a backward mode.
+    """``u -> T(u; x)`` on flat states with the input bound, as handed to a backward mode.
 
     ``linearization(u_star)`` rebuilds T at ``u*`` with grad for Jacobian products without
     touching running statistics, so the products never run backward through the output's own
     graph (which would add an uncounted gradient with respect to ``u``) and BatchNorm
     statistics are still updated only once, by the output's application of T.
+    ``forward_max_iter`` is the depth limit of the forward solve of this call; ``report(stats)``
+    hands a backward solve that missed its tolerance to the layer's ``on_failure`` policy.
     """
 
-    def __init__(self, T: Callable[[Tensor], Tensor], frozen: Callable[[], AbstractContextManager]) -> None:
-        self.T, self.frozen = T, frozen
+    def __init__(self, T: Callable[[Tensor], Tensor], frozen: Callable[[], AbstractContextManager], forward_max_iter: int,
+                 report: Callable[[str, BackwardStats], None]) -> None:
+        self.T, self.frozen, self.forward_max_iter, self.report = T, frozen, forward_max_iter, report
 
     def __call__(self, u: Tensor) -> Tensor:
         return self.T(u)
@@ -35,18 +53,6 @@ class FixedPointMap:
         with torch.enable_grad(), self.frozen():
             u = u_star.detach().requires_grad_()
             return self.T(u), u
-
-
-@dataclass
-class BackwardStats:
-    j_matvecs: int = 0
-    iterations: int = 0
-    relative_residual: float = float("nan")
-    status: str = "not_run"
-    #: T evaluations of the forward solve (set by the layer; ``unroll`` backpropagates through them)
-    forward_evals: int = 0
-    #: T evaluations made by the backward pass itself (the linearisation for J products)
-    t_evals: int = 0
 
 
 class BackwardMode:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..status import Status
 from .base import BackwardMode, BackwardStats, FixedPointMap
 
 
@@ -22,6 +23,6 @@ class JFB(BackwardMode):
 
 
 def _mark_done(stats: BackwardStats, grad: Tensor) -> Tensor:
-    stats.status = "converged"
+    stats.status = Status.CONVERGED
     stats.iterations = 0
     return grad

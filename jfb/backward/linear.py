@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..status import Status
+
 MatVec = Callable[[Tensor], Tensor]
 
 
@@ -19,7 +21,7 @@ MatVec = Callable[[Tensor], Tensor]
 class LinearSolveInfo:
     iterations: int
     relative_residual: float
-    status: str  # "converged" or "max_iter" (or "non_finite")
+    status: Status  # converged, max_iter or non_finite
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
@@ -29,8 +31,8 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 def _info(iterations: int, residual_norm: Tensor, b_norm: Tensor, tol: float) -> LinearSolveInfo:
     rel = float(residual_norm / b_norm) if float(b_norm) > 0 else 0.0
     if rel != rel or rel == float("inf"):
-        return LinearSolveInfo(iterations, rel, "non_finite")
-    return LinearSolveInfo(iterations, rel, "converged" if rel <= tol else "max_iter")
+        return LinearSolveInfo(iterations, rel, Status.NON_FINITE)
+    return LinearSolveInfo(iterations, rel, Status.CONVERGED if rel <= tol else Status.MAX_ITER)
 
 
 def cg_normal(A: MatVec, At: MatVec, b: Tensor, tol: float, max_iter: int) -> tuple[Tensor, LinearSolveInfo]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..errors import JfbError
+from ..status import Status
 from .base import BackwardMode, BackwardStats, FixedPointMap
 from .jacobian import JacobianProducts
 from .jfb import JFB
@@ -16,7 +18,7 @@ class Neumann(BackwardMode):
 
     def __init__(self, k: int) -> None:
         if not isinstance(k, int) or k < 0:
-            raise ValueError(f"Neumann order k must be an integer >= 0, got {k!r}")
+            raise JfbError(f"Neumann order k must be an integer >= 0, got {k!r}")
         self.k = k
         self.name = f"neumann:{k}"
 
@@ -33,7 +35,7 @@ class Neumann(BackwardMode):
                 term = products.vjp(term)
                 total = total + term
             stats.j_matvecs += products.count
-            stats.iterations, stats.status = self.k, "converged"
+            stats.iterations, stats.status = self.k, Status.CONVERGED
             return total
 
         out.register_hook(truncated_series)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..status import Status
 from .base import BackwardMode, BackwardStats, FixedPointMap
 
 
@@ -23,7 +24,7 @@ class Unroll(BackwardMode):
 
         def count(grad: Tensor) -> Tensor:
             stats.j_matvecs += depth
-            stats.iterations, stats.status = depth, "converged"
+            stats.iterations, stats.status = depth, Status.CONVERGED
             return grad
 
         if out.requires_grad:

@@ -5,8 +5,8 @@ allocator keeps freed memory around, so measurements in one process contaminate 
 Each measurement runs in a new interpreter with glibc's mmap threshold fixed at 64 KiB (every
 tensor larger than that is mapped on allocation and unmapped on free, so resident memory
 tracks live tensors), resets the kernel's peak-RSS counter after a warm-up step
-(``/proc/self/clear_refs``), runs one step and reports ``VmHWM - VmRSS_before``. The tolerance
-is set so that every one of the ``max_iter`` iterations runs (checked).
+(``/proc/self/clear_refs``), runs one step and reports ``VmHWM - VmRSS_before``. Solves run
+a fixed depth (``tol=None``): every one of the ``max_iter`` iterations runs (checked).
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def _step_function(model_name: str, backward: str, dim: int, batch: int) -> Call
     opt = torch.optim.SGD(params, lr=1e-3)
 
     def step(depth: int) -> int:
-        layer = jfb.ImplicitLayer(operator, solver="picard", backward=backward, tol=1e-30, max_iter=depth, on_failure="ignore")
+        layer = jfb.ImplicitLayer(operator, solver="picard", backward=backward, tol=None, max_iter=depth, on_failure="ignore")
         u = layer(embed(inputs))
         loss = nn.functional.cross_entropy(head(u), targets) if head is not None else u.square().mean()
         opt.zero_grad(set_to_none=False)

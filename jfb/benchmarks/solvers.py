@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 from ..data import Normalizer, batches, dataset_info, load_splits
-from ..solvers import get_solver
 from ..tables import csv_text
 from ..train import restore_model
 
@@ -27,7 +26,6 @@ def solver_table(checkpoint: Path, out: Path, solvers: list[str], tol: float, st
     model, config = restore_model(checkpoint)
     model.eval()
     layer = model.implicit
-    layer.tol, layer.stop_mode, layer.max_iter = tol, stop_mode, max_iter
     info = dataset_info(config.dataset)
     test = load_splits(config.dataset, config.data_dir, seed=config.seed)[2].subset(n_batches * batch_size)
     evals: dict[str, list[int]] = {s: [] for s in solvers}
@@ -36,9 +34,8 @@ def solver_table(checkpoint: Path, out: Path, solvers: list[str], tol: float, st
     for inputs, _ in batches(test, batch_size, Normalizer(info.mean, info.std)):
         q = model.embedding(inputs)
         for name in solvers:
-            layer.solver_name, layer.solve = name, get_solver(name)
             started = time.perf_counter()
-            layer(q)
+            layer(q, solve=dict(solver=name, tol=tol, stop_mode=stop_mode, max_iter=max_iter))
             times[name].append(time.perf_counter() - started)
             evals[name].append(layer.last_stats.forward.t_evals)
             converged[name].append(float(layer.last_stats.converged.float().mean()))

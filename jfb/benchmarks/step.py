@@ -1,7 +1,7 @@
 """``jfb bench step``: milliseconds per training step, ours vs the hand-written floor.
 
-The paper's MNIST model, batch 100 by default, exactly K forward iterations (Picard with an
-unreachable tolerance, checked). For each K and backward mode, our step (ImplicitClassifier
+The paper's MNIST model, batch 100 by default, a fixed depth of exactly K forward iterations
+(Picard, ``tol=None``, checked). For each K and backward mode, our step (ImplicitClassifier
 forward, loss, backward, Adam step) and the floor's (:mod:`jfb.benchmarks.floor`) run
 alternately on their own copies of the same model, so machine noise hits both; the ratio is
 of the medians of ``repeats`` timed steps after ``warmup`` untimed ones.
@@ -40,7 +40,7 @@ def _timed(step: Callable[[], object]) -> float:
 def compare_steps(iterations: int, backward: str, batch: int, repeats: int, warmup: int, seed: int = 0) -> dict:
     """Median ms per step for ours and the floor, interleaved step by step."""
     torch.manual_seed(seed)
-    ours = build_model("mnist", solver="picard", backward=backward, tol=1e-30, max_iter=iterations, on_failure="raise")
+    ours = build_model("mnist", solver="picard", backward=backward, tol=None, max_iter=iterations, on_failure="raise")
     floor = copy.deepcopy(ours)
     images, labels = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
     our_opt, floor_opt = torch.optim.Adam(ours.parameters(), 1e-3), torch.optim.Adam(floor.parameters(), 1e-3)
@@ -54,9 +54,9 @@ def compare_steps(iterations: int, backward: str, batch: int, repeats: int, warm
             elapsed = _timed(step)
             if i >= warmup:
                 times[name].append(elapsed)
-    iterations_run = int(ours.implicit.last_stats.iterations.max())
-    if iterations_run != iterations:
-        raise RuntimeError(f"expected {iterations} forward iterations, ran {iterations_run}")
+    stats = ours.implicit.last_stats
+    if stats.forward.t_evals != iterations or stats.status != "fixed_depth":
+        raise RuntimeError(f"expected a fixed depth of {iterations} forward iterations, ran {stats.forward.t_evals} ({stats.status})")
     ours_ms, floor_ms = 1000 * statistics.median(times["ours"]), 1000 * statistics.median(times["floor"])
     return {"K": iterations, "backward": backward, "batch": batch, "repeats": repeats,
             "ours_ms": ours_ms, "floor_ms": floor_ms, "ratio": ours_ms / floor_ms}

@@ -21,7 +21,7 @@ DEMO_EPOCHS = 3  # of the packaged MNIST config
 
 
 class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
+    """A user error of the command line itself: printed as one line, exit status 2 (like :class:`jfb.JfbError`)."""
 
 
 def _config_from_target(target: str) -> tuple[dict[str, Any], str]:
@@ -50,9 +50,19 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif str(f.type).startswith("dict"):
+            parser.add_argument(flag, dest=f.name, type=_key_values, default=None, metavar="KEY=VALUE,...")
         else:
             kind = {"int": int, "float": float, "Optional[int]": int, "Optional[float]": float}.get(str(f.type), str)
             parser.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper())
+
+
+def _key_values(text: str) -> dict[str, Any]:
+    """``memory=3,beta=0.9`` -> ``{"memory": 3, "beta": 0.9}`` (numbers parsed as TOML would)."""
+    try:
+        return tomllib.loads("\n".join(text.split(","))) if text else {}
+    except tomllib.TOMLDecodeError:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE,... (e.g. memory=3,beta=0.9), got {text!r}") from None
 
 
 def _train_config(args: argparse.Namespace, target: str):
@@ -63,7 +73,11 @@ def _train_config(args: argparse.Namespace, target: str):
         value = getattr(args, f.name, None)
         if value is not None:
             values[f.name] = value
-    return TrainConfig.from_dict(values, source=source)
+    config = TrainConfig.from_dict(values, source=source)
+    if config.fixed_depth and getattr(args, "tol", None) is not None:
+        raise CliError(f"--tol has no effect: {source} trains at a fixed depth (fixed_depth = true); add --no-fixed-depth "
+                       "to solve to a tolerance, or --eval-tol for evaluation")
+    return config
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
@@ -237,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("compare", "Train the same model from the same seed with each backward mode (the paper's Table 2).")
     p.add_argument("target", help="mnist, svhn, cifar10, or a .toml config file")
-    p.add_argument("--methods", default="jfb,ift,neumann:1,neumann:2,neumann:4", help="the values of --vary to compare")
+    p.add_argument("--methods", default="jfb,ift:cg,neumann:1,neumann:2,neumann:4", help="the values of --vary to compare (ift:cg is the paper's Jacobian-based method)")
     p.add_argument("--vary", default="backward", choices=["backward", "solver"], help="compare backward modes (default) or forward solvers")
     p.add_argument("--out", default="runs/compare")
     p.add_argument("--ift-batch-norm", action="store_true", help="keep latent BatchNorm in the ift runs too")
@@ -262,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench_command("memory", "Peak memory of a training step vs forward depth (fresh process per point).")
     p.add_argument("--out", default="runs/bench-memory")
     p.add_argument("--depths", default="10,50,100,200,500")
-    p.add_argument("--methods", default="jfb,ift,neumann:4,unroll")
+    p.add_argument("--methods", default="jfb,ift:cg,neumann:4,unroll")
     p.add_argument("--model", default="mnist", choices=["mnist", "elementwise"])
     p.add_argument("--batch-size", type=int, default=100, dest="batch_size")
     p.set_defaults(run=cmd_bench_memory)
@@ -270,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench_command("step", "ms per training step vs a hand-written PyTorch floor, interleaved, medians.")
     p.add_argument("--out", default="runs/bench-step")
     p.add_argument("--ks", default="10,40", help="forward iterations per step")
-    p.add_argument("--methods", default="jfb,neumann:2,ift,unroll")
+    p.add_argument("--methods", default="jfb,neumann:2,ift:cg,unroll")
     p.add_argument("--batch-size", type=int, default=100, dest="batch_size")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
@@ -297,11 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ..errors import JfbError
     from ..train.loop import TrainingStopped
 
     try:
         result = args.run(args)
-    except (CliError, ValueError, FileNotFoundError) as exc:
+    except (CliError, JfbError, FileNotFoundError) as exc:
         print(f"jfb {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except TrainingStopped as exc:

@@ -18,6 +18,7 @@ from .cifar10 import load_cifar10
 from .download import default_data_dir
 from .mnist import load_mnist
 from .svhn import load_svhn
+from ..errors import JfbError
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ DATASETS: dict[str, DatasetInfo] = {
 
 def dataset_info(name: str) -> DatasetInfo:
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise JfbError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return DATASETS[name]
 
 
@@ -134,9 +135,9 @@ def batches(
     """
     rank, world = shard
     if not 0 <= rank < world:
-        raise ValueError(f"shard rank must be in [0, {world}), got {rank}")
+        raise JfbError(f"shard rank must be in [0, {world}), got {rank}")
     if augment and shuffle_seed is None:
-        raise ValueError("augmentation needs a shuffle seed")
+        raise JfbError("augmentation needs a shuffle seed")
     n = len(split)
     order = torch.arange(n) if shuffle_seed is None else torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))
     for batch_index in range(start, math.ceil(n / batch_size)):

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .download import fetch
+from ..errors import JfbError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
@@ -17,11 +18,11 @@ RECORD = 1 + 3 * 32 * 32
 
 def parse_cifar_records(raw: bytes, name: str = "CIFAR-10 batch") -> tuple[torch.Tensor, torch.Tensor]:
     if len(raw) % RECORD:
-        raise ValueError(f"{name}: {len(raw)} bytes is not a whole number of {RECORD}-byte records")
+        raise JfbError(f"{name}: {len(raw)} bytes is not a whole number of {RECORD}-byte records")
     records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, RECORD)
     labels = torch.from_numpy(records[:, 0].astype(np.int64))
     if int(labels.max()) > 9:
-        raise ValueError(f"{name}: label {int(labels.max())} out of range 0-9")
+        raise JfbError(f"{name}: label {int(labels.max())} out of range 0-9")
     images = torch.from_numpy(records[:, 1:].reshape(-1, 3, 32, 32).copy())
     return images, labels
 
@@ -32,7 +33,7 @@ def parse_cifar_archive(path: Path, split: str) -> tuple[torch.Tensor, torch.Ten
         parts = []
         for name in MEMBERS[split]:
             if name not in members:
-                raise ValueError(f"{path}: {name} missing from the archive")
+                raise JfbError(f"{path}: {name} missing from the archive")
             parts.append(parse_cifar_records(archive.extractfile(members[name]).read(), f"{path}:{name}"))
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .checksum import verify_md5
+from ..errors import JfbError
 
 PACKAGED_DIR = Path(__file__).parent / "mnist_files"
 FILES = {
@@ -29,12 +30,12 @@ def read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an IDX file of unsigned bytes (magic {raw[:4].hex()})")
+        raise JfbError(f"{path}: not an IDX file of unsigned bytes (magic {raw[:4].hex()})")
     ndim = raw[3]
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     body = raw[4 + 4 * ndim :]
     if len(body) != int(np.prod(dims)):
-        raise ValueError(f"{path}: IDX header promises {dims} values, file holds {len(body)} bytes")
+        raise JfbError(f"{path}: IDX header promises {dims} values, file holds {len(body)} bytes")
     return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
@@ -47,5 +48,5 @@ def load_mnist(split: str, directory: Path = PACKAGED_DIR) -> tuple[torch.Tensor
     images = torch.from_numpy(read_idx(directory / images_name).copy()).unsqueeze(1)
     labels = torch.from_numpy(read_idx(directory / labels_name).astype(np.int64))
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{directory}: {images.shape[0]} images but {labels.shape[0]} labels")
+        raise JfbError(f"{directory}: {images.shape[0]} images but {labels.shape[0]} labels")
     return images, labels

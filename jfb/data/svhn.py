@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from .download import fetch
+from ..errors import JfbError
 
 URL = "http://ufldl.stanford.edu/housenumbers/{split}_32x32.mat"
 MD5 = {"train": "e26dedcc434d2e4c54c9b2d4a06d8373", "test": "eb5a983be6a315427106f1b164d9cef3"}
@@ -18,11 +19,11 @@ def parse_svhn_mat(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
     mat = loadmat(str(path))
     if "X" not in mat or "y" not in mat:
-        raise ValueError(f"{path}: not an SVHN .mat file (variables X and y missing)")
+        raise JfbError(f"{path}: not an SVHN .mat file (variables X and y missing)")
     images = torch.from_numpy(np.ascontiguousarray(mat["X"].transpose(3, 2, 0, 1))).to(torch.uint8)
     labels = torch.from_numpy(mat["y"].reshape(-1).astype(np.int64)) % 10
     if images.shape[1:] != (3, 32, 32) or images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{path}: unexpected shapes {tuple(images.shape)} / {tuple(labels.shape)}")
+        raise JfbError(f"{path}: unexpected shapes {tuple(images.shape)} / {tuple(labels.shape)}")
     return images, labels
 
 

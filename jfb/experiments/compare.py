@@ -15,19 +15,20 @@ from typing import Any
 from ..train import TrainConfig, train
 from ..plotting import pyplot
 from ..tables import csv_text
+from ..errors import JfbError
 
 
 #: the forward solve every compared run uses unless the command line overrides it: a tolerance-based
 #: solve with the paper's maximum depth of 50, which is also the CG iteration cap of ``ift`` (the
 #: packaged MNIST training config runs a fixed depth of 8, which would cap CG at 8)
-COMPARISON_SOLVE = {"solver": "anderson", "tol": 1e-2, "stop_mode": "rel", "max_iter": 50, "batch_size": 100}
+COMPARISON_SOLVE = {"solver": "anderson", "fixed_depth": False, "tol": 1e-2, "stop_mode": "rel", "max_iter": 50, "batch_size": 100}
 
 
 def run_compare(base: dict[str, Any], methods: list[str], out_dir: Path, ift_batch_norm: bool = False, progress: bool = True,
                 log=print, field: str = "backward") -> list[dict[str, Any]]:
     """One run per value of ``field`` (``backward`` or ``solver``) in ``methods``."""
     if field not in ("backward", "solver"):
-        raise ValueError(f"can compare backward modes or solvers, not {field!r}")
+        raise JfbError(f"can compare backward modes or solvers, not {field!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, curves = [], {}
     for method in methods:

@@ -21,6 +21,7 @@ from ..data import Normalizer, batches, dataset_info, load_splits
 from ..layer import ImplicitLayer
 from ..models import ImplicitClassifier
 from ..train import restore_model
+from ..errors import JfbError
 
 NEUMANN_ORDERS = (0, 1, 2, 4, 8)
 
@@ -35,7 +36,7 @@ def _gradient(model: ImplicitClassifier, backward, inputs, labels, tol: float, m
 def diagnose(checkpoint_path: Path, out_dir: Path, n_batches: int = 5, batch_size: int = 100, log=print) -> dict[str, Any]:
     model, config = restore_model(checkpoint_path)
     if not isinstance(model, ImplicitClassifier):
-        raise ValueError(f"{checkpoint_path}: diagnose needs an implicit model, not {config.model!r}")
+        raise JfbError(f"{checkpoint_path}: diagnose needs an implicit model, not {config.model!r}")
     model.eval()
     info = dataset_info(config.dataset)
     _, _, test = load_splits(config.dataset, config.data_dir, seed=config.seed)

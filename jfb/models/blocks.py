@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from ..errors import JfbError
 
 ACTIVATION_SLOPE = 0.1
 
@@ -88,7 +89,7 @@ class LatentOperator(nn.Module):
     def __init__(self, channels: int, blocks: int, gamma: float, batch_norm: bool = True) -> None:
         super().__init__()
         if not 0 < gamma <= 1:
-            raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
+            raise JfbError(f"gamma must be in (0, 1], got {gamma!r}")
         self.blocks = nn.ModuleList(LatentBlock(channels) for _ in range(blocks))
         self.norms = nn.ModuleList(
             (nn.BatchNorm2d(channels, affine=False) if batch_norm else nn.Identity()) for _ in range(blocks)

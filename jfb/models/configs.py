@@ -14,6 +14,7 @@ from torch import nn
 
 from .blocks import ConvLinearHead, ConvPoolEmbedding, LatentOperator, ResNetEmbedding
 from .networks import ExplicitClassifier, ImplicitClassifier
+from ..errors import JfbError
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ MODEL_KINDS = ("implicit", "explicit")
 
 def architecture(name: str) -> Architecture:
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+        raise JfbError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[name]
 
 
@@ -69,7 +70,7 @@ def build_model(
 ) -> nn.Module:
     """An implicit network (``layer_options`` go to :class:`~jfb.ImplicitLayer`) or its explicit twin."""
     if kind not in MODEL_KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+        raise JfbError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
     parts = build_parts(arch, latent_batch_norm)
     shape = architecture(arch).input_shape
     if kind == "explicit":

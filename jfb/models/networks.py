@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layer import ImplicitLayer
+from ..errors import JfbError
 
 
 class ImplicitClassifier(nn.Module):
@@ -34,7 +35,7 @@ class ExplicitClassifier(nn.Module):
                  input_shape: Optional[tuple[int, ...]] = None) -> None:
         super().__init__()
         if depth < 1:
-            raise ValueError(f"explicit depth must be >= 1, got {depth!r}")
+            raise JfbError(f"explicit depth must be >= 1, got {depth!r}")
         self.embedding, self.operator, self.head, self.depth = embedding, operator, head, depth
         self.input_shape = input_shape
 
@@ -50,11 +51,11 @@ class ExplicitClassifier(nn.Module):
 def check_input_shape(d: Tensor, expected: Optional[tuple[int, ...]]) -> None:
     """A clear ValueError instead of a convolution's shape error deep inside the embedding."""
     if not isinstance(d, Tensor):
-        raise ValueError(f"expected an image tensor, got {type(d).__name__}")
+        raise JfbError(f"expected an image tensor, got {type(d).__name__}")
     if expected is not None and (d.dim() != len(expected) + 1 or tuple(d.shape[1:]) != tuple(expected) or d.shape[0] == 0):
-        raise ValueError(f"expected input of shape (N, {', '.join(map(str, expected))}) with N >= 1, got {tuple(d.shape)}")
+        raise JfbError(f"expected input of shape (N, {', '.join(map(str, expected))}) with N >= 1, got {tuple(d.shape)}")
     if not d.is_floating_point():
-        raise ValueError(f"expected a floating-point input (normalised images), got {d.dtype}")
+        raise JfbError(f"expected a floating-point input (normalised images), got {d.dtype}")
 
 
 def count_parameters(model: nn.Module) -> int:

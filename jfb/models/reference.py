@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..safe_load import load_tensors_only
 from .configs import build_model
+from ..errors import JfbError
 
 _MNIST_RULES = [
     (r"^conv_d1\.", "embedding.stages.0.0."),
@@ -49,8 +50,8 @@ def recognise(keys: list[str], hint: str = "") -> str:
             return "cifar10-small"
         if "svhn" in hint.lower():
             return "svhn"
-        raise ValueError("SVHN and CIFAR-10 reference checkpoints share one architecture; pass the dataset (svhn or cifar10)")
-    raise ValueError(f"not a recognised reference checkpoint (first keys: {keys[:4]})")
+        raise JfbError("SVHN and CIFAR-10 reference checkpoints share one architecture; pass the dataset (svhn or cifar10)")
+    raise JfbError(f"not a recognised reference checkpoint (first keys: {keys[:4]})")
 
 
 def _rename(key: str, rules: list) -> Optional[str]:
@@ -66,11 +67,11 @@ def convert_state_dict(reference: dict[str, Tensor], arch: str) -> dict[str, Ten
     for key, value in reference.items():
         if arch != "mnist-reference" and key.startswith(_UNUSED_IN_RESNET):
             if key.endswith("num_batches_tracked") and int(value) != 0:
-                raise ValueError(f"{key} = {int(value)}: this BatchNorm was used, the conversion table is wrong")
+                raise JfbError(f"{key} = {int(value)}: this BatchNorm was used, the conversion table is wrong")
             continue
         new_key = _rename(key, rules)
         if new_key is None:
-            raise ValueError(f"reference key {key!r} has no counterpart in architecture {arch!r}")
+            raise JfbError(f"reference key {key!r} has no counterpart in architecture {arch!r}")
         converted[new_key] = value
     return converted
 
@@ -80,20 +81,20 @@ def load_reference(path: Union[str, Path], dataset: Optional[str] = None) -> tup
     path = Path(path)
     content = load_tensors_only(path)
     if not isinstance(content, dict) or "net_state_dict" not in content:
-        raise ValueError(f"{path}: not a published JFB checkpoint (no 'net_state_dict')")
+        raise JfbError(f"{path}: not a published JFB checkpoint (no 'net_state_dict')")
     reference = content["net_state_dict"]
     if type(reference) not in (dict, OrderedDict) or not all(isinstance(v, Tensor) for v in reference.values()):
-        raise ValueError(f"{path}: 'net_state_dict' is not a plain dict of tensors ({type(reference).__name__})")
+        raise JfbError(f"{path}: 'net_state_dict' is not a plain dict of tensors ({type(reference).__name__})")
     try:
         arch = recognise(list(reference), dataset or path.name)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+    except JfbError as exc:
+        raise JfbError(f"{path}: {exc}") from exc
     state = convert_state_dict(reference, arch)
     model_keys = build_model(arch).state_dict()
     missing = sorted(set(model_keys) - set(state))
     unexpected = sorted(set(state) - set(model_keys))
     wrong = [k for k in state if k in model_keys and state[k].shape != model_keys[k].shape]
     if missing or unexpected or wrong:
-        raise ValueError(f"{path}: keys do not match {arch!r}: missing {missing}, unexpected {unexpected}, wrong shapes {wrong}")
+        raise JfbError(f"{path}: keys do not match {arch!r}: missing {missing}, unexpected {unexpected}, wrong shapes {wrong}")
     accuracy = content.get("test_acc_hist") or []
     return arch, state, {"source": str(path), "reported_test_accuracy": accuracy[-1] if accuracy else None}

@@ -1,25 +1,20 @@
-"""Fixed-point solvers, all with one interface: ``solve(f, u0, *, tol, max_iter, ...)``.
+"""How u* is found: a step protocol (:class:`Solver`), one driver (:func:`solve`), a registry.
 
-``f(u, index)`` evaluates T on the batch rows ``index`` (all rows when ``index`` is None).
-Each returns ``(u_star, SolverState)``; see :mod:`jfb.solvers.base`.
+Built in: ``picard``, ``anderson``, ``broyden``; add one with :func:`register_solver`.
 """
 from __future__ import annotations
 
-from typing import Callable
+from .anderson import Anderson
+from .base import History, Solver, SolverState, make_solver, register_solver, require_integer, solver_names
+from .broyden import Broyden
+from .driver import solve, solve_flat
+from .options import STOP_MODES, SolveOptions
+from .picard import Picard
 
-from .anderson import anderson
-from .base import STATUSES, STOP_MODES, SolverState, per_sample_norm
-from .broyden import broyden
-from .picard import picard
+for _solver in (Picard, Anderson, Broyden):
+    register_solver(_solver.name, _solver)
 
-SOLVERS: dict[str, Callable] = {"picard": picard, "anderson": anderson, "broyden": broyden}
-
-
-def get_solver(name: str) -> Callable:
-    """Look up a solver by name; unknown names raise ValueError listing the choices."""
-    if name not in SOLVERS:
-        raise ValueError(f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)}")
-    return SOLVERS[name]
-
-
-__all__ = ["SOLVERS", "STATUSES", "STOP_MODES", "SolverState", "get_solver", "per_sample_norm", "anderson", "broyden", "picard"]
+__all__ = [
+    "Anderson", "Broyden", "History", "Picard", "STOP_MODES", "SolveOptions", "Solver", "SolverState",
+    "make_solver", "register_solver", "require_integer", "solve", "solve_flat", "solver_names",
+]

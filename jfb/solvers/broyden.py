@@ -1,77 +1,63 @@
 """Limited-memory ("good") Broyden on g(u) = T(u) - u, batched per sample."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from .base import Agreement, Operator, ResidualTracker, SampleLayout, SolverState, require_integer
+from .base import Solver, require_integer
 
 #: a step that multiplies a sample's residual by more than this is undone and its memory reset
 _REJECT_GROWTH = 4.0
 
 
-def broyden(
-    f: Operator,
-    u0: Tensor,
-    *,
-    tol: float,
-    max_iter: int,
-    stop_mode: str = "abs",
-    freeze_converged: bool = False,
-    divergence_ratio: float = 1e4,
-    keep_history: bool = False,
-    agree: Optional[Agreement] = None,
-    memory: int = 10,
-) -> tuple[Tensor, SolverState]:
+@dataclass
+class _Memory:
+    U: Tensor  # (batch, features, memory)
+    V: Tensor  # (batch, memory, features)
+    u: Optional[Tensor] = None  # the accepted point
+    g: Optional[Tensor] = None  # its residual T(u) - u
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class Broyden(Solver):
     """Quasi-Newton solve of ``T(u) - u = 0``.
 
     The inverse Jacobian of ``g`` is approximated by ``B = -I + U V^T``, so the first step is a
     Picard step; after ``memory`` rank-one updates the approximation restarts from ``-I``. A step
     that makes a sample's residual grow more than 4x is undone for that sample and its memory
     reset (plain Broyden has no globalisation and otherwise blows up on slow contractions).
-    One T evaluation per step; converged samples are frozen (not evaluated) when
-    ``freeze_converged`` is set.
-    Returns the lowest-residual ``T(u)`` of each sample.
     """
-    require_integer("broyden memory", memory, 1)
-    batch = u0.shape[0]
-    tracker = ResidualTracker(u0, tol, max_iter, stop_mode, divergence_ratio, keep_history, agree=agree)
-    dim = u0[0].numel()
-    U = u0.new_zeros(batch, dim, memory)
-    V = u0.new_zeros(batch, memory, dim)
-    layout = SampleLayout(u0)
-    u = layout.flatten(u0)
-    fu = layout.flatten(f(u0, None))
-    tracker.update(layout.unflatten(u), layout.unflatten(fu), 1)
-    tracker.t_evals += 1
-    g = fu - u
-    nothing_frozen = torch.zeros(batch, dtype=torch.bool, device=u0.device)
-    for step in range(2, max_iter + 1):
-        if tracker.finished():
-            break
-        frozen = tracker.converged if freeze_converged else nothing_frozen
-        du = torch.where(frozen[:, None], torch.zeros_like(u), -_matvec(U, V, g))
-        u_new = u + du
-        active = (~frozen).nonzero().squeeze(1)
-        index = None if bool((~frozen).all()) else active
-        rows = slice(None) if index is None else index
-        x_rows = layout.unflatten(u_new[rows])
-        fx = layout.flatten(f(x_rows, index))
-        tracker.update(x_rows, layout.unflatten(fx), step, index)
-        tracker.t_evals += 1
-        g_new = g.clone()
-        g_new[rows] = fx - u_new[rows]
-        rejected = g_new.norm(dim=1) > _REJECT_GROWTH * g.norm(dim=1)
-        slot = (step - 2) % memory
-        if slot == 0:
-            U.zero_(), V.zero_()
-        _rank_one_update(U, V, du, g_new - g, slot)
-        U[rejected], V[rejected] = 0, 0
-        u = torch.where(rejected[:, None], u, u_new)
-        g = torch.where(rejected[:, None], g, g_new)
-    return tracker.best, tracker.state(tracker.best)
+
+    memory: int = 10
+    name = "broyden"
+
+    def __post_init__(self) -> None:
+        require_integer("broyden memory", self.memory, 1)
+
+    def init(self, x0: Tensor) -> _Memory:
+        batch, features = x0.shape
+        return _Memory(x0.new_zeros(batch, features, self.memory), x0.new_zeros(batch, self.memory, features))
+
+    def update(self, state: _Memory, x: Tensor, fx: Tensor) -> Tensor:
+        g_new = fx - x
+        if state.u is None:
+            state.u, state.g = x, g_new
+        else:
+            rejected = g_new.norm(dim=1) > _REJECT_GROWTH * state.g.norm(dim=1)
+            slot = state.count % self.memory
+            if slot == 0:
+                state.U.zero_(), state.V.zero_()
+            _rank_one_update(state.U, state.V, x - state.u, g_new - state.g, slot)
+            kept = (~rejected).to(x.dtype)
+            state.U.mul_(kept[:, None, None]), state.V.mul_(kept[:, None, None])
+            state.u = torch.where(rejected[:, None], state.u, x)
+            state.g = torch.where(rejected[:, None], state.g, g_new)
+            state.count += 1
+        return state.u - _matvec(state.U, state.V, state.g)
 
 
 def _matvec(U: Tensor, V: Tensor, x: Tensor) -> Tensor:

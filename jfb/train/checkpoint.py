@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ..errors import JfbError
 
 FORMAT = "torch-jfb/1"
 
@@ -20,7 +21,7 @@ def prepare_run_dir(path: Path) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise ValueError(f"run dir {path} is not writable ({exc.strerror or exc})") from None
+        raise JfbError(f"run dir {path} is not writable ({exc.strerror or exc})") from None
     return path
 
 
@@ -47,12 +48,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load one of our checkpoints; never executes pickled code."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such checkpoint file")
+        raise JfbError(f"{path}: no such checkpoint file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupted, truncated, or containing non-tensor objects
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: cannot load checkpoint safely ({first_line})") from exc
+        raise JfbError(f"{path}: cannot load checkpoint safely ({first_line})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a torch-jfb checkpoint (for the paper authors' files use `jfb import-reference`)")
+        raise JfbError(f"{path}: not a torch-jfb checkpoint (for the paper authors' files use `jfb import-reference`)")
     return payload

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import difflib
 import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
+
+from ..backward import get_backward
+from ..errors import JfbError, unknown_name
+from ..solvers import SolveOptions
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
@@ -26,8 +30,10 @@ class TrainConfig:
     tol: float = 1e-2
     stop_mode: str = "rel"
     max_iter: int = 50
-    eval_tol: Optional[float] = None  # defaults to tol
+    fixed_depth: bool = False  # training solves run exactly max_iter iterations (tol unused)
+    eval_tol: Optional[float] = None  # evaluation solves to this tolerance; default: as in training
     freeze_converged: bool = False
+    solver_options: dict[str, Any] = field(default_factory=dict)  # e.g. {memory = 3} for Anderson
     epochs: int = 5
     batch_size: int = 100
     optimizer: str = "adam"
@@ -60,25 +66,25 @@ class TrainConfig:
     def validate(self) -> None:
         checks = [
             (self.tol > 0, "tol", "a number > 0"),
-            (self.max_iter >= 1, "max_iter", "an integer >= 1"),
+            (self.eval_tol is None or self.eval_tol > 0, "eval_tol", "a number > 0"),
             (self.epochs >= 1, "epochs", "an integer >= 1"),
             (self.batch_size >= 1, "batch_size", "an integer >= 1"),
             (self.lr > 0, "lr", "a number > 0"),
             (self.explicit_depth >= 1, "explicit_depth", "an integer >= 1"),
             (self.max_bad_batches >= 1, "max_bad_batches", "an integer >= 1"),
             (self.checkpoint_every >= 0, "checkpoint_every", "an integer >= 0"),
-            (self.eval_tol is None or self.eval_tol > 0, "eval_tol", "a number > 0"),
             (self.limit_train is None or self.limit_train >= 1, "limit_train", "an integer >= 1"),
             (self.limit_test is None or self.limit_test >= 1, "limit_test", "an integer >= 1"),
         ]
         if self.warm_start and self.model != "implicit":
-            raise ValueError("warm_start needs model 'implicit' (an explicit network has no fixed point to reuse)")
+            raise JfbError("warm_start needs model 'implicit' (an explicit network has no fixed point to reuse)")
         for ok, name, requirement in checks:
             if not ok:
-                raise ValueError(f"{name} must be {requirement}, got {getattr(self, name)!r}")
+                raise JfbError(f"{name} must be {requirement}, got {getattr(self, name)!r}")
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+                raise unknown_name(name, getattr(self, name), allowed)
+        self.solve_options(), self.solve_options(evaluation=True), get_backward(self.backward)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,7 +105,7 @@ class TrainConfig:
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(known)}"
-                raise ValueError(f"{source}: unknown key {key!r}{hint}")
+                raise JfbError(f"{source}: unknown key {key!r}{hint}")
         return cls(**values)
 
     @classmethod
@@ -107,12 +113,12 @@ class TrainConfig:
         with open(path, "rb") as f:
             return cls.from_dict(tomllib.load(f), source=str(path))
 
-    def layer_options(self, evaluation: bool = False) -> dict[str, Any]:
-        return dict(
-            solver=self.solver,
-            backward=self.backward,
-            tol=(self.eval_tol or self.tol) if evaluation else self.tol,
-            max_iter=self.max_iter,
-            stop_mode=self.stop_mode,
-            freeze_converged=self.freeze_converged,
-        )
+    def solve_options(self, evaluation: bool = False) -> SolveOptions:
+        """The forward-solve options of training, or of evaluation (``eval_tol`` when set)."""
+        tol = self.eval_tol if evaluation and self.eval_tol is not None else None if self.fixed_depth else self.tol
+        return SolveOptions(solver=self.solver, tol=tol, max_iter=self.max_iter, stop_mode=self.stop_mode,
+                            freeze_converged=self.freeze_converged, solver_options=self.solver_options)
+
+    def layer_options(self) -> dict[str, Any]:
+        """What :class:`~jfb.ImplicitLayer` takes from this configuration."""
+        return dict(backward=self.backward, options=self.solve_options(), eval_options=self.solve_options(evaluation=True))

@@ -18,6 +18,7 @@ import torch.distributed.nn.functional as dist_functional
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
+from ..errors import JfbError
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ class CPUSyncBatchNorm(_BatchNorm):
 
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() < 2:
-            raise ValueError(f"expected at least 2D input, got {input.dim()}D")
+            raise JfbError(f"expected at least 2D input, got {input.dim()}D")
 
     def forward(self, input: Tensor) -> Tensor:
         if not self.training or not dist.is_initialized():

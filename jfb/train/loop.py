@@ -13,6 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data import Normalizer, Split, batches, dataset_info, load_splits, steps_per_pass
+from ..errors import JfbError
 from ..models import ImplicitClassifier, build_model, count_parameters
 from .checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint
 from .config import TrainConfig
@@ -51,9 +52,9 @@ class EpochStats:
             self.forward_iterations += float(stats.iterations.float().mean())
             self.max_forward_iterations = max(self.max_forward_iterations, int(stats.iterations.max()))
             self.residual += float(stats.rel_residual.mean())
-            self.statuses[stats.status] = self.statuses.get(stats.status, 0) + 1
+            self.statuses[str(stats.status)] = self.statuses.get(str(stats.status), 0) + 1
             self.j_matvecs += stats.j_matvecs
-            self.backward_statuses[stats.backward.status] = self.backward_statuses.get(stats.backward.status, 0) + 1
+            self.backward_statuses[str(stats.backward.status)] = self.backward_statuses.get(str(stats.backward.status), 0) + 1
 
     def reduced(self, processes: Processes) -> "EpochStats":
         """Sums over all processes (per-batch means such as iterations are averaged over them)."""
@@ -118,11 +119,6 @@ def make_optimizer(config: TrainConfig, model: nn.Module, steps_per_epoch: int):
     return optimizer, scheduler
 
 
-def set_evaluation_tolerance(model: nn.Module, config: TrainConfig, evaluation: bool) -> None:
-    if isinstance(model, ImplicitClassifier):
-        model.implicit.tol = config.layer_options(evaluation)["tol"]
-
-
 @dataclass
 class Position:
     """Where a run stands: ``epoch`` epochs done and ``step`` batches of the next one.
@@ -167,8 +163,7 @@ def train_one_epoch(
     its share of the global batch, so that DDP's average of the gradients is the gradient of
     the mean loss over the global batch (shards can differ by one sample).
     """
-    model.train()
-    set_evaluation_tolerance(model, config, evaluation=False)
+    model.train()  # the layer solves with the training options
     stats = position.stats
     steps = steps_per_pass(len(split), config.batch_size, processes.world_size)
     augmentation = dataset_info(config.dataset).augmentation if config.augment else None
@@ -233,7 +228,7 @@ class WarmStarts:
 def _bad_batch(model: nn.Module, loss: torch.Tensor) -> bool:
     """A non-finite loss, or a forward solve that diverged or met a non-finite value: T(u) there
     is no fixed point, and the JFB gradient at it says nothing about the loss."""
-    if isinstance(model, ImplicitClassifier) and model.implicit.last_stats.status in ("non_finite", "diverged"):
+    if isinstance(model, ImplicitClassifier) and model.implicit.last_stats.status.failed:
         return True
     return not bool(torch.isfinite(loss))
 
@@ -245,8 +240,7 @@ def evaluate(model: nn.Module, split: Split, config: TrainConfig, normalize, pro
 
     In a distributed run each process evaluates every ``world_size``-th sample and the sums are combined.
     """
-    model.eval()
-    set_evaluation_tolerance(model, config, evaluation=True)
+    model.eval()  # the layer solves with the evaluation options
     stats = EpochStats()
     shard = split.shard(processes.rank, processes.world_size)
     steps = math.ceil(len(shard) / config.batch_size)
@@ -426,9 +420,9 @@ def _restore_run(path: Path, config: TrainConfig, model, optimizer, scheduler) -
     """Load everything a run needs to continue exactly where ``path`` was written."""
     checkpoint = load_checkpoint(path)
     if "position" not in checkpoint:
-        raise ValueError(f"{path} is not a resumable training checkpoint (no optimiser state or position)")
+        raise JfbError(f"{path} is not a resumable training checkpoint (no optimiser state or position)")
     if not config.same_run(checkpoint["config"]):
-        raise ValueError(f"{path} was written with a different configuration; resume with the same options")
+        raise JfbError(f"{path} was written with a different configuration; resume with the same options")
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])

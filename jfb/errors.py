@@ -1,0 +1,30 @@
+"""What the library raises and warns.
+
+:class:`JfbError` is the one type for bad input (options, shapes, files): the CLI prints it as one
+line and exits with status 2. Any other exception is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class JfbError(ValueError):
+    """Bad input: an invalid option, a shape mismatch, an unreadable or untrusted file."""
+
+
+class FixedPointError(RuntimeError):
+    """Raised (with ``on_failure="raise"``) when a forward solve diverges or produces non-finite
+    values, or a backward linear solve misses its tolerance."""
+
+
+class ConvergenceWarning(RuntimeWarning):
+    """Warned (with ``on_failure="warn"``) in the cases :class:`FixedPointError` is raised for."""
+
+
+def unknown_name(kind: str, name: object, choices: Iterable[str]) -> JfbError:
+    """``unknown KIND 'NAME'; choose one of A, B`` with the closest choice suggested."""
+    choices = list(choices)
+    close = difflib.get_close_matches(str(name), choices, n=1) or [c for c in choices if str(name).startswith(c)][:1]
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return JfbError(f"unknown {kind} {name!r}; choose one of {', '.join(choices)}{hint}")

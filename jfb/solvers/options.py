@@ -1,0 +1,103 @@
+"""``SolveOptions``: the one way forward-solve settings travel (TOML/CLI -> TrainConfig -> layer)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Union
+
+from ..errors import JfbError, unknown_name
+from .base import Solver, make_solver, require_integer
+
+STOP_MODES = ("abs", "rel")
+
+
+@dataclass(frozen=True)
+class SolveOptions:
+    """How a fixed point is found; validated when built, immutable (use :meth:`replace`).
+
+    Attributes:
+        solver: a registered name (``"picard"``, ``"anderson"``, ``"broyden"``, or one added with
+            :func:`jfb.register_solver`) or a :class:`jfb.solvers.Solver` instance.
+        tol: stopping tolerance on each sample's residual; ``None`` runs a **fixed depth** of exactly
+            ``max_iter`` evaluations with no residual computed inside the loop (status ``fixed_depth``;
+            the reported residual is that of the last step, computed once at the end).
+        max_iter: the most T evaluations (the depth, when ``tol`` is None).
+        stop_mode: ``"abs"``: ``||T(u) - u|| <= tol``; ``"rel"``: ``||T(u) - u|| / ||T(u)|| <= tol``.
+        freeze_converged: stop evaluating samples that met the tolerance (saves work on mixed
+            batches; changes batch statistics if T normalises over the batch).
+        divergence_ratio: a residual this many times its best so far counts as divergence.
+        check_every: decide on stopping (one host synchronisation) every this many iterations.
+            1 is fastest on CPU (measured); on a GPU a larger value keeps the launch queue full at
+            the price of up to ``check_every - 1`` extra iterations.
+        keep_history: keep every iteration's per-sample residuals (``SolverState.history``).
+        solver_options: options of a named solver, e.g. ``{"memory": 5}`` for Anderson.
+    """
+
+    solver: Union[str, Solver] = "anderson"
+    tol: Optional[float] = 1e-4
+    max_iter: int = 50
+    stop_mode: str = "abs"
+    freeze_converged: bool = False
+    divergence_ratio: float = 1e4
+    check_every: int = 1
+    keep_history: bool = False
+    solver_options: Mapping[str, Any] = field(default_factory=dict)
+    #: the solver instance this resolves to
+    method: Solver = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.tol is not None and (isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not self.tol > 0):
+            raise JfbError(f"tol must be a number > 0, or None for a fixed depth, got {self.tol!r}")
+        require_integer("max_iter", self.max_iter, 1)
+        require_integer("check_every", self.check_every, 1)
+        if self.stop_mode not in STOP_MODES:
+            raise unknown_name("stop_mode", self.stop_mode, STOP_MODES)
+        if isinstance(self.divergence_ratio, bool) or not isinstance(self.divergence_ratio, (int, float)) or not self.divergence_ratio > 1:
+            raise JfbError(f"divergence_ratio must be a number > 1, got {self.divergence_ratio!r}")
+        for name in ("freeze_converged", "keep_history"):
+            if not isinstance(getattr(self, name), bool):
+                raise JfbError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.solver_options, Mapping):
+            raise JfbError(f"solver_options must be a mapping of option names to values, got {self.solver_options!r}")
+        object.__setattr__(self, "solver_options", dict(self.solver_options))  # a copy the caller cannot change
+        object.__setattr__(self, "method", self._resolve_solver())
+
+    def _resolve_solver(self) -> Solver:
+        if isinstance(self.solver, Solver):
+            if self.solver_options:
+                raise JfbError("solver_options apply to a solver given by name; configure a Solver instance directly")
+            return self.solver
+        if not isinstance(self.solver, str):
+            raise JfbError(f"solver must be a registered name or a jfb.solvers.Solver instance, got {self.solver!r}")
+        return make_solver(self.solver, dict(self.solver_options))
+
+    @property
+    def fixed_depth(self) -> bool:
+        return self.tol is None
+
+    @property
+    def solver_name(self) -> str:
+        return self.solver if isinstance(self.solver, str) else (self.method.name or type(self.method).__name__)
+
+    def replace(self, **changes: Any) -> "SolveOptions":
+        """A validated copy with ``changes``; a new ``solver`` drops the old solver's options."""
+        check_names(changes)
+        if "solver" in changes and "solver_options" not in changes:
+            changes["solver_options"] = {}
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_settings(cls, **settings: Any) -> "SolveOptions":
+        """``SolveOptions(**settings)`` with unknown names reported as a JfbError naming the valid ones."""
+        check_names(settings)
+        return cls(**settings)
+
+
+def option_names() -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(SolveOptions) if f.init)
+
+
+def check_names(settings: Mapping[str, Any]) -> None:
+    for name in settings:
+        if name not in option_names():
+            raise unknown_name("solve option", name, option_names())

@@ -1,0 +1,109 @@
+"""States of any shape: one tensor or a tuple of tensors, each batch-first, seen by the solvers
+and the backward modes as one ``(batch, features)`` matrix.
+
+Norms, inner products and Anderson/Broyden mixing do not depend on the order of the features, so
+each part is flattened in its own memory order: for a single NCHW or channels-last tensor both
+directions are views (the operator keeps receiving channels-last inputs, and nothing is copied);
+a tuple is concatenated (one copy per flatten).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .errors import JfbError
+
+State = Union[Tensor, tuple[Tensor, ...]]
+
+
+class _Part:
+    """Flattening of one batch-first tensor in its memory order."""
+
+    def __init__(self, like: Tensor) -> None:
+        self.shape = tuple(like.shape[1:])
+        self.size = int(torch.Size(self.shape).numel())
+        self.channels_last = like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last)
+
+    def flatten(self, t: Tensor) -> Tensor:
+        return (t.permute(0, 2, 3, 1) if self.channels_last else t).reshape(t.shape[0], -1)
+
+    def unflatten(self, flat: Tensor) -> Tensor:
+        if self.channels_last:
+            channels, height, width = self.shape
+            return flat.view(-1, height, width, channels).permute(0, 3, 1, 2)
+        return flat.view(-1, *self.shape)
+
+
+class StateLayout:
+    """Flattens states shaped like ``like`` to ``(batch, features)`` and back; checks shapes."""
+
+    def __init__(self, like: State) -> None:
+        self.is_tuple = isinstance(like, (tuple, list))
+        tensors = tuple(like) if self.is_tuple else (like,)
+        if not tensors or not all(isinstance(t, Tensor) and t.dim() >= 1 for t in tensors):
+            raise JfbError(f"a state must be a batch-first tensor or a tuple of them, got {describe(like)}")
+        if len({t.shape[0] for t in tensors}) > 1:
+            raise JfbError(f"the tensors of a tuple state must share the batch size, got {describe(like)}")
+        self.parts = [_Part(t) for t in tensors]
+        self.sizes = [p.size for p in self.parts]
+
+    @property
+    def features(self) -> int:
+        return sum(self.sizes)
+
+    def flatten(self, state: State) -> Tensor:
+        if not self.is_tuple:
+            return self.parts[0].flatten(state)
+        return torch.cat([p.flatten(t) for p, t in zip(self.parts, state)], dim=1)
+
+    def unflatten(self, flat: Tensor) -> State:
+        if not self.is_tuple:
+            return self.parts[0].unflatten(flat)
+        return tuple(p.unflatten(chunk) for p, chunk in zip(self.parts, flat.split(self.sizes, dim=1)))
+
+    def matches(self, state: Any) -> bool:
+        """Whether ``state`` has this structure and these per-sample shapes (any batch size)."""
+        tensors = state if self.is_tuple and isinstance(state, (tuple, list)) else (state,)
+        if self.is_tuple != isinstance(state, (tuple, list)) or len(tensors) != len(self.parts):
+            return False
+        return all(isinstance(t, Tensor) and tuple(t.shape[1:]) == p.shape for p, t in zip(self.parts, tensors))
+
+
+def describe(value: Any) -> str:
+    """Shapes of a state or input for error messages: ``(2, 3)``, ``((2, 3), (2, 4, 4))``, ``dict``."""
+    if isinstance(value, Tensor):
+        return str(tuple(value.shape))
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(describe(v) for v in value) + ")"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {describe(v)}" for k, v in value.items()) + "}"
+    return type(value).__name__
+
+
+def first_tensor(x: Any) -> Tensor:
+    """The first tensor of an input (a tensor, a tuple/list or a dict of them)."""
+    if isinstance(x, Tensor):
+        return x
+    values: Sequence[Any] = list(x.values()) if isinstance(x, dict) else list(x) if isinstance(x, (tuple, list)) else []
+    for value in values:
+        if isinstance(value, Tensor):
+            return value
+    raise JfbError(f"x must be a tensor, or a tuple or dict of batch-first tensors, got {describe(x)}")
+
+
+def take_rows(x: Any, index: Tensor) -> Any:
+    """The samples ``index`` of an input: every tensor inside tuples, lists and dicts is indexed."""
+    if isinstance(x, Tensor):
+        return x[index]
+    if isinstance(x, (tuple, list)):
+        return type(x)(take_rows(item, index) for item in x)
+    if isinstance(x, dict):
+        return {key: take_rows(item, index) for key, item in x.items()}
+    return x
+
+
+def per_sample_norm(v: Tensor) -> Tensor:
+    """2-norm over all non-batch dimensions (no copy for channels-last tensors)."""
+    return torch.linalg.vector_norm(v, dim=tuple(range(1, v.dim()))) if v.dim() > 1 else v.abs()

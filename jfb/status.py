@@ -1,0 +1,25 @@
+"""One status vocabulary for forward solves, backward linear solves and the layer's statistics."""
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """Outcome of a solve; a ``str``, so ``state.status == "converged"`` holds.
+
+    Worst first: ``non_finite`` > ``diverged`` > ``max_iter`` > ``fixed_depth`` / ``converged``.
+    ``fixed_depth`` means exactly ``max_iter`` evaluations were asked for (``tol=None``) and run;
+    ``not_run`` is a backward pass that has not happened yet.
+    """
+
+    CONVERGED = "converged"
+    FIXED_DEPTH = "fixed_depth"
+    MAX_ITER = "max_iter"
+    DIVERGED = "diverged"
+    NON_FINITE = "non_finite"
+    NOT_RUN = "not_run"
+
+    @property
+    def failed(self) -> bool:
+        """Diverged or non-finite: the returned point is no fixed point."""
+        return self in (Status.DIVERGED, Status.NON_FINITE)
