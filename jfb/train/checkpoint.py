@@ -13,11 +13,11 @@ FORMAT = "torch-jfb/1"
 
 
 def prepare_run_dir(path: Path) -> Path:
-    """Create ``path`` and check that files can be written there (ValueError otherwise)."""
+    """Create ``path`` and check that files can be written there (JfbError otherwise)."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
+        probe = path / f".write-test-{os.getpid()}"  # one per process: ranks of a torchrun job probe at once
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
