@@ -33,6 +33,8 @@ def test_bench_memory_command_writes_table_and_plot(tmp_path, capsys):
     assert main(argv) == 0
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
     peak = {(r["backward"], r["max_iter"]): r["peak_mib"] for r in rows}
-    assert peak[("jfb", 40)] / peak[("jfb", 5)] <= 1.05  # the paper model: flat for JFB ...
+    # the paper model: flat for JFB (at batch 20 the peak is ~7 MiB and moves by +-0.4 MiB from run to run at
+    # any depth: measured 6.71-7.48 MiB at depths 5, 40 and 100) ...
+    assert peak[("jfb", 40)] / peak[("jfb", 5)] <= 1.15
     assert peak[("unroll", 40)] > 2 * peak[("unroll", 5)]  # ... linear for unrolled backprop
     assert "| jfb |" in (tmp_path / "memory.md").read_text() and (tmp_path / "memory.png").is_file()

@@ -119,7 +119,7 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
         "test_loss": result["eval_loss"],
         "forward_iters_mean": result["eval_forward_iters_mean"],
         "forward_iters_max": result["eval_forward_iters_max"],
-        "tol": config.eval_tol or config.tol,
+        "tol": config.solve_options(evaluation=True).tol,  # None: a fixed depth of max_iter
         "solver": config.solver,
     }
     _logger(args)(f"test accuracy {summary['test_acc']:.2f}% (loss {summary['test_loss']:.4f}) on {len(test)} images, "
