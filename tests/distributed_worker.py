@@ -4,6 +4,8 @@ step, (T evaluations, the largest per-sample iteration count among its own sampl
 ``mnist``: one pass of ``train_one_epoch`` over a small MNIST subset.
 ``lockstep``: an ImplicitLayer whose operator normalises over the batch; process 0's samples
 contract 16x faster than process 1's, so each process alone would stop at a different iteration.
+``nccl``: (one GPU, ``torchrun --nproc-per-node 1``) the nccl backend, SyncBatchNorm and DDP around
+the MNIST model, a few training steps; saves the losses.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from torch import nn
 from jfb import ImplicitLayer
 from jfb.data import Normalizer, dataset_info, load_splits, steps_per_pass
 from jfb.train import TrainConfig
-from jfb.train.distributed import start_processes, stop_processes, synchronize_batch_norm
+from jfb.train.distributed import Processes, start_processes, stop_processes, synchronize_batch_norm
 from jfb.train.loop import Position, build_from_config, make_optimizer, train_one_epoch
 
 
@@ -89,5 +91,28 @@ def train_lockstep(out: Path, options: dict) -> None:
     stop_processes(processes)
 
 
+def train_nccl(out: Path, options: dict) -> None:
+    import torch.distributed as dist
+
+    config = TrainConfig(device="cuda", limit_train=options.get("samples", 512), batch_size=128, solver="picard",
+                         fixed_depth=True, max_iter=8, channels_last=True)
+    dist.init_process_group("nccl")  # a group of one: exercises the backend, SyncBatchNorm and DDP on one GPU
+    torch.cuda.set_device(0)
+    torch.manual_seed(config.seed)
+    model = synchronize_batch_norm(build_from_config(config), "cuda")
+    engine = torch.nn.parallel.DistributedDataParallel(model, device_ids=[0])
+    split = load_splits("mnist")[0].subset(config.limit_train)
+    optimizer, scheduler = make_optimizer(config, model, steps_per_pass(len(split), config.batch_size, 1))
+    initial = [p.detach().clone() for p in model.parameters()]
+    info = dataset_info("mnist")
+    stats = train_one_epoch(engine, model, optimizer, scheduler, split, config, Normalizer(info.mean, info.std), Position(),
+                            Processes(), False, lambda position: None)
+    moved = max(float((p.detach() - q).abs().max()) for p, q in zip(model.parameters(), initial))
+    torch.save({"steps": stats.batches, "moved": moved, "accuracy": 100.0 * stats.correct / stats.samples,
+                "sync_norms": sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())}, out / "rank0.pt")
+    del engine
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    {"mnist": train_mnist, "lockstep": train_lockstep}[sys.argv[1]](Path(sys.argv[2]), json.loads(sys.argv[3]))
+    {"mnist": train_mnist, "lockstep": train_lockstep, "nccl": train_nccl}[sys.argv[1]](Path(sys.argv[2]), json.loads(sys.argv[3]))

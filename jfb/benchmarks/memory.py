@@ -48,18 +48,18 @@ def _kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _step_function(model_name: str, backward: str, dim: int, batch: int) -> Callable[[int], int]:
+def _step_function(model_name: str, backward: str, dim: int, batch: int, device: str = "cpu") -> Callable[[int], int]:
     """``step(depth)`` runs one training step with ``depth`` forward iterations and returns the depth run."""
     torch.manual_seed(0)
     if model_name == "mnist":
         from ..models import build_model
 
-        model = build_model("mnist")
+        model = build_model("mnist").to(device)
         operator, embed, head = model.operator, model.embedding, model.head
-        inputs, targets = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+        inputs, targets = torch.randn(batch, 1, 28, 28, device=device), torch.randint(0, 10, (batch,), device=device)
     else:
-        operator, embed, head = _ElementwiseOperator(dim), nn.Identity(), None
-        inputs, targets = torch.randn(batch, dim), None
+        operator, embed, head = _ElementwiseOperator(dim).to(device), nn.Identity(), None
+        inputs, targets = torch.randn(batch, dim, device=device), None
     params = [p for m in (operator, embed, head) if m is not None for p in m.parameters()]
     opt = torch.optim.SGD(params, lr=1e-3)
 
@@ -88,8 +88,24 @@ def _measure_in_this_process(model_name: str, backward: str, max_iter: int, dim:
     return {"model": model_name, "backward": backward, "max_iter": max_iter, "peak_mib": (_kib("VmHWM") - before) / 1024}
 
 
-def peak_step_memory(backward: str, max_iter: int, dim: int = 1024, batch: int = 256, model: str = "elementwise") -> float:
-    """Peak extra resident memory (MiB) of one training step, measured in a fresh subprocess."""
+def peak_cuda_step_memory(backward: str, max_iter: int, dim: int, batch: int, model: str) -> float:
+    """Peak extra GPU memory (MiB) of one training step: the CUDA allocator counts exactly, so in this process."""
+    step = _step_function(model, backward, dim, batch, "cuda")
+    step(2)  # warm-up: gradient buffers, optimiser state, autograd engine
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    depth = step(max_iter)
+    if depth != max_iter:
+        raise RuntimeError(f"the solve stopped after {depth} of {max_iter} iterations; the measurement needs all of them")
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def peak_step_memory(backward: str, max_iter: int, dim: int = 1024, batch: int = 256, model: str = "elementwise",
+                     device: str = "cpu") -> float:
+    """Peak extra memory (MiB) of one training step: resident memory in a fresh subprocess, or GPU memory."""
+    if device == "cuda":
+        return peak_cuda_step_memory(backward, max_iter, dim, batch, model)
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "jfb.benchmarks.memory", "--child", model, backward, str(max_iter), str(dim), str(batch)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -98,13 +114,14 @@ def peak_step_memory(backward: str, max_iter: int, dim: int = 1024, batch: int =
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"])
 
 
-def memory_table(out_dir: Path, depths: list[int], modes: list[str], model: str, batch: int, log=print) -> list[dict]:
+def memory_table(out_dir: Path, depths: list[int], modes: list[str], model: str, batch: int, log=print, device: str = "cpu") -> list[dict]:
     """Peak memory for every (mode, depth); writes memory.csv, memory.md and a log-log memory.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for mode in modes:
         for depth in depths:
-            rows.append({"backward": mode, "max_iter": depth, "peak_mib": round(peak_step_memory(mode, depth, batch=batch, model=model), 2)})
+            peak = peak_step_memory(mode, depth, batch=batch, model=model, device=device)
+            rows.append({"backward": mode, "max_iter": depth, "device": device, "peak_mib": round(peak, 2)})
             log(f"{mode:>12} depth {depth:>4}: {rows[-1]['peak_mib']:.2f} MiB")
     (out_dir / "memory.csv").write_text(csv_text(rows))
     header = "| backward | " + " | ".join(f"depth {d}" for d in depths) + " | ratio deepest/shallowest |\n"

@@ -4,74 +4,126 @@ The paper's MNIST model, batch 100 by default, a fixed depth of exactly K forwar
 (Picard, ``tol=None``, checked). For each K and backward mode, our step (ImplicitClassifier
 forward, loss, backward, Adam step) and the floor's (:mod:`jfb.benchmarks.floor`) run
 alternately on their own copies of the same model, so machine noise hits both; the ratio is
-of the medians of ``repeats`` timed steps after ``warmup`` untimed ones.
+of the medians of ``repeats`` timed steps after ``warmup`` untimed ones. Both run on the same
+device, under the same autocast precision and, with ``compile``, with the same modules compiled
+(the embedding, the operator and the head); on a GPU each timed step ends with a synchronisation.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 import torch
 from torch import nn
 
+from ..errors import JfbError, unknown_name
 from ..models import build_model
 from ..tables import csv_text
 from .floor import floor_step
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-def _our_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    loss = nn.functional.cross_entropy(model(images), labels)
+
+@dataclass(frozen=True)
+class StepSetting:
+    """Where and how a step runs: ``device`` (cpu, cuda), autocast ``precision`` (fp32, bf16, fp16), ``compile``."""
+
+    device: str = "cpu"
+    precision: str = "fp32"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise unknown_name("precision", self.precision, PRECISIONS)
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise JfbError(f"device {self.device!r} asked for, but torch.cuda.is_available() is False")
+
+    def autocast(self) -> ContextManager:
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(self.device).type, dtype=dtype)
+
+    def synchronize(self) -> None:
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.synchronize()
+
+
+def _our_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+              setting: StepSetting) -> torch.Tensor:
+    with setting.autocast():
+        loss = nn.functional.cross_entropy(model(images), labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss.detach()
 
 
-def _timed(step: Callable[[], object]) -> float:
+def _timed(step: Callable[[], object], setting: StepSetting) -> float:
     started = time.perf_counter()
     step()
+    setting.synchronize()
     return time.perf_counter() - started
 
 
-def compare_steps(iterations: int, backward: str, batch: int, repeats: int, warmup: int, seed: int = 0) -> dict:
+def _compiled(model: nn.Module) -> None:
+    """Compile the embedding, the operator and the head in place (the solver loop stays in Python)."""
+    model.embedding, model.head = torch.compile(model.embedding), torch.compile(model.head)
+    model.implicit.operator = torch.compile(model.implicit.operator)
+
+
+def compare_steps(iterations: int, backward: str, batch: int, repeats: int, warmup: int, seed: int = 0,
+                  setting: StepSetting = StepSetting()) -> dict:
     """Median ms per step for ours and the floor, interleaved step by step."""
     torch.manual_seed(seed)
-    ours = build_model("mnist", solver="picard", backward=backward, tol=None, max_iter=iterations, on_failure="raise")
+    ours = build_model("mnist", solver="picard", backward=backward, tol=None, max_iter=iterations, on_failure="raise").to(setting.device)
     floor = copy.deepcopy(ours)
-    images, labels = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    if setting.compile:
+        _compiled(ours), _compiled(floor)
+    images = torch.randn(batch, 1, 28, 28, device=setting.device)
+    labels = torch.randint(0, 10, (batch,), device=setting.device)
     our_opt, floor_opt = torch.optim.Adam(ours.parameters(), 1e-3), torch.optim.Adam(floor.parameters(), 1e-3)
     ours.train(), floor.train()
-    run_ours = lambda: _our_step(ours, our_opt, images, labels)  # noqa: E731
-    run_floor = lambda: floor_step(floor.embedding, floor.operator, floor.head, floor_opt, images, labels, iterations)  # noqa: E731
+    run_ours = lambda: _our_step(ours, our_opt, images, labels, setting)  # noqa: E731
+
+    def run_floor() -> torch.Tensor:
+        with setting.autocast():
+            return floor_step(floor.embedding, floor.operator, floor.head, floor_opt, images, labels, iterations)
+
     times: dict[str, list[float]] = {"ours": [], "floor": []}
     for i in range(warmup + repeats):
         pair = (("ours", run_ours), ("floor", run_floor)) if i % 2 == 0 else (("floor", run_floor), ("ours", run_ours))
         for name, step in pair:
-            elapsed = _timed(step)
+            elapsed = _timed(step, setting)
             if i >= warmup:
                 times[name].append(elapsed)
     stats = ours.implicit.last_stats
     if stats.forward.t_evals != iterations or stats.status != "fixed_depth":
         raise RuntimeError(f"expected a fixed depth of {iterations} forward iterations, ran {stats.forward.t_evals} ({stats.status})")
     ours_ms, floor_ms = 1000 * statistics.median(times["ours"]), 1000 * statistics.median(times["floor"])
-    return {"K": iterations, "backward": backward, "batch": batch, "repeats": repeats,
-            "ours_ms": ours_ms, "floor_ms": floor_ms, "ratio": ours_ms / floor_ms}
+    return {"K": iterations, "backward": backward, "batch": batch, "device": setting.device, "precision": setting.precision,
+            "compile": setting.compile, "repeats": repeats, "ours_ms": ours_ms, "floor_ms": floor_ms, "ratio": ours_ms / floor_ms}
 
 
-def step_table(out: Path, ks: list[int], modes: list[str], batch: int, repeats: int, warmup: int, log=print) -> list[dict]:
+def step_table(out: Path, ks: list[int], modes: list[str], batch: int, repeats: int, warmup: int, log=print,
+               settings: tuple[StepSetting, ...] = (StepSetting(),)) -> list[dict]:
     rows = []
-    for k in ks:
-        for mode in modes:
-            row = compare_steps(k, mode, batch, repeats, warmup)
-            log(json.dumps(row))
-            rows.append(row)
+    for setting in settings:
+        for k in ks:
+            for mode in modes:
+                row = compare_steps(k, mode, batch, repeats, warmup, setting=setting)
+                log(json.dumps(row))
+                rows.append(row)
     (out / "step.csv").write_text(csv_text(rows))
-    lines = ["| K | backward | ours (ms) | floor (ms) | ours / floor |", "|---|---|---|---|---|"]
-    lines += [f"| {r['K']} | {r['backward']} | {r['ours_ms']:.1f} | {r['floor_ms']:.1f} | {r['ratio']:.3f} |" for r in rows]
+    lines = ["| device | precision | compile | K | backward | ours (ms) | floor (ms) | ours / floor |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['device']} | {r['precision']} | {'yes' if r['compile'] else 'no'} | {r['K']} | {r['backward']} | "
+              f"{r['ours_ms']:.1f} | {r['floor_ms']:.1f} | {r['ratio']:.3f} |" for r in rows]
     (out / "step.md").write_text("\n".join(lines) + f"\n\nbatch {batch}, medians of {repeats} steps after {warmup} warm-up steps, "
-                                 f"{torch.get_num_threads()} threads\n")
+                                 f"{torch.get_num_threads()} CPU threads\n")
     return rows

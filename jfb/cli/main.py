@@ -104,7 +104,8 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     from ..data import Normalizer, dataset_info, load_splits
     from ..train import evaluate, restore_model
 
-    overrides = {name: getattr(args, name) for name in ("tol", "max_iter", "solver", "batch_size", "limit_test", "data_dir") if getattr(args, name) is not None}
+    overrides = {name: getattr(args, name) for name in ("tol", "max_iter", "solver", "batch_size", "limit_test", "data_dir", "device")
+                 if getattr(args, name) is not None}
     if args.tol is not None:
         overrides["eval_tol"] = args.tol
     model, config = restore_model(Path(args.checkpoint), overrides)
@@ -178,18 +179,29 @@ def cmd_bench_memory(args: argparse.Namespace) -> dict[str, Any]:
     out = prepare_run_dir(Path(args.out))
     depths = [int(d) for d in args.depths.split(",")]
     modes = args.methods.split(",")
-    rows = memory_table(out, depths, modes, args.model, args.batch_size, log=_logger(args))
+    rows = memory_table(out, depths, modes, args.model, args.batch_size, log=_logger(args), device=args.device)
     _logger(args)((out / "memory.md").read_text())
     return {"rows": rows, "out": str(out)}
 
 
 def cmd_bench_step(args: argparse.Namespace) -> dict[str, Any]:
-    from ..benchmarks.step import step_table
+    from ..benchmarks.step import StepSetting, step_table
 
     out = prepare_run_dir(Path(args.out))
     ks = [int(k) for k in args.ks.split(",")]
-    rows = step_table(out, ks, args.methods.split(","), args.batch_size, args.repeats, args.warmup, log=_logger(args))
+    settings = tuple(StepSetting(args.device, precision, args.compile) for precision in args.precision.split(","))
+    rows = step_table(out, ks, args.methods.split(","), args.batch_size, args.repeats, args.warmup, log=_logger(args), settings=settings)
     _logger(args)((out / "step.md").read_text())
+    return {"rows": rows, "out": str(out)}
+
+
+def cmd_bench_epoch(args: argparse.Namespace) -> dict[str, Any]:
+    from ..benchmarks.epoch import epoch_table
+
+    config = _train_config(args, args.target)
+    out = prepare_run_dir(Path(args.out))
+    rows = epoch_table(config, args.samples, args.precision.split(","), out, log=_logger(args))
+    _logger(args)((out / "epoch.md").read_text())
     return {"rows": rows, "out": str(out)}
 
 
@@ -235,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, dest="batch_size")
     p.add_argument("--limit-test", type=int, dest="limit_test")
     p.add_argument("--data-dir", dest="data_dir")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: the device the checkpoint was trained on")
     p.set_defaults(run=cmd_eval)
 
     p = command("import-reference", "Convert a checkpoint published by the paper's authors (no pickled code runs).")
@@ -279,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="jfb,ift:cg,neumann:4,unroll")
     p.add_argument("--model", default="mnist", choices=["mnist", "elementwise"])
     p.add_argument("--batch-size", type=int, default=100, dest="batch_size")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cpu: resident memory; cuda: GPU memory")
     p.set_defaults(run=cmd_bench_memory)
 
     p = bench_command("step", "ms per training step vs a hand-written PyTorch floor, interleaved, medians.")
@@ -288,7 +302,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=100, dest="batch_size")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (ours and the floor run on the same device)")
+    p.add_argument("--precision", default="fp32", help="autocast precisions to time, comma-separated: fp32, bf16, fp16")
+    p.add_argument("--compile", action="store_true", help="torch.compile the embedding, operator and head (ours and the floor)")
     p.set_defaults(run=cmd_bench_step)
+
+    p = bench_command("epoch", "One training epoch on synthetic data of a dataset's shape (time only; e.g. CIFAR-10 offline).")
+    p.add_argument("target", help="mnist, svhn, cifar10, or a .toml config file")
+    p.add_argument("--out", default="runs/bench-epoch")
+    p.add_argument("--samples", type=int, default=50_000, help="random images in the epoch")
+    p.add_argument("--precision", default="fp32", help="autocast precisions to time, comma-separated: fp32, bf16, fp16")
+    _add_train_options(p)
+    p.set_defaults(run=cmd_bench_epoch)
 
     p = bench_command("solvers", "T evaluations and time for each forward solver to reach tol on a trained model.")
     p.add_argument("checkpoint")

@@ -45,7 +45,7 @@ def solve_flat(F: FlatOperator, x0: Tensor, options: SolveOptions, agree: Option
     state = solver.init(x0)
     x, fx, active = x0, x0, None
     for step in range(1, options.max_iter + 1):
-        fx = F(x, None) if active is None else fx.index_copy(0, active, F(x[active], active))
+        fx = F(x, None) if active is None else fx.index_copy(0, active, F(x[active], active).to(fx.dtype))
         tracker.record(x, fx, step, active)
         if step == options.max_iter:
             break

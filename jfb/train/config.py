@@ -14,8 +14,8 @@ from ..solvers import SolveOptions
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 DEVICES = ("cpu", "cuda")
-#: options a resumed run may change
-RUNTIME_OPTIONS = ("threads", "checkpoint_every", "data_dir")
+#: options a resumed run may change (a run may move between CPU and GPU; bit-identity holds only on one device)
+RUNTIME_OPTIONS = ("threads", "checkpoint_every", "data_dir", "device")
 
 
 @dataclass
