@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from ..data import Normalizer, batches, dataset_info, load_splits
+from ..data import batches, load_splits
 from ..tables import csv_text
-from ..train import restore_model
+from ..train import input_normalizer, restore_model
 
 
 @torch.no_grad()
@@ -26,12 +26,11 @@ def solver_table(checkpoint: Path, out: Path, solvers: list[str], tol: float, st
     model, config = restore_model(checkpoint)
     model.eval()
     layer = model.implicit
-    info = dataset_info(config.dataset)
     test = load_splits(config.dataset, config.data_dir, seed=config.seed)[2].subset(n_batches * batch_size)
     evals: dict[str, list[int]] = {s: [] for s in solvers}
     times: dict[str, list[float]] = {s: [] for s in solvers}
     converged: dict[str, list[float]] = {s: [] for s in solvers}
-    for inputs, _ in batches(test, batch_size, Normalizer(info.mean, info.std)):
+    for inputs, _ in batches(test, batch_size, input_normalizer(config)):
         q = model.embedding(inputs)
         for name in solvers:
             started = time.perf_counter()

@@ -101,8 +101,8 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
-    from ..data import Normalizer, dataset_info, load_splits
-    from ..train import evaluate, restore_model
+    from ..data import load_splits
+    from ..train import evaluate, input_normalizer, restore_model
 
     overrides = {name: getattr(args, name) for name in ("tol", "max_iter", "solver", "batch_size", "limit_test", "data_dir", "device")
                  if getattr(args, name) is not None}
@@ -111,8 +111,7 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     model, config = restore_model(Path(args.checkpoint), overrides)
     _, _, test = load_splits(config.dataset, config.data_dir, seed=config.seed)
     test = test.subset(config.limit_test)
-    info = dataset_info(config.dataset)
-    result = evaluate(model, test, config, Normalizer(info.mean, info.std), progress=not args.no_progress, desc="test")
+    result = evaluate(model, test, config, input_normalizer(config), progress=not args.no_progress, desc="test")
     summary = {
         "checkpoint": args.checkpoint,
         "samples": len(test),
@@ -129,15 +128,18 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_import_reference(args: argparse.Namespace) -> dict[str, Any]:
-    from ..models.reference import load_reference
+    from ..models.reference import REFERENCE_DATASETS, as_explicit, load_reference
     from ..train import TrainConfig, save_checkpoint
 
     arch, state, info = load_reference(args.path, args.dataset)
-    dataset = {"mnist-reference": "mnist", "cifar10-small": "cifar10"}.get(arch, arch)
-    config = TrainConfig(dataset=dataset, arch=arch, solver="picard", tol=1e-3, stop_mode="abs", max_iter=50)
-    save_checkpoint(Path(args.out), {"config": config.to_dict(), "model": state, "imported_from": info["source"]})
-    _logger(args)(f"converted {args.path} ({arch}, reported test accuracy {info['reported_test_accuracy']}) to {args.out}")
-    return {"architecture": arch, "out": args.out, **info}
+    kind = args.model or info["kind"]
+    # evaluation solves to a tight tolerance (Anderson, rel 1e-4); an explicit twin is T once from u = 0, then S
+    config = TrainConfig(dataset=REFERENCE_DATASETS[arch], arch=arch, model=kind, explicit_depth=1, solver="anderson",
+                         tol=1e-4, stop_mode="rel", max_iter=100)
+    save_checkpoint(Path(args.out), {"config": config.to_dict(), "model": as_explicit(state) if kind == "explicit" else state,
+                                     "imported_from": info["source"]})
+    _logger(args)(f"converted {args.path} ({kind} {arch}, reported test accuracy {info['reported_test_accuracy']}) to {args.out}")
+    return {"architecture": arch, "out": args.out, **info, "kind": kind}
 
 
 def cmd_toy(args: argparse.Namespace) -> dict[str, Any]:
@@ -254,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--out", required=True)
     p.add_argument("--dataset", choices=["mnist", "svhn", "cifar10"], help="needed when the file name does not say")
+    p.add_argument("--model", choices=["implicit", "explicit"], help="default: explicit when the file name says 'Explicit'")
     p.set_defaults(run=cmd_import_reference)
 
     p = command("toy", "Learn T for the paper's toy problem y = d + y^5 by JFB and compare with the true solution.")

@@ -17,10 +17,10 @@ from torch import nn
 
 from ..backward import IFT
 from ..contraction import lipschitz_estimate
-from ..data import Normalizer, batches, dataset_info, load_splits
+from ..data import batches, load_splits
 from ..layer import ImplicitLayer
 from ..models import ImplicitClassifier
-from ..train import restore_model
+from ..train import input_normalizer, restore_model
 from ..errors import JfbError
 
 NEUMANN_ORDERS = (0, 1, 2, 4, 8)
@@ -38,10 +38,9 @@ def diagnose(checkpoint_path: Path, out_dir: Path, n_batches: int = 5, batch_siz
     if not isinstance(model, ImplicitClassifier):
         raise JfbError(f"{checkpoint_path}: diagnose needs an implicit model, not {config.model!r}")
     model.eval()
-    info = dataset_info(config.dataset)
     _, _, test = load_splits(config.dataset, config.data_dir, seed=config.seed)
     rows = []
-    for index, (inputs, labels) in enumerate(batches(test, batch_size, Normalizer(info.mean, info.std))):
+    for index, (inputs, labels) in enumerate(batches(test, batch_size, input_normalizer(config))):
         if index == n_batches:
             break
         true = _gradient(model, IFT("gmres", tol=1e-6, max_iter=300), inputs, labels, 1e-6, 300)

@@ -17,13 +17,15 @@ def activation() -> nn.Module:
 
 
 class ConvPoolEmbedding(nn.Module):
-    """Q for MNIST: (conv 3x3 -> BatchNorm -> LeakyReLU -> 2x2 max-pool) per stage."""
+    """Q for MNIST: (conv 3x3 -> BatchNorm -> LeakyReLU -> max-pool of ``pools[i]``, none when 1) per stage."""
 
-    def __init__(self, channels: list[int]) -> None:
+    def __init__(self, channels: list[int], pools: tuple[int, ...] = (2, 2)) -> None:
         super().__init__()
+        if len(pools) != len(channels) - 1:
+            raise JfbError(f"one pooling size per stage: {len(channels) - 1} stages, pools {pools}")
         self.stages = nn.ModuleList(
-            nn.Sequential(conv3x3(c_in, c_out), nn.BatchNorm2d(c_out), activation(), nn.MaxPool2d(2))
-            for c_in, c_out in zip(channels, channels[1:])
+            nn.Sequential(conv3x3(c_in, c_out), nn.BatchNorm2d(c_out), activation(), *([nn.MaxPool2d(pool)] if pool > 1 else []))
+            for c_in, c_out, pool in zip(channels, channels[1:], pools)
         )
 
     def forward(self, d: Tensor) -> Tensor:
@@ -33,7 +35,8 @@ class ConvPoolEmbedding(nn.Module):
 
 
 class ResidualStage(nn.Module):
-    """A basic ResNet block; the shortcut is parameter-free (subsample + zero channels) when shapes change."""
+    """A basic ResNet block; the shortcut is parameter-free when shapes change: subsample by the stride
+    and add zero channels, half before and half after the existing ones."""
 
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
@@ -47,8 +50,9 @@ class ResidualStage(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.bn2(self.conv2(self.act(self.bn1(self.conv1(x)))))
         shortcut = x[:, :, :: self.stride, :: self.stride]
-        if self.extra_channels:
-            shortcut = nn.functional.pad(shortcut, (0, 0, 0, 0, 0, self.extra_channels))
+        if self.extra_channels:  # zero channels on both sides, as in the authors' (and the CIFAR ResNets') "option A"
+            front = self.extra_channels // 2
+            shortcut = nn.functional.pad(shortcut, (0, 0, 0, 0, front, self.extra_channels - front))
         return self.act(out + shortcut)
 
 
@@ -67,16 +71,19 @@ class ResNetEmbedding(nn.Module):
 
 
 class LatentBlock(nn.Module):
-    """One residual branch of R: conv -> LeakyReLU -> conv -> LeakyReLU."""
+    """One residual branch of R: conv -> LeakyReLU -> conv -> LeakyReLU (twice with ``double_activation``,
+    as in the authors' published models: negative values then scaled by the slope squared)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, double_activation: bool = False) -> None:
         super().__init__()
         self.conv1 = conv3x3(channels, channels)
         self.conv2 = conv3x3(channels, channels)
         self.act = activation()
+        self.double_activation = double_activation
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.act(self.conv2(self.act(self.conv1(z))))
+        out = self.act(self.conv2(self.act(self.conv1(z))))
+        return self.act(out) if self.double_activation else out
 
 
 class LatentOperator(nn.Module):
@@ -86,11 +93,11 @@ class LatentOperator(nn.Module):
     parameters (BatchNorm inside T, as in the paper); ``gamma`` < 1 scales the output.
     """
 
-    def __init__(self, channels: int, blocks: int, gamma: float, batch_norm: bool = True) -> None:
+    def __init__(self, channels: int, blocks: int, gamma: float, batch_norm: bool = True, double_activation: bool = False) -> None:
         super().__init__()
         if not 0 < gamma <= 1:
             raise JfbError(f"gamma must be in (0, 1], got {gamma!r}")
-        self.blocks = nn.ModuleList(LatentBlock(channels) for _ in range(blocks))
+        self.blocks = nn.ModuleList(LatentBlock(channels, double_activation) for _ in range(blocks))
         self.norms = nn.ModuleList(
             (nn.BatchNorm2d(channels, affine=False) if batch_norm else nn.Identity()) for _ in range(blocks)
         )

@@ -1,6 +1,9 @@
 """Convert the paper authors' published checkpoints (``*_FPN_*.pth``) to our parameter names.
 
-The architecture is recognised from the keys; every key is renamed by an explicit table and
+The architecture is recognised from the keys (``mnist-reference``, or ``svhn-reference`` /
+``cifar10-reference`` by the file name); the kind from the file name: the authors' explicit twins
+have the implicit file's keys and shapes, and only ``Explicit`` in the name tells them apart
+(evaluated as one application of T from u = 0, then S). Every key is renamed by an explicit table and
 checked against the model we build (strict: no missing, unexpected or mis-shaped tensor). The
 SVHN / CIFAR-10 files hold two BatchNorm layers (``bn_1``, ``bn_2``) that their network never
 used (``num_batches_tracked == 0``); they are dropped after checking exactly that.
@@ -47,9 +50,9 @@ def recognise(keys: list[str], hint: str = "") -> str:
         return "mnist-reference"
     if "layer1.0.conv_d1.weight" in keys:
         if "cifar" in hint.lower():
-            return "cifar10-small"
+            return "cifar10-reference"
         if "svhn" in hint.lower():
-            return "svhn"
+            return "svhn-reference"
         raise JfbError("SVHN and CIFAR-10 reference checkpoints share one architecture; pass the dataset (svhn or cifar10)")
     raise JfbError(f"not a recognised reference checkpoint (first keys: {keys[:4]})")
 
@@ -97,4 +100,14 @@ def load_reference(path: Union[str, Path], dataset: Optional[str] = None) -> tup
     if missing or unexpected or wrong:
         raise JfbError(f"{path}: keys do not match {arch!r}: missing {missing}, unexpected {unexpected}, wrong shapes {wrong}")
     accuracy = content.get("test_acc_hist") or []
-    return arch, state, {"source": str(path), "reported_test_accuracy": accuracy[-1] if accuracy else None}
+    return arch, state, {"source": str(path), "reported_test_accuracy": accuracy[-1] if accuracy else None,
+                         "kind": "explicit" if "explicit" in path.name.lower() else "implicit"}
+
+
+def as_explicit(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The converted state dict for the explicit twin (:class:`~jfb.models.ExplicitClassifier` keys)."""
+    return {key.replace("implicit.operator.", "operator.", 1): value for key, value in state.items()}
+
+
+#: the dataset each reference architecture was trained on
+REFERENCE_DATASETS = {"mnist-reference": "mnist", "svhn-reference": "svhn", "cifar10-reference": "cifar10"}

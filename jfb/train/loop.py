@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from ..data import Normalizer, Split, batches, dataset_info, load_splits, steps_per_pass
 from ..errors import JfbError
-from ..models import ImplicitClassifier, build_model, count_parameters
+from ..models import ImplicitClassifier, architecture, build_model, count_parameters
 from .checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint
 from .config import TrainConfig
 from .distributed import Processes, main_process_only, start_processes, stop_processes, synchronize_batch_norm
@@ -261,6 +261,13 @@ def build_from_config(config: TrainConfig) -> nn.Module:
     return model.to(config.device, memory_format=_memory_format(config))
 
 
+def input_normalizer(config: TrainConfig) -> Normalizer:
+    """The input statistics: the architecture's own where it has them (the authors' CIFAR-10 model), else the dataset's."""
+    info = dataset_info(config.dataset)
+    mean, std = architecture(config.architecture).normalization or (info.mean, info.std)
+    return Normalizer(mean, std)
+
+
 def _memory_format(config: TrainConfig) -> torch.memory_format:
     return torch.channels_last if config.channels_last else torch.contiguous_format
 
@@ -296,11 +303,10 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, log
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(config.seed)
 
-    info = dataset_info(config.dataset)
     train_split, val_split, test_split = load_splits(config.dataset, config.data_dir, seed=config.seed)
     train_split, test_split = train_split.subset(config.limit_train), test_split.subset(config.limit_test)
     val_split = val_split.subset(config.limit_test)
-    normalize = Normalizer(info.mean, info.std)
+    normalize = input_normalizer(config)
 
     model = build_from_config(config)
     if processes.distributed:
