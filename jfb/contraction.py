@@ -7,17 +7,21 @@
   spectral-norm parametrisation. For convolutions it normalises the reshaped kernel matrix,
   which bounds but does not equal the convolution's operator norm.
 * :func:`lipschitz_estimate` estimates ``||dT/du||_2`` at a point per sample by power iteration.
+* :func:`rescale_to_lipschitz` is the paper's contraction control for its Jacobian-based runs:
+  estimate T's Lipschitz ratio on a batch from random perturbations, and shrink chosen layers
+  when it exceeds ``gamma``.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .backward.jacobian import JacobianProducts
-from .state import per_sample_norm
 from .errors import JfbError
+from .frozen import frozen_running_stats
+from .state import per_sample_norm
 
 
 class GammaScaled(nn.Module):
@@ -64,6 +68,34 @@ def lipschitz_estimate(operator: Callable[[Tensor, Any], Tensor], u: Tensor, x: 
             sigma = per_sample_norm(w).sqrt()
             v = w / _expand(per_sample_norm(w).clamp_min(torch.finfo(u.dtype).tiny), w)
     return sigma.detach()
+
+
+@torch.no_grad()
+def rescale_to_lipschitz(operator: Callable[[Tensor, Any], Tensor], u: Tensor, x: Tensor, gamma: float, modules: Sequence[nn.Module],
+                         power: Optional[float] = None) -> tuple[float, float]:
+    """Shrink ``modules`` when ``T`` looks more than ``gamma``-Lipschitz on this batch; ``(ratio, factor)``.
+
+    The ratio ``sum_i ||T(w_i, x'_i) - T(u_i, x'_i)|| / sum_i ||w_i - u_i||`` is measured with
+    ``w = u + N(0, 1)`` and ``x' = x + N(0, 1)`` (so it averages over the samples of the batch);
+    when it exceeds ``gamma`` the weights and biases of every module are multiplied by
+    ``(gamma / ratio) ** power`` (default ``1 / len(modules)``). For a residual operator this is
+    approximate (the identity part is not scaled), and repeated every step it settles near gamma.
+    Running statistics are not touched. One host synchronisation.
+    """
+    if not gamma > 0 or not modules:
+        raise JfbError(f"rescale_to_lipschitz needs gamma > 0 and modules to scale, got gamma={gamma!r}, {len(modules)} modules")
+    w, x_perturbed = u + torch.randn_like(u), x + torch.randn_like(x)
+    with frozen_running_stats(operator):
+        moved = per_sample_norm(operator(w, x_perturbed) - operator(u, x_perturbed)).sum()
+    ratio = float(moved / per_sample_norm(w - u).sum())
+    if ratio <= gamma:
+        return ratio, 1.0
+    factor = (gamma / ratio) ** (power if power is not None else 1 / len(modules))
+    for module in modules:
+        module.weight.mul_(factor)
+        if getattr(module, "bias", None) is not None:
+            module.bias.mul_(factor)
+    return ratio, factor
 
 
 def _expand(per_sample: Tensor, like: Tensor) -> Tensor:

@@ -54,3 +54,42 @@ def test_spectral_norm_vectors_are_frozen_during_the_solve():
     assert torch.equal(before, vector)  # no power-iteration step inside the solve
     layer(torch.randn(4, 8)).sum().backward()
     assert not torch.equal(before, vector)  # one step, by the final application with grad
+
+
+class _LinearWithNorm(torch.nn.Module):
+    """T(u, x) = W u + x, plus a BatchNorm on the side whose statistics must stay untouched."""
+
+    def __init__(self, gain: float) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(16, 16, bias=False)
+        with torch.no_grad():
+            self.linear.weight.copy_(gain * torch.linalg.qr(torch.randn(16, 16))[0])  # an orthogonal matrix times gain
+        self.norm = torch.nn.BatchNorm1d(16)
+
+    def forward(self, u, x):
+        self.norm(u)
+        return self.linear(u) + x
+
+
+def test_rescale_to_lipschitz_brings_the_ratio_to_gamma_and_leaves_contractions_alone():
+    torch.manual_seed(0)
+    op = _LinearWithNorm(gain=2.0)
+    u, x = torch.zeros(256, 16), torch.randn(256, 16)
+    ratio, factor = jfb.contraction.rescale_to_lipschitz(op, u, x, 0.5, [op.linear])
+    assert abs(ratio - 2.0) < 1e-4 and abs(factor - 0.25) < 1e-4  # an orthogonal map times 2 stretches every vector 2x
+    again, unchanged = jfb.contraction.rescale_to_lipschitz(op, u, x, 0.5, [op.linear])
+    assert abs(again - 0.5) < 1e-4 and unchanged == 1.0
+    assert int(op.norm.num_batches_tracked) == 0
+
+
+def test_the_latent_operator_rescales_every_conv_by_the_root_over_blocks():
+    from jfb.models.blocks import LatentOperator
+
+    torch.manual_seed(0)
+    op = LatentOperator(8, blocks=2, gamma=0.5, batch_norm=False)
+    before = [conv.weight.clone() for block in op.blocks for conv in (block.conv1, block.conv2)]
+    q = torch.randn(4, 8, 5, 5)
+    ratio, factor = op.rescale_to_lipschitz(torch.zeros_like(q), q)
+    assert ratio > 0.5 and abs(factor - (0.5 / ratio) ** 0.5) < 1e-6
+    after = [conv.weight for block in op.blocks for conv in (block.conv1, block.conv2)]
+    assert all(torch.allclose(a, factor * b) for a, b in zip(after, before))

@@ -18,6 +18,7 @@ from ..train.checkpoint import prepare_run_dir
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEMO_EPOCHS = 3  # of the packaged MNIST config
+DEFAULT_COMPARE_METHODS = "jfb,ift:cg,neumann:1,neumann:2,neumann:4"
 
 
 class CliError(Exception):
@@ -152,15 +153,16 @@ def cmd_toy(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
-    from ..experiments.compare import COMPARISON_SOLVE, run_compare
+    from ..experiments.compare import COMPARISON_SOLVE, PAPER_SETTING, run_compare
 
-    base = {**_config_from_target(args.target)[0], **COMPARISON_SOLVE}
+    base = {**_config_from_target(args.target)[0], **(PAPER_SETTING if args.paper_setting else COMPARISON_SOLVE)}
     for name in ("epochs", "limit_train", "limit_test", "max_iter", "seed", "batch_size", "tol"):
         if getattr(args, name) is not None:
             base[name] = getattr(args, name)
     out = prepare_run_dir(Path(args.out))
-    methods = args.methods.split(",")
-    rows = run_compare(base, methods, out, ift_batch_norm=args.ift_batch_norm, progress=not args.no_progress, log=_logger(args), field=args.vary)
+    methods = (args.methods or ("jfb,ift:cg" if args.paper_setting else DEFAULT_COMPARE_METHODS)).split(",")
+    rows = run_compare(base, methods, out, ift_batch_norm=args.ift_batch_norm, progress=not args.no_progress, log=_logger(args),
+                       field=args.vary, paper_setting=args.paper_setting)
     reduced = {k: base[k] for k in ("epochs", "limit_train", "limit_test") if base.get(k) is not None}
     _logger(args)((out / "compare.md").read_text() + (f"budget reduced from the paper's runs: {reduced}" if reduced else ""))
     return {"rows": rows, "out": str(out), "budget": reduced}
@@ -267,7 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("compare", "Train the same model from the same seed with each backward mode (the paper's Table 2).")
     p.add_argument("target", help="mnist, svhn, cifar10, or a .toml config file")
-    p.add_argument("--methods", default="jfb,ift:cg,neumann:1,neumann:2,neumann:4", help="the values of --vary to compare (ift:cg is the paper's Jacobian-based method)")
+    p.add_argument("--methods", help=f"the values of --vary to compare (default {DEFAULT_COMPARE_METHODS}; jfb,ift:cg with --paper-setting)")
+    p.add_argument("--paper-setting", action="store_true", dest="paper_setting",
+                   help="the authors' Jacobian-based MNIST setting for every row; ift rows without latent BN, with the Lipschitz "
+                        "rescale and CG to a relative tolerance of 0.1")
     p.add_argument("--vary", default="backward", choices=["backward", "solver"], help="compare backward modes (default) or forward solvers")
     p.add_argument("--out", default="runs/compare")
     p.add_argument("--ift-batch-norm", action="store_true", help="keep latent BatchNorm in the ift runs too")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from ..contraction import rescale_to_lipschitz
 from ..errors import JfbError
 
 ACTIVATION_SLOPE = 0.1
@@ -108,6 +109,12 @@ class LatentOperator(nn.Module):
         for block, norm in zip(self.blocks, self.norms):
             z = norm(z + block(z))
         return self.gamma * z
+
+    def rescale_to_lipschitz(self, u: Tensor, q: Tensor) -> tuple[float, float]:
+        """The paper's contraction control (Jacobian-based runs): every latent conv times
+        ``(gamma / ratio) ** (1 / blocks)`` when the measured ratio exceeds gamma."""
+        convs = [conv for block in self.blocks for conv in (block.conv1, block.conv2)]
+        return rescale_to_lipschitz(self, u, q, self.gamma, convs, power=1 / len(self.blocks))
 
 
 class ConvLinearHead(nn.Module):

@@ -25,6 +25,8 @@ class TrainConfig:
     model: str = "implicit"  # or "explicit" (the same layers, R applied explicit_depth times)
     explicit_depth: int = 3
     latent_batch_norm: bool = True
+    gamma: Optional[float] = None  # the latent operator's output scale; default the architecture's
+    lipschitz_rescale: bool = False  # before each training solve, shrink the latent convs if T is not gamma-Lipschitz on the batch
     solver: str = "anderson"
     backward: str = "jfb"
     tol: float = 1e-2
@@ -76,6 +78,10 @@ class TrainConfig:
             (self.limit_train is None or self.limit_train >= 1, "limit_train", "an integer >= 1"),
             (self.limit_test is None or self.limit_test >= 1, "limit_test", "an integer >= 1"),
         ]
+        if self.gamma is not None and not 0 < self.gamma <= 1:
+            raise JfbError(f"gamma must be in (0, 1], got {self.gamma!r}")
+        if self.lipschitz_rescale and self.model != "implicit":
+            raise JfbError("lipschitz_rescale needs model 'implicit' (it keeps the fixed-point operator contractive)")
         if self.warm_start and self.model != "implicit":
             raise JfbError("warm_start needs model 'implicit' (an explicit network has no fixed point to reuse)")
         for ok, name, requirement in checks:

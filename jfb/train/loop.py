@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from ..data import Normalizer, Split, batches, dataset_info, load_splits, steps_per_pass
 from ..errors import JfbError
+from ..frozen import frozen_running_stats
 from ..models import ImplicitClassifier, architecture, build_model, count_parameters
 from .checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint
 from .config import TrainConfig
@@ -174,6 +175,8 @@ def train_one_epoch(
     for inputs, labels, index in bar:
         buffers = [b.clone() for b in model.buffers()]  # BatchNorm statistics: a few KB
         inputs = inputs.contiguous(memory_format=_memory_format(config))
+        if config.lipschitz_rescale:
+            rescale_operator(model, inputs)
         logits = engine(inputs) if warm_starts is None else engine(inputs, warm_starts.initial(index, config))
         loss = nn.functional.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
@@ -201,6 +204,14 @@ def train_one_epoch(
         if config.checkpoint_every and position.step % config.checkpoint_every == 0 and position.step < steps:
             save(position)
     return stats
+
+
+@torch.no_grad()
+def rescale_operator(model: ImplicitClassifier, inputs: torch.Tensor) -> None:
+    """The paper's contraction control before a training solve (``--lipschitz-rescale``), at u = 0."""
+    with frozen_running_stats(model.embedding):
+        q = model.embedding(inputs)
+    model.operator.rescale_to_lipschitz(torch.zeros_like(q), q)
 
 
 class WarmStarts:
@@ -256,6 +267,7 @@ def build_from_config(config: TrainConfig) -> nn.Module:
         kind=config.model,
         explicit_depth=config.explicit_depth,
         latent_batch_norm=config.latent_batch_norm,
+        gamma=config.gamma,
         **config.layer_options(),
     )
     return model.to(config.device, memory_format=_memory_format(config))
@@ -288,6 +300,10 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, progress: bo
     main process logs, shows progress and writes files.
     """
     processes = start_processes(config.device)
+    if processes.distributed and config.lipschitz_rescale:
+        stop_processes(processes)
+        raise JfbError("lipschitz_rescale rescales weights from each process's own batch, so data-parallel copies would drift apart; "
+                       "train in one process")
     try:
         return _train(config, Path(run_dir), resume, progress and processes.is_main, main_process_only(log, processes), processes)
     finally:
