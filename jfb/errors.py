@@ -6,7 +6,7 @@ line and exits with status 2. Any other exception is a bug and keeps its traceba
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from typing import Container, Iterable
 
 
 class JfbError(ValueError):
@@ -28,3 +28,12 @@ def unknown_name(kind: str, name: object, choices: Iterable[str]) -> JfbError:
     close = difflib.get_close_matches(str(name), choices, n=1) or [c for c in choices if str(name).startswith(c)][:1]
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return JfbError(f"unknown {kind} {name!r}; choose one of {', '.join(choices)}{hint}")
+
+
+def check_new_name(kind: str, name: object, registry: Container[str], replace: bool) -> None:
+    """JfbError unless ``name`` can be registered as a ``kind``: a non-empty string without ':'
+    (names are followed by ``:options`` in specs), not taken unless ``replace``."""
+    if not isinstance(name, str) or not name or ":" in name:
+        raise JfbError(f"a {kind} name must be a non-empty string without ':', got {name!r}")
+    if name in registry and not replace:
+        raise JfbError(f"a {kind} named {name!r} is registered already; pass replace=True to replace it")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Union
 
-from ..errors import JfbError, unknown_name
+from ..errors import JfbError, check_new_name, unknown_name
 from .base import BackwardMode, BackwardStats, FixedPointMap
 from .ift import DEFAULT_LINEAR_SOLVER, IFT
 from .jfb import JFB
@@ -25,10 +25,7 @@ def register_backward(name: str, factory: BackwardFactory, usage: str = "", *, r
 
     ``usage`` is how the name is written in error messages (default: the bare name).
     """
-    if not isinstance(name, str) or not name or ":" in name:
-        raise JfbError(f"a backward mode name must be a non-empty string without ':', got {name!r}")
-    if name in _REGISTRY and not replace:
-        raise JfbError(f"a backward mode named {name!r} is registered already; pass replace=True to replace it")
+    check_new_name("backward mode", name, _REGISTRY, replace)
     _REGISTRY[name] = (factory, usage or name)
 
 

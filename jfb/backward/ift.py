@@ -5,7 +5,8 @@ from typing import Optional
 
 from torch import Tensor
 
-from ..errors import JfbError, unknown_name
+from ..errors import unknown_name
+from ..solvers.base import require_integer, require_number
 from .base import BackwardMode, BackwardStats, FixedPointMap
 from .jacobian import JacobianProducts
 from .linear import LINEAR_SOLVERS, LinearSolveInfo, cg_normal, fixed_point, gmres
@@ -32,10 +33,9 @@ class IFT(BackwardMode):
     def __init__(self, linear_solver: str = DEFAULT_LINEAR_SOLVER, tol: float = 1e-6, max_iter: Optional[int] = None) -> None:
         if linear_solver not in LINEAR_SOLVERS:
             raise unknown_name("IFT linear solver", linear_solver, LINEAR_SOLVERS)
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
-            raise JfbError(f"IFT tol must be a number > 0, got {tol!r}")
-        if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1):
-            raise JfbError(f"IFT max_iter must be an integer >= 1 or None (the forward max_iter), got {max_iter!r}")
+        require_number("IFT tol", tol, 0)
+        if max_iter is not None:
+            require_integer("IFT max_iter", max_iter, 1, hint=" or None (the forward max_iter)")
         self.linear_solver, self.tol, self.max_iter = linear_solver, tol, max_iter
         self.name = f"ift:{linear_solver}"
 

@@ -75,30 +75,40 @@ def _step_function(model_name: str, backward: str, dim: int, batch: int, device:
     return step
 
 
-def _measure_in_this_process(model_name: str, backward: str, max_iter: int, dim: int, batch: int) -> dict:
-    torch.set_num_threads(1)
-    step = _step_function(model_name, backward, dim, batch)
+def _peak_of_one_step(step: Callable[[int], int], max_iter: int, reset: Callable[[], float], peak: Callable[[float], float]) -> float:
+    """Warm up, reset the peak counter (``reset`` returns the baseline), run one step of ``max_iter``
+    iterations (checked), and return ``peak(baseline)`` in MiB."""
     step(2)  # warm-up: gradient buffers, optimiser state, autograd engine
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _kib("VmRSS")
+    before = reset()
     depth = step(max_iter)
     if depth != max_iter:
         raise RuntimeError(f"the solve stopped after {depth} of {max_iter} iterations; the measurement needs all of them")
-    return {"model": model_name, "backward": backward, "max_iter": max_iter, "peak_mib": (_kib("VmHWM") - before) / 1024}
+    return peak(before)
+
+
+def _reset_resident() -> float:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _kib("VmRSS") / 1024
+
+
+def _reset_cuda() -> float:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated() / 2**20
+
+
+def _measure_in_this_process(model_name: str, backward: str, max_iter: int, dim: int, batch: int) -> dict:
+    torch.set_num_threads(1)
+    step = _step_function(model_name, backward, dim, batch)
+    peak = _peak_of_one_step(step, max_iter, _reset_resident, lambda before: _kib("VmHWM") / 1024 - before)
+    return {"model": model_name, "backward": backward, "max_iter": max_iter, "peak_mib": peak}
 
 
 def peak_cuda_step_memory(backward: str, max_iter: int, dim: int, batch: int, model: str) -> float:
     """Peak extra GPU memory (MiB) of one training step: the CUDA allocator counts exactly, so in this process."""
     step = _step_function(model, backward, dim, batch, "cuda")
-    step(2)  # warm-up: gradient buffers, optimiser state, autograd engine
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    depth = step(max_iter)
-    if depth != max_iter:
-        raise RuntimeError(f"the solve stopped after {depth} of {max_iter} iterations; the measurement needs all of them")
-    return (torch.cuda.max_memory_allocated() - before) / 2**20
+    return _peak_of_one_step(step, max_iter, _reset_cuda, lambda before: torch.cuda.max_memory_allocated() / 2**20 - before)
 
 
 def peak_step_memory(backward: str, max_iter: int, dim: int = 1024, batch: int = 256, model: str = "elementwise",

@@ -12,7 +12,7 @@ from typing import Any, Callable, ClassVar, Optional
 
 from torch import Tensor
 
-from ..errors import JfbError, unknown_name
+from ..errors import JfbError, check_new_name, unknown_name
 from ..status import Status
 
 
@@ -70,16 +70,19 @@ def require_integer(name: str, value: object, minimum: int, hint: str = "") -> N
         raise JfbError(f"{name} must be an integer >= {minimum}{hint}, got {value!r}")
 
 
+def require_number(name: str, value: object, above: float, hint: str = "") -> None:
+    """JfbError unless ``value`` is an int or float (not a bool) > ``above``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > above:
+        raise JfbError(f"{name} must be a number > {above}{hint}, got {value!r}")
+
+
 SolverFactory = Callable[..., Solver]
 _REGISTRY: dict[str, SolverFactory] = {}
 
 
 def register_solver(name: str, factory: SolverFactory, *, replace: bool = False) -> None:
     """Make ``factory(**options) -> Solver`` (usually the solver class) available by ``name``."""
-    if not isinstance(name, str) or not name or ":" in name:
-        raise JfbError(f"a solver name must be a non-empty string without ':', got {name!r}")
-    if name in _REGISTRY and not replace:
-        raise JfbError(f"a solver named {name!r} is registered already; pass replace=True to replace it")
+    check_new_name("solver", name, _REGISTRY, replace)
     _REGISTRY[name] = factory
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
 from ..errors import JfbError, unknown_name
-from .base import Solver, make_solver, require_integer
+from .base import Solver, make_solver, require_integer, require_number
 
 STOP_MODES = ("abs", "rel")
 
@@ -46,14 +46,13 @@ class SolveOptions:
     method: Solver = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.tol is not None and (isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not self.tol > 0):
-            raise JfbError(f"tol must be a number > 0, or None for a fixed depth, got {self.tol!r}")
+        if self.tol is not None:
+            require_number("tol", self.tol, 0, hint=", or None for a fixed depth")
         require_integer("max_iter", self.max_iter, 1)
         require_integer("check_every", self.check_every, 1)
         if self.stop_mode not in STOP_MODES:
             raise unknown_name("stop_mode", self.stop_mode, STOP_MODES)
-        if isinstance(self.divergence_ratio, bool) or not isinstance(self.divergence_ratio, (int, float)) or not self.divergence_ratio > 1:
-            raise JfbError(f"divergence_ratio must be a number > 1, got {self.divergence_ratio!r}")
+        require_number("divergence_ratio", self.divergence_ratio, 1)
         for name in ("freeze_converged", "keep_history"):
             if not isinstance(getattr(self, name), bool):
                 raise JfbError(f"{name} must be True or False, got {getattr(self, name)!r}")
