@@ -1,4 +1,5 @@
 """torch-jfb: implicit (fixed-point) layers trained with Jacobian-free backpropagation."""
+
 from __future__ import annotations
 
 from . import backward, contraction, solvers
@@ -13,12 +14,12 @@ from .status import Status
 __version__ = "0.1.0"
 
 __all__ = [
+    "IFT",
     "BackwardMode",
     "BackwardStats",
     "ConvergenceWarning",
     "FixedPointError",
     "GammaScaled",
-    "IFT",
     "ImplicitLayer",
     "ImplicitStats",
     "JfbError",

@@ -11,9 +11,12 @@
   estimate T's Lipschitz ratio on a batch from random perturbations, and shrink chosen layers
   when it exceeds ``gamma``.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -25,13 +28,21 @@ from .state import per_sample_norm
 
 
 class GammaScaled(nn.Module):
-    """``T(u, x) = gamma * branch(u, x)``."""
+    """``T(u, x) = gamma * branch(u, x)``: pass ``branch``, or subclass and define a ``branch`` method.
 
-    def __init__(self, branch: Callable[[Tensor, Any], Tensor], gamma: float) -> None:
+    ``max_gamma`` bounds gamma from above where the operator is meant to be a contraction.
+    """
+
+    def __init__(
+        self, branch: Callable[[Tensor, Any], Tensor] | None, gamma: float, max_gamma: float = math.inf
+    ) -> None:
         super().__init__()
-        if not 0 < gamma:
-            raise JfbError(f"gamma must be > 0, got {gamma!r}")
-        self.branch, self.gamma = branch, gamma
+        if not 0 < gamma <= max_gamma:
+            interval = "> 0" if max_gamma == math.inf else f"in (0, {max_gamma:g}]"
+            raise JfbError(f"gamma must be {interval}, got {gamma!r}")
+        if branch is not None:
+            self.branch = branch
+        self.gamma = gamma
 
     def forward(self, u: Tensor, x: Any) -> Tensor:
         return self.gamma * self.branch(u, x)
@@ -71,8 +82,14 @@ def lipschitz_estimate(operator: Callable[[Tensor, Any], Tensor], u: Tensor, x: 
 
 
 @torch.no_grad()
-def rescale_to_lipschitz(operator: Callable[[Tensor, Any], Tensor], u: Tensor, x: Tensor, gamma: float, modules: Sequence[nn.Module],
-                         power: Optional[float] = None) -> tuple[float, float]:
+def rescale_to_lipschitz(
+    operator: Callable[[Tensor, Any], Tensor],
+    u: Tensor,
+    x: Tensor,
+    gamma: float,
+    modules: Sequence[nn.Module],
+    power: float | None = None,
+) -> tuple[float, float]:
     """Shrink ``modules`` when ``T`` looks more than ``gamma``-Lipschitz on this batch; ``(ratio, factor)``.
 
     The ratio ``sum_i ||T(w_i, x'_i) - T(u_i, x'_i)|| / sum_i ||w_i - u_i||`` is measured with
@@ -83,7 +100,9 @@ def rescale_to_lipschitz(operator: Callable[[Tensor, Any], Tensor], u: Tensor, x
     Running statistics are not touched. One host synchronisation.
     """
     if not gamma > 0 or not modules:
-        raise JfbError(f"rescale_to_lipschitz needs gamma > 0 and modules to scale, got gamma={gamma!r}, {len(modules)} modules")
+        raise JfbError(
+            f"rescale_to_lipschitz needs gamma > 0 and modules to scale, got gamma={gamma!r}, {len(modules)} modules"
+        )
     w, x_perturbed = u + torch.randn_like(u), x + torch.randn_like(x)
     with frozen_running_stats(operator):
         moved = per_sample_norm(operator(w, x_perturbed) - operator(u, x_perturbed)).sum()

@@ -3,10 +3,11 @@
 :class:`JfbError` is the one type for bad input (options, shapes, files): the CLI prints it as one
 line and exits with status 2. Any other exception is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import difflib
-from typing import Container, Iterable
+from collections.abc import Container, Iterable
 
 
 class JfbError(ValueError):

@@ -6,18 +6,20 @@ updated the running statistics at every iteration. Inside :func:`frozen_running_
 BatchNorm layer still normalises with the batch statistics (T is the same map as in the final
 application) but its running statistics and ``num_batches_tracked`` are left untouched; the
 layer's one application of T with grad then updates them exactly once per training step.
-Spectral-norm parametrisations are likewise kept from running a power-iteration step per
-solver iteration (which would also change T between iterations), and parametrised weights are
-computed once per solve instead of once per iteration.
+Parametrisations (``torch.nn.utils.parametrize``) are held in eval mode, so that spectral norm
+does not run a power-iteration step per solver iteration (which would also change T between
+iterations), and parametrised weights are computed once per solve instead of once per iteration.
 
 An operator that is an ``nn.Module`` is searched directly. For any other callable (a lambda or a
 function closing over modules, as torchdeq users write) the modules it calls are caught as they
 run, by a global forward pre-hook that lives only for the duration of the context.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -25,35 +27,34 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.nn.utils import parametrize
 
 
-def _is_spectral_norm(module: nn.Module) -> bool:
-    return type(module).__name__ == "_SpectralNorm"
-
-
 class _Freezer:
     """Switches modules to their frozen behaviour and remembers how to switch them back."""
 
     def __init__(self) -> None:
         self.norms: list[nn.Module] = []
-        self.spectral: list[nn.Module] = []
+        self.parametrizations: list[nn.Module] = []
 
     def freeze(self, module: nn.Module) -> None:
         if isinstance(module, _BatchNorm) and module.training and module.track_running_stats:
             module.track_running_stats = False
             self.norms.append(module)
-        elif _is_spectral_norm(module) and module.training:
-            module.training = False
-            self.spectral.append(module)
+        elif parametrize.is_parametrized(module):
+            for parametrization in module.parametrizations.values():
+                for step in parametrization:
+                    if step.training:
+                        step.training = False
+                        self.parametrizations.append(step)
 
     def restore(self) -> None:
         for m in self.norms:
             m.track_running_stats = True
-        for m in self.spectral:
+        for m in self.parametrizations:
             m.training = True
 
 
 @contextmanager
 def frozen_running_stats(operator: Any) -> Iterator[None]:
-    """Context in which the BatchNorm running statistics and spectral-norm vectors that
+    """Context in which the BatchNorm running statistics and parametrisation state (spectral-norm vectors) that
     ``operator`` uses do not change."""
     freezer = _Freezer()
     hook = None

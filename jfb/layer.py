@@ -1,10 +1,12 @@
 """ImplicitLayer: a fixed point ``u* = T(u*; x)`` with a choice of solver and backward mode."""
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +22,7 @@ from .status import Status
 
 ON_FAILURE = ("warn", "raise", "ignore")
 #: ``u0`` as given to :meth:`ImplicitLayer.forward`: a state, a function of ``x``, or None
-InitialState = Union[None, Tensor, Sequence[Tensor], Callable[[Any], State]]
+InitialState = None | Tensor | Sequence[Tensor] | Callable[[Any], State]
 
 
 @dataclass
@@ -107,14 +109,14 @@ class ImplicitLayer(nn.Module):
 
     def __init__(
         self,
-        operator: Union[nn.Module, Callable[[Any, Any], Any]],
-        backward: Union[str, BackwardMode] = "jfb",
+        operator: nn.Module | Callable[[Any, Any], Any],
+        backward: str | BackwardMode = "jfb",
         *,
-        options: Optional[SolveOptions] = None,
-        eval_options: Optional[SolveOptions] = None,
-        latent_shape: Optional[Sequence[Any]] = None,
+        options: SolveOptions | None = None,
+        eval_options: SolveOptions | None = None,
+        latent_shape: Sequence[Any] | None = None,
         on_failure: str = "warn",
-        lockstep: Optional[bool] = None,
+        lockstep: bool | None = None,
         **settings: Any,
     ) -> None:
         super().__init__()
@@ -131,13 +133,15 @@ class ImplicitLayer(nn.Module):
         self.latent_shape = _latent_shape(latent_shape)
         self.on_failure, self.lockstep = on_failure, lockstep
         self._overrides: list[dict[str, Any]] = []
-        self.last_stats: Optional[ImplicitStats] = None
-        self.last_fixed_point: Optional[State] = None
+        self.last_stats: ImplicitStats | None = None
+        self.last_fixed_point: State | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in option_names():
-            raise AttributeError(f"ImplicitLayer.{name} cannot be set; assign layer.options = layer.options.replace({name}=...), "
-                                 f"or use layer(x, solve=dict({name}=...)) or `with layer.solving({name}=...)`")
+            raise AttributeError(
+                f"ImplicitLayer.{name} cannot be set; assign layer.options = layer.options.replace({name}=...), "
+                f"or use layer(x, solve=dict({name}=...)) or `with layer.solving({name}=...)`"
+            )
         if name in ("options", "eval_options") and value is not None:
             if not isinstance(value, SolveOptions):
                 raise JfbError(f"{name} must be a jfb.SolveOptions, got {type(value).__name__}")
@@ -146,9 +150,12 @@ class ImplicitLayer(nn.Module):
 
     def _check_compatible(self, options: SolveOptions) -> None:
         if self.backward_mode.records_forward_graph and options.solver_name != "picard":
-            raise JfbError(f"backward 'unroll' backpropagates through Picard iterations; use solver='picard', not {options.solver_name!r}")
+            raise JfbError(
+                "backward 'unroll' backpropagates through Picard iterations; "
+                f"use solver='picard', not {options.solver_name!r}"
+            )
 
-    def active_options(self, solve: Union[None, SolveOptions, Mapping[str, Any]] = None) -> SolveOptions:
+    def active_options(self, solve: SolveOptions | Mapping[str, Any] | None = None) -> SolveOptions:
         """The options a call makes now: eval or training options, ``solving`` overrides, then ``solve``."""
         options = self.options if self.training or self.eval_options is None else self.eval_options
         for changes in self._overrides:
@@ -162,7 +169,7 @@ class ImplicitLayer(nn.Module):
         return options
 
     @contextmanager
-    def solving(self, **changes: Any) -> Iterator["ImplicitLayer"]:
+    def solving(self, **changes: Any) -> Iterator[ImplicitLayer]:
         """Solve with ``changes`` to the options (training and eval) inside the block; validated on entry."""
         self.options.replace(**changes)
         self._overrides.append(changes)
@@ -171,7 +178,9 @@ class ImplicitLayer(nn.Module):
         finally:
             self._overrides.pop()
 
-    def forward(self, x: Any, u0: InitialState = None, *, solve: Union[None, SolveOptions, Mapping[str, Any]] = None) -> State:
+    def forward(
+        self, x: Any, u0: InitialState = None, *, solve: SolveOptions | Mapping[str, Any] | None = None
+    ) -> State:
         """The fixed point of ``T(., x)`` from ``u0`` (see the class docstring for what is returned).
 
         Args:
@@ -191,7 +200,12 @@ class ImplicitLayer(nn.Module):
         if not torch.is_grad_enabled():
             return layout.unflatten(u_star)
         stats.attached = True
-        bound = FixedPointMap(lambda u: T(u, None), lambda: frozen_running_stats(self.operator), options.max_iter, self._handle_backward_failure)
+        bound = FixedPointMap(
+            lambda u: T(u, None),
+            lambda: frozen_running_stats(self.operator),
+            options.max_iter,
+            self._handle_backward_failure,
+        )
         return layout.unflatten(self.backward_mode.attach(bound, u_star, stats.backward))
 
     def _initial_state(self, x: Any, u0: InitialState) -> tuple[State, bool]:
@@ -229,34 +243,42 @@ class ImplicitLayer(nn.Module):
             )
         return lockstep
 
-    def _bind(self, x: Any, layout: StateLayout, u0: State, guessed: bool) -> Callable[[Tensor, Optional[Tensor]], Tensor]:
+    def _bind(self, x: Any, layout: StateLayout, u0: State, guessed: bool) -> Callable[[Tensor, Tensor | None], Tensor]:
         """T on flat states, ``T(u, index)`` on the batch rows ``index``; shapes checked on every call."""
 
-        def T(u: Tensor, index: Optional[Tensor] = None) -> Tensor:
+        def T(u: Tensor, index: Tensor | None = None) -> Tensor:
             state = layout.unflatten(u)
             try:
                 out = self.operator(state, x if index is None else take_rows(x, index))
             except RuntimeError as error:
                 if not guessed:
                     raise
-                raise JfbError(f"the operator failed on u0 = zeros shaped like x {describe(x)} ({error}); if the state has "
-                               "another shape, pass latent_shape= to the layer or u0= to the call") from error
+                raise JfbError(
+                    f"the operator failed on u0 = zeros shaped like x {describe(x)} ({error}); if the state has "
+                    "another shape, pass latent_shape= to the layer or u0= to the call"
+                ) from error
             if not layout.matches(out):
-                raise JfbError(f"T(u0) has shape {describe(out)} but u0 has {describe(u0)} (x: {describe(x)}); T must return a state "
-                               "of u's shape: pass u0= or latent_shape= when the state is not shaped like x")
+                raise JfbError(
+                    f"T(u0) has shape {describe(out)} but u0 has {describe(u0)} (x: {describe(x)}); "
+                    "T must return a state of u's shape: pass u0= or latent_shape= when the state is not shaped like x"
+                )
             return layout.flatten(out)
 
         return T
 
     def _handle_forward_failure(self, state: SolverState) -> None:
         if state.status.failed:
-            self._fail(f"fixed-point solve {state.status} after {state.t_evals} T evaluations "
-                       f"({int((~state.converged).sum())} of {state.converged.numel()} samples not converged)")
+            self._fail(
+                f"fixed-point solve {state.status} after {state.t_evals} T evaluations "
+                f"({int((~state.converged).sum())} of {state.converged.numel()} samples not converged)"
+            )
 
     def _handle_backward_failure(self, name: str, stats: BackwardStats) -> None:
         if stats.status != Status.CONVERGED:
-            self._fail(f"backward linear solve ({name}) {stats.status} after {stats.iterations} iterations, "
-                       f"relative residual {stats.relative_residual:.3g}")
+            self._fail(
+                f"backward linear solve ({name}) {stats.status} after {stats.iterations} iterations, "
+                f"relative residual {stats.relative_residual:.3g}"
+            )
 
     def _fail(self, message: str) -> None:
         if self.on_failure == "raise":
@@ -269,7 +291,7 @@ class ImplicitLayer(nn.Module):
         return f"backward={self.backward_mode!r}, options={self.options}{evaluation}"
 
 
-def _latent_shape(shape: Optional[Sequence[Any]]) -> Optional[tuple]:
+def _latent_shape(shape: Sequence[Any] | None) -> tuple | None:
     """A shape as a tuple of ints, or for a tuple state a tuple of such shapes."""
     if shape is None:
         return None

@@ -6,6 +6,7 @@ different iterations pair up and training deadlocks. The stopping decision is th
 process stops only when all of them are done, at the cost of one all-reduce of a flag per
 iteration. Without collectives inside T, processes stop independently.
 """
+
 from __future__ import annotations
 
 import torch

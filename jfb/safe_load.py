@@ -6,6 +6,7 @@ code the file names. :func:`load_tensors_only` unpickles with an allow-list: ten
 parameters and plain containers are rebuilt; any other class becomes an inert
 :class:`OpaqueObject` that records its name and never runs code.
 """
+
 from __future__ import annotations
 
 import collections
@@ -13,9 +14,10 @@ import io
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
+
 from .errors import JfbError
 
 _STORAGE_DTYPES = {
@@ -70,7 +72,11 @@ class _TensorOnlyUnpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
         _, storage_type, key, _location, _numel = pid
-        dtype = storage_type.dtype if isinstance(storage_type, torch.storage.TypedStorage) else _STORAGE_DTYPES.get(storage_type)
+        dtype = (
+            storage_type.dtype
+            if isinstance(storage_type, torch.storage.TypedStorage)
+            else _STORAGE_DTYPES.get(storage_type)
+        )
         if dtype is None:
             raise pickle.UnpicklingError(f"unsupported storage type {storage_type!r}")
         raw = self.archive.read(f"{self.prefix}data/{key}")
@@ -78,7 +84,7 @@ class _TensorOnlyUnpickler(pickle.Unpickler):
         return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
 
-def load_tensors_only(path: Union[str, Path]) -> Any:
+def load_tensors_only(path: str | Path) -> Any:
     """Load a ``torch.save`` zip archive, rebuilding only tensors and plain containers.
 
     Raises ValueError naming the file when it is not a readable torch zip archive.

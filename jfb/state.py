@@ -6,16 +6,18 @@ each part is flattened in its own memory order: for a single NCHW or channels-la
 directions are views (the operator keeps receiving channels-last inputs, and nothing is copied);
 a tuple is concatenated (one copy per flatten).
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .errors import JfbError
 
-State = Union[Tensor, tuple[Tensor, ...]]
+State = Tensor | tuple[Tensor, ...]
 
 
 class _Part:
@@ -24,7 +26,9 @@ class _Part:
     def __init__(self, like: Tensor) -> None:
         self.shape = tuple(like.shape[1:])
         self.size = int(torch.Size(self.shape).numel())
-        self.channels_last = like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last)
+        self.channels_last = (
+            like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last)
+        )
 
     def flatten(self, t: Tensor) -> Tensor:
         return (t.permute(0, 2, 3, 1) if self.channels_last else t).reshape(t.shape[0], -1)

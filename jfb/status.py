@@ -1,4 +1,5 @@
 """One status vocabulary for forward solves, backward linear solves and the layer's statistics."""
+
 from __future__ import annotations
 
 from enum import StrEnum

@@ -1,12 +1,13 @@
 """Run by test_distributed.py, alone or under torchrun. Every process saves its weights and, per
 step, (T evaluations, the largest per-sample iteration count among its own samples).
 
-``mnist``: one pass of ``train_one_epoch`` over a small MNIST subset.
+``mnist``: one pass of ``train_one_epoch`` over a small MNIST subset (a run set up by ``setup_run``).
 ``lockstep``: an ImplicitLayer whose operator normalises over the batch; process 0's samples
 contract 16x faster than process 1's, so each process alone would stop at a different iteration.
 ``nccl``: (one GPU, ``torchrun --nproc-per-node 1``) the nccl backend, SyncBatchNorm and DDP around
 the MNIST model, a few training steps; saves the losses.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,41 +15,33 @@ import sys
 from pathlib import Path
 
 import torch
-
 from torch import nn
 
 from jfb import ImplicitLayer
-from jfb.data import Normalizer, dataset_info, load_splits, steps_per_pass
-from jfb.train import TrainConfig
-from jfb.train.distributed import Processes, start_processes, stop_processes, synchronize_batch_norm
-from jfb.train.loop import Position, build_from_config, make_optimizer, train_one_epoch
+from jfb.train import TrainConfig, setup_run, train_one_epoch
+from jfb.train.distributed import start_processes, stop_processes, synchronize_batch_norm
 
 
 def train_mnist(out: Path, options: dict) -> None:
     dropout = options.pop("dropout", None)
     config = TrainConfig(**options)
     processes = start_processes(config.device)
-    torch.manual_seed(config.seed)
-    split = load_splits("mnist")[0].subset(config.limit_train)
-    model = build_from_config(config)
+    run = setup_run(config, out / f"run{processes.rank}", processes=processes, progress=False, log=lambda m: None)
     if dropout is not None:  # dropout masks differ between 1 and 2 processes
-        for module in model.modules():
+        for module in run.model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = dropout
-    if processes.distributed:
-        model = synchronize_batch_norm(model, config.device)
-    engine = processes.wrap(model, config.device)
-    optimizer, scheduler = make_optimizer(config, model, steps_per_pass(len(split), config.batch_size, processes.world_size))
     solves: list[list[int]] = []
-    model.implicit.register_forward_hook(lambda layer, args, output: solves.append(
-        [layer.last_stats.forward.t_evals, int(layer.last_stats.iterations.max())]))
-    info = dataset_info("mnist")
-    train_one_epoch(engine, model, optimizer, scheduler, split, config, Normalizer(info.mean, info.std), Position(),
-                    processes, False, lambda position: None)
-    torch.save({"model": model.state_dict(), "solves": solves}, out / f"rank{processes.rank}.pt")
+    run.model.implicit.register_forward_hook(
+        lambda layer, args, output: solves.append(
+            [layer.last_stats.forward.t_evals, int(layer.last_stats.iterations.max())]
+        )
+    )
+    train_one_epoch(run)
+    torch.save({"model": run.model.state_dict(), "solves": solves}, out / f"rank{processes.rank}.pt")
     # DDP's reducer holds the process group: freed after destroy_process_group, its gloo destructor joins a
     # worker thread that waits for the GIL this thread holds (a deadlock at exit seen ~1 in 10 runs)
-    del engine
+    del run
     stop_processes(processes)
 
 
@@ -69,7 +62,9 @@ class BatchNormalisedOperator(nn.Module):
 def train_lockstep(out: Path, options: dict) -> None:
     processes = start_processes("cpu")
     torch.manual_seed(0)
-    layer = ImplicitLayer(BatchNormalisedOperator(8), solver="picard", tol=1e-5, max_iter=300, lockstep=options.get("lockstep"))
+    layer = ImplicitLayer(
+        BatchNormalisedOperator(8), solver="picard", tol=1e-5, max_iter=300, lockstep=options.get("lockstep")
+    )
     if processes.distributed:
         layer = synchronize_batch_norm(layer, "cpu")
     engine = processes.wrap(layer, "cpu")
@@ -94,25 +89,37 @@ def train_lockstep(out: Path, options: dict) -> None:
 def train_nccl(out: Path, options: dict) -> None:
     import torch.distributed as dist
 
-    config = TrainConfig(device="cuda", limit_train=options.get("samples", 512), batch_size=128, solver="picard",
-                         fixed_depth=True, max_iter=8, channels_last=True)
+    config = TrainConfig(
+        device="cuda",
+        limit_train=options.get("samples", 512),
+        batch_size=128,
+        solver="picard",
+        fixed_depth=True,
+        max_iter=8,
+        channels_last=True,
+    )
     dist.init_process_group("nccl")  # a group of one: exercises the backend, SyncBatchNorm and DDP on one GPU
     torch.cuda.set_device(0)
-    torch.manual_seed(config.seed)
-    model = synchronize_batch_norm(build_from_config(config), "cuda")
-    engine = torch.nn.parallel.DistributedDataParallel(model, device_ids=[0])
-    split = load_splits("mnist")[0].subset(config.limit_train)
-    optimizer, scheduler = make_optimizer(config, model, steps_per_pass(len(split), config.batch_size, 1))
-    initial = [p.detach().clone() for p in model.parameters()]
-    info = dataset_info("mnist")
-    stats = train_one_epoch(engine, model, optimizer, scheduler, split, config, Normalizer(info.mean, info.std), Position(),
-                            Processes(), False, lambda position: None)
-    moved = max(float((p.detach() - q).abs().max()) for p, q in zip(model.parameters(), initial))
-    torch.save({"steps": stats.batches, "moved": moved, "accuracy": 100.0 * stats.correct / stats.samples,
-                "sync_norms": sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())}, out / "rank0.pt")
-    del engine
+    run = setup_run(config, out / "run", progress=False, log=lambda m: None)
+    run.model = synchronize_batch_norm(run.model, "cuda")  # BatchNorm parameters carry over to the sync copies
+    run.engine = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=[0])
+    initial = [p.detach().clone() for p in run.model.parameters()]
+    stats = train_one_epoch(run)
+    moved = max(float((p.detach() - q).abs().max()) for p, q in zip(run.model.parameters(), initial))
+    torch.save(
+        {
+            "steps": stats.batches,
+            "moved": moved,
+            "accuracy": 100.0 * stats.correct / stats.samples,
+            "sync_norms": sum(isinstance(m, torch.nn.SyncBatchNorm) for m in run.model.modules()),
+        },
+        out / "rank0.pt",
+    )
+    del run
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    {"mnist": train_mnist, "lockstep": train_lockstep, "nccl": train_nccl}[sys.argv[1]](Path(sys.argv[2]), json.loads(sys.argv[3]))
+    {"mnist": train_mnist, "lockstep": train_lockstep, "nccl": train_nccl}[sys.argv[1]](
+        Path(sys.argv[2]), json.loads(sys.argv[3])
+    )

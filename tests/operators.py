@@ -1,4 +1,5 @@
 """Small test operators with a known contraction factor."""
+
 from __future__ import annotations
 
 import torch
@@ -50,7 +51,7 @@ def dense_implicit_gradient(op: nn.Module, u_star: Tensor, x: Tensor, grad_out: 
     """Exact gradient of ``<grad_out, u*>`` w.r.t. the operator's parameters, by dense solves of (I - J)."""
     ws = []
     for i in range(u_star.shape[0]):
-        J = torch.autograd.functional.jacobian(lambda u: op(u[None], x[i : i + 1])[0], u_star[i])
+        J = torch.autograd.functional.jacobian(lambda u, i=i: op(u[None], x[i : i + 1])[0], u_star[i])
         eye = torch.eye(J.shape[0], dtype=J.dtype)
         ws.append(torch.linalg.solve((eye - J).T, grad_out[i]))
     w = torch.stack(ws)

@@ -1,4 +1,5 @@
 """Imports point one way: the core never loads models, data, train, cli or experiments."""
+
 from __future__ import annotations
 
 import ast
@@ -8,6 +9,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "jfb"
 CORE = ["layer.py", "frozen.py", "contraction.py", "safe_load.py", "solvers", "backward"]
+SHARED = ["files.py", "reports.py", "settings.py", "state.py", "status.py", "errors.py"]  # helpers any room may use
 OUTER = ("models", "data", "train", "cli", "experiments", "benchmarks")
 
 
@@ -20,7 +22,7 @@ def _relative_imports(path: Path) -> list[str]:
 
 
 def test_core_modules_do_not_import_outer_layers():
-    for entry in CORE:
+    for entry in CORE + SHARED:
         for path in [PACKAGE / entry] if entry.endswith(".py") else sorted((PACKAGE / entry).glob("*.py")):
             bad = [m for m in _relative_imports(path) if m in OUTER]
             assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}"
@@ -36,3 +38,14 @@ def test_import_jfb_stays_light():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     for outer in OUTER:
         assert f"'jfb.{outer}" not in loaded
+
+
+def test_import_jfb_needs_torch_and_numpy_only():
+    """Beyond what torch and numpy load themselves (torch imports tqdm when it is installed), ``import jfb``
+    loads no third-party package."""
+    code = (
+        "import sys, numpy, torch; before = {m.split('.')[0] for m in sys.modules}; import jfb; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} - before - set(sys.stdlib_module_names) - {'jfb'}))"
+    )
+    added = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert added == "[]"

@@ -1,4 +1,6 @@
-"""Bad batches (non-finite loss, diverged or non-finite fixed point) are skipped, counted, and stop training when they persist."""
+"""Bad batches (non-finite loss, diverged or non-finite fixed point) are skipped, counted, and stop training
+when they persist."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +10,11 @@ import pytest
 import torch
 
 import jfb.train.loop as loop
+import jfb.train.records as records
+import jfb.train.setup as setup
 from jfb.train import TrainConfig, TrainingStopped, load_checkpoint, train
+
+pytestmark = pytest.mark.slow
 
 CONFIG = dict(epochs=1, limit_train=500, limit_test=100, max_iter=10)
 
@@ -33,15 +39,22 @@ def test_nan_batches_are_skipped_and_counted(tmp_path, monkeypatch):
         result = train(TrainConfig(**CONFIG), tmp_path, progress=False, log=lambda m: None)
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["skipped_batches"] == 2
-    assert all(torch.isfinite(p).all() for p in load_checkpoint(tmp_path / "last.pt")["model"].values() if p.is_floating_point())
-    assert result["test_acc_last"] > 20  # 3 good steps of 5 still train
+    assert all(
+        torch.isfinite(p).all()
+        for p in load_checkpoint(tmp_path / "last.pt")["model"].values()
+        if p.is_floating_point()
+    )
+    assert result.test_acc_last > 20  # 3 good steps of 5 still train
 
 
 def test_persistent_nan_stops_training_and_saves_the_good_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "batches", _poisoned_batches(None))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(TrainingStopped, match=r"3 consecutive batches had a non-finite loss or a diverged or non-finite fixed point.*stopped.pt"):
+        with pytest.raises(
+            TrainingStopped,
+            match=r"3 consecutive batches had a non-finite loss or a diverged or non-finite fixed point.*stopped.pt",
+        ):
             train(TrainConfig(**CONFIG, max_bad_batches=3), tmp_path, progress=False, log=lambda m: None)
     saved = load_checkpoint(tmp_path / "stopped.pt")["model"]
     assert all(torch.isfinite(p).all() for p in saved.values() if p.is_floating_point())
@@ -59,23 +72,28 @@ class _Expansive(torch.nn.Module):
 
 
 def test_an_expansive_operator_is_reported_diverged_and_never_trained_on(tmp_path, monkeypatch):
-    original = loop.build_from_config
+    original = setup.build_from_config
 
     def expansive_model(config):
         model = original(config)
         model.implicit.operator = _Expansive(model.implicit.operator)
         return model
 
-    monkeypatch.setattr(loop, "build_from_config", expansive_model)
+    monkeypatch.setattr(setup, "build_from_config", expansive_model)
     statuses = []
-    monkeypatch.setattr(loop.EpochStats, "add", lambda self, *a: statuses.append("trained"))
+    monkeypatch.setattr(records.EpochStats, "add", lambda self, *a: statuses.append("trained"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(TrainingStopped, match="3 consecutive batches"):
-            train(TrainConfig(**{**CONFIG, "solver": "picard", "max_iter": 20}, max_bad_batches=3), tmp_path, progress=False, log=lambda m: None)
+            train(
+                TrainConfig(**{**CONFIG, "solver": "picard", "max_iter": 20}, max_bad_batches=3),
+                tmp_path,
+                progress=False,
+                log=lambda m: None,
+            )
     assert statuses == []  # no optimiser step was taken
     assert any("diverged" in str(w.message) for w in caught)
-    before = torch.manual_seed(0) and loop.build_from_config(TrainConfig(**CONFIG)).state_dict()
+    before = torch.manual_seed(0) and setup.build_from_config(TrainConfig(**CONFIG)).state_dict()
     saved = load_checkpoint(tmp_path / "stopped.pt")["model"]
     for name, tensor in saved.items():
         assert torch.equal(tensor, before[name]), name  # the initial weights and BatchNorm statistics, untouched

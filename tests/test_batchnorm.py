@@ -1,4 +1,5 @@
 """BatchNorm inside T: running statistics change exactly once per training step."""
+
 from __future__ import annotations
 
 import pytest
@@ -58,8 +59,7 @@ def test_no_update_without_grad_and_none_in_eval():
 
 def test_frozen_context_restores_state_after_an_exception():
     op = BNOperator()
-    with pytest.raises(RuntimeError):
-        with jfb.frozen_running_stats(op):
-            assert not op.bn.track_running_stats
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), jfb.frozen_running_stats(op):
+        assert not op.bn.track_running_stats
+        raise RuntimeError("boom")
     assert op.bn.track_running_stats

@@ -1,4 +1,5 @@
 """`jfb bench step`: the hand-written floor computes the same step as the library, and the command's output."""
+
 from __future__ import annotations
 
 import copy
@@ -32,8 +33,23 @@ def test_floor_and_library_take_the_same_jfb_step():
 
 
 def test_bench_step_writes_a_table_of_ratios(tmp_path, capsys):
-    argv = ["bench", "step", "--ks", "2", "--methods", "jfb,neumann:1", "--batch-size", "4", "--repeats", "2",
-            "--warmup", "1", "--out", str(tmp_path), "--json"]
+    argv = [
+        "bench",
+        "step",
+        "--ks",
+        "2",
+        "--methods",
+        "jfb,neumann:1",
+        "--batch-size",
+        "4",
+        "--repeats",
+        "2",
+        "--warmup",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--json",
+    ]
     assert main(argv) == 0
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
     assert [(r["K"], r["backward"]) for r in rows] == [(2, "jfb"), (2, "neumann:1")]

@@ -1,4 +1,5 @@
 """The jfb command line: training, evaluation, checkpoints, errors (run in-process, small MNIST subsets)."""
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,15 @@ def test_one_epoch_on_a_subset_learns(trained_run):
     assert record["backward"] == "jfb" and record["j_matvecs"] == 0
     assert 1 <= record["train_forward_iters_mean"] <= 50
     header = (trained_run / "metrics.csv").read_text().splitlines()[0].split(",")
-    for column in ("train_loss", "train_acc", "val_acc", "test_acc", "epoch_time_s", "samples_per_s", "train_forward_iters_max"):
+    for column in (
+        "train_loss",
+        "train_acc",
+        "val_acc",
+        "test_acc",
+        "epoch_time_s",
+        "samples_per_s",
+        "train_forward_iters_max",
+    ):
         assert column in header
     assert (trained_run / "last.pt").is_file() and (trained_run / "best.pt").is_file()
     assert (trained_run / "curves.png").stat().st_size > 1000
@@ -73,11 +82,20 @@ def test_resume_with_other_options_is_refused(trained_run, capsys):
 def test_unknown_names_and_bad_values_exit_2_with_one_line(capsys, tmp_path):
     cases = [
         (["train", "imagenet"], "unknown dataset or config 'imagenet'; choose one of mnist, svhn, cifar10"),
-        (["train", "mnist", "--solver", "newton", "--out", str(tmp_path / "a")], "unknown solver 'newton'; choose one of picard, anderson, broyden"),
+        (
+            ["train", "mnist", "--solver", "newton", "--out", str(tmp_path / "a")],
+            "unknown solver 'newton'; choose one of picard, anderson, broyden",
+        ),
         (["train", "mnist", "--tol", "-1", "--out", str(tmp_path / "b")], "tol must be a number > 0, got -1.0"),
         (["train", "mnist", "--tol", "1e-3", "--out", str(tmp_path / "e")], "--tol has no effect: "),
-        (["train", "mnist", "--solver", "anderson", "--solver-options", "m=3", "--out", str(tmp_path / "f")], "unknown option of solver 'anderson' 'm'; choose one of memory, beta, ridge"),
-        (["train", "mnist", "--max-iter", "0", "--out", str(tmp_path / "c")], "max_iter must be an integer >= 1, got 0"),
+        (
+            ["train", "mnist", "--solver", "anderson", "--solver-options", "m=3", "--out", str(tmp_path / "f")],
+            "unknown option of solver 'anderson' 'm'; choose one of memory, beta, ridge",
+        ),
+        (
+            ["train", "mnist", "--max-iter", "0", "--out", str(tmp_path / "c")],
+            "max_iter must be an integer >= 1, got 0",
+        ),
         (["train", "mnist", "--backward", "adjoint", "--out", str(tmp_path / "d")], "unknown backward mode 'adjoint'"),
     ]
     for argv, message in cases:
@@ -87,15 +105,15 @@ def test_unknown_names_and_bad_values_exit_2_with_one_line(capsys, tmp_path):
     assert not any(tmp_path.iterdir())  # refused before any run dir was made
 
 
-def test_a_real_bug_keeps_its_traceback(monkeypatch):
-    import jfb.cli.main as cli
+def test_a_real_bug_keeps_its_traceback(monkeypatch, tmp_path):
+    import jfb.experiments.toy as toy
 
-    def broken(args):
+    def broken():
         raise ValueError("an internal bug, not bad input")
 
-    monkeypatch.setattr(cli, "cmd_toy", broken)
+    monkeypatch.setattr(toy, "ToyOperator", broken)
     with pytest.raises(ValueError, match="internal bug"):
-        cli.main(["toy", "--steps", "1"])
+        main(["toy", "--steps", "1", "--out", str(tmp_path)])
 
 
 def test_unknown_config_key_suggests_the_closest(tmp_path, capsys):
@@ -178,7 +196,18 @@ def test_a_failed_checkpoint_write_keeps_the_previous_good_one(tmp_path, monkeyp
 
 def test_bench_solvers_on_a_trained_checkpoint(trained_run, tmp_path, capsys):
     capsys.readouterr()
-    argv = ["bench", "solvers", str(trained_run / "last.pt"), "--batches", "2", "--batch-size", "50", "--out", str(tmp_path), "--json"]
+    argv = [
+        "bench",
+        "solvers",
+        str(trained_run / "last.pt"),
+        "--batches",
+        "2",
+        "--batch-size",
+        "50",
+        "--out",
+        str(tmp_path),
+        "--json",
+    ]
     assert main(argv) == 0
     rows = {r["solver"]: r for r in _json_line(capsys)["rows"]}
     assert list(rows) == ["picard", "anderson", "broyden"]

@@ -1,15 +1,36 @@
 """`jfb compare` at a tiny scale: one run per method, J mat-vec counts per their formula."""
+
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from jfb.cli.main import main
 from jfb.train import load_checkpoint
 
+pytestmark = pytest.mark.slow
+
 
 def test_compare_counts_and_outputs(tmp_path, capsys):
-    argv = ["compare", "mnist", "--methods", "jfb,neumann:2,ift:cg", "--epochs", "1", "--limit-train", "300",
-            "--limit-test", "100", "--max-iter", "10", "--out", str(tmp_path), "--no-progress", "--json"]
+    argv = [
+        "compare",
+        "mnist",
+        "--methods",
+        "jfb,neumann:2,ift:cg",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "300",
+        "--limit-test",
+        "100",
+        "--max-iter",
+        "10",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+        "--json",
+    ]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rows = {r["method"]: r for r in result["rows"]}
@@ -25,8 +46,26 @@ def test_compare_counts_and_outputs(tmp_path, capsys):
 
 
 def test_compare_solvers_anderson_needs_fewer_iterations_than_picard(tmp_path, capsys):
-    argv = ["compare", "mnist", "--vary", "solver", "--methods", "picard,anderson", "--epochs", "1", "--limit-train", "300",
-            "--limit-test", "100", "--tol", "1e-3", "--out", str(tmp_path), "--no-progress", "--json"]
+    argv = [
+        "compare",
+        "mnist",
+        "--vary",
+        "solver",
+        "--methods",
+        "picard,anderson",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "300",
+        "--limit-test",
+        "100",
+        "--tol",
+        "1e-3",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+        "--json",
+    ]
     assert main(argv) == 0
     rows = {r["method"]: r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]}
     # measured at this scale: Picard 12.9, Anderson 8.0 forward iterations per batch
@@ -39,16 +78,39 @@ def test_compare_solvers_anderson_needs_fewer_iterations_than_picard(tmp_path, c
 
 
 def test_paper_setting_runs_the_authors_jacobian_based_configuration(tmp_path, capsys):
-    argv = ["compare", "mnist", "--paper-setting", "--epochs", "1", "--limit-train", "300", "--limit-test", "100",
-            "--out", str(tmp_path), "--no-progress", "--json"]
+    argv = [
+        "compare",
+        "mnist",
+        "--paper-setting",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "300",
+        "--limit-test",
+        "100",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+        "--json",
+    ]
     assert main(argv) == 0
     rows = {r["method"]: r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]}
     assert list(rows) == ["jfb", "ift:cg"]
     ift = load_checkpoint(tmp_path / "ift-cg" / "last.pt")["config"]
     jfb_run = load_checkpoint(tmp_path / "jfb" / "last.pt")["config"]
-    assert (ift["latent_batch_norm"], ift["lipschitz_rescale"], ift["backward"]) == (False, True, "ift:cg:tol=0.1:max_iter=50")
+    assert (ift["latent_batch_norm"], ift["lipschitz_rescale"], ift["backward"]) == (
+        False,
+        True,
+        "ift:cg:tol=0.1:max_iter=50",
+    )
     assert (jfb_run["latent_batch_norm"], jfb_run["lipschitz_rescale"]) == (True, False)
     for config in (ift, jfb_run):
-        assert (config["gamma"], config["lr"], config["weight_decay"], config["tol"], config["max_iter"]) == (0.5, 2e-4, 1e-6, 0.1, 50)
+        assert (config["gamma"], config["lr"], config["weight_decay"], config["tol"], config["max_iter"]) == (
+            0.5,
+            2e-4,
+            1e-6,
+            0.1,
+            50,
+        )
     assert rows["ift:cg"]["backward_converged_share"] >= 0.9  # CG meets its loose tolerance
     assert rows["ift:cg"]["j_matvecs_per_epoch"] > 0 and rows["jfb"]["j_matvecs_per_epoch"] == 0

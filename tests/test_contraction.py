@@ -1,11 +1,12 @@
 """Contraction helpers: Lipschitz estimate, gamma scaling, spectral normalisation."""
+
 from __future__ import annotations
 
 import torch
+from operators import TanhOperator
 from torch import nn
 
 import jfb
-from operators import TanhOperator
 
 
 def test_lipschitz_estimate_matches_dense_jacobian_norm():
@@ -15,14 +16,16 @@ def test_lipschitz_estimate_matches_dense_jacobian_norm():
     u = torch.randn(5, 20, dtype=torch.float64)
     estimate = jfb.lipschitz_estimate(op, u, x, iters=200)
     for i in range(5):
-        J = torch.autograd.functional.jacobian(lambda v: op(v[None], x[i : i + 1])[0], u[i])
+        J = torch.autograd.functional.jacobian(lambda v, i=i: op(v[None], x[i : i + 1])[0], u[i])
         assert abs(float(estimate[i]) - float(torch.linalg.matrix_norm(J, ord=2))) < 1e-6
     assert float(estimate.max()) < 0.9  # tanh' <= 1 and ||W|| = 0.9
 
 
 def test_gamma_scaled_spectrally_normalised_operator_is_a_gamma_contraction():
     torch.manual_seed(0)
-    branch_linear = jfb.spectral_normalize(nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 16)), n_power_iterations=50)
+    branch_linear = jfb.spectral_normalize(
+        nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 16)), n_power_iterations=50
+    )
     branch_linear.train()
     for _ in range(5):  # let the power iteration converge
         branch_linear(torch.randn(2, 16))

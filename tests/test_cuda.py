@@ -1,6 +1,7 @@
 """CUDA correctness (marked ``cuda``; skipped without a GPU): the same numbers as on the CPU, no host
 synchronisation in the solver loop beyond the checks, BatchNorm paths, channels-last, moving a run
 between devices, nccl. ``scripts/device-check.sh`` runs these on a GPU machine."""
+
 from __future__ import annotations
 
 import json
@@ -12,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from operators import TanhOperator, flat
 from torch import nn
 
 import jfb
 from jfb.train import load_checkpoint
-from operators import TanhOperator, flat
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 BACKWARDS = ["jfb", "neumann:2", "ift", "ift:cg:tol=1e-10", "ift:gmres:tol=1e-10", "unroll"]
@@ -64,7 +65,9 @@ def test_running_statistics_update_once_per_step_on_cuda(as_function):
     torch.manual_seed(0)
     operator = _Damped(nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8))).cuda()
     norm = operator.block[1]
-    layer = jfb.ImplicitLayer((lambda u, x: operator(u, x)) if as_function else operator, solver="picard", tol=1e-6, max_iter=50)
+    layer = jfb.ImplicitLayer(
+        (lambda u, x: operator(u, x)) if as_function else operator, solver="picard", tol=1e-6, max_iter=50
+    )
     layer(torch.randn(16, 8, device="cuda")).sum().backward()
     assert int(norm.num_batches_tracked) == 1 and layer.last_stats.t_evals > 5
 
@@ -73,7 +76,9 @@ def test_channels_last_gives_the_same_outputs_on_cuda():
     from jfb.models import build_model
 
     torch.manual_seed(0)
-    model = build_model("mnist", solver="picard", tol=None, max_iter=8).cuda().eval()  # a fixed depth: no tolerance to straddle
+    model = (
+        build_model("mnist", solver="picard", tol=None, max_iter=8).cuda().eval()
+    )  # a fixed depth: no tolerance to straddle
     images = torch.randn(32, 1, 28, 28, device="cuda")
     with torch.no_grad():
         plain = model(images)
@@ -104,8 +109,27 @@ def test_host_synchronisations_in_the_solver_loop_on_cuda(solver, check_every, t
 
 
 def _train(run_dir: Path, device: str, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "jfb", "train", "mnist", "--epochs", "2", "--limit-train", "1024", "--limit-test", "256",
-               "--checkpoint-every", "2", "--no-progress", "--device", device, "--out", str(run_dir), *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "jfb",
+        "train",
+        "mnist",
+        "--epochs",
+        "2",
+        "--limit-train",
+        "1024",
+        "--limit-test",
+        "256",
+        "--checkpoint-every",
+        "2",
+        "--no-progress",
+        "--device",
+        device,
+        "--out",
+        str(run_dir),
+        *extra,
+    ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -125,7 +149,18 @@ def test_a_run_resumes_on_the_other_device(tmp_path, first, then):
 
 def test_torchrun_with_nccl_trains_a_few_steps(tmp_path):
     worker = Path(__file__).with_name("distributed_worker.py")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", str(worker), "nccl", str(tmp_path), "{}"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "1",
+        str(worker),
+        "nccl",
+        str(tmp_path),
+        "{}",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     saved = torch.load(tmp_path / "rank0.pt", weights_only=True)

@@ -1,4 +1,5 @@
 """Dataset parsers on small files in the real formats, checksums, splits, augmentation."""
+
 from __future__ import annotations
 
 import gzip
@@ -67,7 +68,9 @@ def test_idx_parser_and_truncation(tmp_path):
 def test_checksum_mismatch_names_file_and_expected_sum(tmp_path):
     path = tmp_path / "train_32x32.mat"
     path.write_bytes(b"not the real file")
-    with pytest.raises(ChecksumError, match=r"train_32x32.mat: MD5 checksum mismatch \(expected e26dedcc434d2e4c54c9b2d4a06d8373"):
+    with pytest.raises(
+        ChecksumError, match=r"train_32x32.mat: MD5 checksum mismatch \(expected e26dedcc434d2e4c54c9b2d4a06d8373"
+    ):
         verify_md5(path, "e26dedcc434d2e4c54c9b2d4a06d8373")
 
 
@@ -85,7 +88,7 @@ def test_fetch_uses_present_file_and_checks_it(tmp_path):
 def test_mnist_splits_are_deterministic_and_disjoint():
     train, val, test = load_splits("mnist", seed=0)
     assert (len(train), len(val), len(test)) == (55_000, 5_000, 10_000)
-    train2, val2, _ = load_splits("mnist", seed=0)
+    _, val2, _ = load_splits("mnist", seed=0)
     assert torch.equal(val.labels, val2.labels) and torch.equal(val.images[:50], val2.images[:50])
     assert train.images.dtype == torch.uint8
 
@@ -121,7 +124,7 @@ def test_digits_are_never_mirrored():
 def test_normalised_batches_and_no_test_augmentation():
     info = DATASETS["mnist"]
     _, _, test = load_splits("mnist")
-    x1, y1 = next(batches(test.subset(200), 100, Normalizer(info.mean, info.std)))
+    x1, _ = next(batches(test.subset(200), 100, Normalizer(info.mean, info.std)))
     x2, _ = next(batches(test.subset(200), 100, Normalizer(info.mean, info.std)))
     assert torch.equal(x1, x2) and x1.shape == (100, 1, 28, 28)
     assert abs(float(x1.mean())) < 0.2 and 0.8 < float(x1.std()) < 1.3

@@ -1,10 +1,15 @@
 """scripts/device-check.sh --dry-run: every step of the GPU check runs on CPU at tiny sizes, so it never rots."""
+
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "device-check.sh"
 
@@ -15,9 +20,19 @@ def test_the_device_check_dry_run_completes_and_writes_what_the_device_tool_brin
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert result.returncode == 0, summary + result.stdout[-2000:] + (tmp_path / "out" / "log.txt").read_text()[-3000:]
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert files == ["epoch.csv", "log.txt", "memory.csv", "mnist-epoch.csv", "nvidia-smi.txt", "step.csv", "summary.md"]
+    assert files == [
+        "epoch.csv",
+        "log.txt",
+        "memory.csv",
+        "mnist-epoch.csv",
+        "nvidia-smi.txt",
+        "step.csv",
+        "summary.md",
+    ]
     assert len(files) <= 8 and summary.count("| ok |") == 8 and "failed" not in summary
     for heading in ("Training step vs the floor", "synthetic CIFAR-10-shaped data", "Peak memory", "MNIST training"):
         assert heading in summary
     step_rows = (tmp_path / "out" / "step.csv").read_text().splitlines()
-    assert step_rows[0].startswith("K,backward,batch,device,precision") and len(step_rows) == 1 + 4  # small, large, fp32 + bf16
+    assert (
+        step_rows[0].startswith("K,backward,batch,device,precision") and len(step_rows) == 1 + 4
+    )  # small, large, fp32 + bf16

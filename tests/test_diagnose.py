@@ -1,16 +1,31 @@
 """`jfb diagnose` on a briefly trained checkpoint."""
+
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from jfb.cli.main import main
 from jfb.train import TrainConfig, train
 
+pytestmark = pytest.mark.slow
+
 
 def test_diagnose_reports_descent_and_neumann_convergence(tmp_path, capsys):
-    train(TrainConfig(epochs=1, limit_train=500, limit_test=100, max_iter=20), tmp_path / "run", progress=False, log=lambda m: None)
+    train(
+        TrainConfig(epochs=1, limit_train=500, limit_test=100, max_iter=20),
+        tmp_path / "run",
+        progress=False,
+        log=lambda m: None,
+    )
     capsys.readouterr()
-    assert main(["diagnose", str(tmp_path / "run" / "last.pt"), "--batches", "1", "--out", str(tmp_path / "diag"), "--json"]) == 0
+    assert (
+        main(
+            ["diagnose", str(tmp_path / "run" / "last.pt"), "--batches", "1", "--out", str(tmp_path / "diag"), "--json"]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["batches"] == 1 and summary["descent_share"] in (0.0, 1.0)
     assert -1.0 <= summary["cosine_mean"] <= 1.0 and summary["contraction_mean"] > 0

@@ -1,4 +1,5 @@
 """Data-parallel training with torchrun: 2 processes, gloo on CPU, SyncBatchNorm in the latent space."""
+
 from __future__ import annotations
 
 import json
@@ -7,10 +8,11 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 import pytest
 import torch
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -18,14 +20,28 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 # in the gradient, and NCHW layout (torch's BatchNorm on channels-last tensors computes the variance
 # in one float32 pass: 8.7e-6 error vs 6.3e-7 for NCHW, measured): the only difference between 1 and 2
 # processes is float summation order
-EXACT = dict(dropout=0.0, channels_last=False, limit_train=400, batch_size=100, optimizer="sgd", lr=0.05, schedule="constant",
-             solver="anderson", tol=1e-12, stop_mode="abs", max_iter=8, threads=1)
+EXACT = dict(
+    dropout=0.0,
+    channels_last=False,
+    limit_train=400,
+    batch_size=100,
+    optimizer="sgd",
+    lr=0.05,
+    schedule="constant",
+    solver="anderson",
+    tol=1e-12,
+    stop_mode="abs",
+    max_iter=8,
+    threads=1,
+)
 
 
-def _launch(command: list[str], timeout: float) -> tuple[Optional[int], str, str]:
+def _launch(command: list[str], timeout: float) -> tuple[int | None, str, str]:
     """Run ``command`` in its own session: ``(returncode, stdout, stderr)``, returncode None when it
     hung, in which case the whole group (launcher and workers) is killed and its output kept."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         stdout, stderr = process.communicate(timeout=timeout)
         return process.returncode, stdout, stderr
@@ -65,15 +81,20 @@ def test_two_processes_match_one_process_on_the_same_global_batches(exact):
     (rank0, _), single = exact
     # measured largest difference 3.1e-6 (float32 summation order; float64 sums in the synchronised
     # batch statistics vs two passes in BatchNorm), against weight changes of > 1e-3
-    worst = max(float((rank0["model"][name].float() - tensor.float()).abs().max()) for name, tensor in single["model"].items())
+    worst = max(
+        float((rank0["model"][name].float() - tensor.float()).abs().max()) for name, tensor in single["model"].items()
+    )
     assert worst < 5e-5
-    moved = max(float((rank0["model"][n].float() - t.float()).abs().max()) for n, t in _initial_state().items() if t.is_floating_point())
+    moved = max(
+        float((rank0["model"][n].float() - t.float()).abs().max())
+        for n, t in _initial_state().items()
+        if t.is_floating_point()
+    )
     assert moved > 1e-3  # the comparison is not trivially true: training changed the weights
 
 
 def _initial_state() -> dict[str, torch.Tensor]:
-    from jfb.train import TrainConfig
-    from jfb.train.loop import build_from_config
+    from jfb.train import TrainConfig, build_from_config
 
     torch.manual_seed(0)
     return build_from_config(TrainConfig(**{k: v for k, v in EXACT.items() if k != "dropout"})).state_dict()
@@ -94,14 +115,34 @@ def test_synchronised_batch_norm_solves_run_in_lock_step_without_deadlock(tmp_pa
 def test_without_agreement_the_same_run_breaks(tmp_path):
     """The control for the test above: with lock-step turned off the collectives mismatch."""
     (tmp_path / "run").mkdir()
-    returncode, _, _ = _launch([*TORCHRUN, str(WORKER), "lockstep", str(tmp_path / "run"), json.dumps({"lockstep": False})], timeout=120)
+    returncode, _, _ = _launch(
+        [*TORCHRUN, str(WORKER), "lockstep", str(tmp_path / "run"), json.dumps({"lockstep": False})], timeout=120
+    )
     assert returncode != 0  # failed, or hung (None: the deadlock itself)
 
 
 def test_torchrun_cli_trains_writes_from_rank_0_and_resumes(tmp_path):
     run_dir = tmp_path / "run"
-    command = [*TORCHRUN, "-m", "jfb", "train", "mnist", "--epochs", "1", "--limit-train", "400", "--limit-test", "200",
-               "--batch-size", "100", "--threads", "1", "--no-progress", "--out", str(run_dir)]
+    command = [
+        *TORCHRUN,
+        "-m",
+        "jfb",
+        "train",
+        "mnist",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "400",
+        "--limit-test",
+        "200",
+        "--batch-size",
+        "100",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--out",
+        str(run_dir),
+    ]
     first = _run(command)
     assert first.stdout.count("epoch 1:") == 1  # one log, from rank 0
     record = json.loads((run_dir / "metrics.jsonl").read_text())

@@ -1,4 +1,5 @@
 """Bad arguments raise ValueError naming the bad value and the allowed ones."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,13 +14,25 @@ OP = lambda u, x: 0.5 * u + x  # noqa: E731
     "kwargs, pattern",
     [
         (dict(solver="newton"), r"unknown solver 'newton'; choose one of picard, anderson, broyden"),
-        (dict(backward="adjoint"), r"unknown backward mode 'adjoint'; choose one of jfb, neumann:K, ift\[:cg\|fixed_point\|gmres\]"),
+        (
+            dict(backward="adjoint"),
+            r"unknown backward mode 'adjoint'; choose one of jfb, neumann:K, ift\[:cg\|fixed_point\|gmres\]",
+        ),
         (dict(backward="neumann:-1"), r"bad backward mode 'neumann:-1': Neumann order k must be an integer >= 0"),
-        (dict(backward="ift:lsqr"), r"bad backward mode 'ift:lsqr': unknown IFT linear solver 'lsqr'; choose one of cg, fixed_point, gmres"),
+        (
+            dict(backward="ift:lsqr"),
+            r"bad backward mode 'ift:lsqr': unknown IFT linear solver 'lsqr'; choose one of cg, fixed_point, gmres",
+        ),
         (dict(tol=0), r"tol must be a number > 0, or None for a fixed depth, got 0"),
         (dict(tol=-1e-3), r"tol must be a number > 0, or None for a fixed depth, got -0.001"),
-        (dict(tolerance=1e-3), r"unknown solve option 'tolerance'; choose one of solver, tol, .* \(did you mean 'tol'\?\)"),
-        (dict(solver="anderson", solver_options={"m": 3}), r"unknown option of solver 'anderson' 'm'; choose one of memory, beta, ridge"),
+        (
+            dict(tolerance=1e-3),
+            r"unknown solve option 'tolerance'; choose one of solver, tol, .* \(did you mean 'tol'\?\)",
+        ),
+        (
+            dict(solver="anderson", solver_options={"m": 3}),
+            r"unknown option of solver 'anderson' 'm'; choose one of memory, beta, ridge",
+        ),
         (dict(check_every=0), r"check_every must be an integer >= 1, got 0"),
         (dict(max_iter=0), r"max_iter must be an integer >= 1, got 0"),
         (dict(max_iter=2.5), r"max_iter must be an integer >= 1, got 2.5"),
@@ -34,7 +47,7 @@ def test_bad_arguments(kwargs, pattern):
 
 
 def test_operator_must_be_callable():
-    with pytest.raises(ValueError, match="operator must be an nn.Module or a callable"):
+    with pytest.raises(ValueError, match=r"operator must be an nn\.Module or a callable"):
         jfb.ImplicitLayer(42)
 
 

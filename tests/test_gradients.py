@@ -1,11 +1,14 @@
 """Gradients of every backward mode against a dense solve of (I - J) (float64)."""
+
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
+from operators import TanhOperator, dense_implicit_gradient, flat
 
 import jfb
-from operators import TanhOperator, dense_implicit_gradient, flat
 
 TIGHT = dict(solver="anderson", tol=1e-13, max_iter=300)
 
@@ -51,7 +54,7 @@ def test_neumann_error_decreases_geometrically_and_k0_is_jfb():
         if k == 0:
             assert torch.equal(grad, jfb_grad)
         errors.append(float((grad - dense).norm() / dense.norm()))
-    ratios = [b / a for a, b in zip(errors, errors[1:])]
+    ratios = [b / a for a, b in itertools.pairwise(errors)]
     # the truncation error is a tail of sum J^i with ||J|| <= 0.7: each extra term shrinks it
     assert all(r < 0.75 for r in ratios), ratios
     assert errors[-1] < 0.7**6 * errors[0] * 1.5
@@ -127,7 +130,9 @@ def test_cg_counts_two_products_per_iteration():
 def test_ift_max_iter_follows_the_forward_max_iter_and_a_missed_tolerance_is_warned():
     op, x, head = _problem(10, 0.95, seed=4)
     layer = jfb.ImplicitLayer(op, backward="ift:fixed_point", tol=1e-12, max_iter=7)
-    with pytest.warns(jfb.ConvergenceWarning, match=r"backward linear solve \(ift:fixed_point\) max_iter after 7 iterations"):
+    with pytest.warns(
+        jfb.ConvergenceWarning, match=r"backward linear solve \(ift:fixed_point\) max_iter after 7 iterations"
+    ):
         (head * layer(x)).sum().backward()
     assert layer.last_stats.backward.iterations == 7
     assert layer.last_stats.backward.status == jfb.Status.MAX_ITER
@@ -140,14 +145,18 @@ def test_ift_max_iter_follows_the_forward_max_iter_and_a_missed_tolerance_is_war
 @pytest.mark.parametrize("on_failure", ["raise", "ignore"])
 def test_backward_solve_failures_follow_on_failure(on_failure, recwarn):
     op, x, head = _problem(10, 0.95, seed=4)
-    layer = jfb.ImplicitLayer(op, backward="ift:gmres:tol=1e-12:max_iter=3", tol=1e-12, max_iter=200, on_failure=on_failure)
+    layer = jfb.ImplicitLayer(
+        op, backward="ift:gmres:tol=1e-12:max_iter=3", tol=1e-12, max_iter=200, on_failure=on_failure
+    )
     loss = (head * layer(x)).sum()
     if on_failure == "raise":
         with pytest.raises(jfb.FixedPointError, match=r"ift:gmres\) max_iter after 3 iterations"):
             loss.backward()
     else:
         loss.backward()
-        assert layer.last_stats.backward.status == "max_iter" and not [w for w in recwarn if w.category is jfb.ConvergenceWarning]
+        assert layer.last_stats.backward.status == "max_iter" and not [
+            w for w in recwarn if w.category is jfb.ConvergenceWarning
+        ]
 
 
 def test_backward_options_by_name():

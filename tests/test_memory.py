@@ -1,4 +1,5 @@
 """Peak memory of a training step vs forward depth (fresh subprocess per measurement)."""
+
 from __future__ import annotations
 
 import json
@@ -6,6 +7,8 @@ import json
 import pytest
 
 from jfb.benchmarks.memory import peak_step_memory
+
+pytestmark = pytest.mark.slow
 
 DIM, BATCH = 2048, 256  # 2 MiB per activation: tensors dominate every other allocation
 
@@ -29,7 +32,19 @@ def test_unroll_memory_grows_with_depth():
 def test_bench_memory_command_writes_table_and_plot(tmp_path, capsys):
     from jfb.cli.main import main
 
-    argv = ["bench", "memory", "--out", str(tmp_path), "--depths", "5,40", "--methods", "jfb,unroll", "--batch-size", "20", "--json"]
+    argv = [
+        "bench",
+        "memory",
+        "--out",
+        str(tmp_path),
+        "--depths",
+        "5,40",
+        "--methods",
+        "jfb,unroll",
+        "--batch-size",
+        "20",
+        "--json",
+    ]
     assert main(argv) == 0
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
     peak = {(r["backward"], r["max_iter"]): r["peak_mib"] for r in rows}

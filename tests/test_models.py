@@ -1,4 +1,5 @@
 """Paper models: parameter counts, shapes, explicit twins."""
+
 from __future__ import annotations
 
 import re
@@ -37,7 +38,9 @@ def test_implicit_and_explicit_twins_share_layers_and_shapes(arch):
 
 
 def test_unknown_names_list_the_choices():
-    with pytest.raises(ValueError, match="unknown architecture 'mlp'; choose one of mnist, svhn, cifar10, mnist-reference"):
+    with pytest.raises(
+        ValueError, match="unknown architecture 'mlp'; choose one of mnist, svhn, cifar10, mnist-reference"
+    ):
         build_model("mlp")
     with pytest.raises(ValueError, match="unknown model kind 'hybrid'; choose one of implicit, explicit"):
         build_model("mnist", kind="hybrid")
@@ -46,8 +49,14 @@ def test_unknown_names_list_the_choices():
 @pytest.mark.parametrize("kind", ["implicit", "explicit"])
 def test_wrong_input_shapes_are_value_errors(kind):
     model = build_model("mnist", kind=kind)
-    for bad, shape in ((torch.randn(2, 3, 28, 28), "(2, 3, 28, 28)"), (torch.randn(1, 28, 28), "(1, 28, 28)"), (torch.randn(0, 1, 28, 28), "(0, 1, 28, 28)")):
-        with pytest.raises(ValueError, match=re.escape(f"expected input of shape (N, 1, 28, 28) with N >= 1, got {shape}")):
+    for bad, shape in (
+        (torch.randn(2, 3, 28, 28), "(2, 3, 28, 28)"),
+        (torch.randn(1, 28, 28), "(1, 28, 28)"),
+        (torch.randn(0, 1, 28, 28), "(0, 1, 28, 28)"),
+    ):
+        with pytest.raises(
+            ValueError, match=re.escape(f"expected input of shape (N, 1, 28, 28) with N >= 1, got {shape}")
+        ):
             model(bad)
     with pytest.raises(ValueError, match="floating-point"):
         model(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))

@@ -1,4 +1,5 @@
 """The README's Python API example runs and does what it says."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,5 +1,6 @@
 """The paper authors' published checkpoints (../shared/reference): strict conversion, logit
 fingerprints of all three files, the MNIST file's test accuracy, explicit twins."""
+
 from __future__ import annotations
 
 import json
@@ -66,6 +67,7 @@ def test_logits_on_the_probe_input_match_the_published_fingerprints(name):
     assert (logits - _fingerprints()[name]).abs().max() < 1e-2
 
 
+@pytest.mark.slow
 @needs_files
 def test_import_reference_scores_as_published_on_the_mnist_test_set(tmp_path, capsys):
     out = tmp_path / "mnist_ref.pt"

@@ -1,4 +1,5 @@
 """Crash and resume: a run killed with SIGKILL mid-epoch and resumed equals an uninterrupted run, bit for bit."""
+
 from __future__ import annotations
 
 import json
@@ -13,19 +14,43 @@ import torch
 
 from jfb.train import load_checkpoint
 
+pytestmark = pytest.mark.slow
+
 # 600 training images in batches of 100: 6 steps per epoch, a checkpoint every 2 steps
-COMMAND = ["train", "mnist", "--epochs", "2", "--limit-train", "600", "--limit-test", "100", "--batch-size", "100", "--max-iter", "8",
-           "--checkpoint-every", "2", "--deterministic", "--threads", "1", "--no-progress"]
+COMMAND = [
+    "train",
+    "mnist",
+    "--epochs",
+    "2",
+    "--limit-train",
+    "600",
+    "--limit-test",
+    "100",
+    "--batch-size",
+    "100",
+    "--max-iter",
+    "8",
+    "--checkpoint-every",
+    "2",
+    "--deterministic",
+    "--threads",
+    "1",
+    "--no-progress",
+]
 TIMING_KEYS = ("epoch_time_s", "samples_per_s")
 
 
 def _jfb(run_dir: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "jfb", *COMMAND, "--out", str(run_dir), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "jfb", *COMMAND, "--out", str(run_dir), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(process: subprocess.Popen) -> None:
-    out, err = process.communicate(timeout=600)
+    _, err = process.communicate(timeout=600)
     assert process.returncode == 0, err
 
 

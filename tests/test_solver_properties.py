@@ -1,4 +1,5 @@
 """Property-based tests: every solver on random contractive operators of random sizes and batches."""
+
 from __future__ import annotations
 
 import pytest
@@ -36,7 +37,11 @@ def test_solvers_converge_on_random_contractions(solver, dim, batch, factor, see
     T, x_row = _contraction(dim, factor, seed)
     x = x_row * torch.linspace(0.5, 2.0, batch, dtype=torch.float64)[:, None]
     f = lambda u, index: T(u, x if index is None else x[index])  # noqa: E731
-    u, state = solve(f, torch.zeros_like(x), SolveOptions(solver=solver, tol=TOL, max_iter=500, stop_mode=stop_mode, freeze_converged=freeze))
+    u, state = solve(
+        f,
+        torch.zeros_like(x),
+        SolveOptions(solver=solver, tol=TOL, max_iter=500, stop_mode=stop_mode, freeze_converged=freeze),
+    )
 
     assert state.status == "converged"
     assert bool(state.converged.all()) and torch.isfinite(u).all()

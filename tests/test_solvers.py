@@ -1,13 +1,14 @@
 """Forward solvers: convergence, per-sample statistics, failure statuses."""
+
 from __future__ import annotations
 
 import warnings
 
 import pytest
 import torch
+from operators import ScalarLinearOperator, SlowLinearOperator, TanhOperator
 
 import jfb
-from operators import ScalarLinearOperator, SlowLinearOperator, TanhOperator
 
 SOLVERS = ["picard", "anderson", "broyden"]
 
@@ -86,7 +87,9 @@ def test_freezing_evaluates_only_unconverged_samples():
 @pytest.mark.parametrize("stop_mode", ["abs", "rel"])
 def test_expansive_operator_is_reported_as_diverged(stop_mode):
     # in "rel" mode the relative residual of 2u + x stays near 1/2: only the absolute one shows it
-    layer = jfb.ImplicitLayer(lambda u, x: 2.0 * u + x, solver="picard", tol=1e-6, max_iter=200, stop_mode=stop_mode, on_failure="ignore")
+    layer = jfb.ImplicitLayer(
+        lambda u, x: 2.0 * u + x, solver="picard", tol=1e-6, max_iter=200, stop_mode=stop_mode, on_failure="ignore"
+    )
     with torch.no_grad():
         layer(torch.ones(3, 4))
     assert layer.last_stats.status == "diverged"
@@ -119,9 +122,8 @@ def test_nan_input_gives_non_finite_and_is_not_hidden(solver):
     op, x = _tanh_problem(0.5)
     x[2, 0] = float("nan")
     layer = jfb.ImplicitLayer(op, solver=solver, tol=1e-6, max_iter=50)
-    with pytest.warns(jfb.ConvergenceWarning, match="non_finite"):
-        with torch.no_grad():
-            u = layer(x)
+    with pytest.warns(jfb.ConvergenceWarning, match="non_finite"), torch.no_grad():
+        u = layer(x)
     assert layer.last_stats.status == "non_finite"
     assert not bool(torch.isfinite(u[2]).all())  # the NaN is visible, not replaced by a stale iterate
 
@@ -192,10 +194,16 @@ def test_channels_last_iterates_give_the_same_fixed_point_and_stay_channels_last
     assert torch.allclose(plain, nhwc, atol=1e-9)
 
 
-@pytest.mark.parametrize("solver, options", [
-    ("anderson", {"memory": 1}), ("anderson", {"memory": 2.5}), ("anderson", {"beta": 0.0}), ("anderson", {"ridge": -1e-3}),
-    ("broyden", {"memory": 0}),
-])
+@pytest.mark.parametrize(
+    "solver, options",
+    [
+        ("anderson", {"memory": 1}),
+        ("anderson", {"memory": 2.5}),
+        ("anderson", {"beta": 0.0}),
+        ("anderson", {"ridge": -1e-3}),
+        ("broyden", {"memory": 0}),
+    ],
+)
 def test_invalid_solver_options_fail_when_the_options_are_built(solver, options):
     with pytest.raises(jfb.JfbError, match=solver):
         jfb.SolveOptions(solver=solver, solver_options=options)

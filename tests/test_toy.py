@@ -1,12 +1,16 @@
 """The toy implicit problem y = d + y^5."""
+
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from jfb.cli.main import main
 from jfb.experiments.toy import true_solution
+
+pytestmark = pytest.mark.slow
 
 
 def test_true_solution_solves_the_equation():

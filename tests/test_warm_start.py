@@ -1,4 +1,5 @@
 """--warm-start: each training sample's solve starts from its fixed point of the previous epoch."""
+
 from __future__ import annotations
 
 import json
@@ -7,13 +8,17 @@ import pytest
 
 from jfb.train import TrainConfig, train
 
+pytestmark = pytest.mark.slow
+
 # lr 1e-9 keeps the weights fixed: a sample's fixed point then changes between epochs only through
 # the batch statistics of its new batch, so its cached fixed point is a very good start
 CONFIG = dict(epochs=2, limit_train=500, limit_test=100, tol=1e-3, lr=1e-9, deterministic=True)
 
 
 def _iterations(run_dir):
-    return [json.loads(line)["train_forward_iters_mean"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line)["train_forward_iters_mean"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def test_second_epoch_starts_from_the_cached_fixed_points(tmp_path):

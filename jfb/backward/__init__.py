@@ -4,9 +4,11 @@ Names: ``jfb``, ``neumann:K``, ``ift`` (fixed-point iteration), ``ift:cg`` (the 
 ``ift:fixed_point``, ``ift:gmres``, ``unroll``. Options follow as ``key=value`` parts:
 ``ift:cg:tol=1e-8:max_iter=100``. Add a mode with :func:`register_backward`.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import JfbError, check_new_name, unknown_name
 from .base import BackwardMode, BackwardStats, FixedPointMap
@@ -34,7 +36,7 @@ def backward_names() -> tuple[str, ...]:
     return tuple(usage for _, usage in _REGISTRY.values())
 
 
-def get_backward(spec: Union[str, BackwardMode]) -> BackwardMode:
+def get_backward(spec: str | BackwardMode) -> BackwardMode:
     """A BackwardMode from its name (or the instance itself); bad names or options raise JfbError."""
     if isinstance(spec, BackwardMode):
         return spec
@@ -69,6 +71,16 @@ register_backward("ift", IFT, f"ift[:{'|'.join(LINEAR_SOLVERS)}][:tol=T][:max_it
 register_backward("unroll", Unroll)
 
 __all__ = [
-    "BackwardMode", "BackwardStats", "DEFAULT_LINEAR_SOLVER", "FixedPointMap", "IFT", "JFB", "LINEAR_SOLVERS", "Neumann",
-    "Unroll", "backward_names", "get_backward", "register_backward",
+    "DEFAULT_LINEAR_SOLVER",
+    "IFT",
+    "JFB",
+    "LINEAR_SOLVERS",
+    "BackwardMode",
+    "BackwardStats",
+    "FixedPointMap",
+    "Neumann",
+    "Unroll",
+    "backward_names",
+    "get_backward",
+    "register_backward",
 ]

@@ -6,11 +6,12 @@ with grad (updating BatchNorm statistics once) and decides what the backward pas
 incoming gradient. Every product with the Jacobian ``J = dT/du`` is counted in
 ``stats.j_matvecs`` when the backward pass runs.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -41,8 +42,13 @@ class FixedPointMap:
     hands a backward solve that missed its tolerance to the layer's ``on_failure`` policy.
     """
 
-    def __init__(self, T: Callable[[Tensor], Tensor], frozen: Callable[[], AbstractContextManager], forward_max_iter: int,
-                 report: Callable[[str, BackwardStats], None]) -> None:
+    def __init__(
+        self,
+        T: Callable[[Tensor], Tensor],
+        frozen: Callable[[], AbstractContextManager],
+        forward_max_iter: int,
+        report: Callable[[str, BackwardStats], None],
+    ) -> None:
         self.T, self.frozen, self.forward_max_iter, self.report = T, frozen, forward_max_iter, report
 
     def __call__(self, u: Tensor) -> Tensor:

@@ -1,7 +1,6 @@
 """Jacobian-based gradient via the implicit function theorem."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 from torch import Tensor
 
@@ -30,7 +29,9 @@ class IFT(BackwardMode):
     ``on_failure``. By name: ``"ift"``, ``"ift:cg"``, ``"ift:cg:tol=1e-8:max_iter=100"``.
     """
 
-    def __init__(self, linear_solver: str = DEFAULT_LINEAR_SOLVER, tol: float = 1e-6, max_iter: Optional[int] = None) -> None:
+    def __init__(
+        self, linear_solver: str = DEFAULT_LINEAR_SOLVER, tol: float = 1e-6, max_iter: int | None = None
+    ) -> None:
         if linear_solver not in LINEAR_SOLVERS:
             raise unknown_name("IFT linear solver", linear_solver, LINEAR_SOLVERS)
         require_number("IFT tol", tol, 0)
@@ -48,7 +49,11 @@ class IFT(BackwardMode):
             stats.t_evals += 1
             w, info = self._solve(products, grad, max_iter)
             stats.j_matvecs += products.count
-            stats.iterations, stats.relative_residual, stats.status = info.iterations, info.relative_residual, info.status
+            stats.iterations, stats.relative_residual, stats.status = (
+                info.iterations,
+                info.relative_residual,
+                info.status,
+            )
             T.report(self.name, stats)
             return w
 

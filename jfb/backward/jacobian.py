@@ -4,9 +4,8 @@
 ``J^T y`` is linear in ``y``, so differentiating it with respect to ``y`` in direction ``v``
 gives ``J v``; building the ``J^T y`` graph once costs one extra (counted) VJP.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 from torch import Tensor
@@ -18,8 +17,8 @@ class JacobianProducts:
     def __init__(self, z: Tensor, u: Tensor) -> None:
         self.z, self.u = z, u
         self.count = 0
-        self._dummy: Optional[Tensor] = None
-        self._jt_dummy: Optional[Tensor] = None
+        self._dummy: Tensor | None = None
+        self._jt_dummy: Tensor | None = None
 
     def vjp(self, v: Tensor) -> Tensor:
         self.count += 1
@@ -34,4 +33,3 @@ class JacobianProducts:
         self.count += 1
         (out,) = torch.autograd.grad(self._jt_dummy, self._dummy, v, retain_graph=True)
         return out
-

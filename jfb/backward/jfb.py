@@ -1,4 +1,5 @@
 """Jacobian-free backpropagation (the paper's Figure 3)."""
+
 from __future__ import annotations
 
 from torch import Tensor

@@ -4,10 +4,11 @@ The batch is treated as one system because an operator with batch statistics (Ba
 training mode) couples the samples. Each solver returns ``(w, LinearSolveInfo)`` and stops when
 ``||b - A w|| <= tol * ||b||``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor

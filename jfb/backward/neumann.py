@@ -1,4 +1,5 @@
 """Neumann-series truncation of the implicit gradient."""
+
 from __future__ import annotations
 
 from torch import Tensor

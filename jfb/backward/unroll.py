@@ -1,4 +1,5 @@
 """Ordinary backpropagation through every forward iteration (for comparison only)."""
+
 from __future__ import annotations
 
 from torch import Tensor

@@ -4,14 +4,22 @@ No code of this library: ``iterations`` applications of R under no_grad, one app
 grad, the head, the loss, backward and the optimiser step. Nothing a JFB step can skip, so the
 least time a step with these layers can take; ``jfb bench step`` reports ours / this.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
 
-def floor_step(embedding: nn.Module, operator: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer,
-               images: Tensor, labels: Tensor, iterations: int) -> Tensor:
+def floor_step(
+    embedding: nn.Module,
+    operator: nn.Module,
+    head: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: Tensor,
+    labels: Tensor,
+    iterations: int,
+) -> Tensor:
     q = embedding(images)
     with torch.no_grad():
         u = torch.zeros_like(q)

@@ -8,6 +8,7 @@ tracks live tensors), resets the kernel's peak-RSS counter after a warm-up step
 (``/proc/self/clear_refs``), runs one step and reports ``VmHWM - VmRSS_before``. Solves run
 a fixed depth (``tol=None``): every one of the ``max_iter`` iterations runs (checked).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,18 +16,20 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 import jfb
 
-from ..plotting import pyplot
-from ..tables import csv_text
+from ..files import prepare_run_dir
+from ..reports import Report, markdown_table, write_report
+from ..settings import setting
 
-MODELS = ("elementwise", "mnist")
+MODELS = ("mnist", "elementwise")
 
 
 class _ElementwiseOperator(nn.Module):
@@ -42,9 +45,10 @@ class _ElementwiseOperator(nn.Module):
 
 
 def _kib(field: str) -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
@@ -64,7 +68,9 @@ def _step_function(model_name: str, backward: str, dim: int, batch: int, device:
     opt = torch.optim.SGD(params, lr=1e-3)
 
     def step(depth: int) -> int:
-        layer = jfb.ImplicitLayer(operator, solver="picard", backward=backward, tol=None, max_iter=depth, on_failure="ignore")
+        layer = jfb.ImplicitLayer(
+            operator, solver="picard", backward=backward, tol=None, max_iter=depth, on_failure="ignore"
+        )
         u = layer(embed(inputs))
         loss = nn.functional.cross_entropy(head(u), targets) if head is not None else u.square().mean()
         opt.zero_grad(set_to_none=False)
@@ -75,14 +81,18 @@ def _step_function(model_name: str, backward: str, dim: int, batch: int, device:
     return step
 
 
-def _peak_of_one_step(step: Callable[[int], int], max_iter: int, reset: Callable[[], float], peak: Callable[[float], float]) -> float:
+def _peak_of_one_step(
+    step: Callable[[int], int], max_iter: int, reset: Callable[[], float], peak: Callable[[float], float]
+) -> float:
     """Warm up, reset the peak counter (``reset`` returns the baseline), run one step of ``max_iter``
     iterations (checked), and return ``peak(baseline)`` in MiB."""
     step(2)  # warm-up: gradient buffers, optimiser state, autograd engine
     before = reset()
     depth = step(max_iter)
     if depth != max_iter:
-        raise RuntimeError(f"the solve stopped after {depth} of {max_iter} iterations; the measurement needs all of them")
+        raise RuntimeError(
+            f"the solve stopped after {depth} of {max_iter} iterations; the measurement needs all of them"
+        )
     return peak(before)
 
 
@@ -108,46 +118,70 @@ def _measure_in_this_process(model_name: str, backward: str, max_iter: int, dim:
 def peak_cuda_step_memory(backward: str, max_iter: int, dim: int, batch: int, model: str) -> float:
     """Peak extra GPU memory (MiB) of one training step: the CUDA allocator counts exactly, so in this process."""
     step = _step_function(model, backward, dim, batch, "cuda")
-    return _peak_of_one_step(step, max_iter, _reset_cuda, lambda before: torch.cuda.max_memory_allocated() / 2**20 - before)
+    return _peak_of_one_step(
+        step, max_iter, _reset_cuda, lambda before: torch.cuda.max_memory_allocated() / 2**20 - before
+    )
 
 
-def peak_step_memory(backward: str, max_iter: int, dim: int = 1024, batch: int = 256, model: str = "elementwise",
-                     device: str = "cpu") -> float:
+def peak_step_memory(
+    backward: str, max_iter: int, dim: int = 1024, batch: int = 256, model: str = "elementwise", device: str = "cpu"
+) -> float:
     """Peak extra memory (MiB) of one training step: resident memory in a fresh subprocess, or GPU memory."""
     if device == "cuda":
         return peak_cuda_step_memory(backward, max_iter, dim, batch, model)
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "jfb.benchmarks.memory", "--child", model, backward, str(max_iter), str(dim), str(batch)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jfb.benchmarks.memory",
+        "--child",
+        model,
+        backward,
+        str(max_iter),
+        str(dim),
+        str(batch),
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode:
-        raise RuntimeError(f"memory measurement failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
+        reason = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode
+        raise RuntimeError(f"memory measurement failed: {reason}")
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"])
 
 
-def memory_table(out_dir: Path, depths: list[int], modes: list[str], model: str, batch: int, log=print, device: str = "cpu") -> list[dict]:
+@dataclass(frozen=True)
+class MemoryBenchSettings:
+    out: str = setting("runs/bench-memory", "output folder")
+    depths: tuple[int, ...] = setting((10, 50, 100, 200, 500), "forward depths, comma-separated")
+    methods: tuple[str, ...] = setting(("jfb", "ift:cg", "neumann:4", "unroll"), "backward modes, comma-separated")
+    model: str = setting("mnist", "the paper's MNIST model or an elementwise toy", choices=MODELS)
+    batch_size: int = setting(100, "images per step")
+    device: str = setting("cpu", "cpu: resident memory; cuda: GPU memory", choices=("cpu", "cuda"))
+
+
+def memory_table(settings: MemoryBenchSettings, log=print) -> Report:
     """Peak memory for every (mode, depth); writes memory.csv, memory.md and a log-log memory.png."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out = prepare_run_dir(Path(settings.out))
     rows = []
-    for mode in modes:
-        for depth in depths:
-            peak = peak_step_memory(mode, depth, batch=batch, model=model, device=device)
-            rows.append({"backward": mode, "max_iter": depth, "device": device, "peak_mib": round(peak, 2)})
+    for mode in settings.methods:
+        for depth in settings.depths:
+            peak = peak_step_memory(
+                mode, depth, batch=settings.batch_size, model=settings.model, device=settings.device
+            )
+            rows.append({"backward": mode, "max_iter": depth, "device": settings.device, "peak_mib": round(peak, 2)})
             log(f"{mode:>12} depth {depth:>4}: {rows[-1]['peak_mib']:.2f} MiB")
-    (out_dir / "memory.csv").write_text(csv_text(rows))
-    header = "| backward | " + " | ".join(f"depth {d}" for d in depths) + " | ratio deepest/shallowest |\n"
-    lines = [header, "|---" * (len(depths) + 2) + "|\n"]
-    for mode in modes:
+    headers = ["backward", *(f"depth {d}" for d in settings.depths), "ratio deepest/shallowest"]
+    cells = []
+    for mode in settings.methods:
         values = [r["peak_mib"] for r in rows if r["backward"] == mode]
-        lines.append(f"| {mode} | " + " | ".join(f"{v:.1f} MiB" for v in values) + f" | {values[-1] / values[0]:.2f} |\n")
-    (out_dir / "memory.md").write_text("".join(lines))
-    _plot(out_dir / "memory.png", rows, modes)
-    return rows
+        cells.append([mode, *(f"{v:.1f} MiB" for v in values), f"{values[-1] / values[0]:.2f}"])
+
+    def plot(plt, path: Path) -> None:
+        _plot(plt, path, rows, settings.methods)
+
+    return write_report(out, "memory", rows, markdown_table(headers, cells), plot)
 
 
-def _plot(path: Path, rows: list[dict], modes: list[str]) -> None:
-    plt = pyplot()
-    if plt is None:
-        return
+def _plot(plt, path: Path, rows: list[dict], modes: tuple[str, ...]) -> None:
     fig, ax = plt.subplots(figsize=(5, 4))
     for mode in modes:
         points = [(r["max_iter"], r["peak_mib"]) for r in rows if r["backward"] == mode]
@@ -158,7 +192,7 @@ def _plot(path: Path, rows: list[dict], modes: list[str]) -> None:
     plt.close(fig)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs=5, metavar=("MODEL", "BACKWARD", "MAX_ITER", "DIM", "BATCH"))
     args = parser.parse_args(argv)

@@ -8,6 +8,7 @@ of the medians of ``repeats`` timed steps after ``warmup`` untimed ones. Both ru
 device, under the same autocast precision and, with ``compile``, with the same modules compiled
 (the embedding, the operator and the head); on a GPU each timed step ends with a synchronisation.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,16 +16,19 @@ import copy
 import json
 import statistics
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager
 
 import torch
 from torch import nn
 
 from ..errors import JfbError, unknown_name
+from ..files import prepare_run_dir
 from ..models import build_model
-from ..tables import csv_text
+from ..reports import Report, markdown_table, write_report
+from ..settings import setting
 from .floor import floor_step
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -44,7 +48,7 @@ class StepSetting:
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise JfbError(f"device {self.device!r} asked for, but torch.cuda.is_available() is False")
 
-    def autocast(self) -> ContextManager:
+    def autocast(self) -> AbstractContextManager:
         dtype = PRECISIONS[self.precision]
         if dtype is None:
             return contextlib.nullcontext()
@@ -55,8 +59,9 @@ class StepSetting:
             torch.cuda.synchronize()
 
 
-def _our_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-              setting: StepSetting) -> torch.Tensor:
+def _our_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor, setting: StepSetting
+) -> torch.Tensor:
     with setting.autocast():
         loss = nn.functional.cross_entropy(model(images), labels)
     optimizer.zero_grad(set_to_none=True)
@@ -78,11 +83,20 @@ def _compiled(model: nn.Module) -> None:
     model.implicit.operator = torch.compile(model.implicit.operator)
 
 
-def compare_steps(iterations: int, backward: str, batch: int, repeats: int, warmup: int, seed: int = 0,
-                  setting: StepSetting = StepSetting()) -> dict:
+def compare_steps(
+    iterations: int,
+    backward: str,
+    batch: int,
+    repeats: int,
+    warmup: int,
+    seed: int = 0,
+    setting: StepSetting = StepSetting(),
+) -> dict:
     """Median ms per step for ours and the floor, interleaved step by step."""
     torch.manual_seed(seed)
-    ours = build_model("mnist", solver="picard", backward=backward, tol=None, max_iter=iterations, on_failure="raise").to(setting.device)
+    ours = build_model(
+        "mnist", solver="picard", backward=backward, tol=None, max_iter=iterations, on_failure="raise"
+    ).to(setting.device)
     floor = copy.deepcopy(ours)
     if setting.compile:
         _compiled(ours), _compiled(floor)
@@ -105,25 +119,63 @@ def compare_steps(iterations: int, backward: str, batch: int, repeats: int, warm
                 times[name].append(elapsed)
     stats = ours.implicit.last_stats
     if stats.forward.t_evals != iterations or stats.status != "fixed_depth":
-        raise RuntimeError(f"expected a fixed depth of {iterations} forward iterations, ran {stats.forward.t_evals} ({stats.status})")
+        raise RuntimeError(
+            f"expected a fixed depth of {iterations} forward iterations, ran {stats.forward.t_evals} ({stats.status})"
+        )
     ours_ms, floor_ms = 1000 * statistics.median(times["ours"]), 1000 * statistics.median(times["floor"])
-    return {"K": iterations, "backward": backward, "batch": batch, "device": setting.device, "precision": setting.precision,
-            "compile": setting.compile, "repeats": repeats, "ours_ms": ours_ms, "floor_ms": floor_ms, "ratio": ours_ms / floor_ms}
+    return {
+        "K": iterations,
+        "backward": backward,
+        "batch": batch,
+        "device": setting.device,
+        "precision": setting.precision,
+        "compile": setting.compile,
+        "repeats": repeats,
+        "ours_ms": ours_ms,
+        "floor_ms": floor_ms,
+        "ratio": ours_ms / floor_ms,
+    }
 
 
-def step_table(out: Path, ks: list[int], modes: list[str], batch: int, repeats: int, warmup: int, log=print,
-               settings: tuple[StepSetting, ...] = (StepSetting(),)) -> list[dict]:
+@dataclass(frozen=True)
+class StepBenchSettings:
+    out: str = setting("runs/bench-step", "output folder")
+    ks: tuple[int, ...] = setting((10, 40), "forward iterations per step, comma-separated")
+    methods: tuple[str, ...] = setting(("jfb", "neumann:2", "ift:cg", "unroll"), "backward modes, comma-separated")
+    batch_size: int = setting(100, "images per step")
+    repeats: int = setting(30, "timed steps per point")
+    warmup: int = setting(3, "untimed steps first")
+    device: str = setting("cpu", "ours and the floor run on the same device", choices=("cpu", "cuda"))
+    precision: tuple[str, ...] = setting(("fp32",), "autocast precisions to time, comma-separated: fp32, bf16, fp16")
+    compile: bool = setting(False, "torch.compile the embedding, operator and head (ours and the floor)")
+
+
+def step_table(settings: StepBenchSettings, log=print) -> Report:
+    out = prepare_run_dir(Path(settings.out))
     rows = []
-    for setting in settings:
-        for k in ks:
-            for mode in modes:
-                row = compare_steps(k, mode, batch, repeats, warmup, setting=setting)
+    for precision in settings.precision:
+        setting_ = StepSetting(settings.device, precision, settings.compile)
+        for k in settings.ks:
+            for mode in settings.methods:
+                row = compare_steps(k, mode, settings.batch_size, settings.repeats, settings.warmup, setting=setting_)
                 log(json.dumps(row))
                 rows.append(row)
-    (out / "step.csv").write_text(csv_text(rows))
-    lines = ["| device | precision | compile | K | backward | ours (ms) | floor (ms) | ours / floor |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['device']} | {r['precision']} | {'yes' if r['compile'] else 'no'} | {r['K']} | {r['backward']} | "
-              f"{r['ours_ms']:.1f} | {r['floor_ms']:.1f} | {r['ratio']:.3f} |" for r in rows]
-    (out / "step.md").write_text("\n".join(lines) + f"\n\nbatch {batch}, medians of {repeats} steps after {warmup} warm-up steps, "
-                                 f"{torch.get_num_threads()} CPU threads\n")
-    return rows
+    headers = ["device", "precision", "compile", "K", "backward", "ours (ms)", "floor (ms)", "ours / floor"]
+    cells = [
+        [
+            r["device"],
+            r["precision"],
+            "yes" if r["compile"] else "no",
+            r["K"],
+            r["backward"],
+            f"{r['ours_ms']:.1f}",
+            f"{r['floor_ms']:.1f}",
+            f"{r['ratio']:.3f}",
+        ]
+        for r in rows
+    ]
+    footer = (
+        f"\nbatch {settings.batch_size}, medians of {settings.repeats} steps after {settings.warmup} warm-up "
+        f"steps, {torch.get_num_threads()} CPU threads\n"
+    )
+    return write_report(out, "step", rows, markdown_table(headers, cells) + footer)

@@ -1,4 +1,5 @@
 """File checksums with errors that say which file and what was expected."""
+
 from __future__ import annotations
 
 import hashlib

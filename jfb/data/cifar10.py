@@ -1,4 +1,5 @@
 """CIFAR-10, binary version (``cifar-10-binary.tar.gz``: records of 1 label byte + 3072 pixel bytes)."""
+
 from __future__ import annotations
 
 import tarfile
@@ -7,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .download import fetch
 from ..errors import JfbError
+from .download import fetch
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 MD5 = "c32a1d4ab5d03f1284b67883e8d87530"

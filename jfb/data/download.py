@@ -1,4 +1,5 @@
 """Download-once with checksum verification, and a clear error when offline."""
+
 from __future__ import annotations
 
 import os
@@ -6,7 +7,6 @@ import shutil
 import tempfile
 import urllib.request
 from pathlib import Path
-from typing import Optional
 
 from .checksum import verify_md5
 
@@ -17,7 +17,7 @@ def default_data_dir() -> Path:
     return Path(os.environ.get(DATA_DIR_ENV, Path.home() / ".cache" / "torch-jfb"))
 
 
-def fetch(url: str, md5: str, directory: Path, filename: Optional[str] = None) -> Path:
+def fetch(url: str, md5: str, directory: Path, filename: str | None = None) -> Path:
     """Return ``directory/filename``, downloading it from ``url`` first if absent; always MD5-checked."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / (filename or url.rsplit("/", 1)[-1])

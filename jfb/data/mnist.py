@@ -1,4 +1,5 @@
 """MNIST from the official IDX .gz files shipped inside the package (MD5-checked at load)."""
+
 from __future__ import annotations
 
 import gzip
@@ -7,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checksum import verify_md5
 from ..errors import JfbError
+from .checksum import verify_md5
 
 PACKAGED_DIR = Path(__file__).parent / "mnist_files"
 FILES = {

@@ -1,4 +1,5 @@
 """SVHN cropped digits (``train_32x32.mat`` / ``test_32x32.mat``, MATLAB v5 files)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .download import fetch
 from ..errors import JfbError
+from .download import fetch
 
 URL = "http://ufldl.stanford.edu/housenumbers/{split}_32x32.mat"
 MD5 = {"train": "e26dedcc434d2e4c54c9b2d4a06d8373", "test": "eb5a983be6a315427106f1b164d9cef3"}
@@ -15,7 +16,10 @@ MD5 = {"train": "e26dedcc434d2e4c54c9b2d4a06d8373", "test": "eb5a983be6a31542710
 
 def parse_svhn_mat(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """``X`` is ``(32, 32, 3, N)`` uint8, ``y`` is ``(N, 1)`` with label 10 for the digit 0."""
-    from scipy.io import loadmat  # optional dependency, needed only for SVHN
+    try:
+        from scipy.io import loadmat  # an optional extra, needed only for SVHN
+    except ImportError:
+        raise JfbError("reading SVHN's .mat files needs scipy: pip install 'torch-jfb[svhn]'") from None
 
     mat = loadmat(str(path))
     if "X" not in mat or "y" not in mat:

@@ -4,19 +4,20 @@ A small operator ``T(y, d)`` is trained with JFB so that its fixed point matches
 solution, which is computed by bisection: ``g(y) = y - y^5 - d`` is increasing on
 ``[-r, r]`` with ``r = 5^(-1/4)`` and ``g(r) = 0.8 r > 1/2 >= d``, so the root there is unique.
 """
+
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ..files import prepare_run_dir
 from ..layer import ImplicitLayer
-from ..plotting import pyplot
-from ..tables import csv_text
+from ..reports import Report, key_value_table, write_report
+from ..settings import setting
 
 ROOT_BOUND = 5 ** (-0.25)
 
@@ -44,14 +45,22 @@ class ToyOperator(nn.Module):
         return d + self.gamma * torch.tanh(self.net(y))
 
 
-def run_toy(out_dir: Path, steps: int = 1500, batch: int = 128, seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
+@dataclass(frozen=True)
+class ToySettings:
+    out: str = setting("runs/toy", "output folder")
+    steps: int = setting(1500, "training steps")
+    seed: int = setting(0, "seed")
+    batch: int = setting(128, "samples of d per step")
+
+
+def run_toy(settings: ToySettings, progress: bool = True, log=print) -> Report:
+    out = prepare_run_dir(Path(settings.out))
+    torch.manual_seed(settings.seed)
     layer = ImplicitLayer(ToyOperator(), solver="anderson", backward="jfb", tol=1e-6, max_iter=100)
     optimizer = torch.optim.Adam(layer.parameters(), lr=1e-2)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    for _ in tqdm(range(steps), desc="toy", disable=not progress):
-        d = torch.rand(batch, 1) - 0.5
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.steps)
+    for _ in tqdm(range(settings.steps), desc="toy", disable=not progress):
+        d = torch.rand(settings.batch, 1) - 0.5
         loss = (layer(d) - true_solution(d).float()).square().mean()
         optimizer.zero_grad()
         loss.backward()
@@ -62,26 +71,25 @@ def run_toy(out_dir: Path, steps: int = 1500, batch: int = 128, seed: int = 0, p
         learned = layer(grid)
     truth = true_solution(grid).float()
     error = (learned - truth).abs()
-    rows = [{"d": float(a), "true_y": float(b), "learned_y": float(c)} for a, b, c in zip(grid[:, 0], truth[:, 0], learned[:, 0])]
-    (out_dir / "toy.csv").write_text(csv_text(rows))
-    result = {
+    rows = [
+        {"d": float(a), "true_y": float(b), "learned_y": float(c)}
+        for a, b, c in zip(grid[:, 0], truth[:, 0], learned[:, 0])
+    ]
+    summary = {
         "max_abs_error": float(error.max()),
         "mean_abs_error": float(error.mean()),
-        "forward_status": layer.last_stats.status,
+        "forward_status": str(layer.last_stats.status),
         "forward_iters_max": int(layer.last_stats.iterations.max()),
-        "steps": steps,
+        "steps": settings.steps,
     }
-    table = "| metric | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in result.items())
-    (out_dir / "toy.md").write_text(table)
-    (out_dir / "toy.json").write_text(json.dumps(result))
-    _plot(out_dir / "toy.png", grid, truth, learned)
-    return result
+
+    def plot(plt, path: Path) -> None:
+        _plot(plt, path, grid, truth, learned)
+
+    return write_report(out, "toy", rows, key_value_table(summary), plot, summary=summary)
 
 
-def _plot(path: Path, grid: Tensor, truth: Tensor, learned: Tensor) -> Optional[Path]:
-    plt = pyplot()
-    if plt is None:
-        return None
+def _plot(plt, path: Path, grid: Tensor, truth: Tensor, learned: Tensor) -> None:
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.plot(grid[:, 0], truth[:, 0], label="true y(d): y = d + y^5")
     ax.plot(grid[:, 0], learned[:, 0], "--", label="fixed point of learned T")
@@ -89,4 +97,3 @@ def _plot(path: Path, grid: Tensor, truth: Tensor, learned: Tensor) -> Optional[
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return path

@@ -1,5 +1,7 @@
 """The paper's implicit networks (and explicit twins) built from shared blocks."""
-from .configs import ARCHITECTURES, MODEL_KINDS, Architecture, architecture, build_model, build_parts
+
+from .architectures import ARCHITECTURES, Architecture, architecture
+from .factory import MODEL_KINDS, build_model, build_parts
 from .networks import ExplicitClassifier, ImplicitClassifier, count_parameters
 
 __all__ = [

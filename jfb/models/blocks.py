@@ -1,9 +1,11 @@
 """Shared building blocks of the paper's networks: embeddings Q, latent operators R, heads S."""
+
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from ..contraction import rescale_to_lipschitz
+
+from ..contraction import GammaScaled, rescale_to_lipschitz
 from ..errors import JfbError
 
 ACTIVATION_SLOPE = 0.1
@@ -25,7 +27,9 @@ class ConvPoolEmbedding(nn.Module):
         if len(pools) != len(channels) - 1:
             raise JfbError(f"one pooling size per stage: {len(channels) - 1} stages, pools {pools}")
         self.stages = nn.ModuleList(
-            nn.Sequential(conv3x3(c_in, c_out), nn.BatchNorm2d(c_out), activation(), *([nn.MaxPool2d(pool)] if pool > 1 else []))
+            nn.Sequential(
+                conv3x3(c_in, c_out), nn.BatchNorm2d(c_out), activation(), *([nn.MaxPool2d(pool)] if pool > 1 else [])
+            )
             for c_in, c_out, pool in zip(channels, channels[1:], pools)
         )
 
@@ -64,7 +68,10 @@ class ResNetEmbedding(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(conv3x3(in_channels, widths[0], bias=False), nn.BatchNorm2d(widths[0]), activation())
         self.stages = nn.Sequential(
-            *(ResidualStage(c_in, c_out, 1 if c_in == c_out else 2) for c_in, c_out in zip([widths[0], *widths[:-1]], widths))
+            *(
+                ResidualStage(c_in, c_out, 1 if c_in == c_out else 2)
+                for c_in, c_out in zip([widths[0], *widths[:-1]], widths)
+            )
         )
 
     def forward(self, d: Tensor) -> Tensor:
@@ -87,28 +94,27 @@ class LatentBlock(nn.Module):
         return self.act(out) if self.double_activation else out
 
 
-class LatentOperator(nn.Module):
+class LatentOperator(GammaScaled):
     """T(u, q) = gamma * z_k with z_0 = u + q and z_i = N_i(z_{i-1} + B_i(z_{i-1})).
 
     Each block adds its residual branch and normalises with a BatchNorm without affine
-    parameters (BatchNorm inside T, as in the paper); ``gamma`` < 1 scales the output.
+    parameters (BatchNorm inside T, as in the paper); ``gamma`` in (0, 1] scales the output.
     """
 
-    def __init__(self, channels: int, blocks: int, gamma: float, batch_norm: bool = True, double_activation: bool = False) -> None:
-        super().__init__()
-        if not 0 < gamma <= 1:
-            raise JfbError(f"gamma must be in (0, 1], got {gamma!r}")
+    def __init__(
+        self, channels: int, blocks: int, gamma: float, batch_norm: bool = True, double_activation: bool = False
+    ) -> None:
+        super().__init__(None, gamma, max_gamma=1.0)
         self.blocks = nn.ModuleList(LatentBlock(channels, double_activation) for _ in range(blocks))
         self.norms = nn.ModuleList(
             (nn.BatchNorm2d(channels, affine=False) if batch_norm else nn.Identity()) for _ in range(blocks)
         )
-        self.gamma = gamma
 
-    def forward(self, u: Tensor, q: Tensor) -> Tensor:
+    def branch(self, u: Tensor, q: Tensor) -> Tensor:
         z = u + q
         for block, norm in zip(self.blocks, self.norms):
             z = norm(z + block(z))
-        return self.gamma * z
+        return z
 
     def rescale_to_lipschitz(self, u: Tensor, q: Tensor) -> tuple[float, float]:
         """The paper's contraction control (Jacobian-based runs): every latent conv times
@@ -120,7 +126,9 @@ class LatentOperator(nn.Module):
 class ConvLinearHead(nn.Module):
     """S: conv 3x3 to a few channels -> LeakyReLU -> dropout -> linear classifier (no bias)."""
 
-    def __init__(self, channels: int, head_channels: int, spatial: int, classes: int, padding: int, dropout: float) -> None:
+    def __init__(
+        self, channels: int, head_channels: int, spatial: int, classes: int, padding: int, dropout: float
+    ) -> None:
         super().__init__()
         self.conv = conv3x3(channels, head_channels, padding=padding)
         self.act = activation()

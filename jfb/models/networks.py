@@ -1,20 +1,27 @@
 """Implicit and explicit classifiers N(d) = S(u*), u* = T(u*, Q(d))."""
+
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..layer import ImplicitLayer
 from ..errors import JfbError
+from ..layer import ImplicitLayer
 
 
 class ImplicitClassifier(nn.Module):
     """Embedding ``Q`` once per batch, fixed point of ``R`` by an :class:`ImplicitLayer`, head ``S``."""
 
-    def __init__(self, embedding: nn.Module, operator: nn.Module, head: nn.Module,
-                 input_shape: Optional[tuple[int, ...]] = None, **layer_options: Any) -> None:
+    def __init__(
+        self,
+        embedding: nn.Module,
+        operator: nn.Module,
+        head: nn.Module,
+        input_shape: tuple[int, ...] | None = None,
+        **layer_options: Any,
+    ) -> None:
         super().__init__()
         self.embedding, self.head, self.input_shape = embedding, head, input_shape
         self.implicit = ImplicitLayer(operator, **layer_options)
@@ -23,7 +30,7 @@ class ImplicitClassifier(nn.Module):
     def operator(self) -> nn.Module:
         return self.implicit.operator
 
-    def forward(self, d: Tensor, u0: Optional[Tensor] = None) -> Tensor:
+    def forward(self, d: Tensor, u0: Tensor | None = None) -> Tensor:
         check_input_shape(d, self.input_shape)
         return self.head(self.implicit(self.embedding(d), u0))
 
@@ -31,8 +38,14 @@ class ImplicitClassifier(nn.Module):
 class ExplicitClassifier(nn.Module):
     """The explicit twin: the same layers, R applied ``depth`` times with ordinary backprop."""
 
-    def __init__(self, embedding: nn.Module, operator: nn.Module, head: nn.Module, depth: int,
-                 input_shape: Optional[tuple[int, ...]] = None) -> None:
+    def __init__(
+        self,
+        embedding: nn.Module,
+        operator: nn.Module,
+        head: nn.Module,
+        depth: int,
+        input_shape: tuple[int, ...] | None = None,
+    ) -> None:
         super().__init__()
         if depth < 1:
             raise JfbError(f"explicit depth must be >= 1, got {depth!r}")
@@ -48,12 +61,16 @@ class ExplicitClassifier(nn.Module):
         return self.head(u)
 
 
-def check_input_shape(d: Tensor, expected: Optional[tuple[int, ...]]) -> None:
+def check_input_shape(d: Tensor, expected: tuple[int, ...] | None) -> None:
     """A clear ValueError instead of a convolution's shape error deep inside the embedding."""
     if not isinstance(d, Tensor):
         raise JfbError(f"expected an image tensor, got {type(d).__name__}")
-    if expected is not None and (d.dim() != len(expected) + 1 or tuple(d.shape[1:]) != tuple(expected) or d.shape[0] == 0):
-        raise JfbError(f"expected input of shape (N, {', '.join(map(str, expected))}) with N >= 1, got {tuple(d.shape)}")
+    if expected is not None and (
+        d.dim() != len(expected) + 1 or tuple(d.shape[1:]) != tuple(expected) or d.shape[0] == 0
+    ):
+        raise JfbError(
+            f"expected input of shape (N, {', '.join(map(str, expected))}) with N >= 1, got {tuple(d.shape)}"
+        )
     if not d.is_floating_point():
         raise JfbError(f"expected a floating-point input (normalised images), got {d.dtype}")
 

@@ -8,18 +8,18 @@ checked against the model we build (strict: no missing, unexpected or mis-shaped
 SVHN / CIFAR-10 files hold two BatchNorm layers (``bn_1``, ``bn_2``) that their network never
 used (``num_batches_tracked == 0``); they are dropped after checking exactly that.
 """
+
 from __future__ import annotations
 
 import re
 from collections import OrderedDict
 from pathlib import Path
-from typing import Optional, Union
 
 from torch import Tensor
 
-from ..safe_load import load_tensors_only
-from .configs import build_model
 from ..errors import JfbError
+from ..safe_load import load_tensors_only
+from .factory import build_model
 
 _MNIST_RULES = [
     (r"^conv_d1\.", "embedding.stages.0.0."),
@@ -53,11 +53,13 @@ def recognise(keys: list[str], hint: str = "") -> str:
             return "cifar10-reference"
         if "svhn" in hint.lower():
             return "svhn-reference"
-        raise JfbError("SVHN and CIFAR-10 reference checkpoints share one architecture; pass the dataset (svhn or cifar10)")
+        raise JfbError(
+            "SVHN and CIFAR-10 reference checkpoints share one architecture; pass the dataset (svhn or cifar10)"
+        )
     raise JfbError(f"not a recognised reference checkpoint (first keys: {keys[:4]})")
 
 
-def _rename(key: str, rules: list) -> Optional[str]:
+def _rename(key: str, rules: list) -> str | None:
     for pattern, replacement in rules:
         if re.match(pattern, key):
             return re.sub(pattern, replacement, key, count=1)
@@ -79,7 +81,7 @@ def convert_state_dict(reference: dict[str, Tensor], arch: str) -> dict[str, Ten
     return converted
 
 
-def load_reference(path: Union[str, Path], dataset: Optional[str] = None) -> tuple[str, dict[str, Tensor], dict]:
+def load_reference(path: str | Path, dataset: str | None = None) -> tuple[str, dict[str, Tensor], dict]:
     """``(architecture, our state dict, info)`` from a published checkpoint, without running its pickled code."""
     path = Path(path)
     content = load_tensors_only(path)
@@ -98,10 +100,19 @@ def load_reference(path: Union[str, Path], dataset: Optional[str] = None) -> tup
     unexpected = sorted(set(state) - set(model_keys))
     wrong = [k for k in state if k in model_keys and state[k].shape != model_keys[k].shape]
     if missing or unexpected or wrong:
-        raise JfbError(f"{path}: keys do not match {arch!r}: missing {missing}, unexpected {unexpected}, wrong shapes {wrong}")
+        raise JfbError(
+            f"{path}: keys do not match {arch!r}: missing {missing}, unexpected {unexpected}, wrong shapes {wrong}"
+        )
     accuracy = content.get("test_acc_hist") or []
-    return arch, state, {"source": str(path), "reported_test_accuracy": accuracy[-1] if accuracy else None,
-                         "kind": "explicit" if "explicit" in path.name.lower() else "implicit"}
+    return (
+        arch,
+        state,
+        {
+            "source": str(path),
+            "reported_test_accuracy": accuracy[-1] if accuracy else None,
+            "kind": "explicit" if "explicit" in path.name.lower() else "implicit",
+        },
+    )
 
 
 def as_explicit(state: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -2,6 +2,7 @@
 
 Built in: ``picard``, ``anderson``, ``broyden``; add one with :func:`register_solver`.
 """
+
 from __future__ import annotations
 
 from .anderson import Anderson
@@ -15,6 +16,18 @@ for _solver in (Picard, Anderson, Broyden):
     register_solver(_solver.name, _solver)
 
 __all__ = [
-    "Anderson", "Broyden", "History", "Picard", "STOP_MODES", "SolveOptions", "Solver", "SolverState",
-    "make_solver", "register_solver", "require_integer", "solve", "solve_flat", "solver_names",
+    "STOP_MODES",
+    "Anderson",
+    "Broyden",
+    "History",
+    "Picard",
+    "SolveOptions",
+    "Solver",
+    "SolverState",
+    "make_solver",
+    "register_solver",
+    "require_integer",
+    "solve",
+    "solve_flat",
+    "solver_names",
 ]

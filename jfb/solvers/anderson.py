@@ -1,4 +1,5 @@
 """Batched Anderson acceleration (type II, as in the DEQ literature)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -64,8 +65,12 @@ class Anderson(Solver):
             gram = G @ G.transpose(1, 2)
             # floor at eps, not tiny: a sample whose residuals are all exactly zero must still give a regular system
             scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(torch.finfo(G.dtype).eps)
-            state.H[:, 1 : n + 1, 1 : n + 1] = gram + self.ridge * scale[:, None, None] * torch.eye(n, dtype=G.dtype, device=x.device)
-            solution, _ = torch.linalg.solve_ex(state.H[:, : n + 1, : n + 1], state.rhs[:, : n + 1])  # no error check: no sync
+            state.H[:, 1 : n + 1, 1 : n + 1] = gram + self.ridge * scale[:, None, None] * torch.eye(
+                n, dtype=G.dtype, device=x.device
+            )
+            solution, _ = torch.linalg.solve_ex(
+                state.H[:, : n + 1, : n + 1], state.rhs[:, : n + 1]
+            )  # no error check: no sync
         alpha = solution[:, 1 : n + 1, 0]
         picard_step = torch.zeros_like(alpha)
         picard_step[:, latest] = 1

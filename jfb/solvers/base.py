@@ -4,11 +4,13 @@ A solver proposes points; :mod:`jfb.solvers.driver` evaluates T at them and owns
 (stopping, per-sample freezing, best iterates, divergence, evaluation counts, agreement between
 processes). States reach a solver flattened to ``(batch, features)`` (see :mod:`jfb.state`).
 """
+
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, ClassVar
 
 from torch import Tensor
 
@@ -61,7 +63,7 @@ class SolverState:
     converged: Tensor
     status: Status
     t_evals: int
-    history: Optional[History] = None
+    history: History | None = None
 
 
 def require_integer(name: str, value: object, minimum: int, hint: str = "") -> None:
@@ -90,7 +92,7 @@ def solver_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def make_solver(name: str, options: Optional[dict[str, Any]] = None) -> Solver:
+def make_solver(name: str, options: dict[str, Any] | None = None) -> Solver:
     """The registered solver ``name`` built with ``options``; unknown names and options raise JfbError."""
     if name not in _REGISTRY:
         raise unknown_name("solver", name, _REGISTRY)
@@ -98,5 +100,9 @@ def make_solver(name: str, options: Optional[dict[str, Any]] = None) -> Solver:
     valid = [p for p in inspect.signature(factory).parameters if p != "self"]
     for key in options:
         if key not in valid:
-            raise unknown_name(f"option of solver {name!r}", key, valid) if valid else JfbError(f"solver {name!r} takes no options, got {key!r}")
+            raise (
+                unknown_name(f"option of solver {name!r}", key, valid)
+                if valid
+                else JfbError(f"solver {name!r} takes no options, got {key!r}")
+            )
     return factory(**options)

@@ -1,8 +1,8 @@
 """Limited-memory ("good") Broyden on g(u) = T(u) - u, batched per sample."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -17,8 +17,8 @@ _REJECT_GROWTH = 4.0
 class _Memory:
     U: Tensor  # (batch, features, memory)
     V: Tensor  # (batch, memory, features)
-    u: Optional[Tensor] = None  # the accepted point
-    g: Optional[Tensor] = None  # its residual T(u) - u
+    u: Tensor | None = None  # the accepted point
+    g: Tensor | None = None  # its residual T(u) - u
     count: int = 0
 
 

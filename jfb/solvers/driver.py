@@ -6,9 +6,10 @@ All per-sample bookkeeping stays in tensors on the state's device. The host lear
 when deciding whether to stop, once every ``check_every`` iterations (one synchronisation, two
 with freezing); a fixed depth (``tol=None``) makes none inside the loop.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -19,25 +20,28 @@ from .base import History, SolverState
 from .options import SolveOptions
 
 #: ``F(x, index)``: T on the flat rows ``index`` of the batch (all rows when None)
-FlatOperator = Callable[[Tensor, Optional[Tensor]], Tensor]
+FlatOperator = Callable[[Tensor, Tensor | None], Tensor]
 #: ``agree(locally_done) -> stop``: one stopping decision shared by all processes (:mod:`jfb.lockstep`)
 Agreement = Callable[[bool], bool]
 _EPS = 1e-12
 
 
-def solve(f: Callable[[State, Optional[Tensor]], State], u0: State, options: SolveOptions,
-          agree: Optional[Agreement] = None) -> tuple[State, SolverState]:
+def solve(
+    f: Callable[[State, Tensor | None], State], u0: State, options: SolveOptions, agree: Agreement | None = None
+) -> tuple[State, SolverState]:
     """Fixed point of ``f(u, index)`` (T on the samples ``index``, all when None) from ``u0``."""
     layout = StateLayout(u0)
 
-    def flat_f(x: Tensor, index: Optional[Tensor]) -> Tensor:
+    def flat_f(x: Tensor, index: Tensor | None) -> Tensor:
         return layout.flatten(f(layout.unflatten(x), index))
 
     u, state = solve_flat(flat_f, layout.flatten(u0), options, agree)
     return layout.unflatten(u), state
 
 
-def solve_flat(F: FlatOperator, x0: Tensor, options: SolveOptions, agree: Optional[Agreement] = None) -> tuple[Tensor, SolverState]:
+def solve_flat(
+    F: FlatOperator, x0: Tensor, options: SolveOptions, agree: Agreement | None = None
+) -> tuple[Tensor, SolverState]:
     """:func:`solve` on states already flattened to ``(batch, features)``; differentiable through
     the iterations when called with grad enabled (no freezing; how ``unroll`` records the solve)."""
     solver = options.method
@@ -73,8 +77,8 @@ class Tracker:
         self.done = torch.zeros(batch, dtype=torch.bool, device=device)
         self.non_finite = torch.zeros((), dtype=torch.bool, device=device)
         self.diverged = torch.zeros((), dtype=torch.bool, device=device)
-        self.best: Optional[Tensor] = x0.detach() if track_best and self.tracking else None
-        self.history: Optional[list[tuple[Tensor, Tensor]]] = [] if options.keep_history else None
+        self.best: Tensor | None = x0.detach() if track_best and self.tracking else None
+        self.history: list[tuple[Tensor, Tensor]] | None = [] if options.keep_history else None
         self.latest = (full(torch.nan), full(torch.nan)) if options.keep_history else None
         self.t_evals = 0
 
@@ -82,7 +86,7 @@ class Tracker:
         return self.tracking and step % self.options.check_every == 0
 
     @torch.no_grad()
-    def record(self, x: Tensor, fx: Tensor, step: int, index: Optional[Tensor]) -> None:
+    def record(self, x: Tensor, fx: Tensor, step: int, index: Tensor | None) -> None:
         """Account for ``fx = T(x)`` at iteration ``step`` (rows ``index`` only when given)."""
         self.t_evals += 1
         if not self.tracking and self.history is None:
@@ -95,9 +99,13 @@ class Tracker:
         if self.history is not None:
             self._remember(rows, abs_res, rel_res)
         if self.tracking:
-            self._update(rows, index, fx, step, abs_res, fx_norm, abs_res if self.options.stop_mode == "abs" else rel_res)
+            self._update(
+                rows, index, fx, step, abs_res, fx_norm, abs_res if self.options.stop_mode == "abs" else rel_res
+            )
 
-    def _update(self, rows, index: Optional[Tensor], fx: Tensor, step: int, abs_res: Tensor, fx_norm: Tensor, measure: Tensor) -> None:
+    def _update(
+        self, rows, index: Tensor | None, fx: Tensor, step: int, abs_res: Tensor, fx_norm: Tensor, measure: Tensor
+    ) -> None:
         finite = torch.isfinite(measure)
         improved = (measure < self.residual[rows]) | ~finite  # a NaN is written, so that it stays visible
         if self.best is not None:
@@ -134,12 +142,12 @@ class Tracker:
         latest_abs[rows], latest_rel[rows] = abs_res, rel_res
         self.history.append((latest_abs.clone(), latest_rel.clone()))
 
-    def finished(self, agree: Optional[Agreement]) -> bool:
+    def finished(self, agree: Agreement | None) -> bool:
         """Every sample converged, or a failure; one host synchronisation (and an agreement)."""
         done = bool(self.done.all() | self.non_finite | self.diverged)
         return done if agree is None else agree(done)
 
-    def pending_rows(self) -> Optional[Tensor]:
+    def pending_rows(self) -> Tensor | None:
         """Rows still to evaluate under freezing (None: all of them)."""
         pending = (~self.done).nonzero().squeeze(1)
         return None if pending.numel() == self.done.numel() else pending
@@ -152,14 +160,27 @@ class Tracker:
         if not self.tracking:
             self.residual = torch.linalg.vector_norm((fx - x).detach(), dim=1).to(self.residual.dtype)
             self.non_finite = ~torch.isfinite(self.residual).all()
-        abs_res, rel_res = (self.residual, self.residual / scale) if self.options.stop_mode == "abs" or not self.tracking else (self.residual * scale, self.residual)
+        abs_res, rel_res = (
+            (self.residual, self.residual / scale)
+            if self.options.stop_mode == "abs" or not self.tracking
+            else (self.residual * scale, self.residual)
+        )
         history = None if self.history is None else History(*(torch.stack(h) for h in zip(*self.history)))
-        state = SolverState(iterations=self.iterations, abs_residual=abs_res, rel_residual=rel_res, converged=self.done,
-                            status=self._status(), t_evals=self.t_evals, history=history)
+        state = SolverState(
+            iterations=self.iterations,
+            abs_residual=abs_res,
+            rel_residual=rel_res,
+            converged=self.done,
+            status=self._status(),
+            t_evals=self.t_evals,
+            history=history,
+        )
         return returned, state
 
     def _status(self) -> Status:
-        flags = torch.stack([self.non_finite, self.diverged, self.done.all()]).tolist()  # the one synchronisation at the end
+        flags = torch.stack(
+            [self.non_finite, self.diverged, self.done.all()]
+        ).tolist()  # the one synchronisation at the end
         if flags[0]:
             return Status.NON_FINITE
         if flags[1]:

@@ -1,9 +1,11 @@
 """``SolveOptions``: the one way forward-solve settings travel (TOML/CLI -> TrainConfig -> layer)."""
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Union
+from typing import Any
 
 from ..errors import JfbError, unknown_name
 from .base import Solver, make_solver, require_integer, require_number
@@ -33,8 +35,8 @@ class SolveOptions:
         solver_options: options of a named solver, e.g. ``{"memory": 5}`` for Anderson.
     """
 
-    solver: Union[str, Solver] = "anderson"
-    tol: Optional[float] = 1e-4
+    solver: str | Solver = "anderson"
+    tol: float | None = 1e-4
     max_iter: int = 50
     stop_mode: str = "abs"
     freeze_converged: bool = False
@@ -78,7 +80,7 @@ class SolveOptions:
     def solver_name(self) -> str:
         return self.solver if isinstance(self.solver, str) else (self.method.name or type(self.method).__name__)
 
-    def replace(self, **changes: Any) -> "SolveOptions":
+    def replace(self, **changes: Any) -> SolveOptions:
         """A validated copy with ``changes``; a new ``solver`` drops the old solver's options."""
         check_names(changes)
         if "solver" in changes and "solver_options" not in changes:
@@ -86,7 +88,7 @@ class SolveOptions:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_settings(cls, **settings: Any) -> "SolveOptions":
+    def from_settings(cls, **settings: Any) -> SolveOptions:
         """``SolveOptions(**settings)`` with unknown names reported as a JfbError naming the valid ones."""
         check_names(settings)
         return cls(**settings)

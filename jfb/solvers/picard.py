@@ -1,4 +1,5 @@
 """Picard (fixed-point) iteration: Algorithm 1 of the paper."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

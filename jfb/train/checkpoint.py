@@ -1,47 +1,21 @@
 """Checkpoints: written atomically, read with ``weights_only=True`` and clear errors."""
+
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
 from ..errors import JfbError
+from ..files import atomic_write
 
 FORMAT = "torch-jfb/1"
 
 
-def prepare_run_dir(path: Path) -> Path:
-    """Create ``path`` and check that files can be written there (JfbError otherwise)."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"  # one per process: ranks of a torchrun job probe at once
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise JfbError(f"run dir {path} is not writable ({exc.strerror or exc})") from None
-    return path
-
-
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file in the same folder, flush to disk, then rename over ``path``.
-
-    A crash mid-write leaves the previous checkpoint intact.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write atomically (a crash mid-write leaves the previous checkpoint intact)."""
+    atomic_write(Path(path), lambda f: torch.save({"format": FORMAT, **payload}, f), binary=True)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -1,19 +1,24 @@
 """Training configuration: one dataclass, loadable from TOML, unknown keys rejected with a hint."""
+
 from __future__ import annotations
 
 import difflib
+import time
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..backward import get_backward
+from ..data import DATASETS
 from ..errors import JfbError, unknown_name
+from ..settings import setting
 from ..solvers import SolveOptions
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 DEVICES = ("cpu", "cuda")
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 #: options a resumed run may change (a run may move between CPU and GPU; bit-identity holds only on one device)
 RUNTIME_OPTIONS = ("threads", "checkpoint_every", "data_dir", "device")
 
@@ -21,19 +26,21 @@ RUNTIME_OPTIONS = ("threads", "checkpoint_every", "data_dir", "device")
 @dataclass
 class TrainConfig:
     dataset: str = "mnist"
-    arch: Optional[str] = None  # defaults to the dataset's paper architecture
+    arch: str | None = None  # defaults to the dataset's paper architecture
     model: str = "implicit"  # or "explicit" (the same layers, R applied explicit_depth times)
     explicit_depth: int = 3
     latent_batch_norm: bool = True
-    gamma: Optional[float] = None  # the latent operator's output scale; default the architecture's
-    lipschitz_rescale: bool = False  # before each training solve, shrink the latent convs if T is not gamma-Lipschitz on the batch
+    gamma: float | None = None  # the latent operator's output scale; default the architecture's
+    lipschitz_rescale: bool = (
+        False  # before each training solve, shrink the latent convs if T is not gamma-Lipschitz on the batch
+    )
     solver: str = "anderson"
     backward: str = "jfb"
     tol: float = 1e-2
     stop_mode: str = "rel"
     max_iter: int = 50
     fixed_depth: bool = False  # training solves run exactly max_iter iterations (tol unused)
-    eval_tol: Optional[float] = None  # evaluation solves to this tolerance; default: as in training
+    eval_tol: float | None = None  # evaluation solves to this tolerance; default: as in training
     freeze_converged: bool = False
     solver_options: dict[str, Any] = field(default_factory=dict)  # e.g. {memory = 3} for Anderson
     epochs: int = 5
@@ -47,10 +54,10 @@ class TrainConfig:
     augment: bool = False
     seed: int = 0
     device: str = "cpu"
-    threads: Optional[int] = None
-    limit_train: Optional[int] = None
-    limit_test: Optional[int] = None
-    data_dir: Optional[str] = None
+    threads: int | None = None
+    limit_train: int | None = None
+    limit_test: int | None = None
+    data_dir: str | None = None
     max_bad_batches: int = 10  # consecutive non-finite batches before training stops
     checkpoint_every: int = 200  # steps between mid-epoch checkpoints (0: at the end of each epoch only)
     warm_start: bool = False  # start each sample's solve from its fixed point of the previous epoch
@@ -98,6 +105,7 @@ class TrainConfig:
     def same_run(self, saved: dict[str, Any]) -> bool:
         """Whether a checkpoint written with ``saved`` continues this run: options that do not
         change the numbers (threads, checkpoint frequency, data location) may differ."""
+
         def numeric(values: dict[str, Any]) -> dict[str, Any]:
             return {k: v for k, v in values.items() if k not in RUNTIME_OPTIONS}
 
@@ -105,7 +113,7 @@ class TrainConfig:
         return numeric(mine) == numeric({**mine, **saved})  # options an older checkpoint lacks count as equal
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
         known = [f.name for f in fields(cls)]
         for key in values:
             if key not in known:
@@ -114,17 +122,59 @@ class TrainConfig:
                 raise JfbError(f"{source}: unknown key {key!r}{hint}")
         return cls(**values)
 
-    @classmethod
-    def from_toml(cls, path: Path) -> "TrainConfig":
-        with open(path, "rb") as f:
-            return cls.from_dict(tomllib.load(f), source=str(path))
-
     def solve_options(self, evaluation: bool = False) -> SolveOptions:
         """The forward-solve options of training, or of evaluation (``eval_tol`` when set)."""
         tol = self.eval_tol if evaluation and self.eval_tol is not None else None if self.fixed_depth else self.tol
-        return SolveOptions(solver=self.solver, tol=tol, max_iter=self.max_iter, stop_mode=self.stop_mode,
-                            freeze_converged=self.freeze_converged, solver_options=self.solver_options)
+        return SolveOptions(
+            solver=self.solver,
+            tol=tol,
+            max_iter=self.max_iter,
+            stop_mode=self.stop_mode,
+            freeze_converged=self.freeze_converged,
+            solver_options=self.solver_options,
+        )
 
     def layer_options(self) -> dict[str, Any]:
         """What :class:`~jfb.ImplicitLayer` takes from this configuration."""
-        return dict(backward=self.backward, options=self.solve_options(), eval_options=self.solve_options(evaluation=True))
+        return dict(
+            backward=self.backward, options=self.solve_options(), eval_options=self.solve_options(evaluation=True)
+        )
+
+
+def load_target(target: str) -> tuple[dict[str, Any], str]:
+    """The settings a dataset name (its packaged config, if any) or a .toml file stands for, and their source."""
+    path = Path(target)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise JfbError(f"config file {path} does not exist")
+    elif target in DATASETS:
+        path = CONFIG_DIR / f"{target}.toml"
+        if not path.is_file():
+            return {"dataset": target}, "options"
+    else:
+        raise JfbError(f"unknown dataset or config {target!r}; choose one of {', '.join(DATASETS)} or a .toml file")
+    with open(path, "rb") as f:
+        return tomllib.load(f), str(path)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What ``jfb train`` takes besides the configuration fields it may override."""
+
+    target: str = setting(help="mnist, svhn, cifar10, or a .toml config file", positional=True)
+    out: str | None = setting(None, "run dir (default runs/DATASET-TIME)")
+    resume: bool = setting(False, "continue from RUN_DIR/last.pt")
+
+    def config(self, overrides: dict[str, Any]) -> TrainConfig:
+        """The target's configuration with ``overrides`` (options given on the command line) applied."""
+        values, source = load_target(self.target)
+        config = TrainConfig.from_dict({**values, **overrides}, source=source)
+        if config.fixed_depth and "tol" in overrides:
+            raise JfbError(
+                f"--tol has no effect: {source} trains at a fixed depth (fixed_depth = true); add --no-fixed-depth "
+                "to solve to a tolerance, or --eval-tol for evaluation"
+            )
+        return config
+
+    def run_dir(self, config: TrainConfig) -> Path:
+        return Path(self.out or f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")

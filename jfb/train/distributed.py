@@ -6,11 +6,13 @@ ones inside the fixed-point operator, whose solve then runs in lock-step, see
 :mod:`jfb.lockstep`), the model is wrapped in DistributedDataParallel, and the backend is nccl
 on GPUs and gloo on CPU.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -18,6 +20,7 @@ import torch.distributed.nn.functional as dist_functional
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
+
 from ..errors import JfbError
 
 
@@ -147,7 +150,9 @@ def synchronize_batch_norm(model: nn.Module, device: str) -> nn.Module:
 
 def _cpu_sync(module: nn.Module) -> nn.Module:
     if isinstance(module, _BatchNorm) and not isinstance(module, CPUSyncBatchNorm):
-        sync = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        sync = CPUSyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         sync.load_state_dict(module.state_dict())
         return sync.train(module.training)
     for name, child in module.named_children():

@@ -1,0 +1,127 @@
+"""The commands: each names its settings dataclass and the library function that does the work.
+
+The glue here only builds the settings from the parsed flags, calls the function, prints its
+report and returns what ``--json`` prints; everything else lives in the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..benchmarks.epoch import EpochBenchSettings, epoch_table
+from ..benchmarks.memory import MemoryBenchSettings, memory_table
+from ..benchmarks.solvers import SolverBenchSettings, solver_table
+from ..benchmarks.step import StepBenchSettings, step_table
+from ..experiments.compare import CompareSettings, run_compare
+from ..experiments.demo import DemoSettings, run_demo
+from ..experiments.diagnose import DiagnoseSettings, diagnose
+from ..experiments.toy import ToySettings, run_toy
+from ..reports import Report
+from ..train import EvalSettings, ImportSettings, TrainConfig, evaluate_checkpoint, import_reference, train
+from ..train.config import TrainSettings
+from .flags import values_of
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    settings: type
+    call: Callable[..., Any]  # (settings, progress, log) -> Report | TrainResult | dict; see _call
+    group: str | None = None  # "bench": the command is ``jfb bench NAME``
+    config_flags: type | None = None  # TrainConfig: its fields are flags too, overriding the target's values
+
+    def run(self, args: argparse.Namespace, progress: bool, log: Log) -> dict[str, Any]:
+        settings = self.settings(**values_of(args, self.settings))
+        if self.config_flags is None:
+            result = self.call(settings, progress, log)
+        else:
+            result = self.call(settings, values_of(args, self.config_flags), progress, log)
+        if isinstance(result, Report):
+            log(result.text())
+        return result.to_json() if hasattr(result, "to_json") else result
+
+
+def _train(settings: TrainSettings, overrides: dict[str, Any], progress: bool, log: Log):
+    config = settings.config(overrides)
+    return train(config, settings.run_dir(config), resume=settings.resume, progress=progress, log=log)
+
+
+def _bench_epoch(settings: EpochBenchSettings, overrides: dict[str, Any], progress: bool, log: Log) -> Report:
+    return epoch_table(TrainSettings(settings.target).config(overrides), settings, log=log)
+
+
+COMMANDS = (
+    Command(
+        "train",
+        "Train an implicit (or explicit) network on a dataset or a TOML config.",
+        TrainSettings,
+        _train,
+        config_flags=TrainConfig,
+    ),
+    Command("eval", "Test accuracy of a checkpoint.", EvalSettings, evaluate_checkpoint),
+    Command(
+        "import-reference",
+        "Convert a checkpoint published by the paper's authors (no pickled code runs).",
+        ImportSettings,
+        lambda settings, progress, log: import_reference(settings, log),
+    ),
+    Command(
+        "toy",
+        "Learn T for the paper's toy problem y = d + y^5 by JFB and compare with the true solution.",
+        ToySettings,
+        run_toy,
+    ),
+    Command(
+        "compare",
+        "Train the same model from the same seed with each backward mode (the paper's Table 2).",
+        CompareSettings,
+        run_compare,
+    ),
+    Command(
+        "diagnose",
+        "Contraction factor at u*, JFB vs true gradient (descent), Neumann-k errors, on test batches.",
+        DiagnoseSettings,
+        diagnose,
+    ),
+    Command(
+        "demo",
+        "Train the MNIST implicit network with JFB for a few minutes and report test accuracy.",
+        DemoSettings,
+        run_demo,
+    ),
+    Command(
+        "memory",
+        "Peak memory of a training step vs forward depth (fresh process per point).",
+        MemoryBenchSettings,
+        lambda settings, progress, log: memory_table(settings, log),
+        group="bench",
+    ),
+    Command(
+        "step",
+        "ms per training step vs a hand-written PyTorch floor, interleaved, medians.",
+        StepBenchSettings,
+        lambda settings, progress, log: step_table(settings, log),
+        group="bench",
+    ),
+    Command(
+        "epoch",
+        "One training epoch on synthetic data of a dataset's shape (time only; e.g. CIFAR-10 offline).",
+        EpochBenchSettings,
+        _bench_epoch,
+        group="bench",
+        config_flags=TrainConfig,
+    ),
+    Command(
+        "solvers",
+        "T evaluations and time for each forward solver to reach tol on a trained model.",
+        SolverBenchSettings,
+        lambda settings, progress, log: solver_table(settings, log),
+        group="bench",
+    ),
+)

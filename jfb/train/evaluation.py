@@ -1,0 +1,54 @@
+"""``jfb eval``: the test accuracy of a checkpoint, optionally with other evaluation solve settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..settings import setting
+from .config import DEVICES
+from .loop import evaluate
+from .setup import Log, load_data, restore_model
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    checkpoint: str = setting(help="a checkpoint written by jfb train or jfb import-reference", positional=True)
+    tol: float | None = setting(None, "evaluation tolerance (default: the checkpoint's evaluation solve)")
+    max_iter: int | None = setting(None, "most forward iterations (default: the checkpoint's)")
+    solver: str | None = setting(None, "forward solver (default: the checkpoint's)")
+    batch_size: int | None = setting(None, "evaluation batch size (default: the checkpoint's)")
+    limit_test: int | None = setting(None, "evaluate on the first N test images only")
+    data_dir: str | None = setting(None, "where the datasets are (default: the packaged/cached location)")
+    device: str | None = setting(None, "default: the device the checkpoint was trained on", choices=DEVICES)
+
+    def overrides(self) -> dict[str, Any]:
+        """The configuration fields these settings change (``tol`` sets the evaluation tolerance)."""
+        names = ("tol", "max_iter", "solver", "batch_size", "limit_test", "data_dir", "device")
+        values = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        if self.tol is not None:
+            values["eval_tol"] = self.tol
+        return values
+
+
+def evaluate_checkpoint(settings: EvalSettings, progress: bool = True, log: Log = print) -> dict[str, Any]:
+    model, config = restore_model(Path(settings.checkpoint), settings.overrides())
+    data = load_data(config)
+    test = data.test
+    result = evaluate(model, test, config, data.normalize, progress=progress, desc="test")
+    summary = {
+        "checkpoint": settings.checkpoint,
+        "samples": len(test),
+        "test_acc": result.acc,
+        "test_loss": result.loss,
+        "forward_iters_mean": result.forward_iters_mean,
+        "forward_iters_max": result.forward_iters_max,
+        "tol": config.solve_options(evaluation=True).tol,  # None: a fixed depth of max_iter
+        "solver": config.solver,
+    }
+    log(
+        f"test accuracy {result.acc:.2f}% (loss {result.loss:.4f}) on {len(test)} images, "
+        f"{result.forward_iters_mean:.1f} forward iterations on average (max {result.forward_iters_max})"
+    )
+    return summary

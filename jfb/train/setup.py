@@ -1,0 +1,222 @@
+"""Everything a run needs before its first step, in one :class:`Run`: processes, data, model,
+optimiser, schedule, metrics, and the position a resumed run continues from.
+
+:func:`load_data` and :func:`restore_model` are the pieces the evaluation, diagnostics and
+benchmark commands share with training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import Normalizer, Split, dataset_info, load_splits, steps_per_pass
+from ..errors import JfbError
+from ..files import prepare_run_dir
+from ..models import architecture, build_model, count_parameters
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .distributed import Processes, synchronize_batch_norm
+from .metrics import MetricsLog
+from .records import EpochRecord, Position
+from .warm_starts import WarmStarts
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Data:
+    """The three splits (limited as the configuration says) and the input normaliser."""
+
+    train: Split
+    val: Split
+    test: Split
+    normalize: Normalizer
+
+
+def load_data(config: TrainConfig) -> Data:
+    train, val, test = load_splits(config.dataset, config.data_dir, seed=config.seed)
+    limit = config.limit_test
+    return Data(train.subset(config.limit_train), val.subset(limit), test.subset(limit), input_normalizer(config))
+
+
+def input_normalizer(config: TrainConfig) -> Normalizer:
+    """The input statistics: the architecture's own where it has them (the authors' CIFAR-10 model), else
+    the dataset's."""
+    info = dataset_info(config.dataset)
+    mean, std = architecture(config.architecture).normalization or (info.mean, info.std)
+    return Normalizer(mean, std)
+
+
+def memory_format(config: TrainConfig) -> torch.memory_format:
+    return torch.channels_last if config.channels_last else torch.contiguous_format
+
+
+def build_from_config(config: TrainConfig) -> nn.Module:
+    model = build_model(
+        config.architecture,
+        kind=config.model,
+        explicit_depth=config.explicit_depth,
+        latent_batch_norm=config.latent_batch_norm,
+        gamma=config.gamma,
+        **config.layer_options(),
+    )
+    return model.to(config.device, memory_format=memory_format(config))
+
+
+def restore_model(path: Path, overrides: dict[str, Any] | None = None) -> tuple[nn.Module, TrainConfig]:
+    """The model saved in one of our checkpoints, with its configuration (``overrides`` applied)."""
+    checkpoint = load_checkpoint(path)
+    config = TrainConfig.from_dict({**checkpoint["config"], **(overrides or {})}, source=str(path))
+    model = build_from_config(config)
+    model.load_state_dict(checkpoint["model"])
+    return model, config
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module, steps_per_epoch: int):
+    params = model.parameters()
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    elif config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
+    elif config.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    elif config.schedule == "step":
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size * steps_per_epoch, gamma=0.1)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return optimizer, scheduler
+
+
+@dataclass
+class Run:
+    """A run ready to train: :func:`jfb.train.fit` takes it from ``position`` to the last epoch."""
+
+    config: TrainConfig
+    run_dir: Path
+    processes: Processes
+    data: Data
+    model: nn.Module
+    engine: nn.Module  # what training steps call: the model, or DistributedDataParallel around it
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    metrics: MetricsLog
+    position: Position
+    best_val: float = -1.0
+    warm_starts: WarmStarts | None = None
+    progress: bool = True
+    log: Log = print
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_pass(len(self.data.train), self.config.batch_size, self.processes.world_size)
+
+    def save(self, name: str, position: Position | None = None) -> None:
+        """Write a resumable checkpoint (main process only; every process waits for it)."""
+        if self.processes.is_main:
+            save_checkpoint(self.run_dir / name, self._checkpoint(position or self.position))
+        self.processes.barrier()
+
+    def _checkpoint(self, position: Position) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "position": position.to_dict(),
+            "best_val_acc": self.best_val,
+            "records": [r.to_dict() for r in self.metrics.records],
+            "rng": torch.get_rng_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state()} if self.config.device == "cuda" else {}),
+        }
+
+
+def setup_run(
+    config: TrainConfig,
+    run_dir: Path,
+    resume: bool = False,
+    processes: Processes | None = None,
+    progress: bool = True,
+    log: Log = print,
+) -> Run:
+    """Seed, load the data, build model and optimiser, and restore ``run_dir/last.pt`` when resuming."""
+    processes = processes or Processes()
+    run_dir = Path(run_dir)
+    if processes.is_main:
+        prepare_run_dir(run_dir)
+    _seed(config)
+    data = load_data(config)
+    model = build_from_config(config)
+    if processes.distributed:
+        model = synchronize_batch_norm(model, config.device)
+    engine = processes.wrap(model, config.device)
+    steps = steps_per_pass(len(data.train), config.batch_size, processes.world_size)
+    optimizer, scheduler = make_optimizer(config, model, steps)
+    log(_describe(config, model, data, processes))
+    metrics = MetricsLog(run_dir, write=processes.is_main)
+    run = Run(
+        config,
+        run_dir,
+        processes,
+        data,
+        model,
+        engine,
+        optimizer,
+        scheduler,
+        metrics,
+        Position(),
+        progress=progress,
+        log=log,
+    )
+    if config.warm_start:
+        run.warm_starts = WarmStarts(len(data.train))
+    if resume and (run_dir / "last.pt").exists():
+        _restore(run, run_dir / "last.pt")
+        log(f"resumed from {run_dir / 'last.pt'} at epoch {run.position.epoch + 1}, step {run.position.step}")
+    return run
+
+
+def _seed(config: TrainConfig) -> None:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+    torch.manual_seed(config.seed)
+
+
+def _describe(config: TrainConfig, model: nn.Module, data: Data, processes: Processes) -> str:
+    line = (
+        f"{config.model} {config.architecture}: {count_parameters(model):,} parameters; "
+        f"train {len(data.train)}, validation {len(data.val)}, test {len(data.test)}"
+    )
+    if processes.distributed:
+        line += f"; {processes.world_size} processes, global batch {config.batch_size}"
+    return line
+
+
+def _restore(run: Run, path: Path) -> None:
+    """Load everything the run needs to continue exactly where ``path`` was written."""
+    checkpoint = load_checkpoint(path)
+    if "position" not in checkpoint:
+        raise JfbError(f"{path} is not a resumable training checkpoint (no optimiser state or position)")
+    if not run.config.same_run(checkpoint["config"]):
+        raise JfbError(f"{path} was written with a different configuration; resume with the same options")
+    run.model.load_state_dict(checkpoint["model"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    run.scheduler.load_state_dict(checkpoint["scheduler"])
+    torch.set_rng_state(checkpoint["rng"])
+    if "cuda_rng" in checkpoint and run.config.device == "cuda":
+        torch.cuda.set_rng_state(checkpoint["cuda_rng"])
+    run.position = Position.from_dict(checkpoint["position"])
+    run.best_val = checkpoint["best_val_acc"]
+    run.metrics.records = [EpochRecord.from_dict(r) for r in checkpoint["records"]]
