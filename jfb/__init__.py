@@ -5,7 +5,7 @@ from __future__ import annotations
 from . import backward, contraction, solvers
 from .backward import IFT, BackwardMode, BackwardStats, Neumann, get_backward, register_backward
 from .contraction import GammaScaled, lipschitz_estimate, spectral_normalize
-from .errors import ConvergenceWarning, FixedPointError, JfbError
+from .errors import ConvergenceWarning, FixedPointError, JfbError, StorageError
 from .frozen import frozen_running_stats
 from .layer import ImplicitLayer, ImplicitStats
 from .solvers import SolveOptions, Solver, SolverState, register_solver, solve
@@ -28,6 +28,7 @@ __all__ = [
     "Solver",
     "SolverState",
     "Status",
+    "StorageError",
     "backward",
     "contraction",
     "frozen_running_stats",

@@ -14,6 +14,11 @@ class JfbError(ValueError):
     """Bad input: an invalid option, a shape mismatch, an unreadable or untrusted file."""
 
 
+class StorageError(RuntimeError):
+    """A file could not be written (a full disk, a quota, a vanished folder): training stops with exit
+    status 1, and the files written before are intact (every write goes to a temporary file first)."""
+
+
 class FixedPointError(RuntimeError):
     """Raised (with ``on_failure="raise"``) when a forward solve diverges or produces non-finite
     values, or a backward linear solve misses its tolerance."""

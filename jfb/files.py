@@ -9,24 +9,35 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import JfbError
+from .errors import JfbError, StorageError
 
 
-def atomic_write(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
+def atomic_write(
+    path: Path, write: Callable[[IO[Any]], None], binary: bool = False, before_replace: Callable[[], None] | None = None
+) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then rename it over ``path``.
+
+    ``before_replace`` runs once the new file is complete, just before the rename (to keep the
+    previous file under another name). An operating-system error (ENOSPC, EDQUOT, ...) becomes a
+    :class:`~jfb.errors.StorageError`; the temporary file is removed and ``path`` is untouched.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except OSError as error:
+        raise StorageError(f"cannot write {path}: {error.strerror or error}") from error
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -21,6 +21,8 @@ from .state import State, StateLayout, describe, first_tensor, take_rows
 from .status import Status
 
 ON_FAILURE = ("warn", "raise", "ignore")
+#: a peer process that died or hung: never a shape problem of the operator
+_DISTRIBUTED_ERRORS = getattr(torch.distributed, "DistError", ())
 #: ``u0`` as given to :meth:`ImplicitLayer.forward`: a state, a function of ``x``, or None
 InitialState = None | Tensor | Sequence[Tensor] | Callable[[Any], State]
 
@@ -246,12 +248,14 @@ class ImplicitLayer(nn.Module):
     def _bind(self, x: Any, layout: StateLayout, u0: State, guessed: bool) -> Callable[[Tensor, Tensor | None], Tensor]:
         """T on flat states, ``T(u, index)`` on the batch rows ``index``; shapes checked on every call."""
 
+        shapes_unchecked = [guessed]  # only the first call on a guessed u0 can fail for its shape
+
         def T(u: Tensor, index: Tensor | None = None) -> Tensor:
             state = layout.unflatten(u)
             try:
                 out = self.operator(state, x if index is None else take_rows(x, index))
             except RuntimeError as error:
-                if not guessed:
+                if not shapes_unchecked[0] or isinstance(error, _DISTRIBUTED_ERRORS):
                     raise
                 raise JfbError(
                     f"the operator failed on u0 = zeros shaped like x {describe(x)} ({error}); if the state has "
@@ -262,6 +266,7 @@ class ImplicitLayer(nn.Module):
                     f"T(u0) has shape {describe(out)} but u0 has {describe(u0)} (x: {describe(x)}); "
                     "T must return a state of u's shape: pass u0= or latent_shape= when the state is not shaped like x"
                 )
+            shapes_unchecked[0] = False
             return layout.flatten(out)
 
         return T

@@ -1,7 +1,10 @@
 """The ``jfb`` command line: one library function per command, flags generated from its settings dataclass.
 
-Every command accepts ``--json`` and then prints one final JSON line with its results; bad options
-print a one-line error and exit with status 2. The commands themselves live in :mod:`jfb.cli.commands`.
+Every command accepts ``--json`` and then prints one final JSON line with its results. Exit
+statuses: 0 done; 2 bad options or input (one line); 1 training stopped (persistent bad batches) or
+a file could not be written (one line); 75 preempted by a signal after writing ``last.pt`` (rerun
+with ``--resume``); anything else is a bug and keeps its traceback. The commands live in
+:mod:`jfb.cli.commands`.
 """
 
 from __future__ import annotations
@@ -52,8 +55,9 @@ def _logger(args: argparse.Namespace) -> Log:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..errors import JfbError
+    from ..errors import JfbError, StorageError
     from ..train import TrainingStopped
+    from ..train.preemption import EXIT_PREEMPTED, Preempted
 
     command: Command = args.command_spec
     name = " ".join(filter(None, [args.command, getattr(args, command.group or "", None)]))
@@ -65,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingStopped as exc:
         print(f"jfb {name}: training stopped: {exc}", file=sys.stderr)
         return 1
+    except StorageError as exc:
+        print(f"jfb {name}: error: {exc}", file=sys.stderr)
+        return 1
+    except Preempted:  # the training loop said where it stopped and what it wrote
+        return EXIT_PREEMPTED
     if args.json:
         print(json.dumps(result))
     return 0

@@ -1,7 +1,17 @@
-"""Checkpoints: written atomically, read with ``weights_only=True`` and clear errors."""
+"""Checkpoints: written atomically with a SHA-256 of their contents, read with ``weights_only=True``,
+and for ``last.pt`` the previous one kept as ``last.prev.pt`` to fall back on.
+
+The file holds ``{"format": "torch-jfb/2", "sha256": ..., "payload": uint8 tensor}`` where the
+payload is the ``torch.save`` bytes of the checkpoint itself; a file whose bytes do not match
+their checksum (a block zeroed by a crash, a copy cut short) is refused like a truncated one.
+Files of the first format (no checksum) still load.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,24 +20,81 @@ import torch
 from ..errors import JfbError
 from ..files import atomic_write
 
-FORMAT = "torch-jfb/1"
+FORMAT = "torch-jfb/2"
+FORMATS = ("torch-jfb/1", FORMAT)
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write atomically (a crash mid-write leaves the previous checkpoint intact)."""
-    atomic_write(Path(path), lambda f: torch.save({"format": FORMAT, **payload}, f), binary=True)
+def previous_path(path: Path) -> Path:
+    """Where the checkpoint that ``path`` replaced is kept: ``last.pt`` -> ``last.prev.pt``."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any], keep_previous: bool = False) -> None:
+    """Write atomically (a crash or a full disk mid-write leaves the previous checkpoint intact);
+    with ``keep_previous`` the file it replaces becomes :func:`previous_path` once the new one is complete."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **payload}, buffer)
+    blob = buffer.getvalue()
+    wrapped = {
+        "format": FORMAT,
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "payload": torch.frombuffer(bytearray(blob), dtype=torch.uint8),
+    }
+
+    def keep() -> None:  # a hard link: last.pt never goes missing, even for a moment
+        if path.exists():
+            staged = previous_path(path).with_suffix(".link.tmp")
+            staged.unlink(missing_ok=True)
+            try:
+                os.link(path, staged)
+            except OSError:  # a file system without hard links
+                os.replace(path, previous_path(path))
+            else:
+                os.replace(staged, previous_path(path))
+
+    atomic_write(path, lambda f: torch.save(wrapped, f), binary=True, before_replace=keep if keep_previous else None)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load one of our checkpoints; never executes pickled code."""
+    """Load one of our checkpoints; never executes pickled code. JfbError when it is missing,
+    truncated, corrupted (checksum) or not ours."""
     path = Path(path)
     if not path.is_file():
         raise JfbError(f"{path}: no such checkpoint file")
+    outer = _load(path, path.read_bytes())
+    if outer.get("format") == FORMAT:
+        blob = outer["payload"].numpy().tobytes()
+        if hashlib.sha256(blob).hexdigest() != outer.get("sha256"):
+            raise JfbError(f"{path}: cannot load checkpoint safely (checksum mismatch: the file is corrupted)")
+        outer = _load(path, blob)
+    if outer.get("format") not in FORMATS:
+        raise JfbError(f"{path}: not a torch-jfb checkpoint (for the paper authors' files use `jfb import-reference`)")
+    return outer
+
+
+def _load(path: Path, data: bytes) -> dict[str, Any]:
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupted, truncated, or containing non-tensor objects
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise JfbError(f"{path}: cannot load checkpoint safely ({first_line})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict):
         raise JfbError(f"{path}: not a torch-jfb checkpoint (for the paper authors' files use `jfb import-reference`)")
     return payload
+
+
+def load_resumable(path: Path, log=print) -> tuple[dict[str, Any], Path]:
+    """The checkpoint to resume from: ``path``, or :func:`previous_path` when ``path`` is missing or
+    unreadable (said in one line). JfbError when neither loads."""
+    previous = previous_path(path)
+    try:
+        return load_checkpoint(path), path
+    except JfbError as error:
+        if not previous.is_file():
+            raise
+        log(f"warning: {error}; resuming from the previous checkpoint {previous}")
+    try:
+        return load_checkpoint(previous), previous
+    except JfbError as error:
+        raise JfbError(f"neither {path} nor {previous} can be loaded ({error})") from None

@@ -14,13 +14,14 @@ from ..data import DATASETS
 from ..errors import JfbError, unknown_name
 from ..settings import setting
 from ..solvers import SolveOptions
+from .preemption import signal_numbers
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 DEVICES = ("cpu", "cuda")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 #: options a resumed run may change (a run may move between CPU and GPU; bit-identity holds only on one device)
-RUNTIME_OPTIONS = ("threads", "checkpoint_every", "data_dir", "device")
+RUNTIME_OPTIONS = ("threads", "checkpoint_every", "data_dir", "device", "preempt_signals", "dist_timeout_s")
 
 
 @dataclass
@@ -64,6 +65,8 @@ class TrainConfig:
     test_every_epoch: bool = True  # False: test accuracy only of the last and the validation-selected epoch
     channels_last: bool = True  # NHWC memory layout: ~25% faster convolutions on CPU (measured)
     deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns and resumes
+    preempt_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")  # write last.pt and exit 75 on these (empty: off)
+    dist_timeout_s: float = 300.0  # a collective waiting longer on a peer raises (torchrun then restarts or stops)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -98,6 +101,9 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise unknown_name(name, getattr(self, name), allowed)
         self.solve_options(), self.solve_options(evaluation=True), get_backward(self.backward)
+        signal_numbers(self.preempt_signals)
+        if not self.dist_timeout_s > 0:
+            raise JfbError(f"dist_timeout_s must be a number > 0, got {self.dist_timeout_s!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

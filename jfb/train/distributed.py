@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -22,6 +23,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import JfbError
+
+#: how long a collective waits for a peer before it raises (torch's default is 30 minutes)
+DEFAULT_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,11 @@ class Processes:
 
     def any(self, flag: bool) -> bool:
         """Whether ``flag`` holds on any process (every process must call this)."""
-        return bool(self.max([float(flag)])[0])
+        return self.any_of([flag])[0]
+
+    def any_of(self, flags: list[bool]) -> list[bool]:
+        """For each flag, whether it holds on any process: one collective for all of them."""
+        return [bool(v) for v in self.max([float(f) for f in flags])]
 
     def gather(self, value: Any) -> list[Any]:
         if not self.distributed:
@@ -76,8 +84,11 @@ class Processes:
         return tensor.tolist()
 
 
-def start_processes(device: str) -> Processes:
-    """Join the process group that ``torchrun`` describes in the environment (or run alone)."""
+def start_processes(device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Processes:
+    """Join the process group that ``torchrun`` describes in the environment (or run alone).
+
+    A collective that waits longer than ``timeout_s`` on a peer raises instead of hanging.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Processes()
@@ -85,8 +96,35 @@ def start_processes(device: str) -> Processes:
     if not dist.is_initialized():
         if device == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        rank, timeout = int(os.environ["RANK"]), timedelta(seconds=timeout_s)
+        dist.init_process_group(
+            "nccl" if device == "cuda" else "gloo",
+            store=_attempt_store(rank, world_size, timeout),
+            rank=rank,
+            world_size=world_size,
+            timeout=timeout,
+        )
     return Processes(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def _attempt_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
+    """The rendezvous store of this attempt of the job.
+
+    torchrun (with ``--max-restarts``) restarts a failed group against the *same* TCPStore, its
+    agent's, and torch's default ``env://`` initialisation keys the process group's addresses
+    without the attempt, so a restarted worker could read the address of a worker that died with
+    the previous attempt ("Gloo connectFullMesh failed ... Connection refused") or a stale barrier
+    count (a hang). Every attempt here gets its own key prefix.
+    """
+    use_agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=rank == 0 and not use_agent_store,
+        timeout=timeout,
+    )
+    return dist.PrefixStore(f"jfb/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def stop_processes(processes: Processes) -> None:

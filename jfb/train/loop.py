@@ -20,6 +20,7 @@ from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .distributed import Processes, main_process_only, start_processes, stop_processes
 from .metrics import plot_curves
+from .preemption import EXIT_PREEMPTED, Preempted, PreemptionWatch
 from .records import EpochRecord, EpochStats, PassSummary, Position, TrainResult
 from .setup import Log, Run, build_from_config, memory_format, setup_run
 
@@ -36,7 +37,7 @@ def train(
     Under ``torchrun`` this runs data-parallel (see :mod:`jfb.train.distributed`); only the
     main process logs, shows progress and writes files.
     """
-    processes = start_processes(config.device)
+    processes = start_processes(config.device, config.dist_timeout_s)
     try:
         if processes.distributed and config.lipschitz_rescale:
             raise JfbError(
@@ -44,7 +45,15 @@ def train(
                 "drift apart; train in one process"
             )
         log = main_process_only(log, processes)
-        return fit(setup_run(config, Path(run_dir), resume, processes, progress and processes.is_main, log))
+        with PreemptionWatch(config.preempt_signals) as watch:
+            run = setup_run(config, Path(run_dir), resume, processes, progress and processes.is_main, log)
+            run.preemption = watch
+            try:
+                return fit(run)
+            finally:
+                # DDP's reducer holds the process group; freed after the group is destroyed, its gloo
+                # destructor can deadlock at exit. Drop it first, on every path out (a return, an error).
+                run.engine = run.model
     finally:
         stop_processes(processes)
 
@@ -174,9 +183,23 @@ def train_one_epoch(run: Run) -> EpochStats:
             bar.set_postfix(position.stats.postfix(), refresh=False)
         position.step += 1
         position.elapsed_s = time.perf_counter() - started
+        if run.stop_requested:
+            _stop_preempted(run)
         if config.checkpoint_every and position.step % config.checkpoint_every == 0 and position.step < steps:
             run.save("last.pt")
     return position.stats
+
+
+def _stop_preempted(run: Run) -> None:
+    """Write ``last.pt`` at the step just finished and stop (:class:`Preempted`)."""
+    run.save("last.pt")
+    received = run.preemption.received if run.preemption is not None else None
+    where = f"epoch {run.position.epoch + 1}, step {run.position.step}"
+    run.log(
+        f"preempted by {received or 'a signal to another process'} at {where}: {run.run_dir / 'last.pt'} "
+        f"written; rerun the same command with --resume to continue (exit status {EXIT_PREEMPTED})"
+    )
+    raise Preempted(where)
 
 
 def train_step(run: Run, inputs: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> bool:
@@ -195,7 +218,9 @@ def train_step(run: Run, inputs: torch.Tensor, labels: torch.Tensor, index: torc
     logits = run.engine(inputs) if u0 is None else run.engine(inputs, u0)
     loss = nn.functional.cross_entropy(logits, labels)
     run.optimizer.zero_grad(set_to_none=True)
-    if run.processes.any(_bad_batch(model, loss)):
+    signalled = run.preemption is not None and run.preemption.received is not None
+    bad, run.stop_requested = run.processes.any_of([_bad_batch(model, loss), signalled])  # one collective
+    if bad:
         _skip_bad_batch(run, buffers)
         return False
     position.consecutive_bad = 0

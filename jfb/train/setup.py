@@ -16,13 +16,14 @@ import torch
 from torch import nn
 
 from ..data import Normalizer, Split, dataset_info, load_splits, steps_per_pass
-from ..errors import JfbError
+from ..errors import JfbError, StorageError
 from ..files import prepare_run_dir
 from ..models import architecture, build_model, count_parameters
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_resumable, previous_path, save_checkpoint
 from .config import TrainConfig
 from .distributed import Processes, synchronize_batch_norm
 from .metrics import MetricsLog
+from .preemption import PreemptionWatch
 from .records import EpochRecord, Position
 from .warm_starts import WarmStarts
 
@@ -114,6 +115,8 @@ class Run:
     position: Position
     best_val: float = -1.0
     warm_starts: WarmStarts | None = None
+    preemption: PreemptionWatch | None = None  # set while fit() runs under train()
+    stop_requested: bool = False  # a preemption signal reached some process: stop after this step
     progress: bool = True
     log: Log = print
 
@@ -122,9 +125,16 @@ class Run:
         return steps_per_pass(len(self.data.train), self.config.batch_size, self.processes.world_size)
 
     def save(self, name: str, position: Position | None = None) -> None:
-        """Write a resumable checkpoint (main process only; every process waits for it)."""
+        """Write a resumable checkpoint (main process only; every process waits for it). ``last.pt``
+        keeps its predecessor as ``last.prev.pt``; a failed write says which checkpoint is intact."""
         if self.processes.is_main:
-            save_checkpoint(self.run_dir / name, self._checkpoint(position or self.position))
+            path = self.run_dir / name
+            try:
+                save_checkpoint(path, self._checkpoint(position or self.position), keep_previous=name == "last.pt")
+            except StorageError as error:
+                intact = [p.name for p in (path, previous_path(path)) if p.is_file()]
+                note = f"; intact: {', '.join(intact)}" if intact else ""
+                raise StorageError(f"{error}{note}") from error.__cause__
         self.processes.barrier()
 
     def _checkpoint(self, position: Position) -> dict[str, Any]:
@@ -180,9 +190,11 @@ def setup_run(
     )
     if config.warm_start:
         run.warm_starts = WarmStarts(len(data.train))
-    if resume and (run_dir / "last.pt").exists():
-        _restore(run, run_dir / "last.pt")
-        log(f"resumed from {run_dir / 'last.pt'} at epoch {run.position.epoch + 1}, step {run.position.step}")
+    last = run_dir / "last.pt"
+    if resume and (last.is_file() or previous_path(last).is_file()):
+        checkpoint, path = load_resumable(last, log)
+        _restore(run, checkpoint, path)
+        log(f"resumed from {path} at epoch {run.position.epoch + 1}, step {run.position.step}")
     return run
 
 
@@ -204,9 +216,8 @@ def _describe(config: TrainConfig, model: nn.Module, data: Data, processes: Proc
     return line
 
 
-def _restore(run: Run, path: Path) -> None:
-    """Load everything the run needs to continue exactly where ``path`` was written."""
-    checkpoint = load_checkpoint(path)
+def _restore(run: Run, checkpoint: dict[str, Any], path: Path) -> None:
+    """Load everything the run needs to continue exactly where ``checkpoint`` (read from ``path``) was written."""
     if "position" not in checkpoint:
         raise JfbError(f"{path} is not a resumable training checkpoint (no optimiser state or position)")
     if not run.config.same_run(checkpoint["config"]):

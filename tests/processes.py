@@ -1,0 +1,80 @@
+"""Subprocess helpers for tests that launch ``jfb`` (alone or under torchrun) and send it signals.
+
+Every launch runs in its own session with a bounded wait; on a hang the whole process group
+(launcher and workers) is killed and the test fails showing the output.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from jfb.errors import JfbError
+from jfb.train import load_checkpoint
+
+JFB = [sys.executable, "-m", "jfb"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
+def start(command: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+    """``(returncode, stdout, stderr)``; AssertionError (with the output) when it did not end in ``timeout``."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"hung for {timeout} s\nstdout: {stdout[-2000:]}\nstderr: {stderr[-3000:]}") from None
+    return process.returncode, stdout, stderr
+
+
+def succeed(command: list[str], timeout: float = 300) -> str:
+    code, stdout, stderr = finish(start(command), timeout)
+    assert code == 0, f"exit status {code}\nstdout: {stdout[-2000:]}\nstderr: {stderr[-3000:]}"
+    return stdout
+
+
+def wait_for_checkpoint(process: subprocess.Popen, path: Path, min_step: int, timeout: float = 300) -> dict:
+    """Poll until ``path`` holds a mid-epoch position with ``step >= min_step``; that position."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            position = load_checkpoint(path)["position"] if path.exists() else None
+        except JfbError:  # replaced between the check and the read
+            position = None
+        if position is not None and position["epoch"] == 0 and position["step"] >= min_step:
+            return position
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGKILL)
+    stdout, stderr = process.communicate()
+    raise AssertionError(
+        f"no checkpoint at step >= {min_step} appeared\nstdout: {stdout[-2000:]}\nstderr: {stderr[-3000:]}"
+    )
+
+
+def workers_of(launcher: int) -> list[int]:
+    """The child processes of ``launcher`` (torchrun's workers), from /proc."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == launcher:
+            children.append(int(stat.parent.name))
+    return sorted(children)
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether two checkpoints hold bit-identical model weights and buffers."""
+    first, second = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
