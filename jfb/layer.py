@@ -21,8 +21,6 @@ from .state import State, StateLayout, describe, first_tensor, take_rows
 from .status import Status
 
 ON_FAILURE = ("warn", "raise", "ignore")
-#: a peer process that died or hung: never a shape problem of the operator
-_DISTRIBUTED_ERRORS = getattr(torch.distributed, "DistError", ())
 #: ``u0`` as given to :meth:`ImplicitLayer.forward`: a state, a function of ``x``, or None
 InitialState = None | Tensor | Sequence[Tensor] | Callable[[Any], State]
 
@@ -248,14 +246,16 @@ class ImplicitLayer(nn.Module):
     def _bind(self, x: Any, layout: StateLayout, u0: State, guessed: bool) -> Callable[[Tensor, Tensor | None], Tensor]:
         """T on flat states, ``T(u, index)`` on the batch rows ``index``; shapes checked on every call."""
 
-        shapes_unchecked = [guessed]  # only the first call on a guessed u0 can fail for its shape
+        # only the first call on a guessed u0 can fail for its shape; in a multi-process run a failure may
+        # be a peer's (a collective inside T timing out), so the error is passed on as it is
+        shapes_unchecked = [guessed and distributed_world_size() == 1]
 
         def T(u: Tensor, index: Tensor | None = None) -> Tensor:
             state = layout.unflatten(u)
             try:
                 out = self.operator(state, x if index is None else take_rows(x, index))
             except RuntimeError as error:
-                if not shapes_unchecked[0] or isinstance(error, _DISTRIBUTED_ERRORS):
+                if not shapes_unchecked[0]:
                     raise
                 raise JfbError(
                     f"the operator failed on u0 = zeros shaped like x {describe(x)} ({error}); if the state has "

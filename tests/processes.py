@@ -6,6 +6,7 @@ Every launch runs in its own session with a bounded wait; on a hang the whole pr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,7 +24,28 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 
 def start(command: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    """``command`` in its own session, marked so that every process it starts can be found and killed
+    (torchrun starts its workers in sessions of their own)."""
+    marker = f"{os.getpid()}-{time.monotonic_ns()}"
+    env = {**os.environ, "JFB_TEST_LAUNCH": marker}
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env
+    )
+    process.marker = marker
+    return process
+
+
+def kill_all(process: subprocess.Popen) -> None:
+    """SIGKILL the launcher and every process that carries its marker (orphaned workers included)."""
+    needle = f"JFB_TEST_LAUNCH={process.marker}".encode()
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if needle in environ.read_bytes().split(b"\0"):
+                os.kill(int(environ.parent.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
@@ -31,8 +53,8 @@ def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, s
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
+        kill_all(process)
+        stdout, stderr = process.communicate(timeout=30)
         raise AssertionError(f"hung for {timeout} s\nstdout: {stdout[-2000:]}\nstderr: {stderr[-3000:]}") from None
     return process.returncode, stdout, stderr
 

@@ -42,6 +42,8 @@ class TrainConfig:
     max_iter: int = 50
     fixed_depth: bool = False  # training solves run exactly max_iter iterations (tol unused)
     eval_tol: float | None = None  # evaluation solves to this tolerance; default: as in training
+    eval_max_iter: int | None = None  # evaluation's depth (fixed depth) or cap; default max_iter
+    depth_start: int | None = None  # fixed depth: grow the training depth from this (epoch 1) to max_iter (last epoch)
     freeze_converged: bool = False
     solver_options: dict[str, Any] = field(default_factory=dict)  # e.g. {memory = 3} for Anderson
     epochs: int = 5
@@ -49,6 +51,10 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float = 3e-3
     weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    ema_decay: float | None = (
+        None  # evaluate (and select, save as best.pt) an exponential moving average of the weights
+    )
     momentum: float = 0.9
     schedule: str = "onecycle"
     step_size: int = 10  # epochs per decay of the "step" schedule
@@ -79,6 +85,10 @@ class TrainConfig:
         checks = [
             (self.tol > 0, "tol", "a number > 0"),
             (self.eval_tol is None or self.eval_tol > 0, "eval_tol", "a number > 0"),
+            (self.eval_max_iter is None or self.eval_max_iter >= 1, "eval_max_iter", "an integer >= 1"),
+            (self.depth_start is None or 1 <= self.depth_start <= self.max_iter, "depth_start", "in [1, max_iter]"),
+            (0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
+            (self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay", "in (0, 1)"),
             (self.epochs >= 1, "epochs", "an integer >= 1"),
             (self.batch_size >= 1, "batch_size", "an integer >= 1"),
             (self.lr > 0, "lr", "a number > 0"),
@@ -92,6 +102,8 @@ class TrainConfig:
             raise JfbError(f"gamma must be in (0, 1], got {self.gamma!r}")
         if self.lipschitz_rescale and self.model != "implicit":
             raise JfbError("lipschitz_rescale needs model 'implicit' (it keeps the fixed-point operator contractive)")
+        if self.depth_start is not None and not self.fixed_depth:
+            raise JfbError("depth_start needs fixed_depth = true (it schedules the fixed training depth)")
         if self.warm_start and self.model != "implicit":
             raise JfbError("warm_start needs model 'implicit' (an explicit network has no fixed point to reuse)")
         for ok, name, requirement in checks:
@@ -128,17 +140,28 @@ class TrainConfig:
                 raise JfbError(f"{source}: unknown key {key!r}{hint}")
         return cls(**values)
 
-    def solve_options(self, evaluation: bool = False) -> SolveOptions:
-        """The forward-solve options of training, or of evaluation (``eval_tol`` when set)."""
-        tol = self.eval_tol if evaluation and self.eval_tol is not None else None if self.fixed_depth else self.tol
+    def solve_options(self, evaluation: bool = False, epoch: int | None = None) -> SolveOptions:
+        """The forward-solve options of training (in epoch ``epoch``, counted from 0, when the depth
+        is scheduled), or of evaluation (``eval_tol`` and ``eval_max_iter`` when set)."""
+        if evaluation:
+            tol = self.eval_tol if self.eval_tol is not None else None if self.fixed_depth else self.tol
+            max_iter = self.eval_max_iter or self.max_iter
+        else:
+            tol, max_iter = None if self.fixed_depth else self.tol, self.training_depth(epoch)
         return SolveOptions(
             solver=self.solver,
             tol=tol,
-            max_iter=self.max_iter,
+            max_iter=max_iter,
             stop_mode=self.stop_mode,
             freeze_converged=self.freeze_converged,
             solver_options=self.solver_options,
         )
+
+    def training_depth(self, epoch: int | None) -> int:
+        """``max_iter``, or with ``depth_start`` the linear schedule from it to ``max_iter`` over the epochs."""
+        if self.depth_start is None or epoch is None or self.epochs == 1:
+            return self.max_iter
+        return round(self.depth_start + (self.max_iter - self.depth_start) * epoch / (self.epochs - 1))
 
     def layer_options(self) -> dict[str, Any]:
         """What :class:`~jfb.ImplicitLayer` takes from this configuration."""
@@ -153,12 +176,16 @@ def load_target(target: str) -> tuple[dict[str, Any], str]:
     if path.suffix == ".toml":
         if not path.is_file():
             raise JfbError(f"config file {path} does not exist")
-    elif target in DATASETS:
+    elif (CONFIG_DIR / f"{target}.toml").is_file():  # a packaged recipe: mnist, mnist-long, ...
         path = CONFIG_DIR / f"{target}.toml"
-        if not path.is_file():
-            return {"dataset": target}, "options"
+    elif target in DATASETS:
+        return {"dataset": target}, "options"
     else:
-        raise JfbError(f"unknown dataset or config {target!r}; choose one of {', '.join(DATASETS)} or a .toml file")
+        recipes = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+        raise JfbError(
+            f"unknown dataset or config {target!r}; choose one of {', '.join(DATASETS)} or a .toml file"
+            f" (packaged recipes: {', '.join(recipes)})"
+        )
     with open(path, "rb") as f:
         return tomllib.load(f), str(path)
 

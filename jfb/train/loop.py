@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import time
+import traceback
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -22,7 +24,7 @@ from .distributed import Processes, main_process_only, start_processes, stop_pro
 from .metrics import plot_curves
 from .preemption import EXIT_PREEMPTED, Preempted, PreemptionWatch
 from .records import EpochRecord, EpochStats, PassSummary, Position, TrainResult
-from .setup import Log, Run, build_from_config, memory_format, setup_run
+from .setup import Log, Run, build_from_config, evaluated_weights, memory_format, setup_run
 
 
 class TrainingStopped(RuntimeError):
@@ -51,10 +53,15 @@ def train(
             try:
                 return fit(run)
             finally:
-                # DDP's reducer holds the process group; freed after the group is destroyed, its gloo
-                # destructor can deadlock at exit. Drop it first, on every path out (a return, an error).
                 run.engine = run.model
+    except BaseException as error:
+        if processes.distributed:
+            traceback.clear_frames(error.__traceback__)
+        raise
     finally:
+        # DDP's reducer holds the process group; freed after the group is destroyed, its gloo destructor can
+        # deadlock at exit. So it is dropped first on every path out: from the run, and on an error from the
+        # finished frames the traceback keeps (DDP's forward, when a collective inside T failed)
         stop_processes(processes)
 
 
@@ -62,6 +69,8 @@ def fit(run: Run) -> TrainResult:
     """Train ``run`` from its position to its last epoch; the test set is measured as configured."""
     config = run.config
     while run.position.epoch < config.epochs:
+        if config.depth_start is not None and isinstance(run.model, ImplicitClassifier):
+            run.model.implicit.options = config.solve_options(epoch=run.position.epoch)
         try:
             stats = train_one_epoch(run).reduced(run.processes)
         except TrainingStopped as stop:
@@ -69,12 +78,8 @@ def fit(run: Run) -> TrainResult:
             raise TrainingStopped(
                 f"{stop}; weights before the bad batches saved to {run.run_dir / 'stopped.pt'}"
             ) from None
-        record = _epoch_record(run, stats)
+        record = _measure_epoch(run, stats)
         final = record.epoch == config.epochs
-        if config.test_every_epoch or final:
-            record.set_test(
-                evaluate(run.model, run.data.test, config, run.data.normalize, run.progress, "test", run.processes)
-            )
         run.metrics.append(record)
         improved = record.val_acc > run.best_val
         run.best_val = max(run.best_val, record.val_acc)
@@ -86,6 +91,17 @@ def fit(run: Run) -> TrainResult:
             run.save("best.pt")
         run.log(_epoch_line(record, tested=config.test_every_epoch or final))
     return _result(run)
+
+
+def _measure_epoch(run: Run, stats: EpochStats) -> EpochRecord:
+    """Validate (and test, every epoch or the last) the weights the run evaluates."""
+    config = run.config
+    with run.average.applied(run.model) if run.average is not None else nullcontext():
+        record = _epoch_record(run, stats)
+        if config.test_every_epoch or record.epoch == config.epochs:
+            test = evaluate(run.model, run.data.test, config, run.data.normalize, run.progress, "test", run.processes)
+            record.set_test(test)
+    return record
 
 
 def _epoch_record(run: Run, stats: EpochStats) -> EpochRecord:
@@ -144,7 +160,7 @@ def _result(run: Run) -> TrainResult:
 def _test_selected_epoch(run: Run) -> None:
     """Without per-epoch test evaluation: the test accuracy of the validation-selected weights, once, at the end."""
     model = build_from_config(run.config)
-    model.load_state_dict(load_checkpoint(run.run_dir / "best.pt")["model"])
+    model.load_state_dict(evaluated_weights(load_checkpoint(run.run_dir / "best.pt")))
     test = evaluate(
         model, run.data.test, run.config, run.data.normalize, run.progress, "test (selected epoch)", run.processes
     )
@@ -216,7 +232,7 @@ def train_step(run: Run, inputs: torch.Tensor, labels: torch.Tensor, index: torc
         rescale_operator(model, inputs)
     u0 = None if run.warm_starts is None else run.warm_starts.initial(index, config.device, memory_format(config))
     logits = run.engine(inputs) if u0 is None else run.engine(inputs, u0)
-    loss = nn.functional.cross_entropy(logits, labels)
+    loss = nn.functional.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
     run.optimizer.zero_grad(set_to_none=True)
     signalled = run.preemption is not None and run.preemption.received is not None
     bad, run.stop_requested = run.processes.any_of([_bad_batch(model, loss), signalled])  # one collective
@@ -228,6 +244,8 @@ def train_step(run: Run, inputs: torch.Tensor, labels: torch.Tensor, index: torc
     (loss * (labels.shape[0] * run.processes.world_size / global_batch)).backward()
     run.optimizer.step()
     run.scheduler.step()
+    if run.average is not None:
+        run.average.update(model)
     position.stats.add(loss.detach(), logits.detach(), labels, model)  # after backward: J mat-vecs are counted
     if run.warm_starts is not None:
         run.warm_starts.store(index, model.implicit.last_fixed_point)

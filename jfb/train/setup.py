@@ -19,6 +19,7 @@ from ..data import Normalizer, Split, dataset_info, load_splits, steps_per_pass
 from ..errors import JfbError, StorageError
 from ..files import prepare_run_dir
 from ..models import architecture, build_model, count_parameters
+from .averaging import WeightAverage
 from .checkpoint import load_checkpoint, load_resumable, previous_path, save_checkpoint
 from .config import TrainConfig
 from .distributed import Processes, synchronize_batch_norm
@@ -75,8 +76,13 @@ def restore_model(path: Path, overrides: dict[str, Any] | None = None) -> tuple[
     checkpoint = load_checkpoint(path)
     config = TrainConfig.from_dict({**checkpoint["config"], **(overrides or {})}, source=str(path))
     model = build_from_config(config)
-    model.load_state_dict(checkpoint["model"])
+    model.load_state_dict(evaluated_weights(checkpoint))
     return model, config
+
+
+def evaluated_weights(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The weights a checkpoint's metrics were measured with: the average when the run kept one."""
+    return checkpoint.get("average", checkpoint["model"])
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module, steps_per_epoch: int):
@@ -115,6 +121,7 @@ class Run:
     position: Position
     best_val: float = -1.0
     warm_starts: WarmStarts | None = None
+    average: WeightAverage | None = None  # with ema_decay: what is evaluated, selected and saved as best.pt
     preemption: PreemptionWatch | None = None  # set while fit() runs under train()
     stop_requested: bool = False  # a preemption signal reached some process: stop after this step
     progress: bool = True
@@ -144,6 +151,7 @@ class Run:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "position": position.to_dict(),
+            **({"average": self.average.average} if self.average is not None else {}),
             "best_val_acc": self.best_val,
             "records": [r.to_dict() for r in self.metrics.records],
             "rng": torch.get_rng_state(),
@@ -190,6 +198,8 @@ def setup_run(
     )
     if config.warm_start:
         run.warm_starts = WarmStarts(len(data.train))
+    if config.ema_decay is not None:
+        run.average = WeightAverage(model, config.ema_decay)
     last = run_dir / "last.pt"
     if resume and (last.is_file() or previous_path(last).is_file()):
         checkpoint, path = load_resumable(last, log)
@@ -223,6 +233,8 @@ def _restore(run: Run, checkpoint: dict[str, Any], path: Path) -> None:
     if not run.config.same_run(checkpoint["config"]):
         raise JfbError(f"{path} was written with a different configuration; resume with the same options")
     run.model.load_state_dict(checkpoint["model"])
+    if run.average is not None:
+        run.average.average = checkpoint["average"]
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     run.scheduler.load_state_dict(checkpoint["scheduler"])
     torch.set_rng_state(checkpoint["rng"])

@@ -1,0 +1,74 @@
+"""Training levers: a depth schedule, the evaluation depth, label smoothing and a weight average."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from jfb.errors import JfbError
+from jfb.train import TrainConfig, load_checkpoint, restore_model, setup_run, train
+from jfb.train.averaging import WeightAverage
+from jfb.train.loop import fit
+from jfb.train.preemption import Preempted
+
+SMALL = dict(limit_train=300, limit_test=100, batch_size=100, solver="picard", fixed_depth=True, threads=1)
+
+
+def _records(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_training_depth_grows_linearly_and_evaluation_has_its_own_depth(tmp_path):
+    config = TrainConfig(**SMALL, epochs=3, max_iter=6, depth_start=2, eval_max_iter=3)
+    assert [config.training_depth(e) for e in range(3)] == [2, 4, 6]
+    train(config, tmp_path, progress=False, log=lambda m: None)
+    records = _records(tmp_path)
+    assert [r["train_forward_iters_mean"] for r in records] == [2.0, 4.0, 6.0]
+    assert records[-1]["test_forward_iters_mean"] == 3.0
+
+
+def test_a_depth_schedule_needs_a_fixed_depth_and_a_start_within_it():
+    with pytest.raises(JfbError, match="depth_start needs fixed_depth"):
+        TrainConfig(depth_start=2)
+    with pytest.raises(JfbError, match=r"depth_start must be in \[1, max_iter\]"):
+        TrainConfig(fixed_depth=True, max_iter=4, depth_start=5)
+
+
+def test_the_weight_average_follows_its_recurrence():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    average = WeightAverage(model, decay=0.75)
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    model[1].num_batches_tracked.fill_(7)
+    average.update(model)
+    assert torch.allclose(average.average["0.weight"], start + 0.25)
+    assert int(average.average["1.num_batches_tracked"]) == 7
+    with average.applied(model):
+        assert torch.allclose(model[0].weight, start + 0.25)
+    assert torch.allclose(model[0].weight, start + 1.0)
+
+
+def test_the_average_is_what_is_evaluated_saved_and_resumed_exactly(tmp_path):
+    config = TrainConfig(**SMALL, epochs=2, max_iter=4, ema_decay=0.9, label_smoothing=0.1, checkpoint_every=0)
+    whole = train(config, tmp_path / "whole", progress=False, log=lambda m: None)
+    best = load_checkpoint(tmp_path / "whole" / "best.pt")
+    assert "average" in best and not torch.equal(best["average"]["head.fc.weight"], best["model"]["head.fc.weight"])
+    model, _ = restore_model(tmp_path / "whole" / "best.pt")
+    assert torch.equal(model.state_dict()["head.fc.weight"], best["average"]["head.fc.weight"])
+
+    run = setup_run(config, tmp_path / "split", progress=False, log=lambda m: None)
+    run.preemption = SimpleNamespace(received="SIGTERM")  # as if the signal had come during the first step
+    with pytest.raises(Preempted):
+        fit(run)
+    resumed = fit(setup_run(config, tmp_path / "split", resume=True, progress=False, log=lambda m: None))
+    assert resumed.test_acc_last == whole.test_acc_last
+    last_whole, last_split = (
+        load_checkpoint(tmp_path / "whole" / "last.pt"),
+        load_checkpoint(tmp_path / "split" / "last.pt"),
+    )
+    for key, value in last_whole["average"].items():
+        assert torch.equal(value, last_split["average"][key]), key
