@@ -216,3 +216,18 @@ def test_bench_solvers_on_a_trained_checkpoint(trained_run, tmp_path, capsys):
     assert rows["anderson"]["t_evals_mean"] < rows["picard"]["t_evals_mean"]
     assert rows["picard"]["t_evals_vs_first"] == 1.0
     assert "| anderson |" in (tmp_path / "solvers.md").read_text()
+
+
+def test_bench_inference_measures_each_depth_on_validation_and_test(trained_run, tmp_path, capsys):
+    argv = ["bench", "inference", str(trained_run / "last.pt"), "--depths", "4,2", "--repeats", "1", "--json"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    rows = _json_line(capsys)["rows"]
+    assert [(r["depth"], r["val_iters_mean"], r["test_iters_mean"]) for r in rows] == [(4, 4.0, 4.0), (2, 2.0, 2.0)]
+    assert rows[0]["test_speedup"] == 1.0 and all(0 <= r["val_acc"] <= 100 for r in rows)
+    assert "| 2 |" in (tmp_path / "inference.md").read_text()
+
+
+def test_eval_max_iter_sets_the_evaluation_depth(trained_run, capsys):
+    assert main(["eval", str(trained_run / "last.pt"), "--max-iter", "3", "--limit-test", "200", "--json"]) == 0
+    result = _json_line(capsys)
+    assert result["max_iter"] == 3 and result["forward_iters_mean"] == 3.0

@@ -33,7 +33,7 @@ def test_the_training_depth_grows_linearly_and_evaluation_has_its_own_depth(tmp_
 def test_a_depth_schedule_needs_a_fixed_depth_and_a_start_within_it():
     with pytest.raises(JfbError, match="depth_start needs fixed_depth"):
         TrainConfig(depth_start=2)
-    with pytest.raises(JfbError, match=r"depth_start must be in \[1, max_iter\]"):
+    with pytest.raises(JfbError, match=r"depth_start must be in \[1, max_iter = 4\], got 5"):
         TrainConfig(fixed_depth=True, max_iter=4, depth_start=5)
 
 
@@ -72,3 +72,11 @@ def test_the_average_is_what_is_evaluated_saved_and_resumed_exactly(tmp_path):
     )
     for key, value in last_whole["average"].items():
         assert torch.equal(value, last_split["average"][key]), key
+
+
+def test_the_default_mnist_recipe_grows_its_depth_from_2_to_6():
+    from jfb.train import load_target
+
+    default = TrainConfig.from_dict(load_target("mnist")[0])
+    assert (default.depth_start, default.max_iter, default.augment, default.batch_size) == (2, 6, True, 256)
+    assert [default.training_depth(e) for e in range(default.epochs)] == [2, 3, 3, 4, 4, 5, 5, 6]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..benchmarks.epoch import EpochBenchSettings, epoch_table
+from ..benchmarks.inference import InferenceBenchSettings, inference_table
 from ..benchmarks.memory import MemoryBenchSettings, memory_table
 from ..benchmarks.solvers import SolverBenchSettings, solver_table
 from ..benchmarks.step import StepBenchSettings, step_table
@@ -116,6 +117,13 @@ COMMANDS = (
         _bench_epoch,
         group="bench",
         config_flags=TrainConfig,
+    ),
+    Command(
+        "inference",
+        "Validation and test accuracy and time of a trained model's evaluation at several depths.",
+        InferenceBenchSettings,
+        lambda settings, progress, log: inference_table(settings, log),
+        group="bench",
     ),
     Command(
         "solvers",

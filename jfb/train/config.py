@@ -86,7 +86,6 @@ class TrainConfig:
             (self.tol > 0, "tol", "a number > 0"),
             (self.eval_tol is None or self.eval_tol > 0, "eval_tol", "a number > 0"),
             (self.eval_max_iter is None or self.eval_max_iter >= 1, "eval_max_iter", "an integer >= 1"),
-            (self.depth_start is None or 1 <= self.depth_start <= self.max_iter, "depth_start", "in [1, max_iter]"),
             (0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
             (self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay", "in (0, 1)"),
             (self.epochs >= 1, "epochs", "an integer >= 1"),
@@ -114,6 +113,8 @@ class TrainConfig:
                 raise unknown_name(name, getattr(self, name), allowed)
         self.solve_options(), self.solve_options(evaluation=True), get_backward(self.backward)
         signal_numbers(self.preempt_signals)
+        if self.depth_start is not None and not 1 <= self.depth_start <= self.max_iter:
+            raise JfbError(f"depth_start must be in [1, max_iter = {self.max_iter}], got {self.depth_start!r}")
         if not self.dist_timeout_s > 0:
             raise JfbError(f"dist_timeout_s must be a number > 0, got {self.dist_timeout_s!r}")
 
@@ -176,16 +177,12 @@ def load_target(target: str) -> tuple[dict[str, Any], str]:
     if path.suffix == ".toml":
         if not path.is_file():
             raise JfbError(f"config file {path} does not exist")
-    elif (CONFIG_DIR / f"{target}.toml").is_file():  # a packaged recipe: mnist, mnist-long, ...
-        path = CONFIG_DIR / f"{target}.toml"
     elif target in DATASETS:
-        return {"dataset": target}, "options"
+        path = CONFIG_DIR / f"{target}.toml"
+        if not path.is_file():
+            return {"dataset": target}, "options"
     else:
-        recipes = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
-        raise JfbError(
-            f"unknown dataset or config {target!r}; choose one of {', '.join(DATASETS)} or a .toml file"
-            f" (packaged recipes: {', '.join(recipes)})"
-        )
+        raise JfbError(f"unknown dataset or config {target!r}; choose one of {', '.join(DATASETS)} or a .toml file")
     with open(path, "rb") as f:
         return tomllib.load(f), str(path)
 

@@ -16,7 +16,7 @@ from .setup import Log, load_data, restore_model
 class EvalSettings:
     checkpoint: str = setting(help="a checkpoint written by jfb train or jfb import-reference", positional=True)
     tol: float | None = setting(None, "evaluation tolerance (default: the checkpoint's evaluation solve)")
-    max_iter: int | None = setting(None, "most forward iterations (default: the checkpoint's)")
+    max_iter: int | None = setting(None, "evaluation depth, or its cap with --tol (default: the checkpoint's)")
     solver: str | None = setting(None, "forward solver (default: the checkpoint's)")
     batch_size: int | None = setting(None, "evaluation batch size (default: the checkpoint's)")
     limit_test: int | None = setting(None, "evaluate on the first N test images only")
@@ -25,10 +25,12 @@ class EvalSettings:
 
     def overrides(self) -> dict[str, Any]:
         """The configuration fields these settings change (``tol`` sets the evaluation tolerance)."""
-        names = ("tol", "max_iter", "solver", "batch_size", "limit_test", "data_dir", "device")
+        names = ("solver", "batch_size", "limit_test", "data_dir", "device")
         values = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
         if self.tol is not None:
             values["eval_tol"] = self.tol
+        if self.max_iter is not None:
+            values["eval_max_iter"] = self.max_iter
         return values
 
 
@@ -45,6 +47,7 @@ def evaluate_checkpoint(settings: EvalSettings, progress: bool = True, log: Log 
         "forward_iters_mean": result.forward_iters_mean,
         "forward_iters_max": result.forward_iters_max,
         "tol": config.solve_options(evaluation=True).tol,  # None: a fixed depth of max_iter
+        "max_iter": config.solve_options(evaluation=True).max_iter,
         "solver": config.solver,
     }
     log(
