@@ -248,14 +248,15 @@ class ImplicitLayer(nn.Module):
 
         # only the first call on a guessed u0 can fail for its shape; in a multi-process run a failure may
         # be a peer's (a collective inside T timing out), so the error is passed on as it is
-        shapes_unchecked = [guessed and distributed_world_size() == 1]
+        shapes_unchecked = guessed and distributed_world_size() == 1
 
         def T(u: Tensor, index: Tensor | None = None) -> Tensor:
+            nonlocal shapes_unchecked
             state = layout.unflatten(u)
             try:
                 out = self.operator(state, x if index is None else take_rows(x, index))
             except RuntimeError as error:
-                if not shapes_unchecked[0]:
+                if not shapes_unchecked:
                     raise
                 raise JfbError(
                     f"the operator failed on u0 = zeros shaped like x {describe(x)} ({error}); if the state has "
@@ -266,7 +267,7 @@ class ImplicitLayer(nn.Module):
                     f"T(u0) has shape {describe(out)} but u0 has {describe(u0)} (x: {describe(x)}); "
                     "T must return a state of u's shape: pass u0= or latent_shape= when the state is not shaped like x"
                 )
-            shapes_unchecked[0] = False
+            shapes_unchecked = False
             return layout.flatten(out)
 
         return T

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from processes import TORCHRUN, finish, start, succeed
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 # every solve runs exactly max_iter iterations (tol unreachable), no dropout, SGD's update is linear
 # in the gradient, and NCHW layout (torch's BatchNorm on channels-last tensors computes the variance
 # in one float32 pass: 8.7e-6 error vs 6.3e-7 for NCHW, measured): the only difference between 1 and 2
@@ -36,32 +33,10 @@ EXACT = dict(
 )
 
 
-def _launch(command: list[str], timeout: float) -> tuple[int | None, str, str]:
-    """Run ``command`` in its own session: ``(returncode, stdout, stderr)``, returncode None when it
-    hung, in which case the whole group (launcher and workers) is killed and its output kept."""
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-        return process.returncode, stdout, stderr
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        return None, stdout, stderr
-
-
-def _run(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    returncode, stdout, stderr = _launch(command, timeout)
-    state = f"hung for {timeout} s" if returncode is None else f"exit status {returncode}"
-    assert returncode == 0, f"{state}\nstdout: {stdout[-2000:]}\nstderr: {stderr[-3000:]}"
-    return subprocess.CompletedProcess(command, returncode, stdout, stderr)
-
-
 def _worker(out: Path, options: dict, processes: int, mode: str = "mnist") -> list[dict]:
     out.mkdir()
     launcher = TORCHRUN if processes == 2 else [sys.executable]
-    _run([*launcher, str(WORKER), mode, str(out), json.dumps(options)])
+    succeed([*launcher, str(WORKER), mode, str(out), json.dumps(options)])
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(processes)]
 
 
@@ -115,9 +90,8 @@ def test_synchronised_batch_norm_solves_run_in_lock_step_without_deadlock(tmp_pa
 def test_without_agreement_the_same_run_breaks(tmp_path):
     """The control for the test above: with lock-step turned off the collectives mismatch."""
     (tmp_path / "run").mkdir()
-    returncode, _, _ = _launch(
-        [*TORCHRUN, str(WORKER), "lockstep", str(tmp_path / "run"), json.dumps({"lockstep": False})], timeout=120
-    )
+    process = start([*TORCHRUN, str(WORKER), "lockstep", str(tmp_path / "run"), json.dumps({"lockstep": False})])
+    returncode, _, _ = finish(process, timeout=120, hang_ok=True)
     assert returncode != 0  # failed, or hung (None: the deadlock itself)
 
 
@@ -143,11 +117,11 @@ def test_torchrun_cli_trains_writes_from_rank_0_and_resumes(tmp_path):
         "--out",
         str(run_dir),
     ]
-    first = _run(command)
-    assert first.stdout.count("epoch 1:") == 1  # one log, from rank 0
+    first = succeed(command)
+    assert first.count("epoch 1:") == 1  # one log, from rank 0
     record = json.loads((run_dir / "metrics.jsonl").read_text())
     assert record["world_size"] == 2 and record["global_batch_size"] == 100
     assert record["test_acc"] > 30  # 4 steps of training
-    resumed = _run([*command, "--resume", "--json"])
-    assert json.loads(resumed.stdout.strip().splitlines()[-1])["test_acc_last"] == record["test_acc"]
+    resumed = succeed([*command, "--resume", "--json"])
+    assert json.loads(resumed.strip().splitlines()[-1])["test_acc_last"] == record["test_acc"]
     assert sorted(p.name for p in run_dir.iterdir() if p.suffix == ".pt") == ["best.pt", "last.pt"]

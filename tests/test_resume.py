@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from processes import JFB, finish, start, succeed, wait_for_checkpoint
 
 from jfb.train import load_checkpoint
 
@@ -40,18 +38,8 @@ COMMAND = [
 TIMING_KEYS = ("epoch_time_s", "samples_per_s")
 
 
-def _jfb(run_dir: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "jfb", *COMMAND, "--out", str(run_dir), *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _finish(process: subprocess.Popen) -> None:
-    _, err = process.communicate(timeout=600)
-    assert process.returncode == 0, err
+def _jfb(run_dir: Path, *extra: str) -> list[str]:
+    return [*JFB, *COMMAND, "--out", str(run_dir), *extra]
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -59,30 +47,18 @@ def _records(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
 
 
-def _kill_at_first_mid_epoch_checkpoint(process: subprocess.Popen, checkpoint: Path) -> dict:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        if checkpoint.exists():
-            position = load_checkpoint(checkpoint)["position"]
-            if position["step"] > 0:
-                process.send_signal(signal.SIGKILL)
-                process.wait()
-                return position
-        time.sleep(0.005)
-    pytest.fail("the run ended before a mid-epoch checkpoint appeared")
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("resume")
     uninterrupted = [base / "a", base / "b"]
     for run_dir in uninterrupted:
-        _finish(_jfb(run_dir))
+        succeed(_jfb(run_dir), timeout=600)
     crashed = base / "crashed"
-    process = _jfb(crashed)
-    position = _kill_at_first_mid_epoch_checkpoint(process, crashed / "last.pt")
-    killed_with = process.returncode
-    _finish(_jfb(crashed, "--resume"))
+    process = start(_jfb(crashed))
+    position = wait_for_checkpoint(process, crashed / "last.pt", min_step=1)
+    process.send_signal(signal.SIGKILL)
+    killed_with, _, _ = finish(process)
+    succeed(_jfb(crashed, "--resume"), timeout=600)
     return uninterrupted, crashed, position, killed_with
 
 

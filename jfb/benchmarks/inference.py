@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..errors import JfbError
 from ..files import prepare_run_dir
+from ..models import ImplicitClassifier
 from ..reports import Report, markdown_table, write_report
 from ..settings import setting
 from ..train import evaluate, load_data, restore_model
@@ -29,11 +31,14 @@ class InferenceBenchSettings:
 
 def inference_table(settings: InferenceBenchSettings, log=print) -> Report:
     out = prepare_run_dir(Path(settings.out))
+    model, config = restore_model(Path(settings.checkpoint))
+    if not isinstance(model, ImplicitClassifier):
+        raise JfbError(f"{settings.checkpoint}: bench inference needs an implicit model, not {config.model!r}")
+    data = load_data(config)
     rows = []
     for depth in settings.depths:
-        model, config = restore_model(Path(settings.checkpoint), {"eval_max_iter": depth})
-        data = load_data(config)
-        row: dict[str, Any] = {"depth": depth, "tol": config.solve_options(evaluation=True).tol}
+        model.implicit.eval_options = replace(config, eval_max_iter=depth).solve_options(evaluation=True)
+        row: dict[str, Any] = {"depth": depth, "tol": model.implicit.eval_options.tol}
         for name, split in (("val", data.val), ("test", data.test)):
             times = []
             for _ in range(settings.repeats):

@@ -23,9 +23,8 @@ from ..experiments.toy import ToySettings, run_toy
 from ..reports import Report
 from ..train import EvalSettings, ImportSettings, TrainConfig, evaluate_checkpoint, import_reference, train
 from ..train.config import TrainSettings
+from ..train.setup import Log
 from .flags import values_of
-
-Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class Command:
     name: str
     help: str
     settings: type
-    call: Callable[..., Any]  # (settings, progress, log) -> Report | TrainResult | dict; see _call
+    call: Callable[..., Any]  # (settings, [overrides,] progress, log) -> Report | TrainResult | dict
     group: str | None = None  # "bench": the command is ``jfb bench NAME``
     config_flags: type | None = None  # TrainConfig: its fields are flags too, overriding the target's values
 
@@ -46,6 +45,11 @@ class Command:
         if isinstance(result, Report):
             log(result.text())
         return result.to_json() if hasattr(result, "to_json") else result
+
+
+def _without_progress(function: Callable[[Any, Log], Any]) -> Callable[[Any, bool, Log], Any]:
+    """A library function that shows no progress bars, called like the others."""
+    return lambda settings, progress, log: function(settings, log)
 
 
 def _train(settings: TrainSettings, overrides: dict[str, Any], progress: bool, log: Log):
@@ -70,7 +74,7 @@ COMMANDS = (
         "import-reference",
         "Convert a checkpoint published by the paper's authors (no pickled code runs).",
         ImportSettings,
-        lambda settings, progress, log: import_reference(settings, log),
+        _without_progress(import_reference),
     ),
     Command(
         "toy",
@@ -100,14 +104,14 @@ COMMANDS = (
         "memory",
         "Peak memory of a training step vs forward depth (fresh process per point).",
         MemoryBenchSettings,
-        lambda settings, progress, log: memory_table(settings, log),
+        _without_progress(memory_table),
         group="bench",
     ),
     Command(
         "step",
         "ms per training step vs a hand-written PyTorch floor, interleaved, medians.",
         StepBenchSettings,
-        lambda settings, progress, log: step_table(settings, log),
+        _without_progress(step_table),
         group="bench",
     ),
     Command(
@@ -122,14 +126,14 @@ COMMANDS = (
         "inference",
         "Validation and test accuracy and time of a trained model's evaluation at several depths.",
         InferenceBenchSettings,
-        lambda settings, progress, log: inference_table(settings, log),
+        _without_progress(inference_table),
         group="bench",
     ),
     Command(
         "solvers",
         "T evaluations and time for each forward solver to reach tol on a trained model.",
         SolverBenchSettings,
-        lambda settings, progress, log: solver_table(settings, log),
+        _without_progress(solver_table),
         group="bench",
     ),
 )

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..train.preemption import EXIT_PREEMPTED, Preempted
 
     command: Command = args.command_spec
-    name = " ".join(filter(None, [args.command, getattr(args, command.group or "", None)]))
+    name = f"{command.group} {command.name}" if command.group else command.name
     try:
         result = command.run(args, not args.no_progress, _logger(args))
     except (JfbError, FileNotFoundError) as exc:
