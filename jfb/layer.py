@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -249,12 +249,14 @@ class ImplicitLayer(nn.Module):
         # only the first call on a guessed u0 can fail for its shape; in a multi-process run a failure may
         # be a peer's (a collective inside T timing out), so the error is passed on as it is
         shapes_unchecked = guessed and distributed_world_size() == 1
+        precision = _caller_autocast(first_tensor(u0).device.type)
 
         def T(u: Tensor, index: Tensor | None = None) -> Tensor:
             nonlocal shapes_unchecked
             state = layout.unflatten(u)
             try:
-                out = self.operator(state, x if index is None else take_rows(x, index))
+                with precision():
+                    out = self.operator(state, x if index is None else take_rows(x, index))
             except RuntimeError as error:
                 if not shapes_unchecked:
                     raise
@@ -268,7 +270,7 @@ class ImplicitLayer(nn.Module):
                     "T must return a state of u's shape: pass u0= or latent_shape= when the state is not shaped like x"
                 )
             shapes_unchecked = False
-            return layout.flatten(out)
+            return layout.flatten(out).to(u.dtype)
 
         return T
 
@@ -295,6 +297,19 @@ class ImplicitLayer(nn.Module):
     def extra_repr(self) -> str:
         evaluation = "" if self.eval_options is None else f", eval_options={self.eval_options}"
         return f"backward={self.backward_mode!r}, options={self.options}{evaluation}"
+
+
+def _caller_autocast(device_type: str) -> Callable[[], AbstractContextManager]:
+    """The autocast region the layer is called in, to re-enter around every application of T.
+
+    Under ``torch.autocast`` T runs in low precision while the state stays in its own dtype (float32):
+    the solver's residuals and mixing are not rounded to bf16/fp16, and the backward pass, which runs
+    outside the caller's region, applies T in the same precision as the forward pass did.
+    """
+    if not torch.is_autocast_enabled(device_type):
+        return nullcontext
+    dtype, cache = torch.get_autocast_dtype(device_type), torch.is_autocast_cache_enabled()
+    return lambda: torch.autocast(device_type, dtype=dtype, cache_enabled=cache)
 
 
 def _latent_shape(shape: Sequence[Any] | None) -> tuple | None:

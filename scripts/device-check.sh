@@ -27,21 +27,21 @@ if [ "$DRY" = 1 ]; then
   DEVICE=cpu; LIMIT=300
   STEP_SMALL=(--ks 2 --methods jfb --batch-size 8 --repeats 2 --warmup 1)
   STEP_LARGE=(--ks 2 --methods jfb --batch-size 16 --repeats 2 --warmup 1)
-  PRECISION=(--ks 2 --methods jfb --batch-size 8 --repeats 2 --warmup 1 --precision fp32,bf16)
+  PRECISION=(--ks 2 --methods jfb --batch-size 8 --repeats 2 --warmup 1 --precisions fp32,bf16)
   COMPILE=()  # torch.compile on a CPU costs a minute of C++ builds: the dry run only checks the flags exist
   MNIST_EPOCH=(--epochs 1 --limit-train 256 --limit-test 128)
   RECIPE=()
-  CIFAR=(--samples 64 --batch-size 32 --precision fp32,bf16)
+  CIFAR=(--samples 64 --batch-size 32 --precisions fp32,bf16)
   MEMORY=(--depths 2,4 --methods jfb,unroll --model elementwise --batch-size 8)
 else
   DEVICE=cuda; LIMIT=240
   STEP_SMALL=(--ks 10,40 --methods jfb,ift --batch-size 128)
   STEP_LARGE=(--ks 10,40 --methods jfb --batch-size 1024)
-  PRECISION=(--ks 10 --methods jfb --batch-size 1024 --precision fp32,bf16,fp16)
-  COMPILE=(--ks 10 --methods jfb --batch-size 1024 --precision fp32,bf16 --compile --repeats 20)
+  PRECISION=(--ks 10 --methods jfb --batch-size 1024 --precisions fp32,bf16,fp16)
+  COMPILE=(--ks 10 --methods jfb --batch-size 1024 --precisions fp32,bf16 --compile --repeats 20)
   MNIST_EPOCH=(--epochs 1)
   RECIPE=(--test-every-epoch)
-  CIFAR=(--samples 50000 --precision fp32,bf16)
+  CIFAR=(--samples 50000 --precisions fp32,bf16)
   MEMORY=(--depths 10,100,500 --methods jfb,unroll --model mnist --batch-size 128)
 fi
 

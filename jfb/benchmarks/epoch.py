@@ -3,7 +3,7 @@ shape (time only: for data sets that cannot be fetched, e.g. CIFAR-10 on an offl
 
 Random images (standard normal, already "normalised") and random labels; the configuration's
 model, optimiser, schedule, batch size, forward solve and backward mode; no evaluation. One row
-per autocast precision, run one after the other from the same seed.
+per autocast precision (``precisions``; default the configuration's own), run one after the other from the same seed.
 """
 
 from __future__ import annotations
@@ -78,13 +78,15 @@ class EpochBenchSettings:
     target: str = setting(help="mnist, svhn, cifar10, or a .toml config file", positional=True)
     out: str = setting("runs/bench-epoch", "output folder")
     samples: int = setting(50_000, "random images in the epoch")
-    precision: tuple[str, ...] = setting(("fp32",), "autocast precisions to time, comma-separated: fp32, bf16, fp16")
+    precisions: tuple[str, ...] | None = setting(
+        None, "autocast precisions to time, comma-separated: fp32, bf16, fp16 (default: the configuration's precision)"
+    )
 
 
 def epoch_table(config: TrainConfig, settings: EpochBenchSettings, log=print) -> Report:
     out = prepare_run_dir(Path(settings.out))
     rows = []
-    for precision in settings.precision:
+    for precision in settings.precisions or (config.precision,):
         rows.append(synthetic_epoch(config, settings.samples, StepSetting(config.device, precision)))
         log(json.dumps(rows[-1]))
     base = rows[0]["epoch_s"]

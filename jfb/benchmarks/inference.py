@@ -16,16 +16,22 @@ from typing import Any
 from ..errors import JfbError
 from ..files import prepare_run_dir
 from ..models import ImplicitClassifier
+from ..precision import check_precision
 from ..reports import Report, markdown_table, write_report
 from ..settings import setting
-from ..train import evaluate, load_data, restore_model
+from ..train import Data, TrainConfig, evaluate, load_data, restore_model
 
 
 @dataclass(frozen=True)
 class InferenceBenchSettings:
     checkpoint: str = setting(help="a checkpoint of an implicit model", positional=True)
     out: str = setting("runs/bench-inference", "output folder")
-    depths: tuple[int, ...] = setting((8, 6, 4, 3, 2), "evaluation depths, comma-separated; the first is the reference")
+    depths: tuple[int, ...] = setting((8, 6, 4, 3, 2), "evaluation depths, comma-separated")
+    precisions: tuple[str, ...] = setting(
+        ("fp32",),
+        "autocast precisions, comma-separated: fp32, bf16, fp16; the first row (first precision and depth) "
+        "is the reference",
+    )
     repeats: int = setting(3, "timed passes per depth and split (median)")
 
 
@@ -34,29 +40,25 @@ def inference_table(settings: InferenceBenchSettings, log=print) -> Report:
     model, config = restore_model(Path(settings.checkpoint))
     if not isinstance(model, ImplicitClassifier):
         raise JfbError(f"{settings.checkpoint}: bench inference needs an implicit model, not {config.model!r}")
+    for precision in settings.precisions:
+        check_precision(precision, config.device)
     data = load_data(config)
     rows = []
-    for depth in settings.depths:
-        model.implicit.eval_options = replace(config, eval_max_iter=depth).solve_options(evaluation=True)
-        row: dict[str, Any] = {"depth": depth, "tol": model.implicit.eval_options.tol}
-        for name, split in (("val", data.val), ("test", data.test)):
-            times = []
-            for _ in range(settings.repeats):
-                started = time.perf_counter()
-                result = evaluate(model, split, config, data.normalize)
-                times.append(time.perf_counter() - started)
-            row |= {
-                f"{name}_acc": result.acc,
-                f"{name}_s": statistics.median(times),
-                f"{name}_iters_mean": result.forward_iters_mean,
-            }
-        rows.append(row)
-        log(f"depth {depth}: validation {row['val_acc']:.2f}%, test {row['test_acc']:.2f}%, {row['test_s']:.2f} s")
+    for precision in settings.precisions:
+        for depth in settings.depths:
+            setting_ = replace(config, eval_max_iter=depth, eval_precision=precision)
+            rows.append(_measure(model, setting_, data, settings.repeats))
+            row = rows[-1]
+            log(
+                f"{precision}, depth {depth}: validation {row['val_acc']:.2f}%, test {row['test_acc']:.2f}%, "
+                f"{row['test_s']:.2f} s"
+            )
     for row in rows:
         row["test_speedup"] = rows[0]["test_s"] / row["test_s"]
-    headers = ["depth", "validation acc", "test acc", "forward iterations", "test pass (s)", "speed-up"]
+    headers = ["precision", "depth", "validation acc", "test acc", "forward iterations", "test pass (s)", "speed-up"]
     cells = [
         [
+            r["precision"],
             r["depth"],
             f"{r['val_acc']:.2f}",
             f"{r['test_acc']:.2f}",
@@ -66,5 +68,27 @@ def inference_table(settings: InferenceBenchSettings, log=print) -> Report:
         ]
         for r in rows
     ]
-    note = f"\n{settings.checkpoint}; medians of {settings.repeats} passes; choose the depth on validation\n"
+    note = f"\n{settings.checkpoint}; medians of {settings.repeats} passes; choose the setting on validation\n"
     return write_report(out, "inference", rows, markdown_table(headers, cells) + note)
+
+
+def _measure(model: ImplicitClassifier, config: TrainConfig, data: Data, repeats: int) -> dict[str, Any]:
+    """Validation and test accuracy, forward iterations and the median time of a pass, at ``config``'s evaluation."""
+    model.implicit.eval_options = config.solve_options(evaluation=True)
+    row: dict[str, Any] = {
+        "precision": config.evaluation_precision,
+        "depth": config.eval_max_iter,
+        "tol": model.implicit.eval_options.tol,
+    }
+    for name, split in (("val", data.val), ("test", data.test)):
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            result = evaluate(model, split, config, data.normalize)
+            times.append(time.perf_counter() - started)
+        row |= {
+            f"{name}_acc": result.acc,
+            f"{name}_s": statistics.median(times),
+            f"{name}_iters_mean": result.forward_iters_mean,
+        }
+    return row

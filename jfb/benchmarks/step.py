@@ -11,7 +11,6 @@ device, under the same autocast precision and, with ``compile``, with the same m
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import statistics
@@ -24,14 +23,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import JfbError, unknown_name
+from ..errors import JfbError
 from ..files import prepare_run_dir
 from ..models import build_model
+from ..precision import autocast, check_precision
 from ..reports import Report, markdown_table, write_report
 from ..settings import setting
 from .floor import floor_step
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -43,16 +41,12 @@ class StepSetting:
     compile: bool = False
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise unknown_name("precision", self.precision, PRECISIONS)
+        check_precision(self.precision, self.device)
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise JfbError(f"device {self.device!r} asked for, but torch.cuda.is_available() is False")
 
     def autocast(self) -> AbstractContextManager:
-        dtype = PRECISIONS[self.precision]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(torch.device(self.device).type, dtype=dtype)
+        return autocast(self.device, self.precision)
 
     def synchronize(self) -> None:
         if torch.device(self.device).type == "cuda":
@@ -146,14 +140,14 @@ class StepBenchSettings:
     repeats: int = setting(30, "timed steps per point")
     warmup: int = setting(3, "untimed steps first")
     device: str = setting("cpu", "ours and the floor run on the same device", choices=("cpu", "cuda"))
-    precision: tuple[str, ...] = setting(("fp32",), "autocast precisions to time, comma-separated: fp32, bf16, fp16")
+    precisions: tuple[str, ...] = setting(("fp32",), "autocast precisions to time, comma-separated: fp32, bf16, fp16")
     compile: bool = setting(False, "torch.compile the embedding, operator and head (ours and the floor)")
 
 
 def step_table(settings: StepBenchSettings, log=print) -> Report:
     out = prepare_run_dir(Path(settings.out))
     rows = []
-    for precision in settings.precision:
+    for precision in settings.precisions:
         setting_ = StepSetting(settings.device, precision, settings.compile)
         for k in settings.ks:
             for mode in settings.methods:

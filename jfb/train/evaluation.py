@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..precision import PRECISIONS
 from ..settings import setting
 from .config import DEVICES
 from .loop import evaluate
@@ -22,6 +23,9 @@ class EvalSettings:
     limit_test: int | None = setting(None, "evaluate on the first N test images only")
     data_dir: str | None = setting(None, "where the datasets are (default: the packaged/cached location)")
     device: str | None = setting(None, "default: the device the checkpoint was trained on", choices=DEVICES)
+    precision: str | None = setting(
+        None, "autocast precision (default: the checkpoint's evaluation precision)", choices=tuple(PRECISIONS)
+    )
 
     def overrides(self) -> dict[str, Any]:
         """The configuration fields these settings change (``tol`` sets the evaluation tolerance)."""
@@ -31,6 +35,8 @@ class EvalSettings:
             values["eval_tol"] = self.tol
         if self.max_iter is not None:
             values["eval_max_iter"] = self.max_iter
+        if self.precision is not None:
+            values["eval_precision"] = self.precision
         return values
 
 
@@ -49,6 +55,7 @@ def evaluate_checkpoint(settings: EvalSettings, progress: bool = True, log: Log 
         "tol": config.solve_options(evaluation=True).tol,  # None: a fixed depth of max_iter
         "max_iter": config.solve_options(evaluation=True).max_iter,
         "solver": config.solver,
+        "precision": config.evaluation_precision,
     }
     log(
         f"test accuracy {result.acc:.2f}% (loss {result.loss:.4f}) on {len(test)} images, "

@@ -18,6 +18,7 @@ from ..data import Split, batches, dataset_info
 from ..errors import JfbError
 from ..frozen import frozen_running_stats
 from ..models import ImplicitClassifier, count_parameters
+from ..precision import autocast
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .distributed import Processes, main_process_only, start_processes, stop_processes
@@ -231,7 +232,8 @@ def train_step(run: Run, inputs: torch.Tensor, labels: torch.Tensor, index: torc
     if config.lipschitz_rescale:
         rescale_operator(model, inputs)
     u0 = None if run.warm_starts is None else run.warm_starts.initial(index, config.device, memory_format(config))
-    logits = run.engine(inputs) if u0 is None else run.engine(inputs, u0)
+    with autocast(config.device, config.precision):
+        logits = (run.engine(inputs) if u0 is None else run.engine(inputs, u0)).float()
     loss = nn.functional.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
     run.optimizer.zero_grad(set_to_none=True)
     signalled = run.preemption is not None and run.preemption.received is not None
@@ -241,8 +243,14 @@ def train_step(run: Run, inputs: torch.Tensor, labels: torch.Tensor, index: torc
         return False
     position.consecutive_bad = 0
     global_batch = min(config.batch_size, len(run.data.train) - position.step * config.batch_size)
-    (loss * (labels.shape[0] * run.processes.world_size / global_batch)).backward()
-    run.optimizer.step()
+    loss_share = loss * (labels.shape[0] * run.processes.world_size / global_batch)
+    if run.scaler is None:
+        loss_share.backward()
+        run.optimizer.step()
+    else:  # fp16: a step whose scaled gradients overflowed is skipped by the scaler, and the scale lowered
+        run.scaler.scale(loss_share).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
     run.scheduler.step()
     if run.average is not None:
         run.average.update(model)
@@ -304,6 +312,7 @@ def evaluate(
     steps = math.ceil(len(shard) / config.batch_size)
     data = batches(shard, config.batch_size, normalize, device=config.device)
     for inputs, labels in tqdm(data, total=steps, desc=desc, disable=not progress, leave=False):
-        logits = model(inputs.contiguous(memory_format=memory_format(config)))
+        with autocast(config.device, config.evaluation_precision):
+            logits = model(inputs.contiguous(memory_format=memory_format(config))).float()
         stats.add(nn.functional.cross_entropy(logits, labels), logits, labels, model)
     return stats.reduced(processes).summary()

@@ -19,6 +19,7 @@ from ..data import Normalizer, Split, dataset_info, load_splits, steps_per_pass
 from ..errors import JfbError, StorageError
 from ..files import prepare_run_dir
 from ..models import architecture, build_model, count_parameters
+from ..precision import grad_scaler
 from .averaging import WeightAverage
 from .checkpoint import load_checkpoint, load_resumable, previous_path, save_checkpoint
 from .config import TrainConfig
@@ -122,6 +123,7 @@ class Run:
     best_val: float = -1.0
     warm_starts: WarmStarts | None = None
     average: WeightAverage | None = None  # with ema_decay: what is evaluated, selected and saved as best.pt
+    scaler: torch.amp.GradScaler | None = None  # with precision fp16
     preemption: PreemptionWatch | None = None  # set while fit() runs under train()
     stop_requested: bool = False  # a preemption signal reached some process: stop after this step
     progress: bool = True
@@ -152,6 +154,7 @@ class Run:
             "scheduler": self.scheduler.state_dict(),
             "position": position.to_dict(),
             **({"average": self.average.average} if self.average is not None else {}),
+            **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
             "best_val_acc": self.best_val,
             "records": [r.to_dict() for r in self.metrics.records],
             "rng": torch.get_rng_state(),
@@ -200,6 +203,7 @@ def setup_run(
         run.warm_starts = WarmStarts(len(data.train))
     if config.ema_decay is not None:
         run.average = WeightAverage(model, config.ema_decay)
+    run.scaler = grad_scaler(config.device, config.precision)
     last = run_dir / "last.pt"
     if resume and (last.is_file() or previous_path(last).is_file()):
         checkpoint, path = load_resumable(last, log)
@@ -235,6 +239,8 @@ def _restore(run: Run, checkpoint: dict[str, Any], path: Path) -> None:
     run.model.load_state_dict(checkpoint["model"])
     if run.average is not None:
         run.average.average = checkpoint["average"]
+    if run.scaler is not None:
+        run.scaler.load_state_dict(checkpoint["scaler"])
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     run.scheduler.load_state_dict(checkpoint["scheduler"])
     torch.set_rng_state(checkpoint["rng"])
