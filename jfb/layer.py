@@ -15,6 +15,7 @@ from .backward import IFT, BackwardMode, BackwardStats, FixedPointMap, get_backw
 from .errors import ConvergenceWarning, FixedPointError, JfbError, unknown_name
 from .frozen import frozen_running_stats
 from .lockstep import all_processes_done, distributed_world_size, has_collectives
+from .regularizers import evenly_spaced, jacobian_frobenius
 from .solvers import SolveOptions, SolverState, solve_flat
 from .solvers.options import option_names
 from .state import State, StateLayout, describe, first_tensor, take_rows
@@ -32,13 +33,15 @@ class ImplicitStats:
     ``iterations``, ``abs_residual``, ``rel_residual`` and ``converged`` are per sample;
     ``t_evals`` counts every call of T: the solve, the final application with grad and the
     backward pass's linearisation (Neumann-k with k > 0, IFT); ``j_matvecs`` and the
-    ``backward`` statistics are filled in when the backward pass runs.
+    ``backward`` statistics are filled in when the backward pass runs; ``regularizer_evals`` counts the
+    applications of T for the Jacobian penalty and fixed-point correction.
     """
 
     forward: SolverState
     options: SolveOptions
     backward: BackwardStats = field(default_factory=BackwardStats)
     attached: bool = False
+    regularizer_evals: int = 0
 
     @property
     def iterations(self) -> Tensor:
@@ -66,7 +69,7 @@ class ImplicitStats:
 
     @property
     def t_evals(self) -> int:
-        return self.forward.t_evals + int(self.attached) + self.backward.t_evals
+        return self.forward.t_evals + int(self.attached) + self.backward.t_evals + self.regularizer_evals
 
     @property
     def j_matvecs(self) -> int:
@@ -95,6 +98,12 @@ class ImplicitLayer(nn.Module):
             :mod:`jfb.lockstep`). ``None`` (default) decides per call: on when torch.distributed
             runs several processes and the operator holds a SyncBatchNorm in training mode.
             Lock-step solves never freeze converged samples.
+        jacobian_penalty: ``N > 0``: after each training-mode call with grad, ``layer.jacobian_penalty`` is the
+            Hutchinson estimate (``N`` Gaussian probes) of ``||dT/du (u*)||_F^2 / d``, d the state size per
+            sample, averaged over the batch: a differentiable scalar to add to the loss with a weight.
+        correction: ``K > 0``: after each training-mode call with grad, ``layer.correction_states`` holds T
+            applied with grad to ``K`` evenly spaced iterates of the solve (fixed-point correction: a loss on
+            them trains the path to u*, not only its end); fewer when the solve was shorter.
 
     Options are changed by assigning a new SolveOptions to ``layer.options`` or
     ``layer.eval_options``, for one call with ``layer(x, solve=dict(tol=1e-6))``, or for a block
@@ -117,6 +126,8 @@ class ImplicitLayer(nn.Module):
         latent_shape: Sequence[Any] | None = None,
         on_failure: str = "warn",
         lockstep: bool | None = None,
+        jacobian_penalty: int = 0,
+        correction: int = 0,
         **settings: Any,
     ) -> None:
         super().__init__()
@@ -132,6 +143,12 @@ class ImplicitLayer(nn.Module):
         self.eval_options = eval_options
         self.latent_shape = _latent_shape(latent_shape)
         self.on_failure, self.lockstep = on_failure, lockstep
+        for name, value in (("jacobian_penalty", jacobian_penalty), ("correction", correction)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise JfbError(f"{name} must be an integer >= 0 (probes / iterates; 0 = off), got {value!r}")
+        self.jacobian_probes, self.correction = jacobian_penalty, correction
+        self.jacobian_penalty: Tensor | None = None
+        self.correction_states: list[State] = []
         self._overrides: list[dict[str, Any]] = []
         self.last_stats: ImplicitStats | None = None
         self.last_fixed_point: State | None = None
@@ -193,9 +210,12 @@ class ImplicitLayer(nn.Module):
         u0, guessed = self._initial_state(x, u0)
         layout = StateLayout(u0)
         T = self._bind(x, layout, u0, guessed)
-        u_star, state = self._solve(T, layout.flatten(u0), options)
+        regularized = self.training and torch.is_grad_enabled()
+        iterates: list[Tensor] | None = [] if regularized and self.correction else None
+        u_star, state = self._solve(T, layout.flatten(u0), options, None if iterates is None else iterates.append)
         self.last_fixed_point = layout.unflatten(u_star.detach())  # for warm starts of later solves
         self.last_stats = stats = ImplicitStats(state, options, BackwardStats(forward_evals=state.t_evals))
+        self.jacobian_penalty, self.correction_states = None, []
         self._handle_forward_failure(state)
         if not torch.is_grad_enabled():
             return layout.unflatten(u_star)
@@ -206,7 +226,24 @@ class ImplicitLayer(nn.Module):
             options.max_iter,
             self._handle_backward_failure,
         )
-        return layout.unflatten(self.backward_mode.attach(bound, u_star, stats.backward))
+        out = layout.unflatten(self.backward_mode.attach(bound, u_star, stats.backward))
+        if regularized:
+            self._regularize(bound, u_star, iterates or [], layout, stats)
+        return out
+
+    def _regularize(
+        self, T: FixedPointMap, u_star: Tensor, iterates: list[Tensor], layout: StateLayout, stats: ImplicitStats
+    ) -> None:
+        """The Jacobian penalty at ``u*`` and the fixed-point correction states (running statistics untouched)."""
+        if self.jacobian_probes:
+            self.jacobian_penalty = jacobian_frobenius(*T.linearization(u_star), self.jacobian_probes)
+            stats.regularizer_evals += 1
+        if self.correction:
+            with T.frozen():
+                self.correction_states = [
+                    layout.unflatten(T(u.detach())) for u in evenly_spaced(iterates, self.correction)
+                ]
+            stats.regularizer_evals += len(self.correction_states)
 
     def _initial_state(self, x: Any, u0: InitialState) -> tuple[State, bool]:
         """``(u0, guessed)``; ``guessed``: zeros shaped like x, for want of a latent shape."""
@@ -221,14 +258,16 @@ class ImplicitLayer(nn.Module):
             return like.new_zeros((like.shape[0], *self.latent_shape)), False
         return tuple(like.new_zeros((like.shape[0], *shape)) for shape in self.latent_shape), False
 
-    def _solve(self, T: Callable, x0: Tensor, options: SolveOptions) -> tuple[Tensor, SolverState]:
+    def _solve(
+        self, T: Callable, x0: Tensor, options: SolveOptions, observe: Callable[[Tensor], None] | None = None
+    ) -> tuple[Tensor, SolverState]:
         records_graph = self.backward_mode.records_forward_graph and torch.is_grad_enabled()
         lockstep = self._in_lockstep()
         if options.freeze_converged and (records_graph or lockstep):
             options = options.replace(freeze_converged=False)
         with frozen_running_stats(self.operator), torch.set_grad_enabled(records_graph):
             agree = all_processes_done(x0.device) if lockstep else None
-            return solve_flat(T, x0 if records_graph else x0.detach(), options, agree)
+            return solve_flat(T, x0 if records_graph else x0.detach(), options, agree, observe)
 
     def _in_lockstep(self) -> bool:
         if self.lockstep is not None:

@@ -1,7 +1,7 @@
 """How the gradient flows: backward modes, by name or as objects, and their registry.
 
-Names: ``jfb``, ``neumann:K``, ``ift`` (fixed-point iteration), ``ift:cg`` (the paper's CG on the normal equations),
-``ift:fixed_point``, ``ift:gmres``, ``unroll``. Options follow as ``key=value`` parts:
+Names: ``jfb``, ``neumann:K``, ``phantom:K[:tau=T]``, ``ift`` (fixed-point iteration), ``ift:cg`` (the paper's
+CG on the normal equations), ``ift:fixed_point``, ``ift:gmres``, ``unroll``. Options follow as ``key=value`` parts:
 ``ift:cg:tol=1e-8:max_iter=100``. Add a mode with :func:`register_backward`.
 """
 
@@ -16,6 +16,7 @@ from .ift import DEFAULT_LINEAR_SOLVER, IFT
 from .jfb import JFB
 from .linear import LINEAR_SOLVERS
 from .neumann import Neumann
+from .phantom import Phantom
 from .unroll import Unroll
 
 BackwardFactory = Callable[..., BackwardMode]
@@ -68,6 +69,7 @@ def _value(text: str) -> Any:
 register_backward("jfb", JFB)
 register_backward("neumann", Neumann, "neumann:K")
 register_backward("ift", IFT, f"ift[:{'|'.join(LINEAR_SOLVERS)}][:tol=T][:max_iter=N]")
+register_backward("phantom", Phantom, "phantom:K[:tau=T]")
 register_backward("unroll", Unroll)
 
 __all__ = [
@@ -79,6 +81,7 @@ __all__ = [
     "BackwardStats",
     "FixedPointMap",
     "Neumann",
+    "Phantom",
     "Unroll",
     "backward_names",
     "get_backward",

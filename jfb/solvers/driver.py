@@ -40,10 +40,15 @@ def solve(
 
 
 def solve_flat(
-    F: FlatOperator, x0: Tensor, options: SolveOptions, agree: Agreement | None = None
+    F: FlatOperator,
+    x0: Tensor,
+    options: SolveOptions,
+    agree: Agreement | None = None,
+    observe: Callable[[Tensor], None] | None = None,
 ) -> tuple[Tensor, SolverState]:
     """:func:`solve` on states already flattened to ``(batch, features)``; differentiable through
-    the iterations when called with grad enabled (no freezing; how ``unroll`` records the solve)."""
+    the iterations when called with grad enabled (no freezing; how ``unroll`` records the solve).
+    ``observe(T(x))`` sees every iterate (fixed-point correction keeps some)."""
     solver = options.method
     tracker = Tracker(x0, options, track_best=solver.returns_best)
     state = solver.init(x0)
@@ -51,6 +56,8 @@ def solve_flat(
     for step in range(1, options.max_iter + 1):
         fx = F(x, None) if active is None else fx.index_copy(0, active, F(x[active], active).to(fx.dtype))
         tracker.record(x, fx, step, active)
+        if observe is not None:
+            observe(fx)
         if step == options.max_iter:
             break
         if tracker.checks(step):
