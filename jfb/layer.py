@@ -225,6 +225,7 @@ class ImplicitLayer(nn.Module):
             lambda: frozen_running_stats(self.operator),
             options.max_iter,
             self._handle_backward_failure,
+            lambda: self._differentiable_inputs(x),
         )
         out = layout.unflatten(self.backward_mode.attach(bound, u_star, stats.backward))
         if regularized:
@@ -244,6 +245,12 @@ class ImplicitLayer(nn.Module):
                     layout.unflatten(T(u.detach())) for u in evenly_spaced(iterates, self.correction)
                 ]
             stats.regularizer_evals += len(self.correction_states)
+
+    def _differentiable_inputs(self, x: Any) -> list[Tensor]:
+        """The operator's parameters and the tensors of ``x`` that require grad."""
+        parameters = self.operator.parameters() if isinstance(self.operator, nn.Module) else ()
+        tensors = x.values() if isinstance(x, dict) else x if isinstance(x, (tuple, list)) else (x,)
+        return [t for t in (*parameters, *tensors) if isinstance(t, Tensor) and t.requires_grad]
 
     def _initial_state(self, x: Any, u0: InitialState) -> tuple[State, bool]:
         """``(u0, guessed)``; ``guessed``: zeros shaped like x, for want of a latent shape."""

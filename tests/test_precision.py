@@ -12,6 +12,7 @@ from torch import nn
 
 import jfb
 from jfb.errors import JfbError
+from jfb.precision import autocast, resolve
 from jfb.train import TrainConfig, load_checkpoint, setup_run, train
 from jfb.train.loop import fit
 from jfb.train.preemption import Preempted
@@ -96,6 +97,7 @@ def test_the_layer_outside_autocast_is_untouched_by_an_earlier_autocast_call():
 SMALL = dict(limit_train=300, limit_test=100, batch_size=100, solver="picard", fixed_depth=True, threads=1)
 
 
+@pytest.mark.slow
 def test_bf16_training_and_evaluation_learn_like_fp32(tmp_path):
     results = {
         precision: train(
@@ -112,6 +114,7 @@ def test_bf16_training_and_evaluation_learn_like_fp32(tmp_path):
     assert all(w.dtype in (torch.float32, torch.int64) for w in weights.values())  # autocast keeps fp32 weights
 
 
+@pytest.mark.slow
 def test_fp16_training_scales_the_loss_and_resumes_the_scaler_exactly(tmp_path):
     config = TrainConfig(**SMALL, epochs=2, max_iter=3, precision="fp16", checkpoint_every=0)
     whole = train(config, tmp_path / "whole", progress=False, log=lambda m: None)
@@ -152,3 +155,12 @@ def test_cuda_autocast_gradients_match_fp32_with_a_grad_scaler(dtype):
         scaler.unscale_(torch.optim.SGD(op.parameters(), lr=0.0))
         grads.append(flat(p.grad for p in op.parameters()))
     assert float((grads[1] - grads[0]).norm() / grads[0].norm()) < 0.02
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_is_bf16_only_where_the_cpu_runs_it_natively(monkeypatch, native):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native)
+    assert resolve("auto", "cpu") == ("bf16" if native else "fp32")
+    with autocast("cpu", "auto"):
+        assert torch.is_autocast_enabled("cpu") == native
+    assert TrainConfig(eval_precision="auto").evaluation_precision == "auto"

@@ -1,8 +1,9 @@
 """How the gradient flows: backward modes, by name or as objects, and their registry.
 
 Names: ``jfb``, ``neumann:K``, ``phantom:K[:tau=T]``, ``ift`` (fixed-point iteration), ``ift:cg`` (the paper's
-CG on the normal equations), ``ift:fixed_point``, ``ift:gmres``, ``unroll``. Options follow as ``key=value`` parts:
-``ift:cg:tol=1e-8:max_iter=100``. Add a mode with :func:`register_backward`.
+CG on the normal equations), ``ift:fixed_point``, ``ift:gmres``, ``unroll``, ``auto`` (JFB with checks and
+escalation). Options follow as ``key=value`` parts: ``ift:cg:tol=1e-8:max_iter=100``.
+Add a mode with :func:`register_backward`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import JfbError, check_new_name, unknown_name
+from .auto import Autopilot, GradientCheck
 from .base import BackwardMode, BackwardStats, FixedPointMap
 from .ift import DEFAULT_LINEAR_SOLVER, IFT
 from .jfb import JFB
@@ -71,15 +73,18 @@ register_backward("neumann", Neumann, "neumann:K")
 register_backward("ift", IFT, f"ift[:{'|'.join(LINEAR_SOLVERS)}][:tol=T][:max_iter=N]")
 register_backward("phantom", Phantom, "phantom:K[:tau=T]")
 register_backward("unroll", Unroll)
+register_backward("auto", Autopilot, "auto[:every=N][:threshold=C][:patience=M][:k=K]")
 
 __all__ = [
     "DEFAULT_LINEAR_SOLVER",
     "IFT",
     "JFB",
     "LINEAR_SOLVERS",
+    "Autopilot",
     "BackwardMode",
     "BackwardStats",
     "FixedPointMap",
+    "GradientCheck",
     "Neumann",
     "Phantom",
     "Unroll",

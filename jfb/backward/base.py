@@ -9,8 +9,9 @@ incoming gradient. Every product with the Jacobian ``J = dT/du`` is counted in
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +40,9 @@ class FixedPointMap:
     graph (which would add an uncounted gradient with respect to ``u``) and BatchNorm
     statistics are still updated only once, by the output's application of T.
     ``forward_max_iter`` is the depth limit of the forward solve of this call; ``report(stats)``
-    hands a backward solve that missed its tolerance to the layer's ``on_failure`` policy.
+    hands a backward solve that missed its tolerance to the layer's ``on_failure`` policy;
+    ``inputs()`` lists what T's output depends on with grad (the operator's parameters and the input
+    tensors that require grad), for modes that compare directions over them.
     """
 
     def __init__(
@@ -48,15 +51,30 @@ class FixedPointMap:
         frozen: Callable[[], AbstractContextManager],
         forward_max_iter: int,
         report: Callable[[str, BackwardStats], None],
+        inputs: Callable[[], list[Tensor]] = list,
     ) -> None:
         self.T, self.frozen, self.forward_max_iter, self.report = T, frozen, forward_max_iter, report
+        self.inputs = inputs
+        self._apply = T
 
     def __call__(self, u: Tensor) -> Tensor:
-        return self.T(u)
+        return self._apply(u)
+
+    def replace(self, T: Callable[[Tensor], Tensor]) -> FixedPointMap:
+        """The same map with ``__call__`` (the output's application of T) done by ``T``; linearisations unchanged."""
+        twin = copy.copy(self)
+        twin._apply = T
+        return twin
 
     def linearization(self, u_star: Tensor) -> tuple[Tensor, Tensor]:
-        """``(z, u)`` with ``z = T(u)``, ``u`` a fresh leaf equal to ``u*``, graph recorded."""
-        with torch.enable_grad(), self.frozen():
+        """``(z, u)`` with ``z = T(u)``, ``u`` a fresh leaf equal to ``u*``, graph recorded.
+
+        A ``torch.compile``-d operator runs eagerly here: J products may need double backward (CG's
+        J v, the Jacobian penalty), which compiled graphs do not support. (Inside a region dynamo is
+        tracing, such as a compiled layer, it is traced as it is.)
+        """
+        eager = nullcontext() if torch.compiler.is_compiling() else torch.compiler.set_stance("force_eager")
+        with torch.enable_grad(), self.frozen(), eager:
             u = u_star.detach().requires_grad_()
             return self.T(u), u
 

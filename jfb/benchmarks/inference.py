@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import JfbError
 from ..files import prepare_run_dir
 from ..models import ImplicitClassifier
-from ..precision import check_precision
+from ..precision import check_precision, resolve
 from ..reports import Report, markdown_table, write_report
 from ..settings import setting
 from ..train import Data, TrainConfig, evaluate, load_data, restore_model
@@ -76,7 +76,7 @@ def _measure(model: ImplicitClassifier, config: TrainConfig, data: Data, repeats
     """Validation and test accuracy, forward iterations and the median time of a pass, at ``config``'s evaluation."""
     model.implicit.eval_options = config.solve_options(evaluation=True)
     row: dict[str, Any] = {
-        "precision": config.evaluation_precision,
+        "precision": resolve(config.evaluation_precision, config.device),
         "depth": config.eval_max_iter,
         "tol": model.implicit.eval_options.tol,
     }

@@ -12,7 +12,11 @@ from ..layer import ImplicitLayer
 
 
 class ImplicitClassifier(nn.Module):
-    """Embedding ``Q`` once per batch, fixed point of ``R`` by an :class:`ImplicitLayer`, head ``S``."""
+    """Embedding ``Q`` once per batch, fixed point of ``R`` by an :class:`ImplicitLayer`, head ``S``.
+
+    With fixed-point correction on the layer, ``correction_logits`` holds ``S`` of each correction state
+    of the last training call (empty otherwise).
+    """
 
     def __init__(
         self,
@@ -25,6 +29,7 @@ class ImplicitClassifier(nn.Module):
         super().__init__()
         self.embedding, self.head, self.input_shape = embedding, head, input_shape
         self.implicit = ImplicitLayer(operator, **layer_options)
+        self.correction_logits: list[Tensor] = []
 
     @property
     def operator(self) -> nn.Module:
@@ -32,7 +37,9 @@ class ImplicitClassifier(nn.Module):
 
     def forward(self, d: Tensor, u0: Tensor | None = None) -> Tensor:
         check_input_shape(d, self.input_shape)
-        return self.head(self.implicit(self.embedding(d), u0))
+        u_star = self.implicit(self.embedding(d), u0)
+        self.correction_logits = [self.head(u) for u in self.implicit.correction_states]
+        return self.head(u_star)
 
 
 class ExplicitClassifier(nn.Module):

@@ -53,6 +53,10 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
+    jacobian_penalty: float = 0.0  # weight of the Hutchinson estimate of ||J||_F^2 / d at u* in the loss (0: off)
+    jacobian_probes: int = 1  # Gaussian probes per step for that estimate
+    correction: int = 0  # fixed-point correction: a loss on this many evenly spaced iterates of each training solve
+    correction_weight: float = 0.5  # its weight (times the mean cross-entropy over those iterates)
     ema_decay: float | None = (
         None  # evaluate (and select, save as best.pt) an exponential moving average of the weights
     )
@@ -72,6 +76,7 @@ class TrainConfig:
     test_every_epoch: bool = True  # False: test accuracy only of the last and the validation-selected epoch
     precision: str = "fp32"  # training under autocast: "bf16" or "fp16" (with a gradient scaler); T's state stays fp32
     eval_precision: str | None = None  # evaluation's autocast precision; default: as in training
+    compile: bool = False  # torch.compile the embedding, the operator and the head (in place: same state dict)
     channels_last: bool = True  # NHWC memory layout: ~25% faster convolutions on CPU (measured)
     deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns and resumes
     preempt_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")  # write last.pt and exit 75 on these (empty: off)
@@ -90,6 +95,10 @@ class TrainConfig:
             (self.eval_tol is None or self.eval_tol > 0, "eval_tol", "a number > 0"),
             (self.eval_max_iter is None or self.eval_max_iter >= 1, "eval_max_iter", "an integer >= 1"),
             (0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
+            (self.jacobian_penalty >= 0, "jacobian_penalty", "a number >= 0"),
+            (self.jacobian_probes >= 1, "jacobian_probes", "an integer >= 1"),
+            (self.correction >= 0, "correction", "an integer >= 0"),
+            (self.correction_weight > 0, "correction_weight", "a number > 0"),
             (self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay", "in (0, 1)"),
             (self.epochs >= 1, "epochs", "an integer >= 1"),
             (self.batch_size >= 1, "batch_size", "an integer >= 1"),
@@ -106,6 +115,8 @@ class TrainConfig:
             raise JfbError("lipschitz_rescale needs model 'implicit' (it keeps the fixed-point operator contractive)")
         if self.depth_start is not None and not self.fixed_depth:
             raise JfbError("depth_start needs fixed_depth = true (it schedules the fixed training depth)")
+        if (self.jacobian_penalty or self.correction) and self.model != "implicit":
+            raise JfbError("jacobian_penalty and correction need model 'implicit' (they regularise its fixed point)")
         if self.warm_start and self.model != "implicit":
             raise JfbError("warm_start needs model 'implicit' (an explicit network has no fixed point to reuse)")
         for ok, name, requirement in checks:
@@ -176,7 +187,11 @@ class TrainConfig:
     def layer_options(self) -> dict[str, Any]:
         """What :class:`~jfb.ImplicitLayer` takes from this configuration."""
         return dict(
-            backward=self.backward, options=self.solve_options(), eval_options=self.solve_options(evaluation=True)
+            backward=self.backward,
+            options=self.solve_options(),
+            eval_options=self.solve_options(evaluation=True),
+            jacobian_penalty=self.jacobian_probes if self.jacobian_penalty else 0,
+            correction=self.correction,
         )
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..precision import PRECISIONS
+from ..precision import CHOICES, resolve
 from ..settings import setting
 from .config import DEVICES
 from .loop import evaluate
@@ -24,7 +24,9 @@ class EvalSettings:
     data_dir: str | None = setting(None, "where the datasets are (default: the packaged/cached location)")
     device: str | None = setting(None, "default: the device the checkpoint was trained on", choices=DEVICES)
     precision: str | None = setting(
-        None, "autocast precision (default: the checkpoint's evaluation precision)", choices=tuple(PRECISIONS)
+        None,
+        "autocast precision; auto: bf16 where the device runs it natively (default: the checkpoint's)",
+        choices=CHOICES,
     )
 
     def overrides(self) -> dict[str, Any]:
@@ -55,10 +57,11 @@ def evaluate_checkpoint(settings: EvalSettings, progress: bool = True, log: Log 
         "tol": config.solve_options(evaluation=True).tol,  # None: a fixed depth of max_iter
         "max_iter": config.solve_options(evaluation=True).max_iter,
         "solver": config.solver,
-        "precision": config.evaluation_precision,
+        "precision": resolve(config.evaluation_precision, config.device),
     }
     log(
         f"test accuracy {result.acc:.2f}% (loss {result.loss:.4f}) on {len(test)} images, "
-        f"{result.forward_iters_mean:.1f} forward iterations on average (max {result.forward_iters_max})"
+        f"{result.forward_iters_mean:.1f} forward iterations on average (max {result.forward_iters_max}), "
+        f"{summary['precision']}"
     )
     return summary

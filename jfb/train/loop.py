@@ -42,10 +42,10 @@ def train(
     """
     processes = start_processes(config.device, config.dist_timeout_s)
     try:
-        if processes.distributed and config.lipschitz_rescale:
+        if processes.distributed and (config.lipschitz_rescale or config.backward.startswith("auto")):
             raise JfbError(
-                "lipschitz_rescale rescales weights from each process's own batch, so data-parallel copies would "
-                "drift apart; train in one process"
+                "lipschitz_rescale and backward 'auto' act on each process's own batch (rescaled weights, the "
+                "backward mode), so data-parallel copies would drift apart; train in one process"
             )
         log = main_process_only(log, processes)
         with PreemptionWatch(config.preempt_signals) as watch:
@@ -243,7 +243,9 @@ def train_step(run: Run, inputs: torch.Tensor, labels: torch.Tensor, index: torc
         return False
     position.consecutive_bad = 0
     global_batch = min(config.batch_size, len(run.data.train) - position.step * config.batch_size)
-    loss_share = loss * (labels.shape[0] * run.processes.world_size / global_batch)
+    loss_share = (loss + _regularization(model, labels, config)) * (
+        labels.shape[0] * run.processes.world_size / global_batch
+    )
     if run.scaler is None:
         loss_share.backward()
         run.optimizer.step()
@@ -258,6 +260,19 @@ def train_step(run: Run, inputs: torch.Tensor, labels: torch.Tensor, index: torc
     if run.warm_starts is not None:
         run.warm_starts.store(index, model.implicit.last_fixed_point)
     return True
+
+
+def _regularization(model: nn.Module, labels: torch.Tensor, config: TrainConfig) -> torch.Tensor | float:
+    """The Jacobian penalty and the fixed-point correction loss of the step's forward pass (0 without them)."""
+    if not isinstance(model, ImplicitClassifier):
+        return 0.0
+    total: torch.Tensor | float = 0.0
+    if config.jacobian_penalty:
+        total = total + config.jacobian_penalty * model.implicit.jacobian_penalty
+    if model.correction_logits:
+        losses = [nn.functional.cross_entropy(logits.float(), labels) for logits in model.correction_logits]
+        total = total + config.correction_weight * torch.stack(losses).mean()
+    return total
 
 
 def _skip_bad_batch(run: Run, buffers: list[torch.Tensor]) -> None:

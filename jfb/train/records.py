@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..backward import Autopilot
 from ..models import ImplicitClassifier
 from .distributed import Processes
 
@@ -40,6 +41,8 @@ class EpochStats:
     skipped: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     backward_statuses: dict[str, int] = field(default_factory=dict)
+    gradient_checks: list[dict[str, Any]] = field(default_factory=list)  # backward "auto": each check and switch
+    backward_in_use: str = ""  # the backward mode of the last step ("auto(neumann:4)" under the autopilot)
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, model: nn.Module) -> None:
         n = labels.shape[0]
@@ -56,6 +59,10 @@ class EpochStats:
         self.j_matvecs += stats.j_matvecs
         _count(self.statuses, str(stats.status))
         _count(self.backward_statuses, str(stats.backward.status))
+        mode = model.implicit.backward_mode
+        self.backward_in_use = repr(mode)
+        if isinstance(mode, Autopilot):
+            self.gradient_checks.extend(check.to_dict() for check in mode.drain())
 
     def reduced(self, processes: Processes) -> EpochStats:
         """Sums over all processes (per-batch means such as iterations are averaged over them)."""
@@ -76,6 +83,7 @@ class EpochStats:
             skipped=self.skipped,  # every process skips the same batches (they agree on bad ones)
             statuses=_merge_counts(processes.gather(self.statuses)),
             backward_statuses=_merge_counts(processes.gather(self.backward_statuses)),
+            backward_in_use=self.backward_in_use,
         )
 
     def summary(self) -> PassSummary:
@@ -90,12 +98,20 @@ class EpochStats:
 
     def postfix(self) -> dict[str, str]:
         s = self.summary()
-        return {
+        postfix = {
             "loss": f"{s.loss:.3f}",
             "acc": f"{s.acc:.2f}",
             "iters": f"{s.forward_iters_mean:.1f}",
             "res": f"{s.rel_residual_mean:.1e}",
         }
+        if self.gradient_checks:  # the autopilot's mode and its last check
+            last = self.gradient_checks[-1]
+            postfix |= {
+                "bwd": self.backward_in_use,
+                "cos": f"{last['cosine']:.2f}",
+                "rho": f"{last['contraction']:.2f}",
+            }
+        return postfix
 
 
 def _count(counts: dict[str, int], key: str) -> None:
@@ -135,6 +151,9 @@ class EpochRecord:
     lr: float
     world_size: int
     global_batch_size: int
+    backward_in_use: str = ""  # the mode of the epoch's last step (under "auto": which level it ended on)
+    gradient_checks: str = "[]"  # JSON: backward "auto"'s checks (call, mode, cosine, descent, contraction, switch)
+    gradient_cosine_min: float = math.nan  # the lowest cosine among them
 
     @classmethod
     def of_epoch(cls, epoch: int, stats: EpochStats, val: PassSummary, epoch_time: float, **run: Any) -> EpochRecord:
@@ -158,6 +177,9 @@ class EpochRecord:
             skipped_batches=stats.skipped,
             solver_statuses=json.dumps(stats.statuses, sort_keys=True),
             backward_statuses=json.dumps(stats.backward_statuses, sort_keys=True),
+            backward_in_use=stats.backward_in_use,
+            gradient_checks=json.dumps(stats.gradient_checks),
+            gradient_cosine_min=min((c["cosine"] for c in stats.gradient_checks), default=math.nan),
             **run,
         )
 
@@ -169,7 +191,7 @@ class EpochRecord:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EpochRecord:
-        return cls(**{f.name: values[f.name] for f in fields(cls)})
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})  # older records lack some
 
 
 @dataclass

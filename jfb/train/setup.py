@@ -15,10 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..backward import Autopilot
 from ..data import Normalizer, Split, dataset_info, load_splits, steps_per_pass
 from ..errors import JfbError, StorageError
 from ..files import prepare_run_dir
-from ..models import architecture, build_model, count_parameters
+from ..models import ImplicitClassifier, architecture, build_model, count_parameters
 from ..precision import grad_scaler
 from .averaging import WeightAverage
 from .checkpoint import load_checkpoint, load_resumable, previous_path, save_checkpoint
@@ -130,6 +131,12 @@ class Run:
     log: Log = print
 
     @property
+    def autopilot(self) -> Autopilot | None:
+        """The model's backward mode when it is ``auto`` (its state is checkpointed)."""
+        mode = self.model.implicit.backward_mode if isinstance(self.model, ImplicitClassifier) else None
+        return mode if isinstance(mode, Autopilot) else None
+
+    @property
     def steps_per_epoch(self) -> int:
         return steps_per_pass(len(self.data.train), self.config.batch_size, self.processes.world_size)
 
@@ -155,6 +162,7 @@ class Run:
             "position": position.to_dict(),
             **({"average": self.average.average} if self.average is not None else {}),
             **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
+            **({"autopilot": self.autopilot.state_dict()} if self.autopilot is not None else {}),
             "best_val_acc": self.best_val,
             "records": [r.to_dict() for r in self.metrics.records],
             "rng": torch.get_rng_state(),
@@ -178,6 +186,8 @@ def setup_run(
     _seed(config)
     data = load_data(config)
     model = build_from_config(config)
+    if config.compile:
+        compile_parts(model)
     if processes.distributed:
         model = synchronize_batch_norm(model, config.device)
     engine = processes.wrap(model, config.device)
@@ -212,6 +222,13 @@ def setup_run(
     return run
 
 
+def compile_parts(model: nn.Module) -> None:
+    """``torch.compile`` the embedding, the operator and the head in place (``nn.Module.compile``: the state
+    dict keeps its keys). The solver loop stays eager: it decides when to stop, per batch."""
+    for part in (model.embedding, model.operator, model.head):
+        part.compile()
+
+
 def _seed(config: TrainConfig) -> None:
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -241,6 +258,8 @@ def _restore(run: Run, checkpoint: dict[str, Any], path: Path) -> None:
         run.average.average = checkpoint["average"]
     if run.scaler is not None:
         run.scaler.load_state_dict(checkpoint["scaler"])
+    if run.autopilot is not None:
+        run.autopilot.load_state_dict(checkpoint["autopilot"])
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     run.scheduler.load_state_dict(checkpoint["scheduler"])
     torch.set_rng_state(checkpoint["rng"])

@@ -1,0 +1,155 @@
+"""``backward="auto"``: train with JFB, check the quality of its direction now and then, escalate when it fails."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import JfbError
+from ..solvers.base import require_integer, require_number
+from .base import BackwardMode, BackwardStats, FixedPointMap
+from .ift import IFT
+from .jacobian import JacobianProducts
+from .jfb import JFB
+from .linear import gmres
+from .neumann import Neumann
+
+POWER_STEPS = 5  # J^T products of the contraction estimate
+
+
+@dataclass(frozen=True)
+class GradientCheck:
+    """One measurement of the JFB direction on a training batch.
+
+    ``cosine``: between the JFB and the implicit (IFT) directions, both taken over everything T's output
+    depends on with grad (the operator's parameters and the input ``x``); ``descent``: their inner product
+    is positive; ``contraction``: a few power-iteration steps' estimate of the spectral radius of
+    ``J = dT/du`` at ``u*`` from ``dl/du*`` (above 1: T is not contractive there); ``switched_to``: the mode
+    chosen after it.
+    """
+
+    call: int
+    mode: str
+    cosine: float
+    descent: bool
+    contraction: float
+    switched_to: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Autopilot(BackwardMode):
+    """JFB, escalated to ``neumann:K`` and then IFT while JFB's direction is poor, and back when it recovers.
+
+    Every ``every``-th call with grad, the backward pass also solves for the implicit gradient (GMRES, at
+    most ``check_iters`` products, which needs no contraction) and compares (:class:`GradientCheck`).
+    ``patience`` checks in a row with a cosine below ``threshold`` or without descent move one level up
+    (JFB -> neumann:K -> IFT); ``patience`` healthy checks in a row move one level down. Checks go to
+    ``checks`` (the training loop drains them into its metrics) and cost at most ``check_iters + 8`` J
+    products and one application of T.
+    The top level is IFT with GMRES: escalation happens when T may not be contractive, where the
+    fixed-point linear solve would diverge.
+    """
+
+    name = "auto"
+
+    def __init__(
+        self, every: int = 100, threshold: float = 0.5, patience: int = 2, k: int = 4, check_iters: int = 20
+    ) -> None:
+        require_integer("auto every", every, 1)
+        require_integer("auto patience", patience, 1)
+        require_integer("auto check_iters", check_iters, 1)
+        require_number("auto threshold", threshold, -1)
+        if threshold > 1:
+            raise JfbError(f"auto threshold is a cosine in (-1, 1], got {threshold!r}")
+        self.every, self.threshold, self.patience, self.check_iters = every, threshold, patience, check_iters
+        self.levels: list[BackwardMode] = [JFB(), Neumann(k), IFT("gmres")]
+        self.level, self.calls, self.good, self.bad = 0, 0, 0, 0
+        self.checks: list[GradientCheck] = []
+
+    @property
+    def current(self) -> BackwardMode:
+        return self.levels[self.level]
+
+    def attach(self, T: FixedPointMap, u_star: Tensor, stats: BackwardStats) -> Tensor:
+        if not torch.is_grad_enabled():
+            return self.current.attach(T, u_star, stats)
+        self.calls += 1
+        if self.calls % self.every:
+            return self.current.attach(T, u_star, stats)
+        call, mode = self.calls, repr(self.current)
+
+        def observed(u: Tensor) -> Tensor:  # the check's hook runs before the mode's: it sees dl/du* itself
+            out = T(u)
+            if out.requires_grad:
+                out.register_hook(lambda grad: self._check(T, u_star, grad, stats, call, mode))
+            return out
+
+        return self.current.attach(T.replace(observed), u_star, stats)
+
+    def _check(self, T: FixedPointMap, u_star: Tensor, grad: Tensor, stats: BackwardStats, call: int, mode: str):
+        with torch.enable_grad():
+            z, u = T.linearization(u_star)
+            products = JacobianProducts(z, u)
+            w, _ = gmres(lambda v: v - products.vjp(v), grad, 1e-6, self.check_iters)
+            contraction = _spectral_radius(products.vjp, grad, POWER_STEPS)
+            inputs = T.inputs()
+            jfb_direction = _flat_grad(z, inputs, grad, retain=True)
+            implicit_direction = _flat_grad(z, inputs, w, retain=False)
+        stats.t_evals += 1
+        stats.j_matvecs += products.count + 2
+        dot = float(jfb_direction @ implicit_direction)
+        norms = float(jfb_direction.norm() * implicit_direction.norm())
+        cosine = dot / norms if norms > 0 else math.nan
+        switched = self._decide(cosine >= self.threshold and dot > 0)
+        self.checks.append(GradientCheck(call, mode, cosine, dot > 0, contraction, switched))
+
+    def _decide(self, healthy: bool) -> str | None:
+        """Move one level after ``patience`` checks in a row that say so; the new mode's name, if it moved."""
+        self.good, self.bad = (self.good + 1, 0) if healthy else (0, self.bad + 1)
+        if self.bad >= self.patience and self.level < len(self.levels) - 1:
+            self.level += 1
+        elif self.good >= self.patience and self.level > 0:
+            self.level -= 1
+        else:
+            return None
+        self.good = self.bad = 0
+        return repr(self.current)
+
+    def drain(self) -> list[GradientCheck]:
+        """The checks since the last drain."""
+        checks, self.checks = self.checks, []
+        return checks
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the autopilot stands (checkpointed, so a resumed run continues with the same mode)."""
+        return {"level": self.level, "calls": self.calls, "good": self.good, "bad": self.bad}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.level, self.calls, self.good, self.bad = state["level"], state["calls"], state["good"], state["bad"]
+
+    def __repr__(self) -> str:
+        return f"auto({self.current!r})"
+
+
+def _spectral_radius(vjp, start: Tensor, steps: int) -> float:
+    """Power iteration on ``J^T`` from ``start``: the growth factor of the last step."""
+    v, growth = start / start.norm().clamp_min(1e-30), 0.0
+    for _ in range(steps):
+        v = vjp(v)
+        growth = float(v.norm())
+        v = v / max(growth, 1e-30)
+    return growth
+
+
+def _flat_grad(z: Tensor, inputs: list[Tensor], v: Tensor, retain: bool) -> Tensor:
+    """``(dz/d inputs)^T v`` as one flat vector (zeros for inputs z does not depend on)."""
+    if not inputs:
+        return v.new_zeros(0)
+    grads = torch.autograd.grad(z, inputs, v, retain_graph=retain, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(t)).reshape(-1) for g, t in zip(grads, inputs)])

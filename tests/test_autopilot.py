@@ -1,0 +1,138 @@
+"""backward="auto": the check measures what it says, escalates on a lost contraction, and is resumable."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from operators import TanhOperator
+
+import jfb
+from jfb.backward import Autopilot
+from jfb.errors import JfbError
+from jfb.train import TrainConfig, load_checkpoint, setup_run, train
+from jfb.train.loop import fit
+from jfb.train.preemption import Preempted
+
+
+def _spread_operator(contraction: float, dim: int = 16) -> TanhOperator:
+    """tanh(W u + U x) with W symmetric, eigenvalues spread evenly over [-contraction, contraction]."""
+    op = TanhOperator(dim, contraction, seed=1)
+    _set_spectrum(op, contraction)
+    return op
+
+
+def _set_spectrum(op: TanhOperator, contraction: float) -> None:
+    g = torch.Generator().manual_seed(7)
+    q, _ = torch.linalg.qr(torch.randn(op.W.shape, generator=g, dtype=torch.float64))
+    spectrum = torch.linspace(-contraction, contraction, op.W.shape[0], dtype=torch.float64)
+    with torch.no_grad():
+        op.W.copy_(q @ torch.diag(spectrum) @ q.T)
+        op.b.zero_()
+
+
+def _call(layer, op, seed: int = 0) -> None:
+    x = 0.1 * torch.randn(8, op.W.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    layer(x.requires_grad_()).pow(2).sum().backward()
+
+
+def test_the_check_is_the_cosine_of_the_jfb_and_implicit_directions_from_dense_solves():
+    op = _spread_operator(0.8)
+    auto = Autopilot(every=1, check_iters=100)
+    layer = jfb.ImplicitLayer(op, auto, solver="anderson", tol=1e-12, max_iter=200)
+    x = 0.1 * torch.randn(4, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    x.requires_grad_()
+    u = layer(x)
+    u.pow(2).sum().backward()
+    (check,) = auto.drain()
+    u_star = u.detach()
+    g = 2 * u_star
+    w = torch.stack(
+        [
+            torch.linalg.solve(
+                (
+                    torch.eye(16, dtype=torch.float64)
+                    - torch.autograd.functional.jacobian(
+                        lambda v, i=i: op(v[None], x[i : i + 1].detach())[0], u_star[i]
+                    )
+                ).T,
+                g[i],
+            )
+            for i in range(4)
+        ]
+    )
+    inputs = [*op.parameters(), x]
+    out = op(u_star, x)
+    jfb_dir = torch.cat([t.reshape(-1) for t in torch.autograd.grad(out, inputs, g, retain_graph=True)])
+    ift_dir = torch.cat([t.reshape(-1) for t in torch.autograd.grad(out, inputs, w)])
+    cosine = float(jfb_dir @ ift_dir / (jfb_dir.norm() * ift_dir.norm()))
+    assert check.cosine == pytest.approx(cosine, abs=1e-6) and check.descent
+    assert 0.6 < check.contraction < 0.85  # power iteration on J^T: below the bound 0.8 times tanh' <= 1
+    assert check.switched_to is None and check.mode == "jfb"
+
+
+def test_it_escalates_when_contraction_is_lost_and_comes_back_when_it_returns():
+    op = _spread_operator(0.5)
+    auto = Autopilot(every=1, patience=2, check_iters=20)
+    layer = jfb.ImplicitLayer(op, auto, solver="anderson", tol=1e-8, max_iter=100, on_failure="ignore")
+    for step in range(3):
+        _call(layer, op, step)
+    assert auto.level == 0 and all(c.descent and c.cosine > 0.9 for c in auto.drain())
+    _set_spectrum(op, 1.5)  # no longer a contraction: JFB's direction is poor
+    for step in range(4):
+        _call(layer, op, step)
+    checks = auto.drain()
+    assert [c.switched_to for c in checks] == [None, "neumann:4", None, "ift:gmres"]
+    assert all(c.cosine < 0.5 and c.contraction > 1 for c in checks)
+    _set_spectrum(op, 0.5)
+    for step in range(4):
+        _call(layer, op, step)
+    assert [c.switched_to for c in auto.drain()] == [None, "neumann:4", None, "jfb"]
+    assert repr(auto) == "auto(jfb)"
+
+
+def test_it_never_escalates_on_a_contraction_and_checks_only_every_nth_call():
+    op = _spread_operator(0.6)
+    auto = Autopilot(every=3)
+    layer = jfb.ImplicitLayer(op, auto, solver="anderson", tol=1e-8, max_iter=100)
+    for step in range(9):
+        _call(layer, op, step)
+    checks = auto.drain()
+    assert [c.call for c in checks] == [3, 6, 9] and auto.level == 0
+    with torch.no_grad():
+        layer(torch.zeros(2, 16, dtype=torch.float64))
+    assert auto.calls == 9  # calls without grad are not counted
+
+
+@pytest.mark.parametrize("spec", ["auto:threshold=1.5", "auto:every=0", "auto:patience=0"])
+def test_bad_autopilot_settings_are_refused(spec):
+    with pytest.raises(JfbError):
+        jfb.ImplicitLayer(lambda u, x: u, spec)
+
+
+SMALL = dict(limit_train=300, limit_test=100, batch_size=100, solver="picard", fixed_depth=True, threads=1)
+
+
+@pytest.mark.slow
+def test_training_with_auto_records_every_check_and_resumes_it_exactly(tmp_path):
+    config = TrainConfig(**SMALL, epochs=2, max_iter=4, backward="auto:every=2", checkpoint_every=0)
+    whole = train(config, tmp_path / "whole", progress=False, log=lambda m: None)
+    records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    checks = [c for r in records for c in json.loads(r["gradient_checks"])]
+    assert [c["call"] for c in checks] == [2, 4, 6]  # 3 steps per epoch, every second one checked
+    assert all(c["descent"] for c in checks) and records[-1]["backward_in_use"] == "auto(jfb)"
+    assert records[0]["gradient_cosine_min"] == min(c["cosine"] for c in json.loads(records[0]["gradient_checks"]))
+    run = setup_run(config, tmp_path / "split", progress=False, log=lambda m: None)
+    run.preemption = SimpleNamespace(received="SIGTERM")
+    with pytest.raises(Preempted):
+        fit(run)
+    resumed = fit(setup_run(config, tmp_path / "split", resume=True, progress=False, log=lambda m: None))
+    assert resumed.test_acc_last == whole.test_acc_last
+    last = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert last["autopilot"] == {"level": 0, "calls": 6, "good": 3, "bad": 0}
+    split_records = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    split_checks = [c for r in split_records for c in json.loads(r["gradient_checks"])]
+    assert [(c["call"], c["switched_to"]) for c in split_checks] == [(c["call"], c["switched_to"]) for c in checks]
+    assert [c["cosine"] for c in split_checks] == pytest.approx([c["cosine"] for c in checks], abs=1e-5)

@@ -1,0 +1,74 @@
+"""torch.compile: a compiled operator works with every backward mode, and a fixed-depth solve compiles once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo
+from operators import TanhOperator, flat
+
+import jfb
+
+MODES = ["jfb", "neumann:3", "phantom:3", "ift", "ift:cg", "ift:gmres", "unroll", "auto:every=1"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _gradient(op, x, backward: str, compiled: bool, **extra):
+    layer = jfb.ImplicitLayer(
+        torch.compile(op, backend="aot_eager") if compiled else op,
+        backward,
+        solver="picard",
+        max_iter=30,
+        tol=1e-10,
+        on_failure="ignore",
+        **extra,
+    )
+    op.zero_grad()
+    out = layer(x)
+    loss = out.square().sum() + (layer.jacobian_penalty if layer.jacobian_penalty is not None else 0)
+    loss.backward()
+    return flat(p.grad for p in op.parameters())
+
+
+@pytest.mark.parametrize("backward", MODES)
+def test_a_compiled_operator_gives_the_eager_gradient_in_every_backward_mode(backward):
+    op = TanhOperator(8, 0.6, seed=2, dtype=torch.float32)
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    eager, compiled = _gradient(op, x, backward, False), _gradient(op, x, backward, True)
+    assert torch.allclose(compiled, eager, rtol=1e-4, atol=1e-6)
+
+
+def test_the_jacobian_penalty_works_on_a_compiled_operator():
+    op = TanhOperator(8, 0.6, seed=2, dtype=torch.float32)
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    eager = _gradient(op, x, "jfb", False, jacobian_penalty=2)
+    torch.manual_seed(0)
+    compiled = _gradient(op, x, "jfb", True, jacobian_penalty=2)
+    assert torch.allclose(compiled, eager, rtol=1e-4, atol=1e-6)
+
+
+def test_a_fixed_depth_training_step_compiles_once_and_never_again():
+    op = TanhOperator(16, 0.6, seed=3, dtype=torch.float32)
+    layer = jfb.ImplicitLayer(torch.compile(op, backend="aot_eager"), solver="picard", tol=None, max_iter=6)
+    optimizer = torch.optim.SGD(op.parameters(), lr=0.01)
+    generator = torch.Generator().manual_seed(1)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        layer(torch.randn(32, 16, generator=generator)).square().mean().backward()
+        optimizer.step()
+
+    step()
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert graphs >= 1
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(5):
+            step()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
