@@ -80,3 +80,47 @@ def test_the_default_mnist_recipe_grows_its_depth_from_2_to_6():
     default = TrainConfig.from_dict(load_target("mnist")[0])
     assert (default.depth_start, default.max_iter, default.augment, default.batch_size) == (2, 6, True, 256)
     assert [default.training_depth(e) for e in range(default.epochs)] == [2, 3, 3, 4, 4, 5, 5, 6]
+
+
+def _jacobian_norm(run_dir) -> float:
+    """||J_T(u*)||_F^2 / d on 200 training images, in training mode with frozen statistics (the penalty's own estimate,
+    averaged over 20 probes)."""
+    from jfb.backward import FixedPointMap
+    from jfb.frozen import frozen_running_stats
+    from jfb.regularizers import jacobian_frobenius
+    from jfb.train import load_data
+
+    model, config = restore_model(run_dir / "last.pt")
+    data = load_data(config)
+    images = data.normalize(data.train.images[:200])
+    model.train()
+    with torch.no_grad(), frozen_running_stats(model):
+        q = model.embedding(images)
+        u_star = model.implicit(q)
+    flat_q = q.contiguous()
+    T = FixedPointMap(
+        lambda u: model.operator(u.view_as(u_star), flat_q).reshape(u.shape),
+        lambda: frozen_running_stats(model),
+        1,
+        None,
+    )
+    torch.manual_seed(0)
+    return float(jacobian_frobenius(*T.linearization(u_star.reshape(200, -1)), probes=20))
+
+
+@pytest.mark.slow
+def test_the_jacobian_penalty_shrinks_the_jacobian_and_correction_adds_its_iterates(tmp_path):
+    plain = TrainConfig(**SMALL, epochs=3, max_iter=4)
+    train(plain, tmp_path / "plain", progress=False, log=lambda m: None)
+    penalised = TrainConfig(**SMALL, epochs=3, max_iter=4, jacobian_penalty=5.0, jacobian_probes=2)
+    train(penalised, tmp_path / "penalised", progress=False, log=lambda m: None)
+    assert _jacobian_norm(tmp_path / "penalised") < 0.8 * _jacobian_norm(tmp_path / "plain")
+
+    corrected = TrainConfig(**SMALL, epochs=1, max_iter=6, correction=2)
+    run = setup_run(corrected, tmp_path / "corrected", progress=False, log=lambda m: None)
+    fit(run)
+    assert _records(tmp_path / "corrected")[0]["train_acc"] > 10.0
+    run.model.train()
+    run.model(run.data.normalize(run.data.train.images[:8]))
+    assert len(run.model.correction_logits) == 2  # S of T(u_2) and T(u_4) of the 6 iterates
+    assert run.model.implicit.last_stats.regularizer_evals == 2
