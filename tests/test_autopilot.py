@@ -106,7 +106,9 @@ def test_it_never_escalates_on_a_contraction_and_checks_only_every_nth_call():
     assert auto.calls == 9  # calls without grad are not counted
 
 
-@pytest.mark.parametrize("spec", ["auto:threshold=1.5", "auto:every=0", "auto:patience=0"])
+@pytest.mark.parametrize(
+    "spec", ["auto:threshold=1.5", "auto:threshold=0.9:recover=0.8", "auto:every=0", "auto:patience=0"]
+)
 def test_bad_autopilot_settings_are_refused(spec):
     with pytest.raises(JfbError):
         jfb.ImplicitLayer(lambda u, x: u, spec)

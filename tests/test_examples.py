@@ -39,3 +39,10 @@ def test_the_deq_prior_deblurs_better_than_the_blurred_input():
     assert result["deq_parameters"] == result["plain_cnn_parameters"] + 1  # + the step size eta
     assert result["deq_psnr"] > result["blurred_psnr"] + 2.0
     assert result["plain_cnn_psnr"] > result["blurred_psnr"]
+
+
+def test_the_autopilot_escalates_when_contraction_is_lost_and_returns_to_jfb():
+    log = _example("autopilot").main([])
+    switches = [(entry["step"], entry["switched_to"]) for entry in log if entry["switched_to"]]
+    assert switches == [(110, "neumann:4"), (150, "ift:gmres"), (210, "neumann:4"), (230, "jfb")]
+    assert all(entry["mode"] == "jfb" and entry["cosine"] > 0.8 for entry in log if entry["step"] < 100)

@@ -73,7 +73,7 @@ register_backward("neumann", Neumann, "neumann:K")
 register_backward("ift", IFT, f"ift[:{'|'.join(LINEAR_SOLVERS)}][:tol=T][:max_iter=N]")
 register_backward("phantom", Phantom, "phantom:K[:tau=T]")
 register_backward("unroll", Unroll)
-register_backward("auto", Autopilot, "auto[:every=N][:threshold=C][:patience=M][:k=K]")
+register_backward("auto", Autopilot, "auto[:every=N][:threshold=C][:recover=C][:patience=M][:k=K]")
 
 __all__ = [
     "DEFAULT_LINEAR_SOLVER",

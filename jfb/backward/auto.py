@@ -49,7 +49,8 @@ class Autopilot(BackwardMode):
     Every ``every``-th call with grad, the backward pass also solves for the implicit gradient (GMRES, at
     most ``check_iters`` products, which needs no contraction) and compares (:class:`GradientCheck`).
     ``patience`` checks in a row with a cosine below ``threshold`` or without descent move one level up
-    (JFB -> neumann:K -> IFT); ``patience`` healthy checks in a row move one level down. Checks go to
+    (JFB -> neumann:K -> IFT); ``patience`` checks in a row with a cosine of at least ``recover`` move one
+    level down (the gap keeps a JFB direction that is just acceptable from switching back and forth). Checks go to
     ``checks`` (the training loop drains them into its metrics) and cost at most ``check_iters + 8`` J
     products and one application of T.
     The top level is IFT with GMRES: escalation happens when T may not be contractive, where the
@@ -59,15 +60,22 @@ class Autopilot(BackwardMode):
     name = "auto"
 
     def __init__(
-        self, every: int = 100, threshold: float = 0.5, patience: int = 2, k: int = 4, check_iters: int = 20
+        self,
+        every: int = 100,
+        threshold: float = 0.5,
+        recover: float = 0.8,
+        patience: int = 2,
+        k: int = 4,
+        check_iters: int = 20,
     ) -> None:
         require_integer("auto every", every, 1)
         require_integer("auto patience", patience, 1)
         require_integer("auto check_iters", check_iters, 1)
         require_number("auto threshold", threshold, -1)
-        if threshold > 1:
-            raise JfbError(f"auto threshold is a cosine in (-1, 1], got {threshold!r}")
-        self.every, self.threshold, self.patience, self.check_iters = every, threshold, patience, check_iters
+        if not threshold <= recover <= 1:
+            raise JfbError(f"auto needs -1 < threshold <= recover <= 1 (cosines), got {threshold!r} and {recover!r}")
+        self.every, self.threshold, self.recover = every, threshold, recover
+        self.patience, self.check_iters = patience, check_iters
         self.levels: list[BackwardMode] = [JFB(), Neumann(k), IFT("gmres")]
         self.level, self.calls, self.good, self.bad = 0, 0, 0, 0
         self.checks: list[GradientCheck] = []
@@ -106,12 +114,16 @@ class Autopilot(BackwardMode):
         dot = float(jfb_direction @ implicit_direction)
         norms = float(jfb_direction.norm() * implicit_direction.norm())
         cosine = dot / norms if norms > 0 else math.nan
-        switched = self._decide(cosine >= self.threshold and dot > 0)
-        self.checks.append(GradientCheck(call, mode, cosine, dot > 0, contraction, switched))
+        descent = dot > 0
+        switched = self._decide(
+            poor=not (descent and cosine >= self.threshold), good=descent and cosine >= self.recover
+        )
+        self.checks.append(GradientCheck(call, mode, cosine, descent, contraction, switched))
 
-    def _decide(self, healthy: bool) -> str | None:
+    def _decide(self, poor: bool, good: bool) -> str | None:
         """Move one level after ``patience`` checks in a row that say so; the new mode's name, if it moved."""
-        self.good, self.bad = (self.good + 1, 0) if healthy else (0, self.bad + 1)
+        self.bad = self.bad + 1 if poor else 0
+        self.good = self.good + 1 if good else 0
         if self.bad >= self.patience and self.level < len(self.levels) - 1:
             self.level += 1
         elif self.good >= self.patience and self.level > 0:
