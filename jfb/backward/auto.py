@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,7 +30,8 @@ class GradientCheck:
     depends on with grad (the operator's parameters and the input ``x``); ``descent``: their inner product
     is positive; ``contraction``: a few power-iteration steps' estimate of the spectral radius of
     ``J = dT/du`` at ``u*`` from ``dl/du*`` (above 1: T is not contractive there); ``switched_to``: the mode
-    chosen after it.
+    chosen after it; ``seconds``: what the check cost (wall time, GPU work included only up to the point where
+    its numbers were read).
     """
 
     call: int
@@ -38,6 +40,7 @@ class GradientCheck:
     descent: bool
     contraction: float
     switched_to: str | None = None
+    seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +104,7 @@ class Autopilot(BackwardMode):
         return self.current.attach(T.replace(observed), u_star, stats)
 
     def _check(self, T: FixedPointMap, u_star: Tensor, grad: Tensor, stats: BackwardStats, call: int, mode: str):
+        started = time.perf_counter()
         with torch.enable_grad():
             z, u = T.linearization(u_star)
             products = JacobianProducts(z, u)
@@ -118,7 +122,8 @@ class Autopilot(BackwardMode):
         switched = self._decide(
             poor=not (descent and cosine >= self.threshold), good=descent and cosine >= self.recover
         )
-        self.checks.append(GradientCheck(call, mode, cosine, descent, contraction, switched))
+        seconds = time.perf_counter() - started
+        self.checks.append(GradientCheck(call, mode, cosine, descent, contraction, switched, seconds))
 
     def _decide(self, poor: bool, good: bool) -> str | None:
         """Move one level after ``patience`` checks in a row that say so; the new mode's name, if it moved."""

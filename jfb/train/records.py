@@ -154,6 +154,7 @@ class EpochRecord:
     backward_in_use: str = ""  # the mode of the epoch's last step (under "auto": which level it ended on)
     gradient_checks: str = "[]"  # JSON: backward "auto"'s checks (call, mode, cosine, descent, contraction, switch)
     gradient_cosine_min: float = math.nan  # the lowest cosine among them
+    gradient_check_s: float = 0.0  # the time they took (their share of epoch_time_s is the autopilot's overhead)
 
     @classmethod
     def of_epoch(cls, epoch: int, stats: EpochStats, val: PassSummary, epoch_time: float, **run: Any) -> EpochRecord:
@@ -180,6 +181,7 @@ class EpochRecord:
             backward_in_use=stats.backward_in_use,
             gradient_checks=json.dumps(stats.gradient_checks),
             gradient_cosine_min=min((c["cosine"] for c in stats.gradient_checks), default=math.nan),
+            gradient_check_s=sum(c["seconds"] for c in stats.gradient_checks),
             **run,
         )
 
