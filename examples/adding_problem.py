@@ -8,8 +8,9 @@ holds one hidden vector per step, u = (u_1 .. u_L), and
 
 so the fixed point is a recurrent network's hidden states and its output head reads u_L. J = dT/du is
 strictly block-lower-triangular (nilpotent): Picard reaches u* exactly in L iterations, and the implicit
-gradient is backpropagation through time. JFB backpropagates through one application of T only, so
-no gradient reaches the weights through the earlier steps; phantom:K follows K of them.
+gradient is backpropagation through time. JFB backpropagates through one application of T only: no
+gradient reaches the weights through the earlier steps, so it can only exploit what the recurrence
+happens to carry forward; phantom:K follows K steps back, IFT all of them.
 
     python examples/adding_problem.py                       # all three modes, the README's numbers
     python examples/adding_problem.py --backward ift       # one mode

@@ -207,3 +207,39 @@ def test_channels_last_iterates_give_the_same_fixed_point_and_stay_channels_last
 def test_invalid_solver_options_fail_when_the_options_are_built(solver, options):
     with pytest.raises(jfb.JfbError, match=solver):
         jfb.SolveOptions(solver=solver, solver_options=options)
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.7])
+def test_anderson_updates_its_gram_matrix_one_row_at_a_time_exactly(beta):
+    """The kept G G^T equals a fresh one after the memory wrapped around, and the steps equal those of the
+    textbook form (points X and images F, the whole Gram matrix recomputed each step)."""
+    from jfb.solvers import Anderson
+
+    g = torch.Generator().manual_seed(0)
+    A = 0.5 * torch.randn(6, 6, generator=g, dtype=torch.float64) / 6**0.5
+    T = lambda x: torch.tanh(x @ A.T + 1.0)  # noqa: E731
+    solver = Anderson(memory=3, beta=beta, ridge=1e-6)
+    x = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    state, points, images = solver.init(x), [], []
+    for _ in range(7):
+        fx = T(x)
+        points.append(x), images.append(fx)
+        x_next = solver.update(state, x, fx)
+        X, F = torch.stack(points[-3:], 1), torch.stack(images[-3:], 1)
+        G = F - X
+        gram = G @ G.transpose(1, 2)
+        n = G.shape[1]
+        if n > 1:
+            scale = gram.diagonal(dim1=1, dim2=2).mean(1)
+            H = torch.zeros(4, n + 1, n + 1, dtype=torch.float64)
+            H[:, 0, 1:] = H[:, 1:, 0] = 1
+            H[:, 1:, 1:] = gram + 1e-6 * scale[:, None, None] * torch.eye(n, dtype=torch.float64)
+            rhs = torch.zeros(4, n + 1, 1, dtype=torch.float64)
+            rhs[:, 0] = 1
+            alpha = torch.linalg.solve(H, rhs)[:, 1:, 0]
+            expected = beta * (alpha[:, None] @ F)[:, 0] + (1 - beta) * (alpha[:, None] @ X)[:, 0]
+            assert torch.allclose(x_next, expected, rtol=1e-9, atol=1e-12)
+        x = x_next
+    order = [(i % 3) for i in range(4, 7)]  # slots of the last three residuals
+    kept = state.gram[:, order][:, :, order]
+    assert torch.allclose(kept, gram, rtol=1e-12, atol=1e-14)
