@@ -124,3 +124,14 @@ def test_the_jacobian_penalty_shrinks_the_jacobian_and_correction_adds_its_itera
     run.model(run.data.normalize(run.data.train.images[:8]))
     assert len(run.model.correction_logits) == 2  # S of T(u_2) and T(u_4) of the 6 iterates
     assert run.model.implicit.last_stats.regularizer_evals == 2
+
+
+def test_packaged_recipes_load_by_name_and_unknown_names_list_them():
+    from jfb.train import load_target
+    from jfb.train.config import packaged_recipes
+
+    assert {"mnist", "mnist-long"} <= set(packaged_recipes())
+    long = TrainConfig.from_dict(load_target("mnist-long")[0])
+    assert (long.max_iter, long.epochs, long.ema_decay, long.precision) == (8, 15, 0.999, "auto")
+    with pytest.raises(JfbError, match=r"choose one of mnist, svhn, cifar10, mnist-long or a \.toml file"):
+        load_target("mnist-short")

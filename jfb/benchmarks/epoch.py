@@ -75,7 +75,7 @@ def synthetic_epoch(config: TrainConfig, samples: int, setting: StepSetting) -> 
 
 @dataclass(frozen=True)
 class EpochBenchSettings:
-    target: str = setting(help="mnist, svhn, cifar10, or a .toml config file", positional=True)
+    target: str = setting(help="mnist, svhn, cifar10, a packaged recipe (mnist-long), or a .toml file", positional=True)
     out: str = setting("runs/bench-epoch", "output folder")
     samples: int = setting(50_000, "random images in the epoch")
     precisions: tuple[str, ...] | None = setting(

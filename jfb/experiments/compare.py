@@ -66,7 +66,7 @@ BUDGET = ("epochs", "limit_train", "limit_test", "max_iter", "seed", "batch_size
 
 @dataclass(frozen=True)
 class CompareSettings:
-    target: str = setting(help="mnist, svhn, cifar10, or a .toml config file", positional=True)
+    target: str = setting(help="mnist, svhn, cifar10, a packaged recipe (mnist-long), or a .toml file", positional=True)
     methods: str | None = setting(
         None, f"the values of --vary to compare (default {DEFAULT_METHODS}; jfb,ift:cg with --paper-setting)"
     )

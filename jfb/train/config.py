@@ -195,18 +195,24 @@ class TrainConfig:
         )
 
 
+def packaged_recipes() -> list[str]:
+    """The configurations shipped in ``jfb/configs`` (a dataset's default, and named recipes such as ``mnist-long``)."""
+    return sorted(path.stem for path in CONFIG_DIR.glob("*.toml"))
+
+
 def load_target(target: str) -> tuple[dict[str, Any], str]:
     """The settings a dataset name (its packaged config, if any) or a .toml file stands for, and their source."""
     path = Path(target)
     if path.suffix == ".toml":
         if not path.is_file():
             raise JfbError(f"config file {path} does not exist")
-    elif target in DATASETS:
+    elif target in DATASETS or target in packaged_recipes():
         path = CONFIG_DIR / f"{target}.toml"
         if not path.is_file():
             return {"dataset": target}, "options"
     else:
-        raise JfbError(f"unknown dataset or config {target!r}; choose one of {', '.join(DATASETS)} or a .toml file")
+        choices = ", ".join(dict.fromkeys([*DATASETS, *packaged_recipes()]))
+        raise JfbError(f"unknown dataset or config {target!r}; choose one of {choices} or a .toml file")
     with open(path, "rb") as f:
         return tomllib.load(f), str(path)
 
@@ -215,7 +221,7 @@ def load_target(target: str) -> tuple[dict[str, Any], str]:
 class TrainSettings:
     """What ``jfb train`` takes besides the configuration fields it may override."""
 
-    target: str = setting(help="mnist, svhn, cifar10, or a .toml config file", positional=True)
+    target: str = setting(help="mnist, svhn, cifar10, a packaged recipe (mnist-long), or a .toml file", positional=True)
     out: str | None = setting(None, "run dir (default runs/DATASET-TIME)")
     resume: bool = setting(False, "continue from RUN_DIR/last.pt")
 
