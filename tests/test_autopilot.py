@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
 from operators import TanhOperator
+from training import SMALL, preempted_and_resumed
 
 import jfb
 from jfb.backward import Autopilot
 from jfb.errors import JfbError
-from jfb.train import TrainConfig, load_checkpoint, setup_run, train
-from jfb.train.loop import fit
-from jfb.train.preemption import Preempted
+from jfb.train import TrainConfig, load_checkpoint, train
 
 
 def _spread_operator(contraction: float, dim: int = 16) -> TanhOperator:
@@ -114,9 +112,6 @@ def test_bad_autopilot_settings_are_refused(spec):
         jfb.ImplicitLayer(lambda u, x: u, spec)
 
 
-SMALL = dict(limit_train=300, limit_test=100, batch_size=100, solver="picard", fixed_depth=True, threads=1)
-
-
 @pytest.mark.slow
 def test_training_with_auto_records_every_check_and_resumes_it_exactly(tmp_path):
     config = TrainConfig(**SMALL, epochs=2, max_iter=4, backward="auto:every=2", checkpoint_every=0)
@@ -126,11 +121,7 @@ def test_training_with_auto_records_every_check_and_resumes_it_exactly(tmp_path)
     assert [c["call"] for c in checks] == [2, 4, 6]  # 3 steps per epoch, every second one checked
     assert all(c["descent"] for c in checks) and records[-1]["backward_in_use"] == "auto(jfb)"
     assert records[0]["gradient_cosine_min"] == min(c["cosine"] for c in json.loads(records[0]["gradient_checks"]))
-    run = setup_run(config, tmp_path / "split", progress=False, log=lambda m: None)
-    run.preemption = SimpleNamespace(received="SIGTERM")
-    with pytest.raises(Preempted):
-        fit(run)
-    resumed = fit(setup_run(config, tmp_path / "split", resume=True, progress=False, log=lambda m: None))
+    resumed = preempted_and_resumed(config, tmp_path / "split")
     assert resumed.test_acc_last == whole.test_acc_last
     last = load_checkpoint(tmp_path / "split" / "last.pt")
     assert last["autopilot"] == {"level": 0, "calls": 6, "good": 3, "bad": 0}

@@ -3,19 +3,16 @@ backward mode and solver gives the float32 gradient to within bf16's rounding.""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from operators import dense_implicit_gradient, flat
 from torch import nn
+from training import SMALL, preempted_and_resumed
 
 import jfb
 from jfb.errors import JfbError
 from jfb.precision import autocast, resolve
-from jfb.train import TrainConfig, load_checkpoint, setup_run, train
-from jfb.train.loop import fit
-from jfb.train.preemption import Preempted
+from jfb.train import TrainConfig, load_checkpoint, train
 
 
 class ConvOperator(nn.Module):
@@ -94,9 +91,6 @@ def test_the_layer_outside_autocast_is_untouched_by_an_earlier_autocast_call():
         assert torch.allclose(layer(x), op(layer(x), x), atol=1e-2)  # a float32 solve, far from bf16 rounding
 
 
-SMALL = dict(limit_train=300, limit_test=100, batch_size=100, solver="picard", fixed_depth=True, threads=1)
-
-
 @pytest.mark.slow
 def test_bf16_training_and_evaluation_learn_like_fp32(tmp_path):
     results = {
@@ -120,11 +114,7 @@ def test_fp16_training_scales_the_loss_and_resumes_the_scaler_exactly(tmp_path):
     whole = train(config, tmp_path / "whole", progress=False, log=lambda m: None)
     scaler = load_checkpoint(tmp_path / "whole" / "last.pt")["scaler"]
     assert scaler["scale"] > 0 and scaler["_growth_tracker"] == 6  # 6 steps, none overflowed
-    run = setup_run(config, tmp_path / "split", progress=False, log=lambda m: None)
-    run.preemption = SimpleNamespace(received="SIGTERM")
-    with pytest.raises(Preempted):
-        fit(run)
-    resumed = fit(setup_run(config, tmp_path / "split", resume=True, progress=False, log=lambda m: None))
+    resumed = preempted_and_resumed(config, tmp_path / "split")
     assert resumed.test_acc_last == whole.test_acc_last
     last_whole, last_split = (load_checkpoint(tmp_path / name / "last.pt") for name in ("whole", "split"))
     assert last_whole["scaler"] == last_split["scaler"]

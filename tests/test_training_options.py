@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
+from training import SMALL, preempted_and_resumed
 
 from jfb.errors import JfbError
 from jfb.train import TrainConfig, load_checkpoint, restore_model, setup_run, train
 from jfb.train.averaging import WeightAverage
 from jfb.train.loop import fit
-from jfb.train.preemption import Preempted
-
-SMALL = dict(limit_train=300, limit_test=100, batch_size=100, solver="picard", fixed_depth=True, threads=1)
 
 
 def _records(run_dir) -> list[dict]:
@@ -60,11 +57,7 @@ def test_the_average_is_what_is_evaluated_saved_and_resumed_exactly(tmp_path):
     model, _ = restore_model(tmp_path / "whole" / "best.pt")
     assert torch.equal(model.state_dict()["head.fc.weight"], best["average"]["head.fc.weight"])
 
-    run = setup_run(config, tmp_path / "split", progress=False, log=lambda m: None)
-    run.preemption = SimpleNamespace(received="SIGTERM")  # as if the signal had come during the first step
-    with pytest.raises(Preempted):
-        fit(run)
-    resumed = fit(setup_run(config, tmp_path / "split", resume=True, progress=False, log=lambda m: None))
+    resumed = preempted_and_resumed(config, tmp_path / "split")
     assert resumed.test_acc_last == whole.test_acc_last
     last_whole, last_split = (
         load_checkpoint(tmp_path / "whole" / "last.pt"),
