@@ -35,6 +35,8 @@ MODES = [
     ("ift:cg", "picard"),
     ("ift:gmres", "picard"),
     ("unroll", "picard"),
+    ("phantom:3", "picard"),
+    ("auto:every=1", "picard"),
     ("ift", "anderson"),
     ("ift", "broyden"),
 ]
