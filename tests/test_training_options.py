@@ -125,6 +125,6 @@ def test_packaged_recipes_load_by_name_and_unknown_names_list_them():
 
     assert {"mnist", "mnist-long"} <= set(packaged_recipes())
     long = TrainConfig.from_dict(load_target("mnist-long")[0])
-    assert (long.max_iter, long.epochs, long.ema_decay, long.precision) == (8, 15, 0.999, "auto")
+    assert (long.max_iter, long.epochs, long.ema_decay, long.precision) == (8, 20, 0.999, "auto")
     with pytest.raises(JfbError, match=r"choose one of mnist, svhn, cifar10, mnist-long or a \.toml file"):
         load_target("mnist-short")
