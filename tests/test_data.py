@@ -128,3 +128,17 @@ def test_normalised_batches_and_no_test_augmentation():
     x2, _ = next(batches(test.subset(200), 100, Normalizer(info.mean, info.std)))
     assert torch.equal(x1, x2) and x1.shape == (100, 1, 28, 28)
     assert abs(float(x1.mean())) < 0.2 and 0.8 < float(x1.std()) < 1.3
+
+
+def test_rotation_augmentation_turns_images_about_their_centre():
+    images = torch.zeros(64, 1, 28, 28, dtype=torch.uint8)
+    images[:, :, 13:15, 4:24] = 255  # a horizontal bar through the centre
+    out = augment_batch(images, torch.Generator().manual_seed(0), Augmentation(0, flip=False, rotation=30))
+    again = augment_batch(images, torch.Generator().manual_seed(0), Augmentation(0, flip=False, rotation=30))
+    assert out.dtype == torch.uint8 and torch.equal(out, again)  # reproducible from the batch's seed
+    assert (out[:, :, 13:15, 13:15] > 200).all()  # the centre stays put
+    mass = out.float().sum(dim=(1, 2, 3)) / images.float().sum(dim=(1, 2, 3))
+    assert ((mass > 0.9) & (mass < 1.1)).all()  # nothing falls off the image
+    rows_hit = (out[:, 0] > 100).any(dim=2).sum(dim=1)  # a tilted bar spans more rows than the 2 of a flat one
+    assert (rows_hit > 2).float().mean() > 0.8 and rows_hit.max() <= 12  # |angle| <= 30 degrees: tan(30) * 20 < 12
+    assert torch.equal(augment_batch(images, torch.Generator().manual_seed(0), Augmentation(0, flip=False)), images)

@@ -26,7 +26,8 @@ class Normalizer:
 
 
 def augment_batch(images: Tensor, generator: torch.Generator, augmentation: Augmentation) -> Tensor:
-    """A whole batch at once: zero-pad, random crop per image, horizontal flip with probability 1/2 when enabled."""
+    """A whole batch at once: zero-pad, random crop per image, horizontal flip with probability 1/2 and a random
+    rotation when enabled."""
     padding = augmentation.padding
     n, _, h, w = images.shape
     padded = torch.nn.functional.pad(images, (padding,) * 4)
@@ -37,10 +38,21 @@ def augment_batch(images: Tensor, generator: torch.Generator, augmentation: Augm
     batch = torch.arange(n, device=images.device)[:, None, None, None]
     channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
     out = padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
-    if not augmentation.flip:
-        return out
-    flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
-    return torch.where(flip[:, None, None, None], out.flip(-1), out)
+    if augmentation.flip:
+        flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+    return _rotate(out, generator, augmentation.rotation) if augmentation.rotation else out
+
+
+def _rotate(images: Tensor, generator: torch.Generator, degrees: float) -> Tensor:
+    """Each image rotated about its centre by a uniform angle in [-degrees, degrees] (bilinear, zeros outside)."""
+    n = images.shape[0]
+    angles = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(degrees)
+    cos, sin, zero = angles.cos(), angles.sin(), torch.zeros(n)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta.to(images.device), list(images.shape), align_corners=False)
+    out = torch.nn.functional.grid_sample(images.float(), grid, padding_mode="zeros", align_corners=False)
+    return out.round_().clamp_(0, 255).to(images.dtype)
 
 
 def batches(

@@ -22,10 +22,12 @@ from .svhn import load_svhn
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Random translation by up to ``padding`` pixels (zero-pad, random crop), and mirroring when ``flip``."""
+    """Random translation by up to ``padding`` pixels (zero-pad, random crop), mirroring when ``flip``, and a
+    rotation about the centre by a uniform angle in ``[-rotation, rotation]`` degrees when ``rotation``."""
 
     padding: int
     flip: bool
+    rotation: float = 0.0
 
 
 @dataclass(frozen=True)

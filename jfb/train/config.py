@@ -5,12 +5,12 @@ from __future__ import annotations
 import difflib
 import time
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from ..backward import get_backward
-from ..data import DATASETS
+from ..data import DATASETS, Augmentation, dataset_info
 from ..errors import JfbError, unknown_name
 from ..precision import check_precision
 from ..settings import setting
@@ -64,6 +64,7 @@ class TrainConfig:
     schedule: str = "onecycle"
     step_size: int = 10  # epochs per decay of the "step" schedule
     augment: bool = False
+    augment_rotation: float = 0.0  # with augment: also rotate each image by up to this many degrees
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
@@ -99,6 +100,7 @@ class TrainConfig:
             (self.jacobian_probes >= 1, "jacobian_probes", "an integer >= 1"),
             (self.correction >= 0, "correction", "an integer >= 0"),
             (self.correction_weight > 0, "correction_weight", "a number > 0"),
+            (0 <= self.augment_rotation <= 180, "augment_rotation", "in [0, 180] (degrees)"),
             (self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay", "in (0, 1)"),
             (self.epochs >= 1, "epochs", "an integer >= 1"),
             (self.batch_size >= 1, "batch_size", "an integer >= 1"),
@@ -117,6 +119,8 @@ class TrainConfig:
             raise JfbError("depth_start needs fixed_depth = true (it schedules the fixed training depth)")
         if (self.jacobian_penalty or self.correction) and self.model != "implicit":
             raise JfbError("jacobian_penalty and correction need model 'implicit' (they regularise its fixed point)")
+        if self.augment_rotation and not self.augment:
+            raise JfbError("augment_rotation needs augment = true (it is part of the training augmentation)")
         if self.warm_start and self.model != "implicit":
             raise JfbError("warm_start needs model 'implicit' (an explicit network has no fixed point to reuse)")
         for ok, name, requirement in checks:
@@ -137,6 +141,12 @@ class TrainConfig:
     @property
     def evaluation_precision(self) -> str:
         return self.eval_precision or self.precision
+
+    def augmentation(self) -> Augmentation | None:
+        """The training augmentation: the dataset's, with ``augment_rotation``; None without ``augment``."""
+        if not self.augment:
+            return None
+        return replace(dataset_info(self.dataset).augmentation, rotation=self.augment_rotation)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

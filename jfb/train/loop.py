@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..data import Split, batches, dataset_info
+from ..data import Split, batches
 from ..errors import JfbError
 from ..frozen import frozen_running_stats
 from ..models import ImplicitClassifier, count_parameters
@@ -174,7 +174,7 @@ def train_one_epoch(run: Run) -> EpochStats:
     config, position = run.config, run.position
     run.model.train()  # the layer solves with the training options
     steps = run.steps_per_epoch
-    augmentation = dataset_info(config.dataset).augmentation if config.augment else None
+    augmentation = config.augmentation()
     data = batches(
         run.data.train,
         config.batch_size,
