@@ -5,6 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+import jfb
+
+#: a forward solve tight enough that every backward mode sees the exact fixed point (float64)
+TIGHT = dict(solver="anderson", tol=1e-13, max_iter=300)
+
 
 class TanhOperator(nn.Module):
     """``T(u, x) = tanh(W u + U x + b)`` with ``||W||_2 = contraction``: a contraction in u."""
@@ -61,3 +66,21 @@ def dense_implicit_gradient(op: nn.Module, u_star: Tensor, x: Tensor, grad_out: 
 
 def flat(grads) -> Tensor:
     return torch.cat([g.reshape(-1) for g in grads])
+
+
+def tanh_problem(dim: int = 12, contraction: float = 0.7, seed: int = 0, batch: int = 4):
+    """``(op, x, head)``: a float64 TanhOperator, an input batch and the weights of the loss ``sum(head * u*)``."""
+    torch.manual_seed(seed)
+    op = TanhOperator(dim, contraction, seed=seed)
+    x = torch.randn(batch, dim, dtype=torch.float64)
+    head = torch.randn(batch, dim, dtype=torch.float64)
+    return op, x, head
+
+
+def layer_gradient(op: nn.Module, x: Tensor, head: Tensor, backward, **options):
+    """``(parameter gradient, layer, u*)`` of ``sum(head * layer(x))`` with a ``TIGHT`` solve (``options`` override)."""
+    layer = jfb.ImplicitLayer(op, backward=backward, **{**TIGHT, **options})
+    op.zero_grad()
+    u = layer(x)
+    (head * u).sum().backward()
+    return flat(p.grad for p in op.parameters()), layer, u.detach()

@@ -6,27 +6,9 @@ import itertools
 
 import pytest
 import torch
-from operators import TanhOperator, dense_implicit_gradient, flat
+from operators import dense_implicit_gradient, flat, layer_gradient, tanh_problem
 
 import jfb
-
-TIGHT = dict(solver="anderson", tol=1e-13, max_iter=300)
-
-
-def _problem(dim: int, contraction: float, seed: int, batch: int = 4):
-    torch.manual_seed(seed)
-    op = TanhOperator(dim, contraction, seed=seed)
-    x = torch.randn(batch, dim, dtype=torch.float64)
-    head = torch.randn(batch, dim, dtype=torch.float64)
-    return op, x, head
-
-
-def _layer_gradient(op, x, head, backward, **kwargs):
-    layer = jfb.ImplicitLayer(op, backward=backward, **{**TIGHT, **kwargs})
-    op.zero_grad()
-    u = layer(x)
-    (head * u).sum().backward()
-    return flat(p.grad for p in op.parameters()), layer, u.detach()
 
 
 def _dense_gradient(op, u_star, x, head):
@@ -36,21 +18,21 @@ def _dense_gradient(op, u_star, x, head):
 @pytest.mark.parametrize("dim", [8, 24, 64])
 @pytest.mark.parametrize("backward", ["ift", "ift:cg", "ift:fixed_point", "ift:gmres"])
 def test_ift_matches_dense_solve(dim, backward):
-    op, x, head = _problem(dim, 0.8, seed=dim)
+    op, x, head = tanh_problem(dim, 0.8, seed=dim)
     mode = jfb.backward.IFT(backward.partition(":")[2] or "cg", tol=1e-12, max_iter=500)
-    grad, layer, u = _layer_gradient(op, x, head, mode)
+    grad, layer, u = layer_gradient(op, x, head, mode)
     dense = _dense_gradient(op, u, x, head)
     assert layer.last_stats.backward.status == "converged"
     assert (grad - dense).norm() / dense.norm() < 1e-6
 
 
 def test_neumann_error_decreases_geometrically_and_k0_is_jfb():
-    op, x, head = _problem(16, 0.7, seed=3)
-    jfb_grad, _, u = _layer_gradient(op, x, head, "jfb")
+    op, x, head = tanh_problem(16, 0.7, seed=3)
+    jfb_grad, _, u = layer_gradient(op, x, head, "jfb")
     dense = _dense_gradient(op, u, x, head)
     errors = []
     for k in range(7):
-        grad, _, _ = _layer_gradient(op, x, head, f"neumann:{k}")
+        grad, _, _ = layer_gradient(op, x, head, f"neumann:{k}")
         if k == 0:
             assert torch.equal(grad, jfb_grad)
         errors.append(float((grad - dense).norm() / dense.norm()))
@@ -63,14 +45,14 @@ def test_neumann_error_decreases_geometrically_and_k0_is_jfb():
 @pytest.mark.parametrize("seed", range(40))
 def test_jfb_is_a_descent_direction(seed):
     dim = 8 + (seed * 7) % 40
-    op, x, head = _problem(dim, 0.5 + 0.4 * (seed % 5) / 4, seed=seed)
-    jfb_grad, _, u = _layer_gradient(op, x, head, "jfb")
+    op, x, head = tanh_problem(dim, 0.5 + 0.4 * (seed % 5) / 4, seed=seed)
+    jfb_grad, _, u = layer_gradient(op, x, head, "jfb")
     dense = _dense_gradient(op, u, x, head)
     assert float(jfb_grad @ dense) > 0
 
 
 def test_unroll_equals_autograd_through_the_same_loop():
-    op, x, head = _problem(12, 0.9, seed=5)
+    op, x, head = tanh_problem(12, 0.9, seed=5)
     layer = jfb.ImplicitLayer(op, solver="picard", backward="unroll", tol=1e-30, max_iter=25)
     (head * layer(x)).sum().backward()
     unrolled = flat(p.grad for p in op.parameters())
@@ -102,7 +84,7 @@ class CountingVJP(torch.autograd.Function):
 @pytest.mark.parametrize("backward", ["jfb", "neumann:1", "neumann:3", "ift:fixed_point", "ift:gmres"])
 def test_j_matvec_counts_match_independent_count(backward):
     """Count backward passes through T w.r.t. u with an autograd probe on T's u input."""
-    op, x, head = _problem(10, 0.6, seed=1)
+    op, x, head = tanh_problem(10, 0.6, seed=1)
     probed = lambda u, x_: op(CountingVJP.apply(u), x_)  # noqa: E731
     layer = jfb.ImplicitLayer(probed, backward=backward, tol=1e-12, max_iter=200)
     u = layer(x)
@@ -119,7 +101,7 @@ def test_j_matvec_counts_match_independent_count(backward):
 
 def test_cg_counts_two_products_per_iteration():
     """CGNR: one J^T and one J product per iteration, plus the J^T-graph set-up for J products."""
-    op, x, head = _problem(10, 0.6, seed=2)
+    op, x, head = tanh_problem(10, 0.6, seed=2)
     layer = jfb.ImplicitLayer(op, backward="ift:cg", tol=1e-12, max_iter=200)
     (head * layer(x)).sum().backward()
     b = layer.last_stats.backward
@@ -128,7 +110,7 @@ def test_cg_counts_two_products_per_iteration():
 
 
 def test_ift_max_iter_follows_the_forward_max_iter_and_a_missed_tolerance_is_warned():
-    op, x, head = _problem(10, 0.95, seed=4)
+    op, x, head = tanh_problem(10, 0.95, seed=4)
     layer = jfb.ImplicitLayer(op, backward="ift:fixed_point", tol=1e-12, max_iter=7)
     with pytest.warns(
         jfb.ConvergenceWarning, match=r"backward linear solve \(ift:fixed_point\) max_iter after 7 iterations"
@@ -144,7 +126,7 @@ def test_ift_max_iter_follows_the_forward_max_iter_and_a_missed_tolerance_is_war
 
 @pytest.mark.parametrize("on_failure", ["raise", "ignore"])
 def test_backward_solve_failures_follow_on_failure(on_failure, recwarn):
-    op, x, head = _problem(10, 0.95, seed=4)
+    op, x, head = tanh_problem(10, 0.95, seed=4)
     layer = jfb.ImplicitLayer(
         op, backward="ift:gmres:tol=1e-12:max_iter=3", tol=1e-12, max_iter=200, on_failure=on_failure
     )

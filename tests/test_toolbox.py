@@ -4,52 +4,38 @@ from __future__ import annotations
 
 import pytest
 import torch
-from operators import TanhOperator, dense_implicit_gradient, flat
+from operators import TIGHT, dense_implicit_gradient, flat, layer_gradient, tanh_problem
 from torch import nn
 
 import jfb
 from jfb.errors import JfbError
 from jfb.regularizers import evenly_spaced
 
-TIGHT = dict(solver="anderson", tol=1e-13, max_iter=300)
-
-
-def _problem(dim: int = 12, contraction: float = 0.7, seed: int = 0, batch: int = 4):
-    torch.manual_seed(seed)
-    op = TanhOperator(dim, contraction, seed=seed)
-    return op, torch.randn(batch, dim, dtype=torch.float64), torch.randn(batch, dim, dtype=torch.float64)
-
-
-def _gradient(op, x, head, backward, **options):
-    layer = jfb.ImplicitLayer(op, backward=backward, **{**TIGHT, **options})
-    op.zero_grad()
-    u = layer(x)
-    (head * u).sum().backward()
-    return flat(p.grad for p in op.parameters()), layer, u.detach()
-
 
 def test_phantom_1_is_jfb_and_phantom_k_is_neumann_k_minus_1_at_an_exact_fixed_point():
-    op, x, head = _problem()
-    jfb_grad, _, _ = _gradient(op, x, head, "jfb")
-    assert torch.equal(_gradient(op, x, head, "phantom:1")[0], jfb_grad)
+    op, x, head = tanh_problem()
+    jfb_grad, _, _ = layer_gradient(op, x, head, "jfb")
+    assert torch.equal(layer_gradient(op, x, head, "phantom:1")[0], jfb_grad)
     for k in (2, 4):
-        phantom, layer, _ = _gradient(op, x, head, f"phantom:{k}")
-        neumann, _, _ = _gradient(op, x, head, f"neumann:{k - 1}")
+        phantom, layer, _ = layer_gradient(op, x, head, f"phantom:{k}")
+        neumann, _, _ = layer_gradient(op, x, head, f"neumann:{k - 1}")
         assert torch.allclose(phantom, neumann, rtol=1e-9, atol=1e-12)
         assert layer.last_stats.j_matvecs == k - 1 and layer.last_stats.backward.iterations == k
 
 
 def test_phantom_approaches_the_implicit_gradient_as_k_grows():
-    op, x, head = _problem(contraction=0.6)
-    _, _, u = _gradient(op, x, head, "jfb")
+    op, x, head = tanh_problem(contraction=0.6)
+    _, _, u = layer_gradient(op, x, head, "jfb")
     dense = flat(dense_implicit_gradient(op, u, x, head))
-    errors = [float((_gradient(op, x, head, f"phantom:{k}")[0] - dense).norm() / dense.norm()) for k in (1, 3, 9, 27)]
+    errors = [
+        float((layer_gradient(op, x, head, f"phantom:{k}")[0] - dense).norm() / dense.norm()) for k in (1, 3, 9, 27)
+    ]
     assert errors == sorted(errors, reverse=True) and errors[-1] < 1e-5, errors
 
 
 def test_damped_phantom_equals_autograd_through_the_same_damped_steps():
-    op, x, head = _problem()
-    grad, layer, u_star = _gradient(op, x, head, jfb.backward.Phantom(3, tau=0.5))
+    op, x, head = tanh_problem()
+    grad, layer, u_star = layer_gradient(op, x, head, jfb.backward.Phantom(3, tau=0.5))
     op.zero_grad()
     u = u_star.clone()
     for _ in range(3):
@@ -94,7 +80,7 @@ def _dense_penalty(op, u_star, x) -> torch.Tensor:
 
 
 def test_the_jacobian_penalty_is_an_unbiased_differentiable_estimate_of_the_frobenius_norm():
-    op, x, _ = _problem(dim=10, contraction=0.8, seed=3)
+    op, x, _ = tanh_problem(dim=10, contraction=0.8, seed=3)
     layer = jfb.ImplicitLayer(op, jacobian_penalty=1, **TIGHT)
     torch.manual_seed(0)
     estimates, grads = [], []
@@ -116,7 +102,7 @@ def test_the_jacobian_penalty_is_an_unbiased_differentiable_estimate_of_the_frob
 
 
 def test_the_penalty_and_correction_exist_only_for_training_calls_with_grad():
-    op, x, _ = _problem()
+    op, x, _ = tanh_problem()
     layer = jfb.ImplicitLayer(op, jacobian_penalty=2, correction=2, **TIGHT)
     layer(x)
     assert layer.jacobian_penalty is not None and layer.jacobian_penalty.requires_grad
@@ -129,7 +115,7 @@ def test_the_penalty_and_correction_exist_only_for_training_calls_with_grad():
 
 
 def test_fixed_point_correction_hands_back_evenly_spaced_iterates_through_one_application_each():
-    op, x, head = _problem()
+    op, x, head = tanh_problem()
     layer = jfb.ImplicitLayer(op, solver="picard", tol=None, max_iter=6, correction=2)
     layer(x)
     picard = [torch.zeros_like(x)]
