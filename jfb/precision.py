@@ -30,8 +30,10 @@ def native_bf16(device: str) -> bool:
 
 
 def resolve(precision: str, device: str) -> str:
-    """The precision ``precision`` stands for on ``device`` (``auto`` -> bf16 or fp32)."""
-    check_precision(precision, device)
+    """The precision ``precision`` (already checked) stands for on ``device`` (``auto`` -> bf16 or fp32).
+
+    Called at every training step and evaluation batch, so it does not validate again.
+    """
     if precision == AUTO:
         return "bf16" if native_bf16(device) else "fp32"
     return precision

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from torch import Tensor
 
 from ..errors import JfbError
@@ -32,10 +34,7 @@ class Phantom(BackwardMode):
     def attach(self, T: FixedPointMap, u_star: Tensor, stats: BackwardStats) -> Tensor:
         u = u_star.detach()
         for step in range(self.k):
-            if step < self.k - 1:
-                with T.frozen():
-                    z = T(u)
-            else:
+            with T.frozen() if step < self.k - 1 else nullcontext():  # the last step updates the statistics
                 z = T(u)
             u = z if self.tau == 1.0 else (1 - self.tau) * u + self.tau * z
         stats.t_evals += self.k - 1

@@ -29,6 +29,7 @@ from ..models import build_model
 from ..precision import autocast, check_precision
 from ..reports import Report, markdown_table, write_report
 from ..settings import setting
+from ..train.setup import compile_parts
 from .floor import floor_step
 
 
@@ -71,12 +72,6 @@ def _timed(step: Callable[[], object], setting: StepSetting) -> float:
     return time.perf_counter() - started
 
 
-def _compiled(model: nn.Module) -> None:
-    """Compile the embedding, the operator and the head in place (the solver loop stays in Python)."""
-    model.embedding, model.head = torch.compile(model.embedding), torch.compile(model.head)
-    model.implicit.operator = torch.compile(model.implicit.operator)
-
-
 def compare_steps(
     iterations: int,
     backward: str,
@@ -93,7 +88,7 @@ def compare_steps(
     ).to(setting.device)
     floor = copy.deepcopy(ours)
     if setting.compile:
-        _compiled(ours), _compiled(floor)
+        compile_parts(ours), compile_parts(floor)
     images = torch.randn(batch, 1, 28, 28, device=setting.device)
     labels = torch.randint(0, 10, (batch,), device=setting.device)
     our_opt, floor_opt = torch.optim.Adam(ours.parameters(), 1e-3), torch.optim.Adam(floor.parameters(), 1e-3)

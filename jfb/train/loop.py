@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..backward import Autopilot, get_backward
 from ..data import Split, batches
 from ..errors import JfbError
 from ..frozen import frozen_running_stats
@@ -42,7 +43,7 @@ def train(
     """
     processes = start_processes(config.device, config.dist_timeout_s)
     try:
-        if processes.distributed and (config.lipschitz_rescale or config.backward.startswith("auto")):
+        if processes.distributed and (config.lipschitz_rescale or isinstance(get_backward(config.backward), Autopilot)):
             raise JfbError(
                 "lipschitz_rescale and backward 'auto' act on each process's own batch (rescaled weights, the "
                 "backward mode), so data-parallel copies would drift apart; train in one process"
