@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..errors import JfbError
 from ..status import Status
 
 
@@ -77,6 +78,26 @@ class FixedPointMap:
         with torch.enable_grad(), self.frozen(), eager:
             u = u_star.detach().requires_grad_()
             return self.T(u), u
+
+
+#: modes whose gradient is autograd through the applications of T they record, so that a backward pass with
+#: ``create_graph=True`` differentiates exactly what they compute
+SECOND_ORDER_MODES = ("jfb", "phantom:K", "unroll")
+
+
+def refuse_second_order(mode: str) -> None:
+    """JfbError when the backward pass runs with ``create_graph=True`` (grad mode is on inside the hook).
+
+    A mode whose hook returns a linear solve's result computes it without a graph, so a derivative of
+    the gradient would silently miss every term through that solve.
+    """
+    if torch.is_grad_enabled():
+        raise JfbError(
+            f"second derivatives (a backward pass with create_graph=True) through backward {mode!r} are not "
+            "supported: its gradient is computed outside autograd (a series or a linear solve) and would be "
+            "silently wrong; "
+            f"use one of {', '.join(SECOND_ORDER_MODES)}, which differentiate the applications of T they record"
+        )
 
 
 class BackwardMode:

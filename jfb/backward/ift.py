@@ -6,7 +6,7 @@ from torch import Tensor
 
 from ..errors import unknown_name
 from ..solvers.base import require_integer, require_number
-from .base import BackwardMode, BackwardStats, FixedPointMap
+from .base import BackwardMode, BackwardStats, FixedPointMap, refuse_second_order
 from .jacobian import JacobianProducts
 from .linear import LINEAR_SOLVERS, LinearSolveInfo, cg_normal, fixed_point, gmres
 
@@ -45,6 +45,7 @@ class IFT(BackwardMode):
         max_iter = self.max_iter or T.forward_max_iter
 
         def implicit_gradient(grad: Tensor) -> Tensor:
+            refuse_second_order(self.name)
             products = JacobianProducts(*T.linearization(u_star))
             stats.t_evals += 1
             w, info = self._solve(products, grad, max_iter)

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from ..errors import JfbError
 from ..status import Status
-from .base import BackwardMode, BackwardStats, FixedPointMap
+from .base import BackwardMode, BackwardStats, FixedPointMap, refuse_second_order
 from .jacobian import JacobianProducts
 from .jfb import JFB
 
@@ -29,6 +29,7 @@ class Neumann(BackwardMode):
             return out
 
         def truncated_series(grad: Tensor) -> Tensor:
+            refuse_second_order(self.name)
             products = JacobianProducts(*T.linearization(u_star))
             stats.t_evals += 1
             total, term = grad, grad
