@@ -34,6 +34,26 @@ _STORAGE_DTYPES = {
 }
 
 
+def check_archive(archive: zipfile.ZipFile, archive_bytes: int) -> None:
+    """Refuse an archive that would make a reader allocate more than the file holds.
+
+    ``torch.save`` stores every member uncompressed, so a compressed member (a decompression bomb: a few
+    kilobytes that expand to gigabytes, which ``torch.load`` would allocate whole) or members declaring more
+    bytes than the file has are not ours. After this check a reader allocates at most the file's size.
+    Raises ``pickle.UnpicklingError`` (the readers turn it into one JfbError line).
+    """
+    declared = 0
+    for info in archive.infolist():
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise pickle.UnpicklingError(
+                f"member {info.filename!r} is compressed ({info.file_size} bytes from {info.compress_size}); "
+                "torch.save never compresses, so the file is not a checkpoint"
+            )
+        declared += info.file_size
+    if declared > archive_bytes:
+        raise pickle.UnpicklingError(f"members declare {declared} bytes but the file has {archive_bytes}")
+
+
 class OpaqueObject(dict):
     """Stand-in for a pickled object of a class that is not allowed; holds its state as data."""
 
@@ -46,6 +66,22 @@ class OpaqueObject(dict):
 
 def _rebuild_parameter(data: torch.Tensor, requires_grad: bool, backward_hooks: Any, *rest: Any) -> torch.Tensor:
     return data
+
+
+def _rebuild_tensor(storage: Any, offset: int, size: tuple, stride: tuple, *rest: Any) -> torch.Tensor:
+    """``torch._utils._rebuild_tensor_v2`` once the view is checked to lie inside its storage."""
+    if not isinstance(storage, torch.storage.TypedStorage):
+        raise pickle.UnpicklingError(f"a tensor without a storage ({type(storage).__name__})")
+    shape_ok = all(isinstance(n, int) and n >= 0 for n in (offset, *size, *stride)) and len(size) == len(stride)
+    if not shape_ok:
+        raise pickle.UnpicklingError(f"a tensor with a malformed shape {size!r}, stride {stride!r}, offset {offset!r}")
+    end = offset + sum((n - 1) * step for n, step in zip(size, stride)) + 1 if all(size) else 0
+    available = storage._untyped_storage.nbytes() // torch.empty(0, dtype=storage.dtype).element_size()
+    if end > available:
+        raise pickle.UnpicklingError(
+            f"a tensor of shape {tuple(size)} reaches element {end} of a storage of {available}"
+        )
+    return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, *rest)
 
 
 def _opaque_class(module: str, name: str) -> type:
@@ -61,7 +97,7 @@ class _TensorOnlyUnpickler(pickle.Unpickler):
         if (module, name) == ("collections", "OrderedDict"):
             return collections.OrderedDict
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            return torch._utils._rebuild_tensor_v2
+            return _rebuild_tensor
         if (module, name) == ("torch._utils", "_rebuild_parameter"):
             return _rebuild_parameter
         if module == "torch" and name in _STORAGE_DTYPES:
@@ -79,7 +115,13 @@ class _TensorOnlyUnpickler(pickle.Unpickler):
         )
         if dtype is None:
             raise pickle.UnpicklingError(f"unsupported storage type {storage_type!r}")
-        raw = self.archive.read(f"{self.prefix}data/{key}")
+        name, itemsize = f"{self.prefix}data/{key}", torch.empty(0, dtype=dtype).element_size()
+        if self.archive.getinfo(name).file_size != _numel * itemsize:
+            raise pickle.UnpicklingError(
+                f"storage {key} holds {self.archive.getinfo(name).file_size} bytes, "
+                f"not the {_numel} x {itemsize} it declares"
+            )
+        raw = self.archive.read(name)
         untyped = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8) if raw else torch.UntypedStorage(0)
         return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
@@ -92,6 +134,7 @@ def load_tensors_only(path: str | Path) -> Any:
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:
+            check_archive(archive, path.stat().st_size)
             pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
             if len(pickles) != 1:
                 raise JfbError(f"{path}: not a torch.save archive (expected one data.pkl, found {len(pickles)})")

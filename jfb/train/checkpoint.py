@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 
 from ..errors import JfbError
 from ..files import atomic_write
+from ..safe_load import check_archive
 
 FORMAT = "torch-jfb/2"
 FORMATS = ("torch-jfb/1", FORMAT)
@@ -75,6 +77,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def _load(path: Path, data: bytes) -> dict[str, Any]:
     try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            check_archive(archive, len(data))
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupted, truncated, or containing non-tensor objects
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
