@@ -55,11 +55,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if step == args.repair_at:
             operator.set_norm(0.5)
         x = torch.randn(64, args.dim, generator=generator)
-        loss = nn.functional.mse_loss(head(layer(x)).squeeze(1), torch.sin(teacher(x)).squeeze(1).detach())
+        result = layer.solve(x)
+        loss = nn.functional.mse_loss(head(result.value).squeeze(1), torch.sin(teacher(x)).squeeze(1).detach())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        for check in autopilot.drain():
+        for check in result.checks:  # made by this step's backward pass
             log.append({"step": step, **check.to_dict(), "loss": float(loss)})
             print(json.dumps(log[-1]), flush=True)
     return log

@@ -8,7 +8,18 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "jfb"
-CORE = ["layer.py", "frozen.py", "contraction.py", "safe_load.py", "solvers", "backward"]
+CORE = [
+    "layer.py",
+    "equilibrium.py",
+    "binding.py",
+    "registry.py",
+    "deprecation.py",
+    "frozen.py",
+    "contraction.py",
+    "safe_load.py",
+    "solvers",
+    "backward",
+]
 SHARED = ["files.py", "reports.py", "settings.py", "state.py", "status.py", "errors.py"]  # helpers any room may use
 OUTER = ("models", "data", "train", "cli", "experiments", "benchmarks")
 

@@ -10,7 +10,7 @@ from operators import TanhOperator
 from training import SMALL, preempted_and_resumed
 
 import jfb
-from jfb.backward import Autopilot
+from jfb.backward import Autopilot, GradientCheck
 from jfb.errors import JfbError
 from jfb.train import TrainConfig, load_checkpoint, train
 
@@ -31,9 +31,16 @@ def _set_spectrum(op: TanhOperator, contraction: float) -> None:
         op.b.zero_()
 
 
-def _call(layer, op, seed: int = 0) -> None:
+def _call(layer, op, seed: int = 0) -> list[GradientCheck]:
+    """One training call; the checks its backward pass made."""
     x = 0.1 * torch.randn(8, op.W.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-    layer(x.requires_grad_()).pow(2).sum().backward()
+    result = layer.solve(x.requires_grad_())
+    result.value.pow(2).sum().backward()
+    return result.checks
+
+
+def _calls(layer, op, steps: int) -> list[GradientCheck]:
+    return [check for step in range(steps) for check in _call(layer, op, step)]
 
 
 def test_the_check_is_the_cosine_of_the_jfb_and_implicit_directions_from_dense_solves():
@@ -42,10 +49,10 @@ def test_the_check_is_the_cosine_of_the_jfb_and_implicit_directions_from_dense_s
     layer = jfb.ImplicitLayer(op, auto, solver="anderson", tol=1e-12, max_iter=200)
     x = 0.1 * torch.randn(4, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     x.requires_grad_()
-    u = layer(x)
-    u.pow(2).sum().backward()
-    (check,) = auto.drain()
-    u_star = u.detach()
+    result = layer.solve(x)
+    result.value.pow(2).sum().backward()
+    (check,) = result.checks
+    u_star = result.fixed_point
     g = 2 * u_star
     w = torch.stack(
         [
@@ -75,19 +82,14 @@ def test_it_escalates_when_contraction_is_lost_and_comes_back_when_it_returns():
     op = _spread_operator(0.5)
     auto = Autopilot(every=1, patience=2, check_iters=20)
     layer = jfb.ImplicitLayer(op, auto, solver="anderson", tol=1e-8, max_iter=100, on_failure="ignore")
-    for step in range(3):
-        _call(layer, op, step)
-    assert auto.level == 0 and all(c.descent and c.cosine > 0.9 for c in auto.drain())
+    checks = _calls(layer, op, 3)
+    assert auto.level == 0 and len(checks) == 3 and all(c.descent and c.cosine > 0.9 for c in checks)
     _set_spectrum(op, 1.5)  # no longer a contraction: JFB's direction is poor
-    for step in range(4):
-        _call(layer, op, step)
-    checks = auto.drain()
+    checks = _calls(layer, op, 4)
     assert [c.switched_to for c in checks] == [None, "neumann:4", None, "ift:gmres"]
     assert all(c.cosine < 0.5 and c.contraction > 1 for c in checks)
     _set_spectrum(op, 0.5)
-    for step in range(4):
-        _call(layer, op, step)
-    assert [c.switched_to for c in auto.drain()] == [None, "neumann:4", None, "jfb"]
+    assert [c.switched_to for c in _calls(layer, op, 4)] == [None, "neumann:4", None, "jfb"]
     assert repr(auto) == "auto(jfb)"
 
 
@@ -95,13 +97,32 @@ def test_it_never_escalates_on_a_contraction_and_checks_only_every_nth_call():
     op = _spread_operator(0.6)
     auto = Autopilot(every=3)
     layer = jfb.ImplicitLayer(op, auto, solver="anderson", tol=1e-8, max_iter=100)
-    for step in range(9):
-        _call(layer, op, step)
-    checks = auto.drain()
+    checks = _calls(layer, op, 9)
     assert [c.call for c in checks] == [3, 6, 9] and auto.level == 0
     with torch.no_grad():
         layer(torch.zeros(2, 16, dtype=torch.float64))
     assert auto.calls == 9  # calls without grad are not counted
+
+
+def test_its_state_travels_in_the_layer_state_dict_alone():
+    op = _spread_operator(0.5)
+    trained = jfb.ImplicitLayer(op, "auto:every=1:patience=1", solver="anderson", tol=1e-8, max_iter=100)
+    _set_spectrum(op, 1.5)
+    _calls(trained, op, 2)  # escalated twice: JFB -> neumann:4 -> ift:gmres
+    assert repr(trained.backward_mode) == "auto(ift:gmres)"
+    state = trained.state_dict()
+    assert state["backward_state"].tolist() == [2, 2, 0, 0]
+    fresh = jfb.ImplicitLayer(_spread_operator(0.5), "auto:every=1:patience=1", solver="anderson", tol=1e-8)
+    fresh.load_state_dict(state)
+    assert repr(fresh.backward_mode) == "auto(ift:gmres)" and fresh.backward_mode.calls == 2
+
+
+def test_a_state_dict_without_the_autopilot_state_loads_with_a_warning():
+    layer = jfb.ImplicitLayer(_spread_operator(0.5), "auto")
+    old = {k: v for k, v in layer.state_dict().items() if k != "backward_state"}  # as torch-jfb 0.1 wrote it
+    with pytest.warns(UserWarning, match="no backward_state"):
+        layer.load_state_dict(old)
+    assert layer.backward_mode.level == 0
 
 
 @pytest.mark.parametrize(
@@ -124,7 +145,7 @@ def test_training_with_auto_records_every_check_and_resumes_it_exactly(tmp_path)
     resumed = preempted_and_resumed(config, tmp_path / "split")
     assert resumed.test_acc_last == whole.test_acc_last
     last = load_checkpoint(tmp_path / "split" / "last.pt")
-    assert last["autopilot"] == {"level": 0, "calls": 6, "good": 3, "bad": 0}
+    assert last["model"]["implicit.backward_state"].tolist() == [0, 6, 3, 0]  # level, calls, good, bad
     split_records = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     split_checks = [c for r in split_records for c in json.loads(r["gradient_checks"])]
     assert [(c["call"], c["switched_to"]) for c in split_checks] == [(c["call"], c["switched_to"]) for c in checks]

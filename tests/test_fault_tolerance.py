@@ -214,14 +214,14 @@ def test_preempt_signals_must_be_catchable():
 
 def test_a_peer_failure_is_not_reported_as_a_shape_problem(monkeypatch):
     import jfb
-    import jfb.layer
+    import jfb.binding
 
     def operator(u, x):
         raise RuntimeError("Timed out waiting 3000ms for recv operation to complete")
 
     with pytest.raises(JfbError, match="the operator failed on u0 = zeros shaped like x"):  # one process: a hint
         jfb.ImplicitLayer(operator)(torch.zeros(2, 3))
-    monkeypatch.setattr(jfb.layer, "distributed_world_size", lambda: 2)  # several: maybe a peer's failure
+    monkeypatch.setattr(jfb.binding, "distributed_world_size", lambda: 2)  # several: maybe a peer's failure
     with pytest.raises(RuntimeError, match="Timed out waiting") as raised:
         jfb.ImplicitLayer(operator)(torch.zeros(2, 3))
     assert not isinstance(raised.value, JfbError)

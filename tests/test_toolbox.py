@@ -81,16 +81,16 @@ def _dense_penalty(op, u_star, x) -> torch.Tensor:
 
 def test_the_jacobian_penalty_is_an_unbiased_differentiable_estimate_of_the_frobenius_norm():
     op, x, _ = tanh_problem(dim=10, contraction=0.8, seed=3)
-    layer = jfb.ImplicitLayer(op, jacobian_penalty=1, **TIGHT)
+    layer = jfb.ImplicitLayer(op, jacobian_probes=1, **TIGHT)
     torch.manual_seed(0)
     estimates, grads = [], []
     for _ in range(400):
         op.zero_grad()
-        layer(x)
-        estimates.append(layer.jacobian_penalty.detach())
-        layer.jacobian_penalty.backward()
+        result = layer.solve(x)
+        estimates.append(result.jacobian_penalty.detach())
+        result.jacobian_penalty.backward()
         grads.append(flat(p.grad for p in op.parameters()))
-    u_star = layer.last_fixed_point
+    u_star = result.fixed_point
     op.zero_grad()
     dense = _dense_penalty(op, u_star, x)
     dense.backward()
@@ -103,25 +103,25 @@ def test_the_jacobian_penalty_is_an_unbiased_differentiable_estimate_of_the_frob
 
 def test_the_penalty_and_correction_exist_only_for_training_calls_with_grad():
     op, x, _ = tanh_problem()
-    layer = jfb.ImplicitLayer(op, jacobian_penalty=2, correction=2, **TIGHT)
-    layer(x)
-    assert layer.jacobian_penalty is not None and layer.jacobian_penalty.requires_grad
+    layer = jfb.ImplicitLayer(op, jacobian_probes=2, correction=2, **TIGHT)
+    result = layer.solve(x)
+    assert result.jacobian_penalty is not None and result.jacobian_penalty.requires_grad
+    assert len(result.correction_states) == 2
     with torch.no_grad():
-        layer(x)
-    assert layer.jacobian_penalty is None and layer.correction_states == []
+        result = layer.solve(x)
+    assert result.jacobian_penalty is None and result.correction_states is None
     layer.eval()
-    layer(x)
-    assert layer.jacobian_penalty is None and layer.correction_states == []
+    result = layer.solve(x)
+    assert result.jacobian_penalty is None and result.correction_states is None
 
 
 def test_fixed_point_correction_hands_back_evenly_spaced_iterates_through_one_application_each():
     op, x, head = tanh_problem()
     layer = jfb.ImplicitLayer(op, solver="picard", tol=None, max_iter=6, correction=2)
-    layer(x)
+    states = layer.solve(x).correction_states
     picard = [torch.zeros_like(x)]
     for _ in range(6):
         picard.append(op(picard[-1], x).detach())
-    states = layer.correction_states
     assert len(states) == 2 and layer.last_stats.regularizer_evals == 2
     assert torch.allclose(states[0], picard[3]) and torch.allclose(states[1], picard[5])  # T(u_2), T(u_4)
     op.zero_grad()
@@ -138,7 +138,7 @@ def test_evenly_spaced_iterates():
     assert [int(t) for t in evenly_spaced(iterates[:3], 5)] == [1, 2]
 
 
-@pytest.mark.parametrize("name", ["jacobian_penalty", "correction"])
+@pytest.mark.parametrize("name", ["jacobian_probes", "correction"])
 def test_regularizer_counts_must_be_non_negative_integers(name):
     with pytest.raises(JfbError, match=f"{name} must be an integer >= 0"):
         jfb.ImplicitLayer(lambda u, x: u, **{name: -1})

@@ -114,9 +114,9 @@ def test_the_jacobian_penalty_shrinks_the_jacobian_and_correction_adds_its_itera
     fit(run)
     assert _records(tmp_path / "corrected")[0]["train_acc"] > 10.0
     run.model.train()
-    run.model(run.data.normalize(run.data.train.images[:8]))
-    assert len(run.model.correction_logits) == 2  # S of T(u_2) and T(u_4) of the 6 iterates
-    assert run.model.implicit.last_stats.regularizer_evals == 2
+    prediction = run.model(run.data.normalize(run.data.train.images[:8]), details=True)
+    assert len(prediction.correction_logits) == 2  # S of T(u_2) and T(u_4) of the 6 iterates
+    assert prediction.equilibrium.stats.regularizer_evals == 2
 
 
 def test_packaged_recipes_load_by_name_and_unknown_names_list_them():

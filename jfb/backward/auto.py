@@ -16,7 +16,7 @@ from .base import BackwardMode, BackwardStats, FixedPointMap
 from .ift import IFT
 from .jacobian import JacobianProducts
 from .jfb import JFB
-from .linear import gmres
+from .linear import LINEAR_SOLVERS, LinearSolver
 from .neumann import Neumann
 
 POWER_STEPS = 5  # J^T products of the contraction estimate
@@ -49,15 +49,16 @@ class GradientCheck:
 class Autopilot(BackwardMode):
     """JFB, escalated to ``neumann:K`` and then IFT while JFB's direction is poor, and back when it recovers.
 
-    Every ``every``-th call with grad, the backward pass also solves for the implicit gradient (GMRES, at
-    most ``check_iters`` products, which needs no contraction) and compares (:class:`GradientCheck`).
+    Every ``every``-th call with grad, the backward pass also solves for the implicit gradient (``linear_solver``,
+    default GMRES, which needs no contraction; at most ``check_iters`` iterations) and compares
+    (:class:`GradientCheck`).
     ``patience`` checks in a row with a cosine below ``threshold`` or without descent move one level up
     (JFB -> neumann:K -> IFT); ``patience`` checks in a row with a cosine of at least ``recover`` move one
-    level down (the gap keeps a JFB direction that is just acceptable from switching back and forth). Checks go to
-    ``checks`` (the training loop drains them into its metrics) and cost at most ``check_iters + 8`` J
-    products and one application of T.
-    The top level is IFT with GMRES: escalation happens when T may not be contractive, where the
-    fixed-point linear solve would diverge.
+    level down (the gap keeps a JFB direction that is just acceptable from switching back and forth). A check goes
+    into the statistics of the call it measured (``result.stats.backward.checks``); with GMRES it costs at most
+    ``check_iters + 8`` J products and one application of T. The top level is IFT with the same linear solver:
+    escalation happens when T may not be contractive, where the fixed-point linear solve would diverge. The
+    level travels in the layer's ``state_dict`` (:meth:`state_dict`).
     """
 
     name = "auto"
@@ -70,6 +71,7 @@ class Autopilot(BackwardMode):
         patience: int = 2,
         k: int = 4,
         check_iters: int = 20,
+        linear_solver: str | LinearSolver = "gmres",
     ) -> None:
         require_integer("auto every", every, 1)
         require_integer("auto patience", patience, 1)
@@ -79,9 +81,9 @@ class Autopilot(BackwardMode):
             raise JfbError(f"auto needs -1 < threshold <= recover <= 1 (cosines), got {threshold!r} and {recover!r}")
         self.every, self.threshold, self.recover = every, threshold, recover
         self.patience, self.check_iters = patience, check_iters
-        self.levels: list[BackwardMode] = [JFB(), Neumann(k), IFT("gmres")]
+        self.linear_solver = LINEAR_SOLVERS.build(linear_solver)
+        self.levels: list[BackwardMode] = [JFB(), Neumann(k), IFT(self.linear_solver)]
         self.level, self.calls, self.good, self.bad = 0, 0, 0, 0
-        self.checks: list[GradientCheck] = []
 
     @property
     def current(self) -> BackwardMode:
@@ -109,7 +111,7 @@ class Autopilot(BackwardMode):
         with torch.enable_grad():
             z, u = T.linearization(u_star)
             products = JacobianProducts(z, u)
-            w, _ = gmres(lambda v: v - products.vjp(v), grad, 1e-6, self.check_iters)
+            w, _ = self.linear_solver.solve(products, grad, 1e-6, self.check_iters)
             contraction = _spectral_radius(products.vjp, grad, POWER_STEPS)
             inputs = T.inputs()
             jfb_direction = _flat_grad(z, inputs, grad, retain=True)
@@ -124,7 +126,7 @@ class Autopilot(BackwardMode):
             poor=not (descent and cosine >= self.threshold), good=descent and cosine >= self.recover
         )
         seconds = time.perf_counter() - started
-        self.checks.append(GradientCheck(call, mode, cosine, descent, contraction, switched, seconds))
+        stats.checks.append(GradientCheck(call, mode, cosine, descent, contraction, switched, seconds))
 
     def _decide(self, poor: bool, good: bool) -> str | None:
         """Move one level after ``patience`` checks in a row that say so; the new mode's name, if it moved."""
@@ -139,13 +141,8 @@ class Autopilot(BackwardMode):
         self.good = self.bad = 0
         return repr(self.current)
 
-    def drain(self) -> list[GradientCheck]:
-        """The checks since the last drain."""
-        checks, self.checks = self.checks, []
-        return checks
-
     def state_dict(self) -> dict[str, int]:
-        """Where the autopilot stands (checkpointed, so a resumed run continues with the same mode)."""
+        """Where the autopilot stands (in the layer's ``state_dict``, so a resumed run continues in the same mode)."""
         return {"level": self.level, "calls": self.calls, "good": self.good, "bad": self.bad}
 
     def load_state_dict(self, state: dict[str, int]) -> None:

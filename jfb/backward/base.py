@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -20,9 +21,16 @@ from torch import Tensor
 from ..errors import JfbError
 from ..status import Status
 
+if TYPE_CHECKING:
+    from .auto import GradientCheck
+
 
 @dataclass
 class BackwardStats:
+    """What the backward pass of one call did; filled in when it runs (``status`` is ``not_run`` until then)."""
+
+    #: the mode that attached this call's gradient, e.g. ``ift:fixed_point`` or ``auto(neumann:4)``
+    mode: str = ""
     j_matvecs: int = 0
     iterations: int = 0
     relative_residual: float = float("nan")
@@ -31,6 +39,8 @@ class BackwardStats:
     forward_evals: int = 0
     #: T evaluations made by the backward pass itself (the linearisation for J products)
     t_evals: int = 0
+    #: ``backward="auto"``: the gradient checks this call's backward pass made (at most one per pass)
+    checks: list[GradientCheck] = field(default_factory=list)
 
 
 class FixedPointMap:
@@ -109,6 +119,15 @@ class BackwardMode:
 
     def attach(self, T: FixedPointMap, u_star: Tensor, stats: BackwardStats) -> Tensor:
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a mode learns while training (the autopilot's level): saved in the layer's ``state_dict``."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; a stateless mode accepts only an empty state."""
+        if state:
+            raise JfbError(f"backward mode {self!r} keeps no state, got {sorted(state)}")
 
     def __repr__(self) -> str:
         return self.name

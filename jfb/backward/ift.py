@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
-from ..errors import unknown_name
 from ..solvers.base import require_integer, require_number
 from .base import BackwardMode, BackwardStats, FixedPointMap, refuse_second_order
 from .jacobian import JacobianProducts
-from .linear import LINEAR_SOLVERS, LinearSolveInfo, cg_normal, fixed_point, gmres
+from .linear import LINEAR_SOLVERS, LinearSolver
 
 #: chosen by measurement (README, "Backward modes"): the fixed-point iteration w <- J^T w + g was the
 #: fastest per step on the MNIST model and on a conv DEQ (0.37x and 0.31x of CG's time; CG also hit
@@ -22,23 +23,28 @@ DEFAULT_LINEAR_SOLVER = "fixed_point"
 class IFT(BackwardMode):
     """Solve ``(I - J^T) w = dl/du*`` and backpropagate ``w`` through one application of T.
 
-    ``linear_solver``: ``fixed_point`` (default: ``w <- J^T w + g``), ``gmres``, or ``cg`` (conjugate
-    gradient on the normal equations, the paper's choice). ``tol`` is relative to ``||dl/du*||``. ``max_iter=None``
-    means "the forward solve's max_iter" (the paper's setting), read at every call, so it follows
-    later changes of the layer's options. A solve that misses ``tol`` follows the layer's
+    ``linear_solver``: ``fixed_point`` (default: ``w <- J^T w + g``), ``gmres``, ``cg`` (conjugate
+    gradient on the normal equations, the paper's choice), a name added with
+    :func:`jfb.register_linear_solver` or a :class:`~jfb.backward.linear.LinearSolver` instance; further
+    keywords are its options (``"ift:gmres:restart=20"``). ``tol`` is relative to ``||dl/du*||``.
+    ``max_iter=None`` means "the forward solve's max_iter" (the paper's setting), read at every call, so it
+    follows later changes of the layer's options. A solve that misses ``tol`` follows the layer's
     ``on_failure``. By name: ``"ift"``, ``"ift:cg"``, ``"ift:cg:tol=1e-8:max_iter=100"``.
     """
 
     def __init__(
-        self, linear_solver: str = DEFAULT_LINEAR_SOLVER, tol: float = 1e-6, max_iter: int | None = None
+        self,
+        linear_solver: str | LinearSolver = DEFAULT_LINEAR_SOLVER,
+        tol: float = 1e-6,
+        max_iter: int | None = None,
+        **linear_options: Any,
     ) -> None:
-        if linear_solver not in LINEAR_SOLVERS:
-            raise unknown_name("IFT linear solver", linear_solver, LINEAR_SOLVERS)
+        self.linear_solver = LINEAR_SOLVERS.build(linear_solver, **linear_options)
         require_number("IFT tol", tol, 0)
         if max_iter is not None:
             require_integer("IFT max_iter", max_iter, 1, hint=" or None (the forward max_iter)")
-        self.linear_solver, self.tol, self.max_iter = linear_solver, tol, max_iter
-        self.name = f"ift:{linear_solver}"
+        self.tol, self.max_iter = tol, max_iter
+        self.name = f"ift:{self.linear_solver!r}"
 
     def attach(self, T: FixedPointMap, u_star: Tensor, stats: BackwardStats) -> Tensor:
         out = T(u_star.detach())
@@ -48,7 +54,7 @@ class IFT(BackwardMode):
             refuse_second_order(self.name)
             products = JacobianProducts(*T.linearization(u_star))
             stats.t_evals += 1
-            w, info = self._solve(products, grad, max_iter)
+            w, info = self.linear_solver.solve(products, grad, self.tol, max_iter)
             stats.j_matvecs += products.count
             stats.iterations, stats.relative_residual, stats.status = (
                 info.iterations,
@@ -61,19 +67,6 @@ class IFT(BackwardMode):
         if out.requires_grad:
             out.register_hook(implicit_gradient)
         return out
-
-    def _solve(self, products: JacobianProducts, grad: Tensor, max_iter: int) -> tuple[Tensor, LinearSolveInfo]:
-        def A(v: Tensor) -> Tensor:  # (I - J^T) v
-            return v - products.vjp(v)
-
-        def At(v: Tensor) -> Tensor:  # (I - J) v
-            return v - products.jvp(v)
-
-        if self.linear_solver == "cg":
-            return cg_normal(A, At, grad, self.tol, max_iter)
-        if self.linear_solver == "fixed_point":
-            return fixed_point(products.vjp, grad, self.tol, max_iter)
-        return gmres(A, grad, self.tol, max_iter)
 
     def __repr__(self) -> str:
         extra = "" if self.tol == 1e-6 else f":tol={self.tol:g}"

@@ -1,18 +1,23 @@
 """Linear solvers for the IFT system ``(I - J^T) w = b``, on the whole batch as one vector.
 
 The batch is treated as one system because an operator with batch statistics (BatchNorm in
-training mode) couples the samples. Each solver returns ``(w, LinearSolveInfo)`` and stops when
-``||b - A w|| <= tol * ||b||``.
+training mode) couples the samples. A :class:`LinearSolver` gets the counted Jacobian products
+(``vjp(v) = J^T v``, ``jvp(v) = J v``), returns ``(w, LinearSolveInfo)`` and stops when
+``||b - (I - J^T) w|| <= tol * ||b||``. Built in, by name: ``fixed_point``, ``cg``, ``gmres``; add one with
+:func:`jfb.register_linear_solver` and use it by name in ``ift:NAME`` and ``auto:linear_solver=NAME``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 import torch
 from torch import Tensor
 
+from ..registry import Registry
+from ..solvers.base import require_integer
 from ..status import Status
 
 MatVec = Callable[[Tensor], Tensor]
@@ -118,4 +123,70 @@ def _gmres_cycle(A: MatVec, r: Tensor, steps: int, abs_tol: float) -> tuple[Tens
     return sum(y[i] * basis[i] for i in range(k + 1)), k + 1
 
 
-LINEAR_SOLVERS = ("cg", "fixed_point", "gmres")
+class JacobianMatVecs(Protocol):
+    """The products a linear solver may use (:class:`jfb.backward.jacobian.JacobianProducts`)."""
+
+    def vjp(self, v: Tensor) -> Tensor: ...
+
+    def jvp(self, v: Tensor) -> Tensor: ...
+
+
+class LinearSolver:
+    """Solves ``(I - J^T) w = b``; subclasses set ``name`` and implement :meth:`solve`."""
+
+    name: ClassVar[str] = ""
+
+    def solve(self, products: JacobianMatVecs, b: Tensor, tol: float, max_iter: int) -> tuple[Tensor, LinearSolveInfo]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.name or type(self).__name__
+
+
+class FixedPointIteration(LinearSolver):
+    """``w <- J^T w + b``: one ``J^T`` product per iteration; needs a spectral radius of J below 1."""
+
+    name = "fixed_point"
+
+    def solve(self, products: JacobianMatVecs, b: Tensor, tol: float, max_iter: int) -> tuple[Tensor, LinearSolveInfo]:
+        return fixed_point(products.vjp, b, tol, max_iter)
+
+
+class NormalCG(LinearSolver):
+    """Conjugate gradient on the normal equations (the paper's choice): ``J`` and ``J^T`` products."""
+
+    name = "cg"
+
+    def solve(self, products: JacobianMatVecs, b: Tensor, tol: float, max_iter: int) -> tuple[Tensor, LinearSolveInfo]:
+        return cg_normal(lambda v: v - products.vjp(v), lambda v: v - products.jvp(v), b, tol, max_iter)
+
+
+class GMRES(LinearSolver):
+    """Restarted GMRES (``restart`` Krylov vectors kept): needs no contraction; ``J^T`` products only."""
+
+    name = "gmres"
+
+    def __init__(self, restart: int = 30) -> None:
+        require_integer("gmres restart", restart, 1)
+        self.restart = restart
+
+    def solve(self, products: JacobianMatVecs, b: Tensor, tol: float, max_iter: int) -> tuple[Tensor, LinearSolveInfo]:
+        return gmres(lambda v: v - products.vjp(v), b, tol, max_iter, self.restart)
+
+    def __repr__(self) -> str:
+        return self.name + ("" if self.restart == 30 else f":restart={self.restart}")
+
+
+LINEAR_SOLVERS: Registry[LinearSolver] = Registry("IFT linear solver", LinearSolver)
+
+
+def register_linear_solver(
+    name: str, factory: Callable[..., LinearSolver], usage: str = "", *, replace: bool = False
+) -> None:
+    """Make ``factory(**options) -> LinearSolver`` usable by ``ift:NAME`` and ``auto:linear_solver=NAME``."""
+    LINEAR_SOLVERS.register(name, factory, usage, replace=replace)
+
+
+register_linear_solver("cg", NormalCG)
+register_linear_solver("fixed_point", FixedPointIteration)
+register_linear_solver("gmres", GMRES, "gmres[:restart=N]")

@@ -2,7 +2,7 @@
 
 from .architectures import ARCHITECTURES, Architecture, architecture
 from .factory import MODEL_KINDS, build_model, build_parts
-from .networks import ExplicitClassifier, ImplicitClassifier, count_parameters
+from .networks import ExplicitClassifier, ImplicitClassifier, Prediction, count_parameters
 
 __all__ = [
     "ARCHITECTURES",
@@ -10,6 +10,7 @@ __all__ = [
     "Architecture",
     "ExplicitClassifier",
     "ImplicitClassifier",
+    "Prediction",
     "architecture",
     "build_model",
     "build_parts",

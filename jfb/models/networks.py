@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..equilibrium import Equilibrium
 from ..errors import JfbError
 from ..layer import ImplicitLayer
+from ..solvers import SolveOptions
+
+
+@dataclass
+class Prediction:
+    """What one call of a classifier produced (``model(d, details=True)``).
+
+    ``equilibrium``: the implicit layer's result of this call (None for an explicit network);
+    ``correction_logits``: the head ``S`` on each fixed-point correction state (empty without correction).
+    """
+
+    logits: Tensor
+    equilibrium: Equilibrium | None = None
+    correction_logits: list[Tensor] = field(default_factory=list)
 
 
 class ImplicitClassifier(nn.Module):
     """Embedding ``Q`` once per batch, fixed point of ``R`` by an :class:`ImplicitLayer`, head ``S``.
 
-    With fixed-point correction on the layer, ``correction_logits`` holds ``S`` of each correction state
-    of the last training call (empty otherwise).
+    ``model(d)`` returns the logits; ``model(d, details=True)`` a :class:`Prediction` with this call's
+    equilibrium (statistics, fixed point, Jacobian penalty) and the correction states' logits.
     """
 
     def __init__(
@@ -29,17 +46,26 @@ class ImplicitClassifier(nn.Module):
         super().__init__()
         self.embedding, self.head, self.input_shape = embedding, head, input_shape
         self.implicit = ImplicitLayer(operator, **layer_options)
-        self.correction_logits: list[Tensor] = []
 
     @property
     def operator(self) -> nn.Module:
         return self.implicit.operator
 
-    def forward(self, d: Tensor, u0: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        d: Tensor,
+        u0: Tensor | None = None,
+        *,
+        solve: SolveOptions | Mapping[str, Any] | None = None,
+        details: bool = False,
+    ) -> Tensor | Prediction:
+        """Logits of ``S(u*)``, ``u* = R(u*, Q(d))`` from ``u0``; ``solve``: options for this call only."""
         check_input_shape(d, self.input_shape)
-        u_star = self.implicit(self.embedding(d), u0)
-        self.correction_logits = [self.head(u) for u in self.implicit.correction_states]
-        return self.head(u_star)
+        equilibrium = self.implicit.solve(self.embedding(d), u0, solve)
+        logits = self.head(equilibrium.value)
+        if not details:
+            return logits
+        return Prediction(logits, equilibrium, [self.head(u) for u in equilibrium.correction_states or []])
 
 
 class ExplicitClassifier(nn.Module):
@@ -59,13 +85,14 @@ class ExplicitClassifier(nn.Module):
         self.embedding, self.operator, self.head, self.depth = embedding, operator, head, depth
         self.input_shape = input_shape
 
-    def forward(self, d: Tensor) -> Tensor:
+    def forward(self, d: Tensor, *, details: bool = False) -> Tensor | Prediction:
         check_input_shape(d, self.input_shape)
         q = self.embedding(d)
         u = torch.zeros_like(q)
         for _ in range(self.depth):
             u = self.operator(u, q)
-        return self.head(u)
+        logits = self.head(u)
+        return Prediction(logits) if details else logits
 
 
 def check_input_shape(d: Tensor, expected: tuple[int, ...] | None) -> None:

@@ -5,8 +5,11 @@ Built in: ``picard``, ``anderson``, ``broyden``; add one with :func:`register_so
 
 from __future__ import annotations
 
+from typing import Any
+
+from ..deprecation import deprecated_attribute
 from .anderson import Anderson
-from .base import History, Solver, SolverState, make_solver, register_solver, require_integer, solver_names
+from .base import History, Solver, SolveStats, make_solver, register_solver, require_integer, solver_names
 from .broyden import Broyden
 from .driver import solve, solve_flat
 from .options import STOP_MODES, SolveOptions
@@ -22,8 +25,8 @@ __all__ = [
     "History",
     "Picard",
     "SolveOptions",
+    "SolveStats",
     "Solver",
-    "SolverState",
     "make_solver",
     "register_solver",
     "require_integer",
@@ -31,3 +34,7 @@ __all__ = [
     "solve_flat",
     "solver_names",
 ]
+
+
+def __getattr__(name: str) -> Any:  # spellings renamed in 0.2, kept for one release
+    return deprecated_attribute(__name__, name, {"SolverState": ("jfb.solvers.SolveStats", SolveStats)})

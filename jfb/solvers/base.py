@@ -1,4 +1,4 @@
-"""The step protocol every forward solver implements, its registry, and the result of a solve.
+"""The step protocol every forward solver implements, its registry, and the statistics of a solve.
 
 A solver proposes points; :mod:`jfb.solvers.driver` evaluates T at them and owns everything else
 (stopping, per-sample freezing, best iterates, divergence, evaluation counts, agreement between
@@ -7,14 +7,14 @@ processes). States reach a solver flattened to ``(batch, features)`` (see :mod:`
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import Tensor
 
-from ..errors import JfbError, check_new_name, unknown_name
+from ..errors import JfbError
+from ..registry import Registry
 from ..status import Status
 
 
@@ -48,7 +48,7 @@ class History:
 
 
 @dataclass
-class SolverState:
+class SolveStats:
     """What a forward solve did.
 
     ``iterations[i]``: T evaluations after which sample ``i`` first met the tolerance (``max_iter``
@@ -78,31 +78,20 @@ def require_number(name: str, value: object, above: float, hint: str = "") -> No
         raise JfbError(f"{name} must be a number > {above}{hint}, got {value!r}")
 
 
-SolverFactory = Callable[..., Solver]
-_REGISTRY: dict[str, SolverFactory] = {}
+SOLVERS: Registry[Solver] = Registry("solver", Solver)
 
 
-def register_solver(name: str, factory: SolverFactory, *, replace: bool = False) -> None:
-    """Make ``factory(**options) -> Solver`` (usually the solver class) available by ``name``."""
-    check_new_name("solver", name, _REGISTRY, replace)
-    _REGISTRY[name] = factory
+def register_solver(name: str, factory: Callable[..., Solver], usage: str = "", *, replace: bool = False) -> None:
+    """Make ``factory(**options) -> Solver`` (usually the solver class) available by ``name``
+    (and as ``"name:key=value"``)."""
+    SOLVERS.register(name, factory, usage, replace=replace)
 
 
 def solver_names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    return SOLVERS.names()
 
 
-def make_solver(name: str, options: dict[str, Any] | None = None) -> Solver:
-    """The registered solver ``name`` built with ``options``; unknown names and options raise JfbError."""
-    if name not in _REGISTRY:
-        raise unknown_name("solver", name, _REGISTRY)
-    factory, options = _REGISTRY[name], dict(options or {})
-    valid = [p for p in inspect.signature(factory).parameters if p != "self"]
-    for key in options:
-        if key not in valid:
-            raise (
-                unknown_name(f"option of solver {name!r}", key, valid)
-                if valid
-                else JfbError(f"solver {name!r} takes no options, got {key!r}")
-            )
-    return factory(**options)
+def make_solver(spec: str, options: dict[str, Any] | None = None) -> Solver:
+    """The registered solver ``spec`` (``"anderson"``, ``"anderson:memory=3"``) built with ``options``;
+    unknown names and options raise JfbError."""
+    return SOLVERS.build(spec, **(options or {}))

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..state import State, StateLayout
 from ..status import Status
-from .base import History, SolverState
+from .base import History, SolveStats
 from .options import SolveOptions
 
 #: ``F(x, index)``: T on the flat rows ``index`` of the batch (all rows when None)
@@ -28,7 +28,7 @@ _EPS = 1e-12
 
 def solve(
     f: Callable[[State, Tensor | None], State], u0: State, options: SolveOptions, agree: Agreement | None = None
-) -> tuple[State, SolverState]:
+) -> tuple[State, SolveStats]:
     """Fixed point of ``f(u, index)`` (T on the samples ``index``, all when None) from ``u0``."""
     layout = StateLayout(u0)
 
@@ -45,7 +45,7 @@ def solve_flat(
     options: SolveOptions,
     agree: Agreement | None = None,
     observe: Callable[[Tensor], None] | None = None,
-) -> tuple[Tensor, SolverState]:
+) -> tuple[Tensor, SolveStats]:
     """:func:`solve` on states already flattened to ``(batch, features)``; differentiable through
     the iterations when called with grad enabled (no freezing; how ``unroll`` records the solve).
     ``observe(T(x))`` sees every iterate (fixed-point correction keeps some)."""
@@ -160,7 +160,7 @@ class Tracker:
         return None if pending.numel() == self.done.numel() else pending
 
     @torch.no_grad()
-    def result(self, x: Tensor, fx: Tensor) -> tuple[Tensor, SolverState]:
+    def result(self, x: Tensor, fx: Tensor) -> tuple[Tensor, SolveStats]:
         """The returned point (best or latest ``T(x)``) and the solve's outcome."""
         returned = fx if self.best is None else self.best
         scale = torch.linalg.vector_norm(returned.detach(), dim=1).to(self.residual.dtype) + _EPS
@@ -173,7 +173,7 @@ class Tracker:
             else (self.residual * scale, self.residual)
         )
         history = None if self.history is None else History(*(torch.stack(h) for h in zip(*self.history)))
-        state = SolverState(
+        state = SolveStats(
             iterations=self.iterations,
             abs_residual=abs_res,
             rel_residual=rel_res,

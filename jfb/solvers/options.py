@@ -31,7 +31,7 @@ class SolveOptions:
         check_every: decide on stopping (one host synchronisation) every this many iterations.
             1 is fastest on CPU (measured); on a GPU a larger value keeps the launch queue full at
             the price of up to ``check_every - 1`` extra iterations.
-        keep_history: keep every iteration's per-sample residuals (``SolverState.history``).
+        keep_history: keep every iteration's per-sample residuals (``SolveStats.history``).
         solver_options: options of a named solver, e.g. ``{"memory": 5}`` for Anderson.
     """
 
@@ -78,7 +78,9 @@ class SolveOptions:
 
     @property
     def solver_name(self) -> str:
-        return self.solver if isinstance(self.solver, str) else (self.method.name or type(self.method).__name__)
+        if isinstance(self.solver, str):
+            return self.solver.split(":")[0]
+        return self.method.name or type(self.method).__name__
 
     def replace(self, **changes: Any) -> SolveOptions:
         """A validated copy with ``changes``; a new ``solver`` drops the old solver's options."""

@@ -200,7 +200,7 @@ class TrainConfig:
             backward=self.backward,
             options=self.solve_options(),
             eval_options=self.solve_options(evaluation=True),
-            jacobian_penalty=self.jacobian_probes if self.jacobian_penalty else 0,
+            jacobian_probes=self.jacobian_probes if self.jacobian_penalty else 0,
             correction=self.correction,
         )
 

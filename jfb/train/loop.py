@@ -14,11 +14,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..backward import Autopilot, get_backward
+from ..backward import get_backward
 from ..data import Split, batches
 from ..errors import JfbError
 from ..frozen import frozen_running_stats
-from ..models import ImplicitClassifier, count_parameters
+from ..models import ImplicitClassifier, Prediction, count_parameters
 from ..precision import autocast
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
@@ -43,10 +43,11 @@ def train(
     """
     processes = start_processes(config.device, config.dist_timeout_s)
     try:
-        if processes.distributed and (config.lipschitz_rescale or isinstance(get_backward(config.backward), Autopilot)):
+        if processes.distributed and (config.lipschitz_rescale or get_backward(config.backward).state_dict()):
             raise JfbError(
-                "lipschitz_rescale and backward 'auto' act on each process's own batch (rescaled weights, the "
-                "backward mode), so data-parallel copies would drift apart; train in one process"
+                f"lipschitz_rescale and a backward mode that learns as it trains ({config.backward!r} keeps a state) "
+                "act on each process's own batch (rescaled weights, the backward mode), so data-parallel copies "
+                "would drift apart; train in one process"
             )
         log = main_process_only(log, processes)
         with PreemptionWatch(config.preempt_signals) as watch:
@@ -71,8 +72,6 @@ def fit(run: Run) -> TrainResult:
     """Train ``run`` from its position to its last epoch; the test set is measured as configured."""
     config = run.config
     while run.position.epoch < config.epochs:
-        if config.depth_start is not None and isinstance(run.model, ImplicitClassifier):
-            run.model.implicit.options = config.solve_options(epoch=run.position.epoch)
         try:
             stats = train_one_epoch(run).reduced(run.processes)
         except TrainingStopped as stop:
@@ -232,19 +231,19 @@ def train_step(run: Run, inputs: torch.Tensor, labels: torch.Tensor, index: torc
     inputs = inputs.contiguous(memory_format=memory_format(config))
     if config.lipschitz_rescale:
         rescale_operator(model, inputs)
-    u0 = None if run.warm_starts is None else run.warm_starts.initial(index, config.device, memory_format(config))
     with autocast(config.device, config.precision):
-        logits = (run.engine(inputs) if u0 is None else run.engine(inputs, u0)).float()
+        prediction: Prediction = run.engine(inputs, details=True, **_solve_arguments(run, index))
+    logits = prediction.logits.float()
     loss = nn.functional.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
     run.optimizer.zero_grad(set_to_none=True)
     signalled = run.preemption is not None and run.preemption.received is not None
-    bad, run.stop_requested = run.processes.any_of([_bad_batch(model, loss), signalled])  # one collective
+    bad, run.stop_requested = run.processes.any_of([_bad_batch(prediction, loss), signalled])  # one collective
     if bad:
         _skip_bad_batch(run, buffers)
         return False
     position.consecutive_bad = 0
     global_batch = min(config.batch_size, len(run.data.train) - position.step * config.batch_size)
-    loss_share = (loss + _regularization(model, labels, config)) * (
+    loss_share = (loss + _regularization(prediction, labels, config)) * (
         labels.shape[0] * run.processes.world_size / global_batch
     )
     if run.scaler is None:
@@ -257,21 +256,30 @@ def train_step(run: Run, inputs: torch.Tensor, labels: torch.Tensor, index: torc
     run.scheduler.step()
     if run.average is not None:
         run.average.update(model)
-    position.stats.add(loss.detach(), logits.detach(), labels, model)  # after backward: J mat-vecs are counted
+    equilibrium = prediction.equilibrium
+    position.stats.add(loss.detach(), logits.detach(), labels, equilibrium)  # after backward: J products counted
     if run.warm_starts is not None:
-        run.warm_starts.store(index, model.implicit.last_fixed_point)
+        run.warm_starts.store(index, equilibrium.fixed_point)
     return True
 
 
-def _regularization(model: nn.Module, labels: torch.Tensor, config: TrainConfig) -> torch.Tensor | float:
+def _solve_arguments(run: Run, index: torch.Tensor) -> dict:
+    """What an implicit model's call takes besides the batch: a warm start, the scheduled depth's options."""
+    config, arguments = run.config, {}
+    if run.warm_starts is not None:
+        arguments["u0"] = run.warm_starts.initial(index, config.device, memory_format(config))
+    if config.depth_start is not None and isinstance(run.model, ImplicitClassifier):
+        arguments["solve"] = config.solve_options(epoch=run.position.epoch)
+    return {k: v for k, v in arguments.items() if v is not None}
+
+
+def _regularization(prediction: Prediction, labels: torch.Tensor, config: TrainConfig) -> torch.Tensor | float:
     """The Jacobian penalty and the fixed-point correction loss of the step's forward pass (0 without them)."""
-    if not isinstance(model, ImplicitClassifier):
-        return 0.0
     total: torch.Tensor | float = 0.0
-    if config.jacobian_penalty:
-        total = total + config.jacobian_penalty * model.implicit.jacobian_penalty
-    if model.correction_logits:
-        losses = [nn.functional.cross_entropy(logits.float(), labels) for logits in model.correction_logits]
+    if config.jacobian_penalty and prediction.equilibrium is not None:
+        total = total + config.jacobian_penalty * prediction.equilibrium.jacobian_penalty
+    if prediction.correction_logits:
+        losses = [nn.functional.cross_entropy(logits.float(), labels) for logits in prediction.correction_logits]
         total = total + config.correction_weight * torch.stack(losses).mean()
     return total
 
@@ -299,10 +307,10 @@ def rescale_operator(model: ImplicitClassifier, inputs: torch.Tensor) -> None:
     model.operator.rescale_to_lipschitz(torch.zeros_like(q), q)
 
 
-def _bad_batch(model: nn.Module, loss: torch.Tensor) -> bool:
+def _bad_batch(prediction: Prediction, loss: torch.Tensor) -> bool:
     """A non-finite loss, or a forward solve that diverged or met a non-finite value: T(u) there
     is no fixed point, and the JFB gradient at it says nothing about the loss."""
-    if isinstance(model, ImplicitClassifier) and model.implicit.last_stats.status.failed:
+    if prediction.equilibrium is not None and prediction.equilibrium.stats.status.failed:
         return True
     return not bool(torch.isfinite(loss))
 
@@ -329,6 +337,7 @@ def evaluate(
     data = batches(shard, config.batch_size, normalize, device=config.device)
     for inputs, labels in tqdm(data, total=steps, desc=desc, disable=not progress, leave=False):
         with autocast(config.device, config.evaluation_precision):
-            logits = model(inputs.contiguous(memory_format=memory_format(config))).float()
-        stats.add(nn.functional.cross_entropy(logits, labels), logits, labels, model)
+            prediction = model(inputs.contiguous(memory_format=memory_format(config)), details=True)
+        logits = prediction.logits.float()
+        stats.add(nn.functional.cross_entropy(logits, labels), logits, labels, prediction.equilibrium)
     return stats.reduced(processes).summary()

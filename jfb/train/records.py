@@ -8,10 +8,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
-from torch import nn
 
-from ..backward import Autopilot
-from ..models import ImplicitClassifier
+from ..equilibrium import Equilibrium
 from .distributed import Processes
 
 
@@ -44,25 +42,26 @@ class EpochStats:
     gradient_checks: list[dict[str, Any]] = field(default_factory=list)  # backward "auto": each check and switch
     backward_in_use: str = ""  # the backward mode of the last step ("auto(neumann:4)" under the autopilot)
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, model: nn.Module) -> None:
+    def add(
+        self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, equilibrium: Equilibrium | None
+    ) -> None:
+        """One batch; ``equilibrium``: the implicit layer's result of the batch (None for an explicit model)."""
         n = labels.shape[0]
         self.loss += float(loss) * n
         self.correct += int((logits.argmax(1) == labels).sum())
         self.samples += n
         self.batches += 1
-        stats = model.implicit.last_stats if isinstance(model, ImplicitClassifier) else None
-        if stats is None:
+        if equilibrium is None:
             return
+        stats = equilibrium.stats
         self.forward_iterations += float(stats.iterations.float().mean())
         self.max_forward_iterations = max(self.max_forward_iterations, int(stats.iterations.max()))
         self.residual += float(stats.rel_residual.mean())
         self.j_matvecs += stats.j_matvecs
         _count(self.statuses, str(stats.status))
         _count(self.backward_statuses, str(stats.backward.status))
-        mode = model.implicit.backward_mode
-        self.backward_in_use = repr(mode)
-        if isinstance(mode, Autopilot):
-            self.gradient_checks.extend(check.to_dict() for check in mode.drain())
+        self.backward_in_use = stats.backward.mode
+        self.gradient_checks.extend(check.to_dict() for check in equilibrium.checks)
 
     def reduced(self, processes: Processes) -> EpochStats:
         """Sums over all processes (per-batch means such as iterations are averaged over them)."""

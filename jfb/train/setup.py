@@ -15,11 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..backward import Autopilot
 from ..data import Normalizer, Split, dataset_info, load_splits, steps_per_pass
 from ..errors import JfbError, StorageError
 from ..files import prepare_run_dir
-from ..models import ImplicitClassifier, architecture, build_model, count_parameters
+from ..models import architecture, build_model, count_parameters
 from ..precision import grad_scaler
 from .averaging import WeightAverage
 from .checkpoint import load_checkpoint, load_resumable, previous_path, save_checkpoint
@@ -131,12 +130,6 @@ class Run:
     log: Log = print
 
     @property
-    def autopilot(self) -> Autopilot | None:
-        """The model's backward mode when it is ``auto`` (its state is checkpointed)."""
-        mode = self.model.implicit.backward_mode if isinstance(self.model, ImplicitClassifier) else None
-        return mode if isinstance(mode, Autopilot) else None
-
-    @property
     def steps_per_epoch(self) -> int:
         return steps_per_pass(len(self.data.train), self.config.batch_size, self.processes.world_size)
 
@@ -162,7 +155,6 @@ class Run:
             "position": position.to_dict(),
             **({"average": self.average.average} if self.average is not None else {}),
             **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
-            **({"autopilot": self.autopilot.state_dict()} if self.autopilot is not None else {}),
             "best_val_acc": self.best_val,
             "records": [r.to_dict() for r in self.metrics.records],
             "rng": torch.get_rng_state(),
@@ -258,8 +250,6 @@ def _restore(run: Run, checkpoint: dict[str, Any], path: Path) -> None:
         run.average.average = checkpoint["average"]
     if run.scaler is not None:
         run.scaler.load_state_dict(checkpoint["scaler"])
-    if run.autopilot is not None:
-        run.autopilot.load_state_dict(checkpoint["autopilot"])
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     run.scheduler.load_state_dict(checkpoint["scheduler"])
     torch.set_rng_state(checkpoint["rng"])

@@ -1,0 +1,101 @@
+"""Binding an operator ``T(u, x)`` to one input: the initial state, T on flat states, shape checks, autocast.
+
+What the solvers and backward modes see is ``T(u_flat)`` on a ``(batch, features)`` matrix (see
+:mod:`jfb.state`); this module builds it once per call from the user's operator, input and ``u0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import JfbError
+from .lockstep import distributed_world_size
+from .state import State, StateLayout, describe, first_tensor, take_rows
+
+#: ``u0`` as given to a solve: a state, a function of ``x``, or None
+InitialState = None | Tensor | Sequence[Tensor] | Callable[[Any], State]
+#: T on flat states; ``T(u, index)`` evaluates the batch rows ``index`` only
+FlatOperator = Callable[[Tensor, Tensor | None], Tensor]
+
+
+def initial_state(x: Any, u0: InitialState, latent_shape: tuple | None) -> tuple[State, bool]:
+    """``(u0, guessed)``; ``guessed``: zeros shaped like x, for want of a latent shape."""
+    if callable(u0) and not isinstance(u0, Tensor):
+        u0 = u0(x)
+    if u0 is not None:
+        return (tuple(u0) if isinstance(u0, list) else u0), False
+    like = first_tensor(x)
+    if latent_shape is None:
+        return torch.zeros_like(like), True
+    if all(isinstance(d, int) for d in latent_shape):
+        return like.new_zeros((like.shape[0], *latent_shape)), False
+    return tuple(like.new_zeros((like.shape[0], *shape)) for shape in latent_shape), False
+
+
+def bind(operator: Callable, x: Any, layout: StateLayout, u0: State, guessed: bool) -> FlatOperator:
+    """T on flat states, ``T(u, index)`` on the batch rows ``index``; shapes checked on every call."""
+
+    # only the first call on a guessed u0 can fail for its shape; in a multi-process run a failure may
+    # be a peer's (a collective inside T timing out), so the error is passed on as it is
+    shapes_unchecked = guessed and distributed_world_size() == 1
+    precision = caller_autocast(first_tensor(u0).device.type)
+
+    def T(u: Tensor, index: Tensor | None = None) -> Tensor:
+        nonlocal shapes_unchecked
+        state = layout.unflatten(u)
+        try:
+            with precision():
+                out = operator(state, x if index is None else take_rows(x, index))
+        except RuntimeError as error:
+            if not shapes_unchecked:
+                raise
+            raise JfbError(
+                f"the operator failed on u0 = zeros shaped like x {describe(x)} ({error}); if the state has "
+                "another shape, pass latent_shape= to the layer or u0= to the call"
+            ) from error
+        if not layout.matches(out):
+            raise JfbError(
+                f"T(u0) has shape {describe(out)} but u0 has {describe(u0)} (x: {describe(x)}); "
+                "T must return a state of u's shape: pass u0= or latent_shape= when the state is not shaped like x"
+            )
+        shapes_unchecked = False
+        return layout.flatten(out).to(u.dtype)
+
+    return T
+
+
+def caller_autocast(device_type: str) -> Callable[[], AbstractContextManager]:
+    """The autocast region the solve is called in, to re-enter around every application of T.
+
+    Under ``torch.autocast`` T runs in low precision while the state stays in its own dtype (float32):
+    the solver's residuals and mixing are not rounded to bf16/fp16, and the backward pass, which runs
+    outside the caller's region, applies T in the same precision as the forward pass did.
+    """
+    if not torch.is_autocast_enabled(device_type):
+        return nullcontext
+    dtype, cache = torch.get_autocast_dtype(device_type), torch.is_autocast_cache_enabled()
+    return lambda: torch.autocast(device_type, dtype=dtype, cache_enabled=cache)
+
+
+def differentiable_inputs(operator: Callable, x: Any) -> list[Tensor]:
+    """The operator's parameters and the tensors of ``x`` that require grad."""
+    parameters = operator.parameters() if isinstance(operator, nn.Module) else ()
+    tensors = x.values() if isinstance(x, dict) else x if isinstance(x, (tuple, list)) else (x,)
+    return [t for t in (*parameters, *tensors) if isinstance(t, Tensor) and t.requires_grad]
+
+
+def normalize_latent_shape(shape: Sequence[Any] | None) -> tuple | None:
+    """A shape as a tuple of ints, or for a tuple state a tuple of such shapes."""
+    if shape is None:
+        return None
+    try:
+        if all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+            return tuple(shape)
+        return tuple(normalize_latent_shape(part) for part in shape)
+    except TypeError:
+        raise JfbError(f"latent_shape must be a shape like (64,) or a tuple of shapes, got {shape!r}") from None

@@ -1,0 +1,325 @@
+"""The functional core: :func:`fixed_point` does one solve, attaches one backward mode and returns an
+:class:`Equilibrium` (the output, the detached fixed point, the statistics, the regularisers of this call).
+
+:class:`jfb.ImplicitLayer` is the ``nn.Module`` around it; both run :func:`solve_equilibrium`, which reads
+top to bottom: prepare the state, solve, attach the backward mode, regularise, return the result.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .backward import IFT, BackwardMode, BackwardStats, FixedPointMap, GradientCheck, get_backward
+from .binding import InitialState, bind, differentiable_inputs, initial_state, normalize_latent_shape
+from .errors import ConvergenceWarning, FixedPointError, JfbError, unknown_name
+from .frozen import frozen_running_stats
+from .lockstep import all_processes_done, distributed_world_size, has_collectives
+from .regularizers import evenly_spaced, jacobian_frobenius
+from .solvers import SolveOptions, SolveStats, solve_flat
+from .state import State, StateLayout
+from .status import Status
+
+ON_FAILURE = ("warn", "raise", "ignore")
+_PACKAGE = str(Path(__file__).resolve().parent)
+
+
+@dataclass
+class ImplicitStats:
+    """What one call's forward (and, once it ran, backward) pass did.
+
+    ``iterations``, ``abs_residual``, ``rel_residual`` and ``converged`` are per sample;
+    ``t_evals`` counts every call of T: the solve, the final application with grad and the
+    backward pass's linearisation (Neumann-k with k > 0, IFT); ``j_matvecs`` and the
+    ``backward`` statistics are filled in when the backward pass runs; ``regularizer_evals`` counts the
+    applications of T for the Jacobian penalty and fixed-point correction.
+    """
+
+    forward: SolveStats
+    options: SolveOptions
+    backward: BackwardStats = field(default_factory=BackwardStats)
+    attached: bool = False
+    regularizer_evals: int = 0
+
+    @property
+    def iterations(self) -> Tensor:
+        return self.forward.iterations
+
+    @property
+    def abs_residual(self) -> Tensor:
+        return self.forward.abs_residual
+
+    @property
+    def rel_residual(self) -> Tensor:
+        return self.forward.rel_residual
+
+    @property
+    def converged(self) -> Tensor:
+        return self.forward.converged
+
+    @property
+    def status(self) -> Status:
+        return self.forward.status
+
+    @property
+    def history(self):
+        return self.forward.history
+
+    @property
+    def t_evals(self) -> int:
+        return self.forward.t_evals + int(self.attached) + self.backward.t_evals + self.regularizer_evals
+
+    @property
+    def j_matvecs(self) -> int:
+        return self.backward.j_matvecs
+
+
+@dataclass
+class Equilibrium:
+    """The outcome of one solve, returned by :func:`fixed_point` and :meth:`jfb.ImplicitLayer.solve`.
+
+    Attributes:
+        value: the output: with grad enabled the backward mode's attachment (for JFB ``T(u*)`` applied
+            with grad), under ``no_grad`` the solver's ``u*``. Same structure as the state.
+        fixed_point: ``u*`` detached (for warm starts, diagnostics), same structure as the state.
+        stats: per-sample iterations, residuals and converged flags, the status, T evaluations and the
+            options used; ``stats.backward`` (J products, the linear solve, the autopilot's ``checks``) is
+            filled in when the backward pass runs.
+        jacobian_penalty: with ``jacobian_probes > 0``, a training call with grad: the differentiable
+            Hutchinson estimate of ``||dT/du (u*)||_F^2 / d`` (add ``weight * penalty`` to the loss); else None.
+        correction_states: with ``correction > 0``, a training call with grad: T applied with grad to evenly
+            spaced iterates of the solve (a loss on them trains the path to u*); else None.
+    """
+
+    value: State
+    fixed_point: State
+    stats: ImplicitStats
+    jacobian_penalty: Tensor | None = None
+    correction_states: list[State] | None = None
+
+    @property
+    def checks(self) -> list[GradientCheck]:
+        """``backward="auto"``: the gradient checks of this call (made when its backward pass runs)."""
+        return self.stats.backward.checks
+
+
+@dataclass(frozen=True)
+class SolvePolicy:
+    """How a call treats failures, other processes and the regularisers (see :func:`fixed_point`)."""
+
+    on_failure: str = "warn"
+    lockstep: bool | None = None
+    jacobian_probes: int = 0
+    correction: int = 0
+
+    def __post_init__(self) -> None:
+        if self.on_failure not in ON_FAILURE:
+            raise unknown_name("on_failure", self.on_failure, ON_FAILURE)
+        if self.lockstep not in (None, True, False):
+            raise JfbError(f"lockstep must be True, False or None (decide per call), got {self.lockstep!r}")
+        for name in ("jacobian_probes", "correction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise JfbError(f"{name} must be an integer >= 0 (probes / iterates; 0 = off), got {value!r}")
+
+
+def fixed_point(
+    operator: Callable[[Any, Any], Any],
+    x: Any,
+    *,
+    u0: InitialState = None,
+    options: SolveOptions | None = None,
+    backward: str | BackwardMode = "jfb",
+    latent_shape: Any = None,
+    on_failure: str = "warn",
+    lockstep: bool | None = None,
+    jacobian_probes: int = 0,
+    correction: int = 0,
+    **settings: Any,
+) -> Equilibrium:
+    """Solve ``u* = T(u*; x)`` once with ``operator(u, x) -> u`` and attach one backward mode.
+
+    Args:
+        operator: an nn.Module or any callable ``(u, x) -> u``; ``u`` a batch-first tensor or a tuple of them.
+        x: the input: a tensor, or a tuple, list or dict of batch-first tensors.
+        u0: the initial state (or a function ``x -> state``); default zeros of ``latent_shape``, else like ``x``.
+        options: a :class:`~jfb.SolveOptions`, or its fields as keywords (``solver="anderson", tol=1e-4``).
+        backward: a registered name (``"jfb"``, ``"ift:gmres"``, ...) or a :class:`~jfb.BackwardMode`.
+        on_failure: ``"warn"``, ``"raise"`` or ``"ignore"`` when the solve diverges or a backward linear
+            solve misses its tolerance (the status is always in ``stats``).
+        lockstep: make all processes of a distributed run stop together (None: when T holds collectives).
+        jacobian_probes, correction: the regularisers of :class:`Equilibrium` (0: off).
+
+    Example::
+
+        eq = jfb.fixed_point(lambda u, x: torch.tanh(0.5 * u + x), x, solver="picard", tol=1e-6)
+        loss = eq.value.square().sum()  # eq.stats.iterations, eq.stats.status, eq.fixed_point
+    """
+    if not callable(operator):
+        raise JfbError(f"operator must be an nn.Module or a callable (u, x) -> u, got {type(operator).__name__}")
+    if options is not None and settings:
+        raise JfbError(f"pass either options= or solve settings as keywords, not both (got {', '.join(settings)})")
+    options = options if options is not None else SolveOptions.from_settings(**settings)
+    if not isinstance(options, SolveOptions):
+        raise JfbError(f"options must be a jfb.SolveOptions, got {type(options).__name__}")
+    mode = get_backward(backward)
+    check_compatible(mode, options)
+    policy = SolvePolicy(on_failure, lockstep, jacobian_probes, correction)
+    return solve_equilibrium(operator, x, u0, options, mode, policy, normalize_latent_shape(latent_shape))
+
+
+def solve_equilibrium(
+    operator: Callable[[Any, Any], Any],
+    x: Any,
+    u0: InitialState,
+    options: SolveOptions,
+    mode: BackwardMode,
+    policy: SolvePolicy,
+    latent_shape: tuple | None = None,
+    regularize: bool = True,
+) -> Equilibrium:
+    """One call: prepare the state, solve, attach the backward mode, regularise (when ``regularize`` and grad)."""
+    u0, guessed = initial_state(x, u0, latent_shape)
+    layout = StateLayout(u0)
+    T = bind(operator, x, layout, u0, guessed)
+    regularized = regularize and torch.is_grad_enabled()
+    iterates: list[Tensor] | None = [] if regularized and policy.correction else None
+    u_star, forward = _solve(operator, mode, policy, T, layout.flatten(u0), options, iterates)
+    stats = ImplicitStats(forward, options, BackwardStats(mode=repr(mode), forward_evals=forward.t_evals))
+    report = FailureReport(policy.on_failure)
+    report.forward(forward)
+    if not torch.is_grad_enabled():
+        return Equilibrium(layout.unflatten(u_star), layout.unflatten(u_star), stats)
+    stats.attached = True
+    bound = FixedPointMap(
+        lambda u: T(u, None),
+        lambda: frozen_running_stats(operator),
+        options.max_iter,
+        report.backward,
+        lambda: differentiable_inputs(operator, x),
+    )
+    value = layout.unflatten(mode.attach(bound, u_star, stats.backward))
+    result = Equilibrium(value, layout.unflatten(u_star.detach()), stats)
+    if regularized:
+        _regularize(result, bound, u_star, iterates or [], layout, policy)
+    return result
+
+
+def check_compatible(mode: BackwardMode, options: SolveOptions) -> None:
+    """JfbError when the backward mode cannot run after this solve."""
+    if mode.records_forward_graph and options.solver_name != "picard":
+        raise JfbError(
+            "backward 'unroll' backpropagates through Picard iterations; "
+            f"use solver='picard', not {options.solver_name!r}"
+        )
+
+
+def _solve(
+    operator: Callable,
+    mode: BackwardMode,
+    policy: SolvePolicy,
+    T: Callable,
+    x0: Tensor,
+    options: SolveOptions,
+    iterates: list[Tensor] | None,
+) -> tuple[Tensor, SolveStats]:
+    records_graph = mode.records_forward_graph and torch.is_grad_enabled()
+    lockstep = _in_lockstep(operator, mode, policy.lockstep)
+    if options.freeze_converged and (records_graph or lockstep):
+        options = options.replace(freeze_converged=False)
+    with frozen_running_stats(operator), torch.set_grad_enabled(records_graph):
+        agree = all_processes_done(x0.device) if lockstep else None
+        observe = None if iterates is None else iterates.append
+        return solve_flat(T, x0 if records_graph else x0.detach(), options, agree, observe)
+
+
+def _in_lockstep(operator: Callable, mode: BackwardMode, lockstep: bool | None) -> bool:
+    if lockstep is not None:
+        lockstep = lockstep and distributed_world_size() > 1
+    else:
+        lockstep = distributed_world_size() > 1 and has_collectives(operator)
+    if lockstep and isinstance(mode, IFT) and torch.is_grad_enabled():
+        raise JfbError(
+            "backward 'ift' cannot run with collectives inside the operator (SyncBatchNorm in a distributed run): "
+            "its linear solve stops at a different iteration on each process; use backward 'jfb' or 'neumann:K', "
+            "or no latent BatchNorm"
+        )
+    return lockstep
+
+
+def _regularize(
+    result: Equilibrium,
+    T: FixedPointMap,
+    u_star: Tensor,
+    iterates: list[Tensor],
+    layout: StateLayout,
+    policy: SolvePolicy,
+) -> None:
+    """The Jacobian penalty at ``u*`` and the fixed-point correction states (running statistics untouched)."""
+    if policy.jacobian_probes:
+        result.jacobian_penalty = jacobian_frobenius(*T.linearization(u_star), policy.jacobian_probes)
+        result.stats.regularizer_evals += 1
+    if policy.correction:
+        with T.frozen():
+            states = [layout.unflatten(T(u.detach())) for u in evenly_spaced(iterates, policy.correction)]
+        result.correction_states = states
+        result.stats.regularizer_evals += len(states)
+
+
+@dataclass(frozen=True)
+class FailureReport:
+    """Hands a failed forward solve, or a backward linear solve that missed its tolerance, to ``on_failure``."""
+
+    on_failure: str
+
+    def forward(self, stats: SolveStats) -> None:
+        if stats.status.failed:
+            self._fail(
+                f"fixed-point solve {stats.status} after {stats.t_evals} T evaluations "
+                f"({int((~stats.converged).sum())} of {stats.converged.numel()} samples not converged)"
+            )
+
+    def backward(self, name: str, stats: BackwardStats) -> None:
+        if stats.status != Status.CONVERGED:
+            self._fail(
+                f"backward linear solve ({name}) {stats.status} after {stats.iterations} iterations, "
+                f"relative residual {stats.relative_residual:.3g}"
+            )
+
+    def _fail(self, message: str) -> None:
+        if self.on_failure == "raise":
+            raise FixedPointError(message)
+        if self.on_failure == "warn":
+            warnings.warn(message, ConvergenceWarning, stacklevel=_caller_stacklevel())
+
+
+def _caller_stacklevel() -> int:
+    """The stack level of the first frame outside this package (and outside torch's autograd): the warning
+    points at the user's line that called the layer or ran the backward pass."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_PACKAGE) or "/torch/" in frame.f_code.co_filename
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def resolve_call_options(base: SolveOptions, changes: list[Mapping[str, Any]], solve: Any) -> SolveOptions:
+    """``base`` with the ``solving`` blocks' ``changes``, then this call's ``solve`` (options or changes)."""
+    options = base
+    for change in changes:
+        options = options.replace(**change)
+    if isinstance(solve, SolveOptions):
+        return solve
+    if solve is not None:
+        if not isinstance(solve, Mapping):
+            raise JfbError(f"solve must be a jfb.SolveOptions or a mapping of fields to change, got {solve!r}")
+        options = options.replace(**solve)
+    return options
