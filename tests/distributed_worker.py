@@ -16,15 +16,16 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from training import config_of
 
 from jfb import ImplicitLayer
-from jfb.train import TrainConfig, setup_run, train_one_epoch
+from jfb.train import setup_run, train_one_epoch
 from jfb.train.distributed import start_processes, stop_processes, synchronize_batch_norm
 
 
 def train_mnist(out: Path, options: dict) -> None:
     dropout = options.pop("dropout", None)
-    config = TrainConfig(**options)
+    config = config_of(**options)
     processes = start_processes(config.device)
     run = setup_run(config, out / f"run{processes.rank}", processes=processes, progress=False, log=lambda m: None)
     if dropout is not None:  # dropout masks differ between 1 and 2 processes
@@ -89,12 +90,12 @@ def train_lockstep(out: Path, options: dict) -> None:
 def train_nccl(out: Path, options: dict) -> None:
     import torch.distributed as dist
 
-    config = TrainConfig(
+    config = config_of(
         device="cuda",
         limit_train=options.get("samples", 512),
         batch_size=128,
         solver="picard",
-        fixed_depth=True,
+        tol=None,
         max_iter=8,
         channels_last=True,
     )

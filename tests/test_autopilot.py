@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 from operators import TanhOperator
-from training import SMALL, preempted_and_resumed
+from training import SMALL, config_of, preempted_and_resumed
 
 import jfb
 from jfb.backward import Autopilot, GradientCheck
 from jfb.errors import JfbError
-from jfb.train import TrainConfig, load_checkpoint, train
+from jfb.train import load_checkpoint, train
 
 
 def _spread_operator(contraction: float, dim: int = 16) -> TanhOperator:
@@ -135,7 +135,7 @@ def test_bad_autopilot_settings_are_refused(spec):
 
 @pytest.mark.slow
 def test_training_with_auto_records_every_check_and_resumes_it_exactly(tmp_path):
-    config = TrainConfig(**SMALL, epochs=2, max_iter=4, backward="auto:every=2", checkpoint_every=0)
+    config = config_of(**SMALL, epochs=2, max_iter=4, backward="auto:every=2", checkpoint_every=0)
     whole = train(config, tmp_path / "whole", progress=False, log=lambda m: None)
     records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
     checks = [c for r in records for c in json.loads(r["gradient_checks"])]

@@ -8,11 +8,12 @@ import warnings
 
 import pytest
 import torch
+from training import config_of
 
 import jfb.train.loop as loop
 import jfb.train.records as records
 import jfb.train.setup as setup
-from jfb.train import TrainConfig, TrainingStopped, load_checkpoint, train
+from jfb.train import TrainingStopped, load_checkpoint, train
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +37,7 @@ def test_nan_batches_are_skipped_and_counted(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "batches", _poisoned_batches({1, 3}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = train(TrainConfig(**CONFIG), tmp_path, progress=False, log=lambda m: None)
+        result = train(config_of(**CONFIG), tmp_path, progress=False, log=lambda m: None)
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["skipped_batches"] == 2
     assert all(
@@ -55,7 +56,7 @@ def test_persistent_nan_stops_training_and_saves_the_good_weights(tmp_path, monk
             TrainingStopped,
             match=r"3 consecutive batches had a non-finite loss or a diverged or non-finite fixed point.*stopped.pt",
         ):
-            train(TrainConfig(**CONFIG, max_bad_batches=3), tmp_path, progress=False, log=lambda m: None)
+            train(config_of(**CONFIG, max_bad_batches=3), tmp_path, progress=False, log=lambda m: None)
     saved = load_checkpoint(tmp_path / "stopped.pt")["model"]
     assert all(torch.isfinite(p).all() for p in saved.values() if p.is_floating_point())
 
@@ -86,14 +87,14 @@ def test_an_expansive_operator_is_reported_diverged_and_never_trained_on(tmp_pat
         warnings.simplefilter("always")
         with pytest.raises(TrainingStopped, match="3 consecutive batches"):
             train(
-                TrainConfig(**{**CONFIG, "solver": "picard", "max_iter": 20}, max_bad_batches=3),
+                config_of(**{**CONFIG, "solver": "picard", "max_iter": 20}, max_bad_batches=3),
                 tmp_path,
                 progress=False,
                 log=lambda m: None,
             )
     assert statuses == []  # no optimiser step was taken
     assert any("diverged" in str(w.message) for w in caught)
-    before = torch.manual_seed(0) and setup.build_from_config(TrainConfig(**CONFIG)).state_dict()
+    before = torch.manual_seed(0) and setup.build_from_config(config_of(**CONFIG)).state_dict()
     saved = load_checkpoint(tmp_path / "stopped.pt")["model"]
     for name, tensor in saved.items():
         assert torch.equal(tensor, before[name]), name  # the initial weights and BatchNorm statistics, untouched

@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from training import config_of
 
 from jfb.cli.main import main
 from jfb.train import load_checkpoint
@@ -74,9 +75,12 @@ def test_resume_of_a_finished_run_reports_the_same_and_trains_no_more(trained_ru
     assert result["epochs"] == 1 and result["test_acc_last"] == json.loads(before.splitlines()[-1])["test_acc"]
 
 
-def test_resume_with_other_options_is_refused(trained_run, capsys):
+def test_resume_with_other_options_is_refused_naming_each_one(trained_run, capsys):
     assert main(["train", "mnist", "--out", str(trained_run), "--resume", *SMALL, "--lr", "0.1"]) == 2
-    assert "different configuration" in capsys.readouterr().err
+    assert "written with other options (lr 0.004 -> 0.1); resume with the options" in capsys.readouterr().err
+    argv = ["train", "mnist", "--out", str(trained_run), "--resume", *SMALL, "--epochs", "3", "--eval-tol", "1e-3"]
+    assert main(argv) == 2
+    assert "(epochs 1 -> 3; eval_solve.tol None -> 0.001)" in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_unknown_names_and_bad_values_exit_2_with_one_line(capsys, tmp_path):
@@ -86,8 +90,11 @@ def test_unknown_names_and_bad_values_exit_2_with_one_line(capsys, tmp_path):
             ["train", "mnist", "--solver", "newton", "--out", str(tmp_path / "a")],
             "unknown solver 'newton'; choose one of picard, anderson, broyden",
         ),
-        (["train", "mnist", "--tol", "-1", "--out", str(tmp_path / "b")], "tol must be a number > 0, got -1.0"),
-        (["train", "mnist", "--tol", "1e-3", "--out", str(tmp_path / "e")], "--tol has no effect: "),
+        (["train", "mnist", "--tol", "-1", "--out", str(tmp_path / "b")], "tol must be a number > 0, or None"),
+        (
+            ["train", "mnist", "--tol", "1e-3", "--out", str(tmp_path / "e")],
+            'depth_start needs a fixed training depth, solve.tol = "none" (--tol none)',
+        ),
         (
             ["train", "mnist", "--solver", "anderson", "--solver-options", "m=3", "--out", str(tmp_path / "f")],
             "unknown option of solver 'anderson' 'm'; choose one of memory, beta, ridge",
@@ -120,7 +127,10 @@ def test_unknown_config_key_suggests_the_closest(tmp_path, capsys):
     config = tmp_path / "c.toml"
     config.write_text('dataset = "mnist"\nmax_iters = 10\n')
     assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 2
-    assert "unknown key 'max_iters'; did you mean 'max_iter'?" in capsys.readouterr().err
+    assert "unknown key 'max_iters'; did you mean 'max_iter' in the [solve] table" in capsys.readouterr().err
+    config.write_text('dataset = "mnist"\n[solve]\nmax_iters = 10\n')
+    assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 2
+    assert "unknown option of [solve] 'max_iters'; choose one of solver, tol, max_iter" in capsys.readouterr().err
 
 
 class _Marker:
@@ -163,10 +173,10 @@ def test_unwritable_run_dir_is_a_one_line_error_from_cli_and_api(tmp_path, capsy
     assert main(["train", "mnist", "--out", str(blocker / "run"), "--limit-train", "100"]) == 2
     err = capsys.readouterr().err.strip()
     assert f"run dir {blocker / 'run'} is not writable" in err and len(err.splitlines()) == 1
-    from jfb.train import TrainConfig, train
+    from jfb.train import train
 
     with pytest.raises(ValueError, match="is not writable"):
-        train(TrainConfig(limit_train=100), blocker / "run", progress=False, log=lambda m: None)
+        train(config_of(limit_train=100), blocker / "run", progress=False, log=lambda m: None)
 
 
 def test_bad_values_leave_nothing_written(tmp_path, capsys):

@@ -73,8 +73,9 @@ def test_compare_solvers_anderson_needs_fewer_iterations_than_picard(tmp_path, c
     assert "time vs picard" in (tmp_path / "compare.md").read_text()
     # the comparison's own solve settings, not the packaged training config's fixed depth of 8
     config = load_checkpoint(tmp_path / "picard" / "last.pt")["config"]
-    assert (config["max_iter"], config["batch_size"], config["stop_mode"], config["tol"]) == (50, 100, "rel", 1e-3)
-    assert config["fixed_depth"] is False
+    solve = config["solve"]
+    assert (solve["max_iter"], config["batch_size"], solve["stop_mode"], solve["tol"]) == (50, 100, "rel", 1e-3)
+    assert config["depth_start"] is None
 
 
 def test_paper_setting_runs_the_authors_jacobian_based_configuration(tmp_path, capsys):

@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
+from training import config_of
 
 from jfb.cli.main import main
-from jfb.train import TrainConfig, train
+from jfb.train import train
 
 pytestmark = pytest.mark.slow
 
 
 def test_diagnose_reports_descent_and_neumann_convergence(tmp_path, capsys):
     train(
-        TrainConfig(epochs=1, limit_train=500, limit_test=100, max_iter=20),
+        config_of(epochs=1, limit_train=500, limit_test=100, max_iter=20),
         tmp_path / "run",
         progress=False,
         log=lambda m: None,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from processes import TORCHRUN, finish, start, succeed
+from training import config_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -69,10 +70,10 @@ def test_two_processes_match_one_process_on_the_same_global_batches(exact):
 
 
 def _initial_state() -> dict[str, torch.Tensor]:
-    from jfb.train import TrainConfig, build_from_config
+    from jfb.train import build_from_config
 
     torch.manual_seed(0)
-    return build_from_config(TrainConfig(**{k: v for k, v in EXACT.items() if k != "dropout"})).state_dict()
+    return build_from_config(config_of(**{k: v for k, v in EXACT.items() if k != "dropout"})).state_dict()
 
 
 def test_synchronised_batch_norm_solves_run_in_lock_step_without_deadlock(tmp_path):

@@ -23,8 +23,11 @@ OP = lambda u, x: 0.5 * u + x  # noqa: E731
             dict(backward="ift:lsqr"),
             r"bad backward mode 'ift:lsqr': unknown IFT linear solver 'lsqr'; choose one of cg, fixed_point, gmres",
         ),
-        (dict(tol=0), r"tol must be a number > 0, or None for a fixed depth, got 0"),
-        (dict(tol=-1e-3), r"tol must be a number > 0, or None for a fixed depth, got -0.001"),
+        (dict(tol=0), r'tol must be a number > 0, or None \("none" in TOML and flags\) for a fixed depth, got 0'),
+        (
+            dict(tol=-1e-3),
+            r'tol must be a number > 0, or None \("none" in TOML and flags\) for a fixed depth, got -0.001',
+        ),
         (
             dict(tolerance=1e-3),
             r"unknown solve option 'tolerance'; choose one of solver, tol, .* \(did you mean 'tol'\?\)",

@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 from processes import JFB, TORCHRUN, finish, kill_all, same_weights, start, succeed, wait_for_checkpoint, workers_of
+from training import config_of
 
 import jfb.train.loop as loop
 from jfb import StorageError
 from jfb.cli.main import main
 from jfb.errors import JfbError
-from jfb.train import TrainConfig, load_checkpoint, save_checkpoint, train
+from jfb.train import load_checkpoint, save_checkpoint, train
 from jfb.train.checkpoint import FORMAT, previous_path
 from jfb.train.preemption import EXIT_PREEMPTED
 
@@ -181,13 +182,13 @@ def test_one_percent_of_batches_poisoned_with_nan_are_skipped_and_cost_no_accura
         limit_train=20_000,
         batch_size=128,
         solver="picard",
-        fixed_depth=True,
+        tol=None,
         max_iter=8,
         test_every_epoch=False,
         checkpoint_every=0,
         threads=2,
     )
-    clean = train(TrainConfig(**config), tmp_path / "clean", progress=False, log=lambda m: None)
+    clean = train(config_of(**config), tmp_path / "clean", progress=False, log=lambda m: None)
     chooser, poisoned = random.Random(3), []
     original = loop.batches
 
@@ -200,7 +201,7 @@ def test_one_percent_of_batches_poisoned_with_nan_are_skipped_and_cost_no_accura
             yield inputs, *rest
 
     monkeypatch.setattr(loop, "batches", batches)
-    noisy = train(TrainConfig(**config), tmp_path / "noisy", progress=False, log=lambda m: None)
+    noisy = train(config_of(**config), tmp_path / "noisy", progress=False, log=lambda m: None)
     records = [json.loads(line) for line in (tmp_path / "noisy" / "metrics.jsonl").read_text().splitlines()]
     assert len(poisoned) >= 2 and sum(r["skipped_batches"] for r in records) == len(poisoned)
     assert abs(noisy.test_acc_best_val - clean.test_acc_best_val) <= 0.3
@@ -208,8 +209,8 @@ def test_one_percent_of_batches_poisoned_with_nan_are_skipped_and_cost_no_accura
 
 def test_preempt_signals_must_be_catchable():
     with pytest.raises(JfbError, match="'SIGKILL' is not a signal training can catch"):
-        TrainConfig(preempt_signals=("SIGKILL",))
-    assert TrainConfig(preempt_signals=()).preempt_signals == ()
+        config_of(preempt_signals=("SIGKILL",))
+    assert config_of(preempt_signals=()).preempt_signals == ()
 
 
 def test_a_peer_failure_is_not_reported_as_a_shape_problem(monkeypatch):

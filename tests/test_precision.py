@@ -7,12 +7,12 @@ import pytest
 import torch
 from operators import dense_implicit_gradient, flat
 from torch import nn
-from training import SMALL, preempted_and_resumed
+from training import SMALL, config_of, preempted_and_resumed
 
 import jfb
 from jfb.errors import JfbError
 from jfb.precision import autocast, resolve
-from jfb.train import TrainConfig, load_checkpoint, train
+from jfb.train import load_checkpoint, train
 
 
 class ConvOperator(nn.Module):
@@ -97,7 +97,7 @@ def test_the_layer_outside_autocast_is_untouched_by_an_earlier_autocast_call():
 def test_bf16_training_and_evaluation_learn_like_fp32(tmp_path):
     results = {
         precision: train(
-            TrainConfig(**SMALL, epochs=4, max_iter=4, precision=precision),
+            config_of(**SMALL, epochs=4, max_iter=4, precision=precision),
             tmp_path / precision,
             progress=False,
             log=lambda m: None,
@@ -112,7 +112,7 @@ def test_bf16_training_and_evaluation_learn_like_fp32(tmp_path):
 
 @pytest.mark.slow
 def test_fp16_training_scales_the_loss_and_resumes_the_scaler_exactly(tmp_path):
-    config = TrainConfig(**SMALL, epochs=2, max_iter=3, precision="fp16", checkpoint_every=0)
+    config = config_of(**SMALL, epochs=2, max_iter=3, precision="fp16", checkpoint_every=0)
     whole = train(config, tmp_path / "whole", progress=False, log=lambda m: None)
     scaler = load_checkpoint(tmp_path / "whole" / "last.pt")["scaler"]
     assert scaler["scale"] > 0 and scaler["_growth_tracker"] == 6  # 6 steps, none overflowed
@@ -126,9 +126,9 @@ def test_fp16_training_scales_the_loss_and_resumes_the_scaler_exactly(tmp_path):
 
 def test_an_unknown_precision_is_refused_with_the_choices():
     with pytest.raises(JfbError, match=r"unknown precision 'fp8'.*fp32, bf16, fp16"):
-        TrainConfig(precision="fp8")
+        config_of(precision="fp8")
     with pytest.raises(JfbError, match="unknown precision"):
-        TrainConfig(eval_precision="half")
+        config_of(eval_precision="half")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -155,4 +155,4 @@ def test_auto_is_bf16_only_where_the_cpu_runs_it_natively(monkeypatch, native):
     assert resolve("auto", "cpu") == ("bf16" if native else "fp32")
     with autocast("cpu", "auto"):
         assert torch.is_autocast_enabled("cpu") == native
-    assert TrainConfig(eval_precision="auto").evaluation_precision == "auto"
+    assert config_of(eval_precision="auto").evaluation_precision == "auto"

@@ -6,8 +6,9 @@ import json
 import math
 
 import pytest
+from training import config_of
 
-from jfb.train import TrainConfig, train
+from jfb.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -20,15 +21,15 @@ def _records(run_dir):
 
 
 def test_only_selected_and_last_epochs_are_tested_with_the_same_numbers(tmp_path):
-    every = train(TrainConfig(**CONFIG), tmp_path / "every", progress=False, log=lambda m: None)
-    once = train(TrainConfig(**CONFIG, test_every_epoch=False), tmp_path / "once", progress=False, log=lambda m: None)
+    every = train(config_of(**CONFIG), tmp_path / "every", progress=False, log=lambda m: None)
+    once = train(config_of(**CONFIG, test_every_epoch=False), tmp_path / "once", progress=False, log=lambda m: None)
     assert every.best_epoch == once.best_epoch == 1
     assert once.test_acc_best_val == every.test_acc_best_val and once.test_acc_last == every.test_acc_last
     assert [r["test_acc"] for r in _records(tmp_path / "once")] == [r["test_acc"] for r in _records(tmp_path / "every")]
 
 
 def test_untested_epochs_are_recorded_as_nan(tmp_path):
-    config = TrainConfig(**{**CONFIG, "epochs": 3, "lr": 3e-3}, test_every_epoch=False)
+    config = config_of(**{**CONFIG, "epochs": 3, "lr": 3e-3}, test_every_epoch=False)
     result = train(config, tmp_path, progress=False, log=lambda m: None)
     records = _records(tmp_path)
     tested = [r["epoch"] for r in records if not math.isnan(r["test_acc"])]

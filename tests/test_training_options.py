@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from training import SMALL, preempted_and_resumed
+from training import SMALL, config_of, preempted_and_resumed
 
 from jfb.errors import JfbError
 from jfb.train import TrainConfig, load_checkpoint, restore_model, setup_run, train
@@ -19,7 +19,7 @@ def _records(run_dir) -> list[dict]:
 
 
 def test_the_training_depth_grows_linearly_and_evaluation_has_its_own_depth(tmp_path):
-    config = TrainConfig(**SMALL, epochs=3, max_iter=6, depth_start=2, eval_max_iter=3)
+    config = config_of(**SMALL, epochs=3, max_iter=6, depth_start=2, eval_max_iter=3)
     assert [config.training_depth(e) for e in range(3)] == [2, 4, 6]
     train(config, tmp_path, progress=False, log=lambda m: None)
     records = _records(tmp_path)
@@ -28,10 +28,10 @@ def test_the_training_depth_grows_linearly_and_evaluation_has_its_own_depth(tmp_
 
 
 def test_a_depth_schedule_needs_a_fixed_depth_and_a_start_within_it():
-    with pytest.raises(JfbError, match="depth_start needs fixed_depth"):
-        TrainConfig(depth_start=2)
+    with pytest.raises(JfbError, match="depth_start needs a fixed training depth"):
+        config_of(depth_start=2)
     with pytest.raises(JfbError, match=r"depth_start must be in \[1, max_iter = 4\], got 5"):
-        TrainConfig(fixed_depth=True, max_iter=4, depth_start=5)
+        config_of(tol=None, max_iter=4, depth_start=5)
 
 
 def test_the_weight_average_follows_its_recurrence():
@@ -50,7 +50,7 @@ def test_the_weight_average_follows_its_recurrence():
 
 
 def test_the_average_is_what_is_evaluated_saved_and_resumed_exactly(tmp_path):
-    config = TrainConfig(**SMALL, epochs=2, max_iter=4, ema_decay=0.9, label_smoothing=0.1, checkpoint_every=0)
+    config = config_of(**SMALL, epochs=2, max_iter=4, ema_decay=0.9, label_smoothing=0.1, checkpoint_every=0)
     whole = train(config, tmp_path / "whole", progress=False, log=lambda m: None)
     best = load_checkpoint(tmp_path / "whole" / "best.pt")
     assert "average" in best and not torch.equal(best["average"]["head.fc.weight"], best["model"]["head.fc.weight"])
@@ -71,7 +71,7 @@ def test_the_default_mnist_recipe_grows_its_depth_from_2_to_6():
     from jfb.train import load_target
 
     default = TrainConfig.from_dict(load_target("mnist")[0])
-    assert (default.depth_start, default.max_iter, default.augment, default.batch_size) == (2, 6, True, 256)
+    assert (default.depth_start, default.solve.max_iter, default.augment, default.batch_size) == (2, 6, True, 256)
     assert [default.training_depth(e) for e in range(default.epochs)] == [2, 3, 3, 4, 4, 5, 5, 6]
 
 
@@ -103,13 +103,13 @@ def _jacobian_norm(run_dir) -> float:
 
 @pytest.mark.slow
 def test_the_jacobian_penalty_shrinks_the_jacobian_and_correction_adds_its_iterates(tmp_path):
-    plain = TrainConfig(**SMALL, epochs=3, max_iter=4)
+    plain = config_of(**SMALL, epochs=3, max_iter=4)
     train(plain, tmp_path / "plain", progress=False, log=lambda m: None)
-    penalised = TrainConfig(**SMALL, epochs=3, max_iter=4, jacobian_penalty=5.0, jacobian_probes=2)
+    penalised = config_of(**SMALL, epochs=3, max_iter=4, jacobian_penalty=5.0, jacobian_probes=2)
     train(penalised, tmp_path / "penalised", progress=False, log=lambda m: None)
     assert _jacobian_norm(tmp_path / "penalised") < 0.8 * _jacobian_norm(tmp_path / "plain")
 
-    corrected = TrainConfig(**SMALL, epochs=1, max_iter=6, correction=2)
+    corrected = config_of(**SMALL, epochs=1, max_iter=6, correction=2)
     run = setup_run(corrected, tmp_path / "corrected", progress=False, log=lambda m: None)
     fit(run)
     assert _records(tmp_path / "corrected")[0]["train_acc"] > 10.0
@@ -125,6 +125,6 @@ def test_packaged_recipes_load_by_name_and_unknown_names_list_them():
 
     assert {"mnist", "mnist-long"} <= set(packaged_recipes())
     long = TrainConfig.from_dict(load_target("mnist-long")[0])
-    assert (long.max_iter, long.epochs, long.ema_decay, long.precision) == (8, 20, 0.999, "auto")
+    assert (long.solve.max_iter, long.epochs, long.ema_decay, long.precision) == (8, 20, 0.999, "auto")
     with pytest.raises(JfbError, match=r"choose one of mnist, svhn, cifar10, mnist-long or a \.toml file"):
         load_target("mnist-short")

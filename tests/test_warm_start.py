@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from training import config_of
 
-from jfb.train import TrainConfig, train
+from jfb.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -22,8 +23,8 @@ def _iterations(run_dir):
 
 
 def test_second_epoch_starts_from_the_cached_fixed_points(tmp_path):
-    train(TrainConfig(**CONFIG), tmp_path / "cold", progress=False, log=lambda m: None)
-    train(TrainConfig(**CONFIG, warm_start=True), tmp_path / "warm", progress=False, log=lambda m: None)
+    train(config_of(**CONFIG), tmp_path / "cold", progress=False, log=lambda m: None)
+    train(config_of(**CONFIG, warm_start=True), tmp_path / "warm", progress=False, log=lambda m: None)
     cold, warm = _iterations(tmp_path / "cold"), _iterations(tmp_path / "warm")
     assert warm[0] == cold[0]  # first epoch: nothing cached yet, the same run
     assert warm[1] < 0.7 * cold[1]  # measured: 4.56 vs 8.0 iterations per batch
@@ -31,4 +32,4 @@ def test_second_epoch_starts_from_the_cached_fixed_points(tmp_path):
 
 def test_warm_start_needs_an_implicit_model():
     with pytest.raises(ValueError, match="warm_start needs model 'implicit'"):
-        TrainConfig(model="explicit", warm_start=True)
+        config_of(model="explicit", warm_start=True)

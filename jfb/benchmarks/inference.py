@@ -46,7 +46,7 @@ def inference_table(settings: InferenceBenchSettings, log=print) -> Report:
     rows = []
     for precision in settings.precisions:
         for depth in settings.depths:
-            setting_ = replace(config, eval_max_iter=depth, eval_precision=precision)
+            setting_ = replace(config, eval_solve={**config.eval_solve, "max_iter": depth}, eval_precision=precision)
             rows.append(_measure(model, setting_, data, settings.repeats))
             row = rows[-1]
             log(
@@ -74,10 +74,10 @@ def inference_table(settings: InferenceBenchSettings, log=print) -> Report:
 
 def _measure(model: ImplicitClassifier, config: TrainConfig, data: Data, repeats: int) -> dict[str, Any]:
     """Validation and test accuracy, forward iterations and the median time of a pass, at ``config``'s evaluation."""
-    model.implicit.eval_options = config.solve_options(evaluation=True)
+    model.implicit.eval_options = config.evaluation_options()
     row: dict[str, Any] = {
         "precision": resolve(config.evaluation_precision, config.device),
-        "depth": config.eval_max_iter,
+        "depth": model.implicit.eval_options.max_iter,
         "tol": model.implicit.eval_options.tol,
     }
     for name, split in (("val", data.val), ("test", data.test)):

@@ -19,6 +19,7 @@ from ..files import prepare_run_dir
 from ..reports import Report, markdown_table, write_report
 from ..settings import setting
 from ..train import EpochRecord, TrainConfig, TrainResult, load_target, train
+from ..train.config import merge_settings, migrate_legacy_keys
 
 COMPARISON_BUDGET = {"epochs": 7, "augment": False, "lr": 3e-3}
 #: the forward solve every compared run uses unless the command line overrides it: a tolerance-based
@@ -26,12 +27,8 @@ COMPARISON_BUDGET = {"epochs": 7, "augment": False, "lr": 3e-3}
 #: packaged MNIST training config runs a fixed depth, which would cap CG at it); the budget of the runs
 #: measured in the README (7 epochs, no augmentation, Adam one-cycle to 3e-3) is pinned here too
 COMPARISON_SOLVE = {
-    "solver": "anderson",
-    "fixed_depth": False,
+    "solve": {"solver": "anderson", "tol": 1e-2, "stop_mode": "rel", "max_iter": 50},
     "depth_start": None,
-    "tol": 1e-2,
-    "stop_mode": "rel",
-    "max_iter": 50,
     "batch_size": 100,
     **COMPARISON_BUDGET,
 }
@@ -41,12 +38,8 @@ COMPARISON_SOLVE = {
 #: the gradient differs; their runs used a constant learning rate (no schedule is stated)
 PAPER_SETTING = {
     **COMPARISON_BUDGET,
-    "solver": "picard",
-    "fixed_depth": False,
+    "solve": {"solver": "picard", "tol": 0.1, "stop_mode": "abs", "max_iter": 50},
     "depth_start": None,
-    "tol": 0.1,
-    "stop_mode": "abs",
-    "max_iter": 50,
     "batch_size": 100,
     "optimizer": "adam",
     "lr": 2e-4,
@@ -61,7 +54,9 @@ PAPER_IFT = {"latent_batch_norm": False, "lipschitz_rescale": True, "backward": 
 
 DEFAULT_METHODS = "jfb,ift:cg,neumann:1,neumann:2,neumann:4"
 #: the budget fields the command line may override (the rest comes from the target and the solve above)
-BUDGET = ("epochs", "limit_train", "limit_test", "max_iter", "seed", "batch_size", "tol")
+BUDGET = ("epochs", "limit_train", "limit_test", "seed", "batch_size")
+#: the forward-solve fields the command line may override
+BUDGET_SOLVE = ("max_iter", "tol")
 
 
 @dataclass(frozen=True)
@@ -94,16 +89,19 @@ class CompareSettings:
 
     def base(self) -> dict[str, Any]:
         """The configuration every row starts from."""
-        solve = PAPER_SETTING if self.paper_setting else COMPARISON_SOLVE
+        setting_ = PAPER_SETTING if self.paper_setting else COMPARISON_SOLVE
         overrides = {name: getattr(self, name) for name in BUDGET if getattr(self, name) is not None}
-        return {**load_target(self.target)[0], **solve, **overrides}
+        overrides["solve"] = {name: getattr(self, name) for name in BUDGET_SOLVE if getattr(self, name) is not None}
+        return merge_settings(migrate_legacy_keys(load_target(self.target)[0]), setting_, overrides)
 
     def method_list(self) -> list[str]:
         return (self.methods or ("jfb,ift:cg" if self.paper_setting else DEFAULT_METHODS)).split(",")
 
     def row_config(self, method: str) -> TrainConfig:
         """One row's configuration: ``ift`` rows drop latent BatchNorm (or run as :data:`PAPER_IFT`)."""
-        values = {**self.base(), self.vary: method}
+        values = merge_settings(
+            self.base(), {"backward": method} if self.vary == "backward" else {"solve": {"solver": method}}
+        )
         if self.vary == "backward" and method.startswith("ift"):
             if self.paper_setting:
                 values.update(PAPER_IFT)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import JfbError, unknown_name
+from ..settings import setting
 from .base import Solver, make_solver, require_integer, require_number
 
 STOP_MODES = ("abs", "rel")
@@ -35,21 +36,23 @@ class SolveOptions:
         solver_options: options of a named solver, e.g. ``{"memory": 5}`` for Anderson.
     """
 
-    solver: str | Solver = "anderson"
-    tol: float | None = 1e-4
-    max_iter: int = 50
-    stop_mode: str = "abs"
-    freeze_converged: bool = False
-    divergence_ratio: float = 1e4
-    check_every: int = 1
-    keep_history: bool = False
-    solver_options: Mapping[str, Any] = field(default_factory=dict)
+    solver: str | Solver = setting("anderson", "forward solver: picard, anderson, broyden or a registered name")
+    tol: float | None = setting(1e-4, "stopping tolerance per sample; none: a fixed depth of exactly max_iter")
+    max_iter: int = setting(50, "most T evaluations per solve (the depth when tol is none)")
+    stop_mode: str = setting("abs", "abs: ||T(u) - u|| <= tol; rel: divided by ||T(u)||", choices=STOP_MODES)
+    freeze_converged: bool = setting(False, "stop evaluating samples that met the tolerance")
+    divergence_ratio: float = setting(1e4, "a residual this many times its best so far counts as divergence")
+    check_every: int = setting(1, "decide on stopping every N iterations (one host synchronisation)")
+    keep_history: bool = setting(False, "keep every iteration's per-sample residuals in the statistics")
+    solver_options: Mapping[str, Any] = setting(
+        help="options of the named solver, e.g. memory=3,beta=0.9 for anderson", default_factory=dict
+    )
     #: the solver instance this resolves to
     method: Solver = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.tol is not None:
-            require_number("tol", self.tol, 0, hint=", or None for a fixed depth")
+            require_number("tol", self.tol, 0, hint=', or None ("none" in TOML and flags) for a fixed depth')
         require_integer("max_iter", self.max_iter, 1)
         require_integer("check_every", self.check_every, 1)
         if self.stop_mode not in STOP_MODES:

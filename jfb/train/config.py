@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import time
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +16,9 @@ from ..backward import get_backward
 from ..data import DATASETS, Augmentation, dataset_info
 from ..errors import JfbError, unknown_name
 from ..precision import check_precision
-from ..settings import setting
+from ..settings import NONE, setting
 from ..solvers import SolveOptions
+from ..solvers.options import option_names
 from .preemption import signal_numbers
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -25,65 +29,89 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 RUNTIME_OPTIONS = ("threads", "checkpoint_every", "data_dir", "device", "preempt_signals", "dist_timeout_s")
 
 
+#: the training solve where a configuration does not say otherwise: Anderson to a relative tolerance of 1e-2,
+#: at most 50 deep (the packaged MNIST recipe runs Picard at a fixed depth instead)
+TRAINING_SOLVE = SolveOptions(solver="anderson", tol=1e-2, max_iter=50, stop_mode="rel")
+#: the flat keys of torch-jfb 0.1 configurations and checkpoints, and where they live now
+LEGACY_SOLVE_KEYS = ("solver", "tol", "max_iter", "stop_mode", "freeze_converged", "solver_options")
+LEGACY_EVAL_KEYS = {"eval_tol": "tol", "eval_max_iter": "max_iter"}
+
+
 @dataclass
 class TrainConfig:
-    dataset: str = "mnist"
-    arch: str | None = None  # defaults to the dataset's paper architecture
-    model: str = "implicit"  # or "explicit" (the same layers, R applied explicit_depth times)
-    explicit_depth: int = 3
-    latent_batch_norm: bool = True
-    gamma: float | None = None  # the latent operator's output scale; default the architecture's
-    lipschitz_rescale: bool = (
-        False  # before each training solve, shrink the latent convs if T is not gamma-Lipschitz on the batch
+    """Everything a training run depends on; TOML keys and ``jfb train`` flags are its fields.
+
+    The forward solves are one :class:`~jfb.SolveOptions` for training (``solve``: the TOML table ``[solve]``,
+    flags ``--solver --tol --max-iter ...``) and the changes evaluation makes to it (``eval_solve``: the table
+    ``[eval_solve]``, flags ``--eval-solver --eval-tol ...``); ``tol = "none"`` is a fixed depth of ``max_iter``.
+    """
+
+    dataset: str = setting("mnist", "dataset: mnist, svhn or cifar10")
+    arch: str | None = setting(None, "architecture (default: the dataset's paper architecture)")
+    model: str = setting("implicit", "implicit, or explicit: the same layers with R applied explicit_depth times")
+    explicit_depth: int = setting(3, "applications of R in the explicit twin")
+    latent_batch_norm: bool = setting(True, "BatchNorm inside the latent operator")
+    gamma: float | None = setting(None, "the latent operator's output scale (default: the architecture's)")
+    lipschitz_rescale: bool = setting(
+        False, "before each training solve, shrink the latent convs if T is not gamma-Lipschitz on the batch"
     )
-    solver: str = "anderson"
-    backward: str = "jfb"
-    tol: float = 1e-2
-    stop_mode: str = "rel"
-    max_iter: int = 50
-    fixed_depth: bool = False  # training solves run exactly max_iter iterations (tol unused)
-    eval_tol: float | None = None  # evaluation solves to this tolerance; default: as in training
-    eval_max_iter: int | None = None  # evaluation's depth (fixed depth) or cap; default max_iter
-    depth_start: int | None = None  # fixed depth: grow the training depth from this (epoch 1) to max_iter (last epoch)
-    freeze_converged: bool = False
-    solver_options: dict[str, Any] = field(default_factory=dict)  # e.g. {memory = 3} for Anderson
-    epochs: int = 5
-    batch_size: int = 100
-    optimizer: str = "adam"
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.0
-    jacobian_penalty: float = 0.0  # weight of the Hutchinson estimate of ||J||_F^2 / d at u* in the loss (0: off)
-    jacobian_probes: int = 1  # Gaussian probes per step for that estimate
-    correction: int = 0  # fixed-point correction: a loss on this many evenly spaced iterates of each training solve
-    correction_weight: float = 0.5  # its weight (times the mean cross-entropy over those iterates)
-    ema_decay: float | None = (
-        None  # evaluate (and select, save as best.pt) an exponential moving average of the weights
+    backward: str = setting("jfb", "backward mode: jfb, neumann:K, phantom:K, ift[:cg|gmres], unroll, auto")
+    solve: SolveOptions = setting(help="training solve", default_factory=lambda: TRAINING_SOLVE, flags_of=SolveOptions)
+    eval_solve: dict[str, Any] = setting(
+        help="evaluation solve (default: as in training)",
+        default_factory=dict,
+        flags_of=SolveOptions,
+        prefix="eval_",
     )
-    momentum: float = 0.9
-    schedule: str = "onecycle"
-    step_size: int = 10  # epochs per decay of the "step" schedule
-    augment: bool = False
-    augment_rotation: float = 0.0  # with augment: also rotate each image by up to this many degrees
-    seed: int = 0
-    device: str = "cpu"
-    threads: int | None = None
-    limit_train: int | None = None
-    limit_test: int | None = None
-    data_dir: str | None = None
-    max_bad_batches: int = 10  # consecutive non-finite batches before training stops
-    checkpoint_every: int = 200  # steps between mid-epoch checkpoints (0: at the end of each epoch only)
-    warm_start: bool = False  # start each sample's solve from its fixed point of the previous epoch
-    test_every_epoch: bool = True  # False: test accuracy only of the last and the validation-selected epoch
-    precision: str = "fp32"  # training under autocast: "bf16" or "fp16" (with a gradient scaler); T's state stays fp32
-    eval_precision: str | None = None  # evaluation's autocast precision; default: as in training
-    compile: bool = False  # torch.compile the embedding, the operator and the head (in place: same state dict)
-    channels_last: bool = True  # NHWC memory layout: ~25% faster convolutions on CPU (measured)
-    deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns and resumes
-    preempt_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")  # write last.pt and exit 75 on these (empty: off)
-    dist_timeout_s: float = 300.0  # a collective waiting longer on a peer raises (torchrun then restarts or stops)
+    depth_start: int | None = setting(
+        None, "with a fixed depth: grow the training depth from this (first epoch) to max_iter (last epoch)"
+    )
+    epochs: int = setting(5, "training epochs")
+    batch_size: int = setting(100, "global batch size")
+    optimizer: str = setting("adam", "adam, adamw or sgd")
+    lr: float = setting(3e-3, "learning rate (the peak of the one-cycle schedule)")
+    weight_decay: float = setting(0.0, "weight decay")
+    label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy, in [0, 1)")
+    jacobian_penalty: float = setting(0.0, "weight of the Hutchinson estimate of ||J||_F^2 / d at u* (0: off)")
+    jacobian_probes: int = setting(1, "Gaussian probes per step for that estimate")
+    correction: int = setting(0, "fixed-point correction: a loss on this many evenly spaced iterates of each solve")
+    correction_weight: float = setting(0.5, "its weight (times the mean cross-entropy over those iterates)")
+    ema_decay: float | None = setting(
+        None, "evaluate, select and save as best.pt an exponential moving average of the weights with this decay"
+    )
+    momentum: float = setting(0.9, "SGD momentum")
+    schedule: str = setting("onecycle", "learning-rate schedule: onecycle, cosine, step or constant")
+    step_size: int = setting(10, "epochs per decay of the step schedule")
+    augment: bool = setting(False, "the dataset's training augmentation (random shifts, flips for CIFAR-10)")
+    augment_rotation: float = setting(0.0, "with augment: also rotate each image by up to this many degrees")
+    seed: int = setting(0, "random seed (weights, data order, augmentation)")
+    device: str = setting("cpu", "cpu or cuda")
+    threads: int | None = setting(None, "CPU threads (default: torch's)")
+    limit_train: int | None = setting(None, "train on the first N training images only")
+    limit_test: int | None = setting(None, "validate and test on the first N images only")
+    data_dir: str | None = setting(None, "where the datasets are (default: the packaged/cached location)")
+    max_bad_batches: int = setting(10, "consecutive non-finite batches before training stops")
+    checkpoint_every: int = setting(200, "steps between mid-epoch checkpoints (0: at the end of each epoch only)")
+    warm_start: bool = setting(False, "start each sample's solve from its fixed point of the previous epoch")
+    test_every_epoch: bool = setting(True, "test every epoch (else the last and the validation-selected one only)")
+    precision: str = setting("fp32", "training autocast: fp32, bf16, fp16 (with a gradient scaler) or auto")
+    eval_precision: str | None = setting(None, "evaluation's autocast precision (default: as in training)")
+    compile: bool = setting(False, "torch.compile the embedding, the operator and the head (same state dict)")
+    channels_last: bool = setting(True, "NHWC memory layout (about 25% faster convolutions on CPU, measured)")
+    deterministic: bool = setting(False, "torch.use_deterministic_algorithms: bit-identical reruns and resumes")
+    preempt_signals: tuple[str, ...] = setting(
+        ("SIGTERM", "SIGUSR1"), "write last.pt and exit 75 on these signals (empty: off)"
+    )
+    dist_timeout_s: float = setting(300.0, "a collective waiting longer on a peer raises (torchrun then restarts)")
 
     def __post_init__(self) -> None:
+        if isinstance(self.solve, Mapping):  # a TOML table or a dict: changes to the default training solve
+            self.solve = TRAINING_SOLVE.replace(**solve_table(self.solve, "solve"))
+        if not isinstance(self.solve, SolveOptions):
+            raise JfbError(f"solve must be a table of solve options (a jfb.SolveOptions), got {self.solve!r}")
+        if not isinstance(self.eval_solve, Mapping):
+            raise JfbError(f"eval_solve must be a table of solve options, got {self.eval_solve!r}")
+        self.eval_solve = solve_table(self.eval_solve, "eval_solve")
         self.validate()
 
     @property
@@ -92,9 +120,6 @@ class TrainConfig:
 
     def validate(self) -> None:
         checks = [
-            (self.tol > 0, "tol", "a number > 0"),
-            (self.eval_tol is None or self.eval_tol > 0, "eval_tol", "a number > 0"),
-            (self.eval_max_iter is None or self.eval_max_iter >= 1, "eval_max_iter", "an integer >= 1"),
             (0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
             (self.jacobian_penalty >= 0, "jacobian_penalty", "a number >= 0"),
             (self.jacobian_probes >= 1, "jacobian_probes", "an integer >= 1"),
@@ -115,8 +140,11 @@ class TrainConfig:
             raise JfbError(f"gamma must be in (0, 1], got {self.gamma!r}")
         if self.lipschitz_rescale and self.model != "implicit":
             raise JfbError("lipschitz_rescale needs model 'implicit' (it keeps the fixed-point operator contractive)")
-        if self.depth_start is not None and not self.fixed_depth:
-            raise JfbError("depth_start needs fixed_depth = true (it schedules the fixed training depth)")
+        if self.depth_start is not None and not self.solve.fixed_depth:
+            raise JfbError(
+                'depth_start needs a fixed training depth, solve.tol = "none" (--tol none): it schedules that depth '
+                "(--depth-start none turns the schedule off)"
+            )
         if (self.jacobian_penalty or self.correction) and self.model != "implicit":
             raise JfbError("jacobian_penalty and correction need model 'implicit' (they regularise its fixed point)")
         if self.augment_rotation and not self.augment:
@@ -129,12 +157,12 @@ class TrainConfig:
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES)):
             if getattr(self, name) not in allowed:
                 raise unknown_name(name, getattr(self, name), allowed)
-        self.solve_options(), self.solve_options(evaluation=True), get_backward(self.backward)
+        self.evaluation_options(), get_backward(self.backward)
         signal_numbers(self.preempt_signals)
         check_precision(self.precision, self.device)
         check_precision(self.evaluation_precision, self.device)
-        if self.depth_start is not None and not 1 <= self.depth_start <= self.max_iter:
-            raise JfbError(f"depth_start must be in [1, max_iter = {self.max_iter}], got {self.depth_start!r}")
+        if self.depth_start is not None and not 1 <= self.depth_start <= self.solve.max_iter:
+            raise JfbError(f"depth_start must be in [1, max_iter = {self.solve.max_iter}], got {self.depth_start!r}")
         if not self.dist_timeout_s > 0:
             raise JfbError(f"dist_timeout_s must be a number > 0, got {self.dist_timeout_s!r}")
 
@@ -149,60 +177,127 @@ class TrainConfig:
         return replace(dataset_info(self.dataset).augmentation, rotation=self.augment_rotation)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain values (what checkpoints keep): the solve as a table of its fields."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["solve"] = {f.name: getattr(self.solve, f.name) for f in fields(SolveOptions) if f.init}
+        values["eval_solve"] = dict(self.eval_solve)
+        return copy.deepcopy(values)
 
-    def same_run(self, saved: dict[str, Any]) -> bool:
-        """Whether a checkpoint written with ``saved`` continues this run: options that do not
-        change the numbers (threads, checkpoint frequency, data location) may differ."""
-
-        def numeric(values: dict[str, Any]) -> dict[str, Any]:
-            return {k: v for k, v in values.items() if k not in RUNTIME_OPTIONS}
-
-        mine = self.to_dict()
-        return numeric(mine) == numeric({**mine, **saved})  # options an older checkpoint lacks count as equal
+    def differences(self, saved: dict[str, Any]) -> list[str]:
+        """``name: old -> new`` for every option that differs from ``saved`` (a checkpoint's configuration) and
+        changes the numbers: threads, checkpoint frequency and data location may differ, and options an older
+        checkpoint lacks count as equal."""
+        mine, theirs = _flat(self.to_dict()), _flat(migrate_legacy_keys(saved))
+        keys = [*theirs, *(k for k in mine if k.startswith("eval_solve.") and k not in theirs)]  # unset: as training
+        return [
+            f"{key} {theirs.get(key)!r} -> {mine.get(key)!r}"
+            for key in keys
+            if key.split(".")[0] not in RUNTIME_OPTIONS and mine.get(key) != theirs.get(key)
+        ]
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """A configuration from a TOML file's or a checkpoint's values; unknown keys named with the closest one."""
+        values = migrate_legacy_keys(values, warn_from=source if source.endswith(".toml") else None)
+        values = {key: None if value == NONE and key in _NULLABLE else value for key, value in values.items()}
         known = [f.name for f in fields(cls)]
         for key in values:
             if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(known)}"
-                raise JfbError(f"{source}: unknown key {key!r}{hint}")
+                raise JfbError(f"{source}: unknown key {key!r}{_closest_key(key, known)}")
         return cls(**values)
 
-    def solve_options(self, evaluation: bool = False, epoch: int | None = None) -> SolveOptions:
-        """The forward-solve options of training (in epoch ``epoch``, counted from 0, when the depth
-        is scheduled), or of evaluation (``eval_tol`` and ``eval_max_iter`` when set)."""
-        if evaluation:
-            tol = self.eval_tol if self.eval_tol is not None else None if self.fixed_depth else self.tol
-            max_iter = self.eval_max_iter or self.max_iter
-        else:
-            tol, max_iter = None if self.fixed_depth else self.tol, self.training_depth(epoch)
-        return SolveOptions(
-            solver=self.solver,
-            tol=tol,
-            max_iter=max_iter,
-            stop_mode=self.stop_mode,
-            freeze_converged=self.freeze_converged,
-            solver_options=self.solver_options,
-        )
+    def training_options(self, epoch: int | None = None) -> SolveOptions:
+        """The training solve (in epoch ``epoch``, counted from 0, at the depth the schedule gives)."""
+        depth = self.training_depth(epoch)
+        return self.solve if depth == self.solve.max_iter else self.solve.replace(max_iter=depth)
+
+    def evaluation_options(self) -> SolveOptions:
+        """The evaluation solve: the training solve with ``eval_solve``'s changes."""
+        return self.solve.replace(**self.eval_solve) if self.eval_solve else self.solve
 
     def training_depth(self, epoch: int | None) -> int:
         """``max_iter``, or with ``depth_start`` the linear schedule from it to ``max_iter`` over the epochs."""
+        max_iter = self.solve.max_iter
         if self.depth_start is None or epoch is None or self.epochs == 1:
-            return self.max_iter
-        return round(self.depth_start + (self.max_iter - self.depth_start) * epoch / (self.epochs - 1))
+            return max_iter
+        return round(self.depth_start + (max_iter - self.depth_start) * epoch / (self.epochs - 1))
 
     def layer_options(self) -> dict[str, Any]:
         """What :class:`~jfb.ImplicitLayer` takes from this configuration."""
         return dict(
             backward=self.backward,
-            options=self.solve_options(),
-            eval_options=self.solve_options(evaluation=True),
+            options=self.training_options(),
+            eval_options=self.evaluation_options(),
             jacobian_probes=self.jacobian_probes if self.jacobian_penalty else 0,
             correction=self.correction,
         )
+
+
+def solve_table(table: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A TOML table (or flags) of SolveOptions fields as keywords: names checked, ``"none"`` read as None."""
+    if isinstance(table, SolveOptions):
+        return {f.name: getattr(table, f.name) for f in fields(SolveOptions) if f.init}
+    for key in table:
+        if key not in option_names():
+            raise unknown_name(f"option of [{name}]", key, option_names())
+    return {key: None if isinstance(value, str) and value.lower() == NONE else value for key, value in table.items()}
+
+
+def migrate_legacy_keys(values: dict[str, Any], warn_from: str | None = None) -> dict[str, Any]:
+    """torch-jfb 0.1's flat solve keys (``solver``, ``tol``, ``fixed_depth``, ``eval_tol``, ...) moved into the
+    ``solve`` and ``eval_solve`` tables; checkpoints are read silently, a TOML file with a warning."""
+    legacy = [k for k in (*LEGACY_SOLVE_KEYS, "fixed_depth", *LEGACY_EVAL_KEYS) if k in values]
+    if not legacy:
+        return values
+    if warn_from is not None:
+        warnings.warn(
+            f"{warn_from}: keys {', '.join(legacy)} are torch-jfb 0.1's; write them in the [solve] and [eval_solve] "
+            'tables (fixed_depth = true is tol = "none"); see CHANGELOG.md',
+            FutureWarning,
+            stacklevel=3,
+        )
+    values = dict(values)
+    solve = {**{k: values.pop(k) for k in LEGACY_SOLVE_KEYS if k in values}, **values.get("solve", {})}
+    if values.pop("fixed_depth", False):
+        solve["tol"] = None
+    evaluation = {new: values.pop(old) for old, new in LEGACY_EVAL_KEYS.items() if values.get(old) is not None}
+    values.pop("eval_tol", None), values.pop("eval_max_iter", None)
+    return {**values, "solve": solve, "eval_solve": {**evaluation, **values.get("eval_solve", {})}}
+
+
+def _closest_key(key: str, known: list[str]) -> str:
+    """``; did you mean 'lr'?``, or a solve option's table, or the valid keys."""
+    close = difflib.get_close_matches(key, [*known, *option_names()], n=1)
+    if not close:
+        return f"; valid keys: {', '.join(known)}"
+    if close[0] in known:
+        return f"; did you mean {close[0]!r}?"
+    return f"; did you mean {close[0]!r} in the [solve] table (or [eval_solve]; flags --{close[0].replace('_', '-')})?"
+
+
+def merge_settings(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Configuration values, later layers winning; the ``solve`` and ``eval_solve`` tables merged key by key."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            table = key in ("solve", "eval_solve") and isinstance(value, Mapping)
+            merged[key] = {**merged.get(key, {}), **value} if table else value
+    return merged
+
+
+def _flat(values: dict[str, Any]) -> dict[str, Any]:
+    """``{"solve": {"tol": 1}}`` -> ``{"solve.tol": 1}``."""
+    flat = {}
+    for key, value in values.items():
+        if key in ("solve", "eval_solve") and isinstance(value, Mapping):
+            flat |= {f"{key}.{k}": v for k, v in value.items()}
+        else:
+            flat[key] = value
+    return flat
+
+
+#: the fields a TOML file or a flag may clear with "none"
+_NULLABLE = frozenset(f.name for f in fields(TrainConfig) if f.default is None)
 
 
 def packaged_recipes() -> list[str]:
@@ -236,15 +331,11 @@ class TrainSettings:
     resume: bool = setting(False, "continue from RUN_DIR/last.pt")
 
     def config(self, overrides: dict[str, Any]) -> TrainConfig:
-        """The target's configuration with ``overrides`` (options given on the command line) applied."""
+        """The target's configuration with ``overrides`` (options given on the command line) applied; the
+        ``solve`` and ``eval_solve`` tables are merged key by key."""
         values, source = load_target(self.target)
-        config = TrainConfig.from_dict({**values, **overrides}, source=source)
-        if config.fixed_depth and "tol" in overrides:
-            raise JfbError(
-                f"--tol has no effect: {source} trains at a fixed depth (fixed_depth = true); add --no-fixed-depth "
-                "to solve to a tolerance, or --eval-tol for evaluation"
-            )
-        return config
+        values = migrate_legacy_keys(values, warn_from=source if source.endswith(".toml") else None)
+        return TrainConfig.from_dict(merge_settings(values, overrides), source=source)
 
     def run_dir(self, config: TrainConfig) -> Path:
         return Path(self.out or f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -31,12 +31,11 @@ class EvalSettings:
 
     def overrides(self) -> dict[str, Any]:
         """The configuration fields these settings change (``tol`` sets the evaluation tolerance)."""
-        names = ("solver", "batch_size", "limit_test", "data_dir", "device")
+        names = ("batch_size", "limit_test", "data_dir", "device")
         values = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
-        if self.tol is not None:
-            values["eval_tol"] = self.tol
-        if self.max_iter is not None:
-            values["eval_max_iter"] = self.max_iter
+        solve = {name: getattr(self, name) for name in ("solver", "tol", "max_iter") if getattr(self, name) is not None}
+        if solve:
+            values["eval_solve"] = solve
         if self.precision is not None:
             values["eval_precision"] = self.precision
         return values
@@ -44,6 +43,7 @@ class EvalSettings:
 
 def evaluate_checkpoint(settings: EvalSettings, progress: bool = True, log: Log = print) -> dict[str, Any]:
     model, config = restore_model(Path(settings.checkpoint), settings.overrides())
+    evaluation = config.evaluation_options()
     data = load_data(config)
     test = data.test
     result = evaluate(model, test, config, data.normalize, progress=progress, desc="test")
@@ -54,9 +54,9 @@ def evaluate_checkpoint(settings: EvalSettings, progress: bool = True, log: Log 
         "test_loss": result.loss,
         "forward_iters_mean": result.forward_iters_mean,
         "forward_iters_max": result.forward_iters_max,
-        "tol": config.solve_options(evaluation=True).tol,  # None: a fixed depth of max_iter
-        "max_iter": config.solve_options(evaluation=True).max_iter,
-        "solver": config.solver,
+        "tol": evaluation.tol,  # None: a fixed depth of max_iter
+        "max_iter": evaluation.max_iter,
+        "solver": evaluation.solver_name,
         "precision": resolve(config.evaluation_precision, config.device),
     }
     log(

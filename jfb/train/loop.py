@@ -269,7 +269,7 @@ def _solve_arguments(run: Run, index: torch.Tensor) -> dict:
     if run.warm_starts is not None:
         arguments["u0"] = run.warm_starts.initial(index, config.device, memory_format(config))
     if config.depth_start is not None and isinstance(run.model, ImplicitClassifier):
-        arguments["solve"] = config.solve_options(epoch=run.position.epoch)
+        arguments["solve"] = config.training_options(epoch=run.position.epoch)
     return {k: v for k, v in arguments.items() if v is not None}
 
 

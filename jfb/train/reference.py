@@ -9,6 +9,7 @@ from typing import Any
 from ..models import MODEL_KINDS
 from ..models.reference import REFERENCE_DATASETS, as_explicit, load_reference
 from ..settings import setting
+from ..solvers import SolveOptions
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
 from .setup import Log
@@ -33,10 +34,7 @@ def import_reference(settings: ImportSettings, log: Log = print) -> dict[str, An
         arch=arch,
         model=kind,
         explicit_depth=1,
-        solver="anderson",
-        tol=1e-4,
-        stop_mode="rel",
-        max_iter=100,
+        solve=SolveOptions(solver="anderson", tol=1e-4, stop_mode="rel", max_iter=100),
     )
     weights = as_explicit(state) if kind == "explicit" else state
     save_checkpoint(Path(settings.out), {"config": config.to_dict(), "model": weights, "imported_from": info["source"]})

@@ -22,7 +22,7 @@ from ..models import architecture, build_model, count_parameters
 from ..precision import grad_scaler
 from .averaging import WeightAverage
 from .checkpoint import load_checkpoint, load_resumable, previous_path, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, merge_settings, migrate_legacy_keys
 from .distributed import Processes, synchronize_batch_norm
 from .metrics import MetricsLog
 from .preemption import PreemptionWatch
@@ -75,7 +75,8 @@ def build_from_config(config: TrainConfig) -> nn.Module:
 def restore_model(path: Path, overrides: dict[str, Any] | None = None) -> tuple[nn.Module, TrainConfig]:
     """The model saved in one of our checkpoints, with its configuration (``overrides`` applied)."""
     checkpoint = load_checkpoint(path)
-    config = TrainConfig.from_dict({**checkpoint["config"], **(overrides or {})}, source=str(path))
+    values = merge_settings(migrate_legacy_keys(checkpoint["config"]), overrides or {})
+    config = TrainConfig.from_dict(values, source=str(path))
     model = build_from_config(config)
     model.load_state_dict(evaluated_weights(checkpoint))
     return model, config
@@ -243,8 +244,12 @@ def _restore(run: Run, checkpoint: dict[str, Any], path: Path) -> None:
     """Load everything the run needs to continue exactly where ``checkpoint`` (read from ``path``) was written."""
     if "position" not in checkpoint:
         raise JfbError(f"{path} is not a resumable training checkpoint (no optimiser state or position)")
-    if not run.config.same_run(checkpoint["config"]):
-        raise JfbError(f"{path} was written with a different configuration; resume with the same options")
+    changed = run.config.differences(checkpoint["config"])
+    if changed:
+        raise JfbError(
+            f"{path} was written with other options ({'; '.join(changed)}); resume with the options it was written "
+            "with, or train into a new --out"
+        )
     run.model.load_state_dict(checkpoint["model"])
     if run.average is not None:
         run.average.average = checkpoint["average"]
