@@ -106,7 +106,8 @@ def test_paper_setting_runs_the_authors_jacobian_based_configuration(tmp_path, c
     )
     assert (jfb_run["latent_batch_norm"], jfb_run["lipschitz_rescale"]) == (True, False)
     for config in (ift, jfb_run):
-        assert (config["gamma"], config["lr"], config["weight_decay"], config["tol"], config["max_iter"]) == (
+        solve = config["solve"]
+        assert (config["gamma"], config["lr"], config["weight_decay"], solve["tol"], solve["max_iter"]) == (
             0.5,
             2e-4,
             1e-6,

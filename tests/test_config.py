@@ -127,3 +127,17 @@ def test_a_depth_schedule_reaches_the_layer_per_call_and_never_rewrites_its_opti
     fit(run)
     assert run.model.implicit.options is before and before.max_iter == 4
     assert [r.train_forward_iters_mean for r in run.metrics.records] == [2.0, 4.0]
+
+
+def test_the_version_is_one_number_printed_by_jfb_version(capsys):
+    import tomllib
+    from pathlib import Path
+
+    from jfb.cli.main import main
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["version"] == jfb.__version__
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"torch-jfb {jfb.__version__}"
+    assert f"## {jfb.__version__} " in (Path(__file__).resolve().parents[1] / "CHANGELOG.md").read_text()

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 
+from .. import __version__
 from .commands import COMMANDS, Command, Log
 from .flags import add_flags
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jfb", description="Implicit networks trained with Jacobian-free backpropagation."
     )
+    parser.add_argument("--version", action="version", version=f"torch-jfb {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
     for command in COMMANDS:

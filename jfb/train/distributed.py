@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_functional
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
@@ -156,7 +155,7 @@ class CPUSyncBatchNorm(_BatchNorm):
         # sums in float64: E[x^2] - E[x]^2 in float32 loses ~1e-5 to cancellation when |mean| >> std
         wide = input.double()
         count = wide.new_full((1,), input.numel() // channels)
-        stats = dist_functional.all_reduce(torch.cat([wide.sum(dims), (wide * wide).sum(dims), count]))
+        stats = _SumOverProcesses.apply(torch.cat([wide.sum(dims), (wide * wide).sum(dims), count]))
         total = stats[-1]
         mean = stats[:channels] / total
         var = (stats[channels : 2 * channels] / total - mean * mean).clamp_min(0)
@@ -201,3 +200,20 @@ def _cpu_sync(module: nn.Module) -> nn.Module:
 def main_process_only(function: Callable[..., None], processes: Processes) -> Callable[..., None]:
     """``function`` on the main process; a no-op on the others (logging)."""
     return function if processes.is_main else (lambda *args, **kwargs: None)
+
+
+class _SumOverProcesses(torch.autograd.Function):
+    """A differentiable sum over processes (what torch's deprecated ``torch.distributed.nn.functional.all_reduce``
+    did for SUM): each process's input gradient is the sum of every process's output gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor) -> Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
