@@ -13,11 +13,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .backward import BackwardMode, get_backward
 from .binding import InitialState, normalize_latent_shape
-from .deprecation import warn_deprecated
+from .deprecation import LastCallAttributes, warn_deprecated
 from .equilibrium import (
     Equilibrium,
     ImplicitStats,
@@ -35,7 +35,7 @@ from .state import State
 BACKWARD_STATE = "backward_state"
 
 
-class ImplicitLayer(nn.Module):
+class ImplicitLayer(LastCallAttributes, nn.Module):
     """Computes ``u* = T(u*; x)`` with ``operator(u, x) -> u`` and differentiates it.
 
     Args:
@@ -193,21 +193,6 @@ class ImplicitLayer(nn.Module):
         if hasattr(self, BACKWARD_STATE) and prefix + BACKWARD_STATE in state_dict:
             keys = self.backward_mode.state_dict().keys()
             self.backward_mode.load_state_dict(dict(zip(keys, self.backward_state.tolist(), strict=True)))
-
-    @property
-    def jacobian_penalty(self) -> Tensor | None:
-        warn_deprecated("layer.jacobian_penalty", "layer.solve(x).jacobian_penalty")
-        return None if self._last is None else self._last.jacobian_penalty
-
-    @property
-    def correction_states(self) -> list[State]:
-        warn_deprecated("layer.correction_states", "layer.solve(x).correction_states")
-        return [] if self._last is None else self._last.correction_states or []
-
-    @property
-    def last_fixed_point(self) -> State | None:
-        warn_deprecated("layer.last_fixed_point", "layer.solve(x).fixed_point")
-        return None if self._last is None else self._last.fixed_point
 
     def extra_repr(self) -> str:
         evaluation = "" if self.eval_options is None else f", eval_options={self.eval_options}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,8 +64,11 @@ def finish(process: subprocess.Popen, timeout: float = 300, hang_ok: bool = Fals
 
 
 def succeed(command: list[str], timeout: float = 300) -> str:
+    """The stdout of ``command``, which must exit 0 and print no warning raised from the package's code."""
     code, stdout, stderr = finish(start(command), timeout)
     assert code == 0, f"exit status {code}\nstdout: {stdout[-2000:]}\nstderr: {stderr[-3000:]}"
+    warned = re.findall(r"/jfb/\S+\.py:\d+: \w*Warning.*", stderr)  # how warnings.warn prints one
+    assert not warned, warned
     return stdout
 
 

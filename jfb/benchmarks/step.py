@@ -83,8 +83,10 @@ def compare_steps(
 ) -> dict:
     """Median ms per step for ours and the floor, interleaved step by step."""
     torch.manual_seed(seed)
+    # "ignore": the timing is the point; ift's linear solve on an untrained model may miss its tolerance within
+    # its cap (the forward depth K), which used to stop the benchmark with a FixedPointError traceback at K=10
     ours = build_model(
-        "mnist", solver="picard", backward=backward, tol=None, max_iter=iterations, on_failure="raise"
+        "mnist", solver="picard", backward=backward, tol=None, max_iter=iterations, on_failure="ignore"
     ).to(setting.device)
     floor = copy.deepcopy(ours)
     if setting.compile:
