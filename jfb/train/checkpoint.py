@@ -1,10 +1,11 @@
 """Checkpoints: written atomically with a SHA-256 of their contents, read with ``weights_only=True``,
 and for ``last.pt`` the previous one kept as ``last.prev.pt`` to fall back on.
 
-The file holds ``{"format": "torch-jfb/2", "sha256": ..., "payload": uint8 tensor}`` where the
+The file holds ``{"format": "torch-jfb/3", "sha256": ..., "payload": uint8 tensor}`` where the
 payload is the ``torch.save`` bytes of the checkpoint itself; a file whose bytes do not match
 their checksum (a block zeroed by a crash, a copy cut short) is refused like a truncated one.
-Files of the first format (no checksum) still load.
+Files of every earlier format still load (fixtures of each under ``tests/fixtures/checkpoints``); a file of a
+newer format is refused in one line naming it.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from ..errors import JfbError
 from ..files import atomic_write
 from ..safe_load import check_archive
 
-FORMAT = "torch-jfb/2"
-FORMATS = ("torch-jfb/1", FORMAT)
+#: /1: torch.save of the checkpoint; /2: wrapped with its SHA-256; /3 (torch-jfb 0.2): the same wrapping, the
+#: configuration's solve settings in the ``solve`` / ``eval_solve`` tables (older files are read and migrated)
+FORMAT = "torch-jfb/3"
+FORMATS = ("torch-jfb/1", "torch-jfb/2", FORMAT)
+WRAPPED = ("torch-jfb/2", FORMAT)
 
 
 def previous_path(path: Path) -> Path:
@@ -65,12 +69,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise JfbError(f"{path}: no such checkpoint file")
     outer = _load(path, path.read_bytes())
-    if outer.get("format") == FORMAT:
+    if outer.get("format") in WRAPPED:
         blob = outer["payload"].numpy().tobytes()
         if hashlib.sha256(blob).hexdigest() != outer.get("sha256"):
             raise JfbError(f"{path}: cannot load checkpoint safely (checksum mismatch: the file is corrupted)")
         outer = _load(path, blob)
-    if outer.get("format") not in FORMATS:
+    version = outer.get("format")
+    if isinstance(version, str) and version.startswith("torch-jfb/") and version not in FORMATS:
+        raise JfbError(
+            f"{path}: written by a newer torch-jfb (format {version}); this version reads {', '.join(FORMATS)}: "
+            "upgrade torch-jfb to load it"
+        )
+    if version not in FORMATS:
         raise JfbError(f"{path}: not a torch-jfb checkpoint (for the paper authors' files use `jfb import-reference`)")
     return outer
 
