@@ -144,8 +144,9 @@ def test_training_with_auto_records_every_check_and_resumes_it_exactly(tmp_path)
     assert records[0]["gradient_cosine_min"] == min(c["cosine"] for c in json.loads(records[0]["gradient_checks"]))
     resumed = preempted_and_resumed(config, tmp_path / "split")
     assert resumed.test_acc_last == whole.test_acc_last
-    last = load_checkpoint(tmp_path / "split" / "last.pt")
-    assert last["model"]["implicit.backward_state"].tolist() == [0, 6, 3, 0]  # level, calls, good, bad
+    last, uninterrupted = (load_checkpoint(tmp_path / d / "last.pt")["model"] for d in ("split", "whole"))
+    assert last["implicit.backward_state"].tolist() == [0, 6, 3, 0]  # level, calls, good, bad
+    assert last.keys() == uninterrupted.keys() and all(torch.equal(last[k], uninterrupted[k]) for k in last)
     split_records = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     split_checks = [c for r in split_records for c in json.loads(r["gradient_checks"])]
     assert [(c["call"], c["switched_to"]) for c in split_checks] == [(c["call"], c["switched_to"]) for c in checks]

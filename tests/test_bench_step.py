@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 
+import pytest
 import torch
 
 from jfb.benchmarks.floor import floor_step
@@ -12,9 +13,10 @@ from jfb.cli.main import main
 from jfb.models import build_model
 
 
-def test_floor_and_library_take_the_same_jfb_step():
+@pytest.mark.parametrize("tol", [None, 1e-30], ids=["fixed-depth", "tolerance"])  # the benchmark times fixed depth
+def test_floor_and_library_take_the_same_jfb_step(tol):
     torch.manual_seed(0)
-    ours = build_model("mnist", solver="picard", backward="jfb", tol=1e-30, max_iter=4)
+    ours = build_model("mnist", solver="picard", backward="jfb", tol=tol, max_iter=4)
     floor = copy.deepcopy(ours)
     images, labels = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
     our_opt, floor_opt = torch.optim.SGD(ours.parameters(), lr=0.0), torch.optim.SGD(floor.parameters(), lr=0.0)
@@ -26,7 +28,8 @@ def test_floor_and_library_take_the_same_jfb_step():
     our_opt.zero_grad()
     our_loss.backward()
 
-    assert int(ours.implicit.last_stats.iterations.max()) == 4
+    assert int(ours.implicit.last_stats.iterations.max()) == 4 and ours.implicit.last_stats.forward.t_evals == 4
+    assert ours.implicit.last_stats.status == ("fixed_depth" if tol is None else "max_iter")
     assert torch.allclose(our_loss, floor_loss, rtol=1e-5)
     for (name, p), q in zip(ours.named_parameters(), floor.parameters()):
         assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-7), name

@@ -92,6 +92,15 @@ def test_mnist_splits_are_deterministic_and_disjoint():
     assert torch.equal(val.labels, val2.labels) and torch.equal(val.images[:50], val2.images[:50])
     assert train.images.dtype == torch.uint8
 
+    def images(split):
+        return {image.numpy().tobytes() for image in split.images}
+
+    seen = [images(train), images(val), images(test)]  # MNIST holds no duplicate image (70,000 distinct)
+    assert [len(s) for s in seen] == [55_000, 5_000, 10_000]
+    assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
+    _, other_val, _ = load_splits("mnist", seed=1)
+    assert images(other_val) != seen[1]  # the seed chooses the validation set
+
 
 def test_unknown_dataset():
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'; choose one of mnist, svhn, cifar10"):
@@ -121,13 +130,26 @@ def test_digits_are_never_mirrored():
     assert DATASETS["cifar10"].augmentation == Augmentation(4, flip=True)  # the paper's
 
 
-def test_normalised_batches_and_no_test_augmentation():
+def test_normalised_batches_and_no_test_augmentation(monkeypatch):
     info = DATASETS["mnist"]
     _, _, test = load_splits("mnist")
     x1, _ = next(batches(test.subset(200), 100, Normalizer(info.mean, info.std)))
     x2, _ = next(batches(test.subset(200), 100, Normalizer(info.mean, info.std)))
     assert torch.equal(x1, x2) and x1.shape == (100, 1, 28, 28)
     assert abs(float(x1.mean())) < 0.2 and 0.8 < float(x1.std()) < 1.3
+    # the evaluation path itself: evaluate() of an augmented run asks for unaugmented, unshuffled batches
+    from training import config_of
+
+    import jfb.train.loop as loop
+    from jfb.train.setup import build_from_config, input_normalizer
+
+    calls = []
+    monkeypatch.setattr(loop, "batches", lambda *args, **kwargs: calls.append(kwargs) or batches(*args, **kwargs))
+    config = config_of(augment=True, limit_test=200, batch_size=100, solver="picard", tol=None, max_iter=2)
+    model = build_from_config(config)
+    loop.evaluate(model, test.subset(200), config, input_normalizer(config))
+    assert len(calls) == 1 and calls[0].get("augment") is None and calls[0].get("shuffle_seed") is None
+    assert not model.training
 
 
 def test_rotation_augmentation_turns_images_about_their_centre():

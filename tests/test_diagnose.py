@@ -28,8 +28,9 @@ def test_diagnose_reports_descent_and_neumann_convergence(tmp_path, capsys):
         == 0
     )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["batches"] == 1 and summary["descent_share"] in (0.0, 1.0)
-    assert -1.0 <= summary["cosine_mean"] <= 1.0 and summary["contraction_mean"] > 0
+    # measured at this budget: descent on the batch, cosine 0.87 with the implicit direction, contraction 1.01
+    assert summary["batches"] == 1 and summary["descent_share"] == 1.0
+    assert 0.5 < summary["cosine_mean"] <= 1.0 and 0.5 < summary["contraction_mean"] < 2.0
     # more Neumann terms approach the (tightly solved) implicit gradient
     assert summary["neumann_8_rel_error"] < summary["neumann_2_rel_error"] < summary["neumann_0_rel_error"]
     assert (tmp_path / "diag" / "diagnose.md").is_file() and (tmp_path / "diag" / "diagnose.jsonl").is_file()

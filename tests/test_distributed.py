@@ -92,8 +92,10 @@ def test_without_agreement_the_same_run_breaks(tmp_path):
     """The control for the test above: with lock-step turned off the collectives mismatch."""
     (tmp_path / "run").mkdir()
     process = start([*TORCHRUN, str(WORKER), "lockstep", str(tmp_path / "run"), json.dumps({"lockstep": False})])
-    returncode, _, _ = finish(process, timeout=120, hang_ok=True)
-    assert returncode != 0  # failed, or hung (None: the deadlock itself)
+    returncode, _, stderr = finish(process, timeout=120, hang_ok=True)
+    # the deadlock itself (None), or gloo catching the mismatched collectives (seen here: "Received data size
+    # doesn't match expected size. Is there a distributed collective mismatch in your code?")
+    assert returncode is None or (returncode != 0 and "collective mismatch" in stderr), stderr[-3000:]
 
 
 def test_torchrun_cli_trains_writes_from_rank_0_and_resumes(tmp_path):

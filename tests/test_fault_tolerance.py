@@ -67,7 +67,8 @@ def test_a_preemption_signal_writes_last_and_exits_75_and_resume_is_bit_identica
     assert stdout.count(f"preempted by {name}") == 1 and "--resume" in stdout
     position = load_checkpoint(run_dir / "last.pt")["position"]
     assert position["epoch"] == 0 and 2 <= position["step"] < 24  # stopped mid-epoch, at a finished step
-    succeed([*JFB, *TRAIN, "--out", str(run_dir), "--resume"])
+    resumed = succeed([*JFB, *TRAIN, "--out", str(run_dir), "--resume"])
+    assert f"at epoch 1, step {position['step']}" in resumed  # continued from the step written, not restarted
     assert same_weights(run_dir / "last.pt", reference / "single" / "last.pt")
 
 
@@ -79,7 +80,10 @@ def test_sigterm_to_torchrun_reaches_every_worker_and_rank_0_writes_once(tmp_pat
     code, stdout, stderr = finish(launcher, timeout=90)
     assert code != 0  # torchrun itself reports the signal it got
     assert stdout.count("preempted by SIGTERM") == 1, stdout[-2000:] + stderr[-3000:]
-    succeed([*TORCHRUN, "-m", "jfb", *TRAIN, "--out", str(run_dir), "--resume"])
+    position = load_checkpoint(run_dir / "last.pt")["position"]
+    assert position["epoch"] == 0 and position["step"] >= 2
+    resumed = succeed([*TORCHRUN, "-m", "jfb", *TRAIN, "--out", str(run_dir), "--resume"])
+    assert f"at epoch 1, step {position['step']}" in resumed  # continued from the step written, not restarted
     assert same_weights(run_dir / "last.pt", reference / "ddp" / "last.pt")
 
 
@@ -228,5 +232,6 @@ def test_a_peer_failure_is_not_reported_as_a_shape_problem(monkeypatch):
     assert not isinstance(raised.value, JfbError)
 
 
-def test_a_run_dir_path_is_needed():
-    assert Path(previous_path(Path("a/last.pt"))) == Path("a/last.prev.pt")
+def test_the_previous_checkpoint_is_named_after_the_one_it_precedes():
+    assert previous_path(Path("a/last.pt")) == Path("a/last.prev.pt")
+    assert previous_path(Path("run/best.pt")) == Path("run/best.prev.pt")

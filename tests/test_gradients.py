@@ -19,7 +19,8 @@ def _dense_gradient(op, u_star, x, head):
 @pytest.mark.parametrize("backward", ["ift", "ift:cg", "ift:fixed_point", "ift:gmres"])
 def test_ift_matches_dense_solve(dim, backward):
     op, x, head = tanh_problem(dim, 0.8, seed=dim)
-    mode = jfb.backward.IFT(backward.partition(":")[2] or "cg", tol=1e-12, max_iter=500)
+    mode = jfb.get_backward(f"{backward}:tol=1e-12:max_iter=500")  # "ift": the default linear solver
+    assert repr(mode.linear_solver) == (backward.partition(":")[2] or jfb.backward.DEFAULT_LINEAR_SOLVER)
     grad, layer, u = layer_gradient(op, x, head, mode)
     dense = _dense_gradient(op, u, x, head)
     assert layer.last_stats.backward.status == "converged"

@@ -72,6 +72,34 @@ class Flattened(nn.Module):
         return self.op(u.view(-1, *self.shape), x.view(-1, *self.shape)).flatten(1)
 
 
+class RecordingOperator(ConvOperator):
+    """Records the dtype its first convolution computes in, at every application of T."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes: list[torch.dtype] = []
+
+    def forward(self, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        inner = self.conv1(u)
+        self.dtypes.append(inner.dtype)
+        return 0.5 * self.conv2(torch.tanh(inner + x))
+
+
+@pytest.mark.parametrize(("backward", "solver"), MODES)
+def test_t_runs_in_bf16_in_the_forward_solve_and_in_every_backward_linearisation(backward, solver):
+    """The 2% gradient tests above would also pass if autocast were silently dropped: this one would not."""
+    op, x = RecordingOperator(), torch.randn(6, 4, 6, 6, generator=torch.Generator().manual_seed(1))
+    layer = jfb.ImplicitLayer(op, backward, solver=solver, max_iter=40, tol=1e-5, on_failure="ignore")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = layer.solve(x)
+    forward_calls = len(op.dtypes)
+    (result.value.float() ** 2).sum().backward()  # outside the autocast region, as a training loop does
+    assert result.stats.t_evals == len(op.dtypes) and forward_calls >= result.stats.forward.t_evals + 1
+    assert set(op.dtypes) == {torch.bfloat16}, op.dtypes
+    if backward.startswith(("ift", "neumann")):
+        assert len(op.dtypes) > forward_calls  # the backward linearisation applied T too, in bf16
+
+
 def test_the_ift_gradient_under_bf16_matches_a_dense_solve():
     op = Flattened(ConvOperator(2), (2, 4, 4))
     x = torch.randn(2, 32, generator=torch.Generator().manual_seed(2))

@@ -4,6 +4,7 @@ fingerprints of all three files, the MNIST file's test accuracy, explicit twins.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -22,7 +23,10 @@ FILES = {
     "SVHN_FPN_weights_94.12.pth": ("svhn-reference", 94.12, 3, 32),
     "CIFAR10_FPN_Unaugmented_weights_80.45.pth": ("cifar10-reference", 80.45, 3, 32),
 }
-needs_files = pytest.mark.skipif(not REFERENCE_DIR.is_dir(), reason="published checkpoints not present")
+#: skipped on a machine without them, but never in CI (CI=true): there a missing folder fails the tests
+needs_files = pytest.mark.skipif(
+    not REFERENCE_DIR.is_dir() and os.environ.get("CI") != "true", reason="published checkpoints not present"
+)
 
 
 def _fingerprints() -> dict[str, torch.Tensor]:

@@ -55,17 +55,20 @@ def runs(tmp_path_factory):
         succeed(_jfb(run_dir), timeout=600)
     crashed = base / "crashed"
     process = start(_jfb(crashed))
-    position = wait_for_checkpoint(process, crashed / "last.pt", min_step=1)
+    wait_for_checkpoint(process, crashed / "last.pt", min_step=1)
     process.send_signal(signal.SIGKILL)
     killed_with, _, _ = finish(process)
-    succeed(_jfb(crashed, "--resume"), timeout=600)
-    return uninterrupted, crashed, position, killed_with
+    position = load_checkpoint(crashed / "last.pt")["position"]  # what the killed run left on disk
+    epochs_done = len((crashed / "metrics.jsonl").read_text().splitlines())
+    resumed_stdout = succeed(_jfb(crashed, "--resume"), timeout=600)
+    return uninterrupted, crashed, (position, epochs_done, resumed_stdout), killed_with
 
 
-def test_the_run_was_killed_mid_epoch(runs):
-    _, _, position, killed_with = runs
+def test_the_run_was_killed_mid_epoch_and_resumed_from_the_step_it_wrote(runs):
+    _, crashed, (position, epochs_done, resumed_stdout), killed_with = runs
     assert killed_with == -signal.SIGKILL
-    assert position["epoch"] == 0 and 0 < position["step"] < 6
+    assert epochs_done == 0 and position["epoch"] == 0 and position["step"] in (2, 4)  # --checkpoint-every 2
+    assert f"resumed from {crashed / 'last.pt'} at epoch 1, step {position['step']}" in resumed_stdout
 
 
 def test_deterministic_runs_give_bit_identical_metrics(runs):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from training import SMALL, config_of, preempted_and_resumed
+from training import SMALL, config_of, preempted_and_resumed, quiet
 
 from jfb.errors import JfbError
 from jfb.train import TrainConfig, load_checkpoint, restore_model, setup_run, train
@@ -112,7 +112,11 @@ def test_the_jacobian_penalty_shrinks_the_jacobian_and_correction_adds_its_itera
     corrected = config_of(**SMALL, epochs=1, max_iter=6, correction=2)
     run = setup_run(corrected, tmp_path / "corrected", progress=False, log=lambda m: None)
     fit(run)
-    assert _records(tmp_path / "corrected")[0]["train_acc"] > 10.0
+    train(config_of(**SMALL, epochs=1, max_iter=6), tmp_path / "uncorrected", progress=False, log=quiet)
+    weights = [load_checkpoint(tmp_path / d / "last.pt")["model"] for d in ("corrected", "uncorrected")]
+    KEY = "implicit.operator.blocks.0.conv1.weight"
+    assert not torch.equal(weights[0][KEY], weights[1][KEY])  # the loss acts
+    assert _records(tmp_path / "corrected")[0]["train_acc"] > 20.0  # and it trains (chance: 10%)
     run.model.train()
     prediction = run.model(run.data.normalize(run.data.train.images[:8]), details=True)
     assert len(prediction.correction_logits) == 2  # S of T(u_2) and T(u_4) of the 6 iterates
