@@ -17,6 +17,8 @@ from .errors import JfbError
 from .lockstep import distributed_world_size
 from .state import State, StateLayout, describe, first_tensor, take_rows
 
+#: what a state may hold: the solvers' norms, mixing and least squares are real floating-point arithmetic
+STATE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 #: ``u0`` as given to a solve: a state, a function of ``x``, or None
 InitialState = None | Tensor | Sequence[Tensor] | Callable[[Any], State]
 #: T on flat states; ``T(u, index)`` evaluates the batch rows ``index`` only
@@ -37,36 +39,76 @@ def initial_state(x: Any, u0: InitialState, latent_shape: tuple | None) -> tuple
     return tuple(like.new_zeros((like.shape[0], *shape)) for shape in latent_shape), False
 
 
-def bind(operator: Callable, x: Any, layout: StateLayout, u0: State, guessed: bool) -> FlatOperator:
-    """T on flat states, ``T(u, index)`` on the batch rows ``index``; shapes checked on every call."""
+def check_state(state: State, guessed: bool) -> None:
+    """JfbError naming the argument unless the initial state is one or more floating-point, batch-first tensors
+    with at least one sample and one feature each."""
+    name = "x (the state starts as zeros shaped like it; pass u0= or latent_shape= otherwise)" if guessed else "u0"
+    tensors = state if isinstance(state, tuple) else (state,)
+    for t in tensors:
+        if not isinstance(t, Tensor) or t.dim() < 1:
+            raise JfbError(f"{name}: a state must be a batch-first tensor or a tuple of them, got {describe(state)}")
+        if t.dtype not in STATE_DTYPES:
+            choices = ", ".join(str(d).removeprefix("torch.") for d in STATE_DTYPES)
+            raise JfbError(f"{name} must be floating point ({choices}), got {str(t.dtype).removeprefix('torch.')}")
+        if t.shape[0] == 0 or t[0].numel() == 0:
+            raise JfbError(f"{name} needs at least one sample and one feature per sample, got shape {describe(t)}")
 
-    # only the first call on a guessed u0 can fail for its shape; in a multi-process run a failure may
-    # be a peer's (a collective inside T timing out), so the error is passed on as it is
-    shapes_unchecked = guessed and distributed_world_size() == 1
+
+def bind(operator: Callable, x: Any, layout: StateLayout, u0: State, guessed: bool) -> FlatOperator:
+    """T on flat states, ``T(u, index)`` on the batch rows ``index``; shapes checked on every call.
+
+    A failure of the first call is an argument problem (the state's shape or type): a JfbError naming u0 and x,
+    the operator's own error chained to it. A later failure is passed on as it is, with a note of where it
+    happened; so is every failure in a multi-process run, where it may be a peer's (a collective timing out).
+    """
+    first_call, dtypes_unchecked = distributed_world_size() == 1, True
     precision = caller_autocast(first_tensor(u0).device.type)
 
     def T(u: Tensor, index: Tensor | None = None) -> Tensor:
-        nonlocal shapes_unchecked
+        nonlocal first_call, dtypes_unchecked
         state = layout.unflatten(u)
         try:
             with precision():
                 out = operator(state, x if index is None else take_rows(x, index))
-        except RuntimeError as error:
-            if not shapes_unchecked:
+        except Exception as error:
+            if not first_call:
+                error.add_note(f"jfb: raised by the operator on u {describe(state)}, x {describe(x)}")
                 raise
-            raise JfbError(
-                f"the operator failed on u0 = zeros shaped like x {describe(x)} ({error}); if the state has "
-                "another shape, pass latent_shape= to the layer or u0= to the call"
-            ) from error
+            raise JfbError(_first_call_failure(x, u0, guessed, error)) from error
         if not layout.matches(out):
             raise JfbError(
                 f"T(u0) has shape {describe(out)} but u0 has {describe(u0)} (x: {describe(x)}); "
                 "T must return a state of u's shape: pass u0= or latent_shape= when the state is not shaped like x"
             )
-        shapes_unchecked = False
+        if dtypes_unchecked:
+            _check_output_dtypes(out, u0)
+        first_call = dtypes_unchecked = False
         return layout.flatten(out).to(u.dtype)
 
     return T
+
+
+def _check_output_dtypes(out: State, u0: State) -> None:
+    """T may compute in lower precision (autocast), never in complex or integer numbers: those would be cast."""
+    for t in out if isinstance(out, tuple) else (out,):
+        if t.dtype not in STATE_DTYPES:
+            raise JfbError(
+                f"T(u0) returned {str(t.dtype).removeprefix('torch.')} values for a state of "
+                f"{describe(u0)}; T must return real floating-point tensors (complex or integer values would be cast)"
+            )
+
+
+def _first_call_failure(x: Any, u0: State, guessed: bool, error: Exception) -> str:
+    reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    if guessed:
+        return (
+            f"the operator failed on u0 = zeros shaped like x {describe(x)} ({reason}); if the state has "
+            "another shape, pass latent_shape= to the layer or u0= to the call"
+        )
+    return (
+        f"the operator failed on its first call T(u0, x) with u0 {describe(u0)} and x {describe(x)} ({reason}); "
+        "u0 must have the structure and shapes of the state T returns"
+    )
 
 
 def caller_autocast(device_type: str) -> Callable[[], AbstractContextManager]:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .backward import IFT, BackwardMode, BackwardStats, FixedPointMap, GradientCheck, get_backward
-from .binding import InitialState, bind, differentiable_inputs, initial_state, normalize_latent_shape
+from .binding import InitialState, bind, check_state, differentiable_inputs, initial_state, normalize_latent_shape
 from .errors import ConvergenceWarning, FixedPointError, JfbError, unknown_name
 from .frozen import frozen_running_stats
 from .lockstep import all_processes_done, distributed_world_size, has_collectives
@@ -187,6 +187,7 @@ def solve_equilibrium(
 ) -> Equilibrium:
     """One call: prepare the state, solve, attach the backward mode, regularise (when ``regularize`` and grad)."""
     u0, guessed = initial_state(x, u0, latent_shape)
+    check_state(u0, guessed)
     layout = StateLayout(u0)
     T = bind(operator, x, layout, u0, guessed)
     regularized = regularize and torch.is_grad_enabled()

@@ -59,7 +59,8 @@ def runs(tmp_path_factory):
     process.send_signal(signal.SIGKILL)
     killed_with, _, _ = finish(process)
     position = load_checkpoint(crashed / "last.pt")["position"]  # what the killed run left on disk
-    epochs_done = len((crashed / "metrics.jsonl").read_text().splitlines())
+    metrics = crashed / "metrics.jsonl"  # written at the end of each epoch
+    epochs_done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
     resumed_stdout = succeed(_jfb(crashed, "--resume"), timeout=600)
     return uninterrupted, crashed, (position, epochs_done, resumed_stdout), killed_with
 

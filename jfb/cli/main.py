@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import NoReturn
 
 from .. import __version__
 from .commands import COMMANDS, Command, Log
@@ -20,10 +21,16 @@ from .flags import add_flags
 GROUP_HELP = {"bench": "Benchmarks (memory, speed), measured side by side."}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag or value is one line (``jfb train: error: argument --lr: ...``) and exit status 2, like every
+    other bad input; the usage is one ``--help`` away."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="jfb", description="Implicit networks trained with Jacobian-free backpropagation."
-    )
+    parser = OneLineParser(prog="jfb", description="Implicit networks trained with Jacobian-free backpropagation.")
     parser.add_argument("--version", action="version", version=f"torch-jfb {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}

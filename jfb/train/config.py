@@ -6,6 +6,8 @@ import copy
 import difflib
 import time
 import tomllib
+import types
+import typing
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -119,6 +121,7 @@ class TrainConfig:
         return self.arch or self.dataset
 
     def validate(self) -> None:
+        check_field_types(self)
         checks = [
             (0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
             (self.jacobian_penalty >= 0, "jacobian_penalty", "a number >= 0"),
@@ -233,6 +236,46 @@ class TrainConfig:
         )
 
 
+#: the largest integer a setting takes: a value beyond it is a typo or an overflow, never a plan
+LARGEST_INTEGER = 2**31 - 1
+
+
+def check_field_types(config: TrainConfig) -> None:
+    """JfbError naming the first field whose value is not of its annotated type (before any comparison)."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(config):
+        value, hint = getattr(config, f.name), hints[f.name]
+        if f.name in ("solve", "eval_solve") or _of_type(value, hint):
+            continue
+        raise JfbError(f"{f.name} must be {_type_words(hint)}, got {value!r}")
+
+
+def _of_type(value: Any, hint: Any) -> bool:
+    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        return type(None) in kinds
+    return any(_of_kind(value, kind) for kind in kinds)
+
+
+def _of_kind(value: Any, kind: Any) -> bool:
+    if isinstance(value, bool) or kind is bool:
+        return kind is bool and isinstance(value, bool)
+    if isinstance(value, int) and kind in (int, float):
+        return abs(value) <= LARGEST_INTEGER
+    if kind is float:
+        return isinstance(value, float)
+    if typing.get_origin(kind) is tuple:
+        return isinstance(value, (tuple, list)) and all(isinstance(item, str) for item in value)
+    return isinstance(value, kind)
+
+
+def _type_words(hint: Any) -> str:
+    words = {bool: "true or false", int: f"an integer (at most {LARGEST_INTEGER})", float: "a number", str: "a string"}
+    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    named = [words.get(kind, "a list of names") for kind in kinds if kind is not type(None)]
+    return " or ".join(named) + (' or "none"' if type(None) in kinds else "")
+
+
 def solve_table(table: Mapping[str, Any], name: str) -> dict[str, Any]:
     """A TOML table (or flags) of SolveOptions fields as keywords: names checked, ``"none"`` read as None."""
     if isinstance(table, SolveOptions):
@@ -257,6 +300,9 @@ def migrate_legacy_keys(values: dict[str, Any], warn_from: str | None = None) ->
             stacklevel=3,
         )
     values = dict(values)
+    for table in ("solve", "eval_solve"):
+        if not isinstance(values.get(table, {}), Mapping):
+            raise JfbError(f"{table} must be a table of solve options, got {values[table]!r}")
     solve = {**{k: values.pop(k) for k in LEGACY_SOLVE_KEYS if k in values}, **values.get("solve", {})}
     if values.pop("fixed_depth", False):
         solve["tol"] = None
@@ -318,8 +364,11 @@ def load_target(target: str) -> tuple[dict[str, Any], str]:
     else:
         choices = ", ".join(dict.fromkeys([*DATASETS, *packaged_recipes()]))
         raise JfbError(f"unknown dataset or config {target!r}; choose one of {choices} or a .toml file")
-    with open(path, "rb") as f:
-        return tomllib.load(f), str(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f), str(path)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise JfbError(f"{path} is not a valid TOML file ({error})") from None
 
 
 @dataclass(frozen=True)
