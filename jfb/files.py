@@ -13,13 +13,18 @@ from .errors import JfbError, StorageError
 
 
 def atomic_write(
-    path: Path, write: Callable[[IO[Any]], None], binary: bool = False, before_replace: Callable[[], None] | None = None
+    path: Path,
+    write: Callable[[IO[Any]], None],
+    binary: bool = False,
+    before_replace: Callable[[], None] | None = None,
+    after_replace: Callable[[], None] | None = None,
 ) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then rename it over ``path``.
 
-    ``before_replace`` runs once the new file is complete, just before the rename (to keep the
-    previous file under another name). An operating-system error (ENOSPC, EDQUOT, ...) becomes a
-    :class:`~jfb.errors.StorageError`; the temporary file is removed and ``path`` is untouched.
+    ``before_replace`` runs once the new file is complete, just before the rename, ``after_replace`` just
+    after it (together: keep the previous file under another name). An operating-system error (ENOSPC,
+    EDQUOT, ...) becomes a :class:`~jfb.errors.StorageError`; the temporary file is removed and ``path`` is
+    untouched.
     """
     path = Path(path)
     tmp = None
@@ -33,6 +38,8 @@ def atomic_write(
         if before_replace is not None:
             before_replace()
         os.replace(tmp, path)
+        if after_replace is not None:
+            after_replace()
     except OSError as error:
         raise StorageError(f"cannot write {path}: {error.strerror or error}") from error
     finally:

@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> dict:
     rng.shuffle(kinds)
     nan_steps = sorted(rng.sample(range(total), kinds.count("nan")))
     nan = ",".join(f"{s // steps_per_epoch}:{s % steps_per_epoch}" for s in nan_steps)
-    faults = sorted((rng.randrange(2, total - 1), kind) for kind in kinds if kind != "nan")
+    faults = sorted((rng.randrange(2, total - 6), kind) for kind in kinds if kind != "nan")  # room to strike
     argv = job(args.limit_train, args.epochs)
     out = Path(args.out)
     env = {**os.environ, "JFB_CHAOS_NAN": nan, "PYTHONUNBUFFERED": "1"}
@@ -138,7 +138,7 @@ def _inject(kind: str, at: int, argv: list[str], run_dir: Path, env: dict, steps
             return 1
         return 0
     if kind == "enospc":
-        enospc = {**env, "JFB_CHAOS_ENOSPC_AT": str(rng.randrange(2, 12))}
+        enospc = {**env, "JFB_CHAOS_ENOSPC_AT": str(rng.randrange(2, 6))}  # a write within its first steps
         result = subprocess.run(command, env=enospc, capture_output=True)
         return int(result.returncode == 1)
     first = max(at, _global_step(run_dir, steps) + 1)  # a step this process itself finishes

@@ -21,7 +21,7 @@ from jfb import StorageError
 from jfb.cli.main import main
 from jfb.errors import JfbError
 from jfb.train import load_checkpoint, save_checkpoint, train
-from jfb.train.checkpoint import FORMAT, previous_path
+from jfb.train.checkpoint import FORMAT, load_resumable, previous_path
 from jfb.train.preemption import EXIT_PREEMPTED
 
 pytestmark = pytest.mark.slow
@@ -157,6 +157,31 @@ def test_the_previous_checkpoint_is_kept_and_a_failed_write_overwrites_nothing(t
     with pytest.raises(StorageError, match="No space left on device"):
         save_checkpoint(path, {"value": torch.tensor(3.0)}, keep_previous=True)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporary file left either
+
+
+def test_a_crash_while_keeping_the_previous_checkpoint_never_leaves_one_file_under_both_names(tmp_path, monkeypatch):
+    """Found by the chaos soak: killed between keeping the old last.pt and renaming the new one in, last.pt and
+    last.prev.pt were one file (a hard link), and one corruption of last.pt took the fallback with it."""
+    path = tmp_path / "last.pt"
+    for value in (1.0, 2.0):
+        save_checkpoint(path, {"value": torch.tensor(value)}, keep_previous=True)
+    real_replace = os.replace
+
+    def crash_before_keeping(source, target):
+        if str(source).endswith(".link.tmp"):
+            raise SystemExit("killed")  # SIGKILL after the new last.pt is in place
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", crash_before_keeping)
+    with pytest.raises(SystemExit):
+        save_checkpoint(path, {"value": torch.tensor(3.0)}, keep_previous=True)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not os.path.samefile(path, previous_path(path))
+    assert load_checkpoint(path)["value"] == 3.0 and load_checkpoint(previous_path(path))["value"] == 1.0
+    path.write_bytes(path.read_bytes()[:100])  # last.pt damaged in place: the fallback is intact
+    assert load_resumable(path, log=lambda m: None)[0]["value"] == 1.0
+    save_checkpoint(path, {"value": torch.tensor(4.0)}, keep_previous=True)  # the next write tidies up
+    assert not list(tmp_path.glob("*.link.tmp"))
 
 
 def test_a_full_disk_stops_training_with_exit_1_and_the_last_checkpoint_intact(tmp_path, monkeypatch, capsys):

@@ -48,18 +48,26 @@ def save_checkpoint(path: Path, payload: dict[str, Any], keep_previous: bool = F
         "payload": torch.frombuffer(bytearray(blob), dtype=torch.uint8),
     }
 
-    def keep() -> None:  # a hard link: last.pt never goes missing, even for a moment
+    # the old last.pt gets a second name (a hard link) before the new file replaces it, and becomes last.prev.pt
+    # only after: last.pt never goes missing, and last.pt and last.prev.pt are never one file (a crash between
+    # the two steps leaves last.prev.pt one checkpoint older, never the same inode, which one corruption of
+    # last.pt would take with it: found by the chaos soak)
+    staged = previous_path(path).with_suffix(".link.tmp")
+
+    def stage_old() -> None:
+        staged.unlink(missing_ok=True)
         if path.exists():
-            staged = previous_path(path).with_suffix(".link.tmp")
-            staged.unlink(missing_ok=True)
             try:
                 os.link(path, staged)
             except OSError:  # a file system without hard links
                 os.replace(path, previous_path(path))
-            else:
-                os.replace(staged, previous_path(path))
 
-    atomic_write(path, lambda f: torch.save(wrapped, f), binary=True, before_replace=keep if keep_previous else None)
+    def keep_old() -> None:
+        if staged.exists():
+            os.replace(staged, previous_path(path))
+
+    hooks = {"before_replace": stage_old, "after_replace": keep_old} if keep_previous else {}
+    atomic_write(path, lambda f: torch.save(wrapped, f), binary=True, **hooks)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
