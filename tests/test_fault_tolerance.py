@@ -21,7 +21,7 @@ from jfb import StorageError
 from jfb.cli.main import main
 from jfb.errors import JfbError
 from jfb.train import load_checkpoint, save_checkpoint, train
-from jfb.train.checkpoint import FORMAT, load_resumable, previous_path
+from jfb.train.checkpoint import FORMAT, load_resumable, previous_path, unreadable_path
 from jfb.train.preemption import EXIT_PREEMPTED
 
 pytestmark = pytest.mark.slow
@@ -180,8 +180,10 @@ def test_a_crash_while_keeping_the_previous_checkpoint_never_leaves_one_file_und
     assert load_checkpoint(path)["value"] == 3.0 and load_checkpoint(previous_path(path))["value"] == 1.0
     path.write_bytes(path.read_bytes()[:100])  # last.pt damaged in place: the fallback is intact
     assert load_resumable(path, log=lambda m: None)[0]["value"] == 1.0
+    assert not path.exists() and unreadable_path(path).stat().st_size == 100  # moved aside, kept for a look
     save_checkpoint(path, {"value": torch.tensor(4.0)}, keep_previous=True)  # the next write tidies up
     assert not list(tmp_path.glob("*.link.tmp"))
+    assert load_checkpoint(previous_path(path))["value"] == 1.0  # the damaged file never becomes the fallback
 
 
 def test_a_full_disk_stops_training_with_exit_1_and_the_last_checkpoint_intact(tmp_path, monkeypatch, capsys):

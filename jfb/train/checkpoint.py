@@ -106,17 +106,33 @@ def _load(path: Path, data: bytes) -> dict[str, Any]:
     return payload
 
 
+def unreadable_path(path: Path) -> Path:
+    """Where an unreadable ``last.pt`` is moved once the run resumed from its predecessor: ``last.unreadable.pt``."""
+    return path.with_name(f"{path.stem}.unreadable{path.suffix}")
+
+
 def load_resumable(path: Path, log=print) -> tuple[dict[str, Any], Path]:
     """The checkpoint to resume from: ``path``, or :func:`previous_path` when ``path`` is missing or
-    unreadable (said in one line). JfbError when neither loads."""
+    unreadable (said in one line). JfbError when neither loads.
+
+    An unreadable ``path`` is moved to :func:`unreadable_path`: otherwise the run's next checkpoint would keep
+    it as the previous one, and one more damaged ``last.pt`` would leave nothing to resume from (found by the
+    chaos soak).
+    """
     previous = previous_path(path)
     try:
         return load_checkpoint(path), path
     except JfbError as error:
         if not previous.is_file():
             raise
-        log(f"warning: {error}; resuming from the previous checkpoint {previous}")
+        problem = error
     try:
-        return load_checkpoint(previous), previous
+        checkpoint = load_checkpoint(previous)
     except JfbError as error:
         raise JfbError(f"neither {path} nor {previous} can be loaded ({error})") from None
+    moved = ""
+    if path.exists():
+        os.replace(path, unreadable_path(path))
+        moved = f" ({path.name} moved to {unreadable_path(path).name})"
+    log(f"warning: {problem}; resuming from the previous checkpoint {previous}{moved}")
+    return checkpoint, previous
