@@ -140,5 +140,8 @@ def load_tensors_only(path: str | Path) -> Any:
                 raise JfbError(f"{path}: not a torch.save archive (expected one data.pkl, found {len(pickles)})")
             prefix = pickles[0][: -len("data.pkl")]
             return _TensorOnlyUnpickler(archive.read(pickles[0]), archive, prefix).load()
-    except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, KeyError) as exc:
-        raise JfbError(f"{path}: cannot read checkpoint ({exc})") from exc
+    except JfbError:
+        raise
+    except Exception as exc:  # a damaged or hostile file: zip, pickle, torch and type errors alike (fuzzed)
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise JfbError(f"{path}: cannot read checkpoint ({first_line})") from exc

@@ -13,6 +13,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -26,6 +27,7 @@ import jfb
 import jfb.cli.commands as commands
 from jfb.cli.main import build_parser, main
 from jfb.errors import JfbError
+from jfb.safe_load import load_tensors_only
 from jfb.solvers.options import option_names
 from jfb.train import TrainConfig, load_checkpoint
 from jfb.train.config import TrainSettings
@@ -149,9 +151,15 @@ def test_flipped_or_truncated_checkpoints_are_refused_in_one_line_or_load_unchan
     assert all(loaded["model"][k].equal(original["model"][k]) for k in original["model"])
 
 
+#: created if unpickling ever ran code from a file (it must not)
+CODE_RAN = Path(tempfile.gettempdir()) / f"jfb-fuzz-code-ran-{os.getpid()}"
+
+
 class _Marker:
+    """Unpickled with code execution, this would create CODE_RAN."""
+
     def __reduce__(self):
-        return (Path.touch, (Path(sys.argv[0]).with_name("code-ran"),))
+        return (Path.touch, (CODE_RAN,))
 
 
 @pytest.mark.parametrize("member", ["missing", "extra", "code"])
@@ -180,7 +188,7 @@ def test_zip_members_missing_extra_or_naming_code_are_handled_without_running_it
         return
     with pytest.raises(JfbError) as refused:
         load_checkpoint(path)
-    assert "\n" not in str(refused.value) and not (tmp_path / "code-ran").exists()
+    assert "\n" not in str(refused.value) and not CODE_RAN.exists()
 
 
 def test_memory_stays_bounded_over_many_fuzzed_files(tmp_path):
@@ -291,3 +299,48 @@ def test_fuzzed_layer_calls_give_a_status_or_a_jfb_error(
         residual = (torch.tanh(0.5 * u + x.double()) - u).reshape(u.shape[0], -1).norm(dim=1)
         exact = x.dtype in (torch.float32, torch.float64)  # a float16/bfloat16 state converges to its precision
         assert float(residual.max()) <= (1e-5 if exact else 0.05), float(residual.max())
+
+
+@FUZZ
+@given(seed=st.integers(0, 2**32 - 1), flips=st.integers(1, 4), cut=st.booleans())
+def test_flipped_or_truncated_reference_files_are_refused_in_one_line_or_load(tmp_path, seed, flips, cut):
+    """The authors' files carry no checksum: a flip in tensor bytes loads (the fingerprint tests of
+    tests/test_reference.py catch that); anywhere else it is refused in one line. Never another exception,
+    never code: the allow-list unpickler turns unknown classes into inert records."""
+    data = bytearray(_reference_like())
+    rng = random.Random(seed)
+    if cut:
+        data = data[: rng.randrange(len(data))]
+    for _ in range(flips if data else 0):
+        data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    path = tmp_path / "reference.pth"
+    path.write_bytes(bytes(data))
+    try:
+        loaded = load_tensors_only(path)
+    except JfbError as error:
+        assert "\n" not in str(error) and str(path) in str(error)
+        return
+    assert isinstance(loaded, dict) and not CODE_RAN.exists()
+
+
+def _reference_like() -> bytes:
+    """A small file shaped like the authors' checkpoints: weights next to a pickled optimiser object."""
+    import io
+    from collections import Counter, OrderedDict
+
+    buffer = io.BytesIO()
+    state = OrderedDict(w=torch.randn(4, 3, generator=torch.Generator().manual_seed(0)), b=torch.zeros(4))
+    torch.save({"net_state_dict": state, "optimizer": Counter(steps=3), "epoch": 3}, buffer)  # a class to keep inert
+    return buffer.getvalue()
+
+
+def test_a_reference_file_naming_a_function_to_call_is_refused_without_calling_it(tmp_path):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"net_state_dict": {"w": torch.ones(2)}, "optimizer": _Marker()}, buffer)
+    path = tmp_path / "hostile.pth"
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(JfbError, match="cannot read checkpoint"):
+        load_tensors_only(path)
+    assert not CODE_RAN.exists()
