@@ -5,10 +5,10 @@
 The job is `jfb train mnist` on a subset (one process, --deterministic, one thread). Faults are drawn from a
 seeded schedule at random training steps: SIGKILL, SIGTERM (exit 75, rerun with --resume), `last.pt` truncated or
 a byte flipped between runs, ENOSPC on a file write (exit 1, rerun), and NaN batches (the same batches poisoned in
-the uninterrupted run, so both skip them). After the last fault the job runs to its end; the weights and the
-metrics (all but the timing columns) must equal the uninterrupted run's. Prints one JSON line: faults injected,
-survived, restarts, the wall-time overhead. Not covered: faults under torchrun (each is tested on its own in
-tests/test_fault_tolerance.py).
+the uninterrupted run, so both skip them). With ``--processes 2`` the job runs as 2 gloo processes under torchrun
+and a worker is SIGKILLed instead of the job (torchrun restarts the group, which resumes). After the last fault
+the job runs to its end; the weights and the metrics (all but the timing columns) must equal the uninterrupted
+run's. Prints one JSON line: faults injected, survived, restarts, the wall-time overhead.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 KINDS = ("sigkill", "sigterm", "truncate", "flip", "enospc", "nan")
@@ -40,7 +41,8 @@ def worker(argv: list[str]) -> int:
     import jfb.train.loop as loop
     from jfb.cli.main import main
 
-    enospc_at = int(os.environ.get("JFB_CHAOS_ENOSPC_AT", "0"))
+    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"  # a restarted group has free disk
+    enospc_at = int(os.environ.get("JFB_CHAOS_ENOSPC_AT", "0")) if first_attempt else 0
     if enospc_at:
         real_fsync, calls = os.fsync, [0]
 
@@ -71,8 +73,24 @@ def worker(argv: list[str]) -> int:
     return main(argv)
 
 
-def _command(argv: list[str]) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "--worker", *argv]
+def _command(argv: list[str], processes: int, restarts: int = 0) -> list[str]:
+    worker_argv = [str(Path(__file__).resolve()), "--worker", *argv]
+    if processes == 1:
+        return [sys.executable, *worker_argv]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    return [*launcher, f"--max-restarts={restarts}", *worker_argv]
+
+
+def _workers_of(launcher: int) -> list[int]:
+    """torchrun's worker processes (its children), from /proc."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == launcher:
+                children.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return sorted(children)
 
 
 def _global_step(run_dir: Path, steps_per_epoch: int) -> int:
@@ -87,30 +105,50 @@ def _global_step(run_dir: Path, steps_per_epoch: int) -> int:
     return position["epoch"] * steps_per_epoch + position["step"]
 
 
+@dataclass
+class Job:
+    """The job under test: its flags, where it runs, how many processes, the environment of every run."""
+
+    argv: list[str]
+    run_dir: Path
+    processes: int
+    env: dict
+    steps_per_epoch: int
+
+    def command(self, restarts: int = 0) -> list[str]:
+        return _command([*self.argv, "--out", str(self.run_dir), "--resume"], self.processes, restarts)
+
+    def step(self) -> int:
+        return _global_step(self.run_dir, self.steps_per_epoch)
+
+
 def run(args: argparse.Namespace) -> dict:
     steps_per_epoch = args.limit_train // 50
     total = steps_per_epoch * args.epochs
     rng = random.Random(args.seed)
     kinds = [KINDS[i % len(KINDS)] for i in range(args.faults)]
+    if args.processes > 1:  # torchrun: a worker is killed (the group restarts) instead of the whole job
+        kinds = ["worker_kill" if kind == "sigkill" else kind for kind in kinds]
     rng.shuffle(kinds)
     nan_steps = sorted(rng.sample(range(total), kinds.count("nan")))
     nan = ",".join(f"{s // steps_per_epoch}:{s % steps_per_epoch}" for s in nan_steps)
     faults = sorted((rng.randrange(2, total - 6), kind) for kind in kinds if kind != "nan")  # room to strike
-    argv = job(args.limit_train, args.epochs)
-    out = Path(args.out)
+    argv, out = job(args.limit_train, args.epochs), Path(args.out)
     env = {**os.environ, "JFB_CHAOS_NAN": nan, "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
-    subprocess.run(_command([*argv, "--out", str(out / "reference")]), env=env, check=True, capture_output=True)
+    reference = _command([*argv, "--out", str(out / "reference")], args.processes)
+    subprocess.run(reference, env=env, check=True, capture_output=True)
     reference_s = time.perf_counter() - started
+    chaos = Job(argv, out / "chaos", args.processes, env, steps_per_epoch)
     started, restarts, injected = time.perf_counter(), 0, len(nan_steps)
-    chaos = out / "chaos"
     for at, kind in faults:
-        injected += _inject(kind, at, argv, chaos, env, steps_per_epoch, rng)
-        restarts += 1
-    final = subprocess.run(_command([*argv, "--out", str(chaos), "--resume"]), env=env, capture_output=True, text=True)
+        struck = _inject(kind, at, chaos, rng)
+        injected, restarts = injected + struck, restarts + 1 + (kind == "worker_kill" and struck)
+    final = subprocess.run(chaos.command(), env=env, capture_output=True, text=True)
     chaos_s = time.perf_counter() - started
-    same = final.returncode == 0 and _same_run(out / "reference", chaos)
+    same = final.returncode == 0 and _same_run(out / "reference", chaos.run_dir)
     return {
+        "processes": args.processes,
         "faults_scheduled": args.faults,
         "faults_injected": injected,
         "faults_survived": injected if same else 0,
@@ -123,33 +161,56 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def _inject(kind: str, at: int, argv: list[str], run_dir: Path, env: dict, steps: int, rng: random.Random) -> int:
+def _inject(kind: str, at: int, job: Job, rng: random.Random) -> int:
     """Run the job with --resume until fault ``kind`` strikes at step ``at``; 1 when it struck."""
-    command = _command([*argv, "--out", str(run_dir), "--resume"])
     if kind in ("truncate", "flip"):  # a damaged last.pt between two runs
-        last = run_dir / "last.pt"
-        if last.is_file():
-            data = bytearray(last.read_bytes())
-            if kind == "truncate":
-                data = data[: rng.randrange(1, len(data))]
-            else:
-                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
-            last.write_bytes(bytes(data))
-            return 1
-        return 0
-    if kind == "enospc":
-        enospc = {**env, "JFB_CHAOS_ENOSPC_AT": str(rng.randrange(2, 6))}  # a write within its first steps
-        result = subprocess.run(command, env=enospc, capture_output=True)
-        return int(result.returncode == 1)
-    first = max(at, _global_step(run_dir, steps) + 1)  # a step this process itself finishes
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while process.poll() is None and _global_step(run_dir, steps) < first:
+        return _damage(job.run_dir / "last.pt", kind, rng)
+    if kind == "enospc":  # rank 0 writes every file; a full disk stops the job (exit 1)
+        enospc = {**job.env, "JFB_CHAOS_ENOSPC_AT": str(rng.randrange(2, 6))}  # a write within its first steps
+        return int(subprocess.run(job.command(), env=enospc, capture_output=True).returncode != 0)
+    first = max(at, job.step() + 1)  # a step this process itself finishes
+    process = subprocess.Popen(
+        job.command(restarts=2 if kind == "worker_kill" else 0),
+        env=job.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    while process.poll() is None and job.step() < first:
         time.sleep(0.05)
     if process.poll() is not None:
         return 0
+    if kind == "worker_kill":
+        return _kill_a_worker(process, job)
     process.send_signal(signal.SIGKILL if kind == "sigkill" else signal.SIGTERM)
-    code = process.wait()
-    return int(code in (-signal.SIGKILL, 75))
+    return int(process.wait() in (-signal.SIGKILL, 75, 1))
+
+
+def _kill_a_worker(launcher: subprocess.Popen, job: Job) -> int:
+    """SIGKILL one torchrun worker; torchrun restarts the group, which resumes. Once the restarted group has
+    written a checkpoint of its own the launcher is stopped (SIGTERM: a preemption) to end the segment."""
+    workers = _workers_of(launcher.pid)
+    if not workers:
+        return 0
+    killed_at = job.step()
+    os.kill(workers[-1], signal.SIGKILL)
+    while launcher.poll() is None and job.step() <= killed_at:
+        time.sleep(0.05)
+    if launcher.poll() is None:
+        launcher.send_signal(signal.SIGTERM)
+    launcher.wait()
+    return 1
+
+
+def _damage(last: Path, kind: str, rng: random.Random) -> int:
+    if not last.is_file():
+        return 0
+    data = bytearray(last.read_bytes())
+    if kind == "truncate":
+        data = data[: rng.randrange(1, len(data))]
+    else:
+        data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    last.write_bytes(bytes(data))
+    return 1
 
 
 def _same_run(reference: Path, chaos: Path) -> bool:
@@ -157,9 +218,9 @@ def _same_run(reference: Path, chaos: Path) -> bool:
 
     from jfb.train import load_checkpoint
 
-    def records(run_dir: Path) -> list[dict]:
+    def records(run_dir: Path) -> str:  # as JSON text: NaN (an untested epoch) equals NaN
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+        return json.dumps([{k: v for k, v in r.items() if k not in TIMING} for r in rows], sort_keys=True)
 
     a, b = (load_checkpoint(d / "last.pt")["model"] for d in (reference, chaos))
     return records(reference) == records(chaos) and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -173,6 +234,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault schedule")
     parser.add_argument("--limit-train", type=int, default=1000, help="training images (50 per step)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of the job")
+    parser.add_argument("--processes", type=int, default=1, help="1, or 2+ for gloo processes under torchrun")
     parser.add_argument("--out", default="runs/chaos", help="where the reference and the chaos runs go")
     result = run(parser.parse_args())
     print(json.dumps(result))

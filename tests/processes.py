@@ -7,6 +7,7 @@ Every launch runs in its own session with a bounded wait; on a hang the whole pr
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -101,6 +102,17 @@ def workers_of(launcher: int) -> list[int]:
         if int(fields[1]) == launcher:
             children.append(int(stat.parent.name))
     return sorted(children)
+
+
+def same_metrics(a: Path, b: Path) -> bool:
+    """Whether two run dirs' metrics.jsonl agree in every column but the timing ones (NaN equals NaN)."""
+
+    def records(run_dir: Path) -> str:
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        timing = ("epoch_time_s", "samples_per_s", "gradient_check_s")
+        return json.dumps([{k: v for k, v in r.items() if k not in timing} for r in rows], sort_keys=True)
+
+    return records(a) == records(b)
 
 
 def same_weights(a: Path, b: Path) -> bool:

@@ -31,3 +31,13 @@ def test_a_job_through_many_faults_ends_bit_identical_to_an_uninterrupted_run(tm
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["identical"] and result["faults_survived"] == result["faults_injected"] >= 6
     assert result["nan_batches"] >= 1 and result["restarts"] >= 5
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_processes_under_torchrun_through_many_faults_end_bit_identical(tmp_path):
+    argv = [sys.executable, str(SCRIPT), "--faults", "7", "--limit-train", "600", "--processes", "2"]
+    done = subprocess.run([*argv, "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["identical"] and result["faults_survived"] == result["faults_injected"] >= 5

@@ -13,7 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from processes import JFB, TORCHRUN, finish, kill_all, same_weights, start, succeed, wait_for_checkpoint, workers_of
+from processes import (
+    JFB,
+    TORCHRUN,
+    finish,
+    kill_all,
+    same_metrics,
+    same_weights,
+    start,
+    succeed,
+    wait_for_checkpoint,
+    workers_of,
+)
 from training import config_of
 
 import jfb.train.loop as loop
@@ -85,6 +96,7 @@ def test_sigterm_to_torchrun_reaches_every_worker_and_rank_0_writes_once(tmp_pat
     resumed = succeed([*TORCHRUN, "-m", "jfb", *TRAIN, "--out", str(run_dir), "--resume"])
     assert f"at epoch 1, step {position['step']}" in resumed  # continued from the step written, not restarted
     assert same_weights(run_dir / "last.pt", reference / "ddp" / "last.pt")
+    assert same_metrics(run_dir, reference / "ddp")  # each process continued its own running sums
 
 
 def test_torchrun_restarts_a_group_whose_worker_was_killed_and_finishes_identically(tmp_path, reference):
@@ -97,7 +109,7 @@ def test_torchrun_restarts_a_group_whose_worker_was_killed_and_finishes_identica
     code, stdout, stderr = finish(launcher, timeout=300)
     assert code == 0, stderr[-3000:]
     assert "resumed from" in stdout and "connectFullMesh" not in stderr
-    assert same_weights(run_dir / "last.pt", reference / "ddp" / "last.pt")
+    assert same_weights(run_dir / "last.pt", reference / "ddp" / "last.pt") and same_metrics(run_dir, reference / "ddp")
 
 
 def test_a_hung_worker_makes_the_others_fail_within_the_timeout(tmp_path):

@@ -8,7 +8,7 @@ benchmark commands share with training.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from .config import TrainConfig, merge_settings, migrate_legacy_keys
 from .distributed import Processes, synchronize_batch_norm
 from .metrics import MetricsLog
 from .preemption import PreemptionWatch
-from .records import EpochRecord, Position
+from .records import EpochRecord, EpochStats, Position
 from .warm_starts import WarmStarts
 
 Log = Callable[[str], None]
@@ -136,11 +136,18 @@ class Run:
 
     def save(self, name: str, position: Position | None = None) -> None:
         """Write a resumable checkpoint (main process only; every process waits for it). ``last.pt``
-        keeps its predecessor as ``last.prev.pt``; a failed write says which checkpoint is intact."""
+        keeps its predecessor as ``last.prev.pt``; a failed write says which checkpoint is intact.
+
+        Each process's running sums of the epoch go in too: a resumed data-parallel run continues each
+        process's own (rank 0's in every process counted its part twice, and lost the others': found by the
+        chaos soak under torchrun)."""
+        position = position or self.position
+        per_process = self.processes.gather(asdict(position.stats)) if self.processes.distributed else None
         if self.processes.is_main:
             path = self.run_dir / name
             try:
-                save_checkpoint(path, self._checkpoint(position or self.position), keep_previous=name == "last.pt")
+                payload = self._checkpoint(position) | ({"stats_per_process": per_process} if per_process else {})
+                save_checkpoint(path, payload, keep_previous=name == "last.pt")
             except StorageError as error:
                 intact = [p.name for p in (path, previous_path(path)) if p.is_file()]
                 note = f"; intact: {', '.join(intact)}" if intact else ""
@@ -261,5 +268,13 @@ def _restore(run: Run, checkpoint: dict[str, Any], path: Path) -> None:
     if "cuda_rng" in checkpoint and run.config.device == "cuda":
         torch.cuda.set_rng_state(checkpoint["cuda_rng"])
     run.position = Position.from_dict(checkpoint["position"])
+    per_process = checkpoint.get("stats_per_process")
+    if per_process is not None and len(per_process) == run.processes.world_size:
+        run.position.stats = EpochStats(**per_process[run.processes.rank])
+    elif per_process is not None and run.position.step:
+        run.log(
+            f"warning: {path} was written by {len(per_process)} processes, this run has {run.processes.world_size}: "
+            "the training metrics of the interrupted epoch count process 0's part only"
+        )
     run.best_val = checkpoint["best_val_acc"]
     run.metrics.records = [EpochRecord.from_dict(r) for r in checkpoint["records"]]
