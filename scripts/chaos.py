@@ -141,9 +141,13 @@ def run(args: argparse.Namespace) -> dict:
     reference_s = time.perf_counter() - started
     chaos = Job(argv, out / "chaos", args.processes, env, steps_per_epoch)
     started, restarts, injected = time.perf_counter(), 0, len(nan_steps)
-    for at, kind in faults:
+    extra = [kind for kind in kinds if kind != "nan"]  # more of the same kinds while some did not strike
+    while faults and injected < args.faults:
+        at, kind = faults.pop(0)
         struck = _inject(kind, at, chaos, rng)
         injected, restarts = injected + struck, restarts + 1 + (kind == "worker_kill" and struck)
+        if not faults and injected < args.faults and chaos.step() < total - 6:
+            faults.append((chaos.step() + 2, extra[injected % len(extra)]))
     final = subprocess.run(chaos.command(), env=env, capture_output=True, text=True)
     chaos_s = time.perf_counter() - started
     same = final.returncode == 0 and _same_run(out / "reference", chaos.run_dir)
@@ -202,7 +206,9 @@ def _kill_a_worker(launcher: subprocess.Popen, job: Job) -> int:
 
 
 def _damage(last: Path, kind: str, rng: random.Random) -> int:
-    if not last.is_file():
+    """Truncate or flip a byte of last.pt; only once a predecessor exists (one damaged only copy cannot be
+    survived by any design: the resume refuses in one line)."""
+    if not last.is_file() or not last.with_name(f"{last.stem}.prev{last.suffix}").is_file():
         return 0
     data = bytearray(last.read_bytes())
     if kind == "truncate":
