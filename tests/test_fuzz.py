@@ -129,19 +129,23 @@ def test_fuzzed_flag_values_are_accepted_or_refused_in_one_line(tmp_path, capsys
     assert not (tmp_path / "run").exists()
 
 
+def _mutated(original: bytes, path: Path, seed: int, flips: int, cut: bool) -> Path:
+    """``original`` cut at a random offset (with ``cut``) and ``flips`` random bits flipped, written to ``path``."""
+    data, rng = bytearray(original), random.Random(seed)
+    if cut:
+        data = data[: rng.randrange(len(data))]
+    for _ in range(flips if data else 0):
+        data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    path.write_bytes(bytes(data))
+    return path
+
+
 @FUZZ
 @given(seed=st.integers(0, 2**32 - 1), flips=st.integers(1, 4), cut=st.booleans())
 def test_flipped_or_truncated_checkpoints_are_refused_in_one_line_or_load_unchanged(tmp_path, seed, flips, cut):
     """Every format-3 file carries the SHA-256 of its payload: a change anywhere is refused, or (in the zip's
     framing) harmless, never a silently different model."""
-    data = bytearray(CHECKPOINT.read_bytes())
-    rng = random.Random(seed)
-    if cut:
-        data = data[: rng.randrange(len(data))]
-    for _ in range(flips if data else 0):
-        data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
-    path = tmp_path / "mutated.pt"
-    path.write_bytes(bytes(data))
+    path = _mutated(CHECKPOINT.read_bytes(), tmp_path / "mutated.pt", seed, flips, cut)
     try:
         loaded = load_checkpoint(path)
     except JfbError as error:
@@ -307,14 +311,7 @@ def test_flipped_or_truncated_reference_files_are_refused_in_one_line_or_load(tm
     """The authors' files carry no checksum: a flip in tensor bytes loads (the fingerprint tests of
     tests/test_reference.py catch that); anywhere else it is refused in one line. Never another exception,
     never code: the allow-list unpickler turns unknown classes into inert records."""
-    data = bytearray(_reference_like())
-    rng = random.Random(seed)
-    if cut:
-        data = data[: rng.randrange(len(data))]
-    for _ in range(flips if data else 0):
-        data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
-    path = tmp_path / "reference.pth"
-    path.write_bytes(bytes(data))
+    path = _mutated(_reference_like(), tmp_path / "reference.pth", seed, flips, cut)
     try:
         loaded = load_tensors_only(path)
     except JfbError as error:
