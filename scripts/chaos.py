@@ -196,7 +196,10 @@ def _kill_a_worker(launcher: subprocess.Popen, job: Job) -> int:
     if not workers:
         return 0
     killed_at = job.step()
-    os.kill(workers[-1], signal.SIGKILL)
+    try:
+        os.kill(workers[-1], signal.SIGKILL)
+    except ProcessLookupError:  # the worker exited between the listing and the kill
+        return 0
     while launcher.poll() is None and job.step() <= killed_at:
         time.sleep(0.05)
     if launcher.poll() is None:
