@@ -23,7 +23,7 @@ from .errors import ConvergenceWarning, FixedPointError, JfbError, unknown_name
 from .frozen import frozen_running_stats
 from .lockstep import all_processes_done, distributed_world_size, has_collectives
 from .regularizers import evenly_spaced, jacobian_frobenius
-from .solvers import SolveOptions, SolveStats, solve_flat
+from .solvers import SolveOptions, SolveStats
 from .state import State, StateLayout
 from .status import Status
 
@@ -192,7 +192,7 @@ def solve_equilibrium(
     T = bind(operator, x, layout, u0, guessed)
     regularized = regularize and torch.is_grad_enabled()
     iterates: list[Tensor] | None = [] if regularized and policy.correction else None
-    u_star, forward = _solve(operator, mode, policy, T, layout.flatten(u0), options, iterates)
+    u_star, forward, trace = _solve(operator, mode, policy, T, layout.flatten(u0), options, iterates)
     stats = ImplicitStats(forward, options, BackwardStats(mode=repr(mode), forward_evals=forward.t_evals))
     report = FailureReport(policy.on_failure)
     report.forward(forward)
@@ -205,6 +205,7 @@ def solve_equilibrium(
         options.max_iter,
         report.backward,
         lambda: differentiable_inputs(operator, x),
+        trace,
     )
     value = layout.unflatten(mode.attach(bound, u_star, stats.backward))
     result = Equilibrium(value, layout.unflatten(u_star.detach()), stats)
@@ -215,10 +216,10 @@ def solve_equilibrium(
 
 def check_compatible(mode: BackwardMode, options: SolveOptions) -> None:
     """JfbError when the backward mode cannot run after this solve."""
-    if mode.records_forward_graph and options.solver_name != "picard":
+    if mode.forward_solver is not None and options.solver_name != mode.forward_solver:
         raise JfbError(
-            "backward 'unroll' backpropagates through Picard iterations; "
-            f"use solver='picard', not {options.solver_name!r}"
+            f"backward {mode.name!r} backpropagates through the iterations of solver {mode.forward_solver!r}; "
+            f"pass solver={mode.forward_solver!r}, not {options.solver_name!r}"
         )
 
 
@@ -230,7 +231,7 @@ def _solve(
     x0: Tensor,
     options: SolveOptions,
     iterates: list[Tensor] | None,
-) -> tuple[Tensor, SolveStats]:
+) -> tuple[Tensor, SolveStats, Any]:
     records_graph = mode.records_forward_graph and torch.is_grad_enabled()
     lockstep = _in_lockstep(operator, mode, policy.lockstep)
     if options.freeze_converged and (records_graph or lockstep):
@@ -238,7 +239,7 @@ def _solve(
     with frozen_running_stats(operator), torch.set_grad_enabled(records_graph):
         agree = all_processes_done(x0.device) if lockstep else None
         observe = None if iterates is None else iterates.append
-        return solve_flat(T, x0 if records_graph else x0.detach(), options, agree, observe)
+        return mode.solve(T, x0 if records_graph else x0.detach(), options, agree, observe)
 
 
 def _in_lockstep(operator: Callable, mode: BackwardMode, lockstep: bool | None) -> bool:
@@ -276,7 +277,8 @@ def _regularize(
 
 @dataclass(frozen=True)
 class FailureReport:
-    """Hands a failed forward solve, or a backward linear solve that missed its tolerance, to ``on_failure``."""
+    """Hands a failed forward solve, a backward linear solve that missed its tolerance, or a backward pass with
+    non-finite gradients (``reversible``), to ``on_failure``."""
 
     on_failure: str
 
@@ -289,10 +291,9 @@ class FailureReport:
 
     def backward(self, name: str, stats: BackwardStats) -> None:
         if stats.status != Status.CONVERGED:
-            self._fail(
-                f"backward linear solve ({name}) {stats.status} after {stats.iterations} iterations, "
-                f"relative residual {stats.relative_residual:.3g}"
-            )
+            what = "backward linear solve" if stats.relative_residual == stats.relative_residual else "backward pass"
+            residual = f", relative residual {stats.relative_residual:.3g}" if what == "backward linear solve" else ""
+            self._fail(f"{what} ({name}) {stats.status} after {stats.iterations} iterations{residual}")
 
     def _fail(self, message: str) -> None:
         if self.on_failure == "raise":

@@ -72,7 +72,7 @@ def test_layer_attributes_cannot_be_set_around_the_options():
     with pytest.raises(jfb.JfbError, match="either options= or solve settings"):
         jfb.ImplicitLayer(lambda u, x: u, options=jfb.SolveOptions(), tol=1e-3)
     unroll = jfb.ImplicitLayer(lambda u, x: 0.5 * u + x, backward="unroll", solver="picard")
-    with pytest.raises(jfb.JfbError, match="use solver='picard'"):
+    with pytest.raises(jfb.JfbError, match="pass solver='picard'"):
         unroll(torch.ones(2, 2), solve=dict(solver="anderson"))
 
 

@@ -41,7 +41,7 @@ OP = lambda u, x: 0.5 * u + x  # noqa: E731
         (dict(max_iter=2.5), r"max_iter must be an integer >= 1, got 2.5"),
         (dict(stop_mode="max"), r"unknown stop_mode 'max'; choose one of abs, rel"),
         (dict(on_failure="panic"), r"unknown on_failure 'panic'; choose one of warn, raise, ignore"),
-        (dict(solver="anderson", backward="unroll"), r"use solver='picard', not 'anderson'"),
+        (dict(solver="anderson", backward="unroll"), r"pass solver='picard', not 'anderson'"),
     ],
 )
 def test_bad_arguments(kwargs, pattern):

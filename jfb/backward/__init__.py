@@ -1,7 +1,8 @@
 """How the gradient flows: backward modes, by name or as objects, and their registry.
 
 Names: ``jfb``, ``neumann:K``, ``phantom:K[:tau=T]``, ``ift`` (fixed-point iteration), ``ift:cg`` (the paper's
-CG on the normal equations), ``ift:fixed_point``, ``ift:gmres``, ``unroll``, ``auto`` (JFB with checks and
+CG on the normal equations), ``ift:fixed_point``, ``ift:gmres``, ``unroll``, ``reversible`` (exact, in constant
+memory, through ``solver="reversible"``), ``auto`` (JFB with checks and
 escalation). Options follow as ``key=value`` parts: ``ift:cg:tol=1e-8:max_iter=100``.
 Add a mode with :func:`register_backward`, an IFT linear solver with :func:`register_linear_solver` (both
 registries are :class:`jfb.registry.Registry`, as the solvers' is).
@@ -28,6 +29,7 @@ from .linear import (
 )
 from .neumann import Neumann
 from .phantom import Phantom
+from .reversible import Reversible
 from .unroll import Unroll
 
 BACKWARD_MODES: Registry[BackwardMode] = Registry("backward mode", BackwardMode)
@@ -58,6 +60,7 @@ register_backward("neumann", Neumann, "neumann:K")
 register_backward("ift", IFT, f"ift[:{'|'.join(LINEAR_SOLVERS.names())}][:tol=T][:max_iter=N]")
 register_backward("phantom", Phantom, "phantom:K[:tau=T]")
 register_backward("unroll", Unroll)
+register_backward("reversible", Reversible)
 register_backward("auto", Autopilot, "auto[:every=N][:threshold=C][:recover=C][:patience=M][:k=K][:linear_solver=NAME]")
 
 __all__ = [
@@ -78,6 +81,7 @@ __all__ = [
     "Neumann",
     "NormalCG",
     "Phantom",
+    "Reversible",
     "Unroll",
     "backward_names",
     "get_backward",

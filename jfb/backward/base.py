@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..errors import JfbError
+from ..solvers import SolveOptions, SolveStats, solve_flat
 from ..status import Status
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ class BackwardStats:
     t_evals: int = 0
     #: ``backward="auto"``: the gradient checks this call's backward pass made (at most one per pass)
     checks: list[GradientCheck] = field(default_factory=list)
+    #: ``backward="reversible"``: the largest absolute difference between the first pair the reverse pass
+    #: reconstructed and the initial state (rounding grows as ``|1 - beta|^-1`` per half step)
+    reconstruction_error: float = float("nan")
 
 
 class FixedPointMap:
@@ -53,7 +57,8 @@ class FixedPointMap:
     ``forward_max_iter`` is the depth limit of the forward solve of this call; ``report(stats)``
     hands a backward solve that missed its tolerance to the layer's ``on_failure`` policy;
     ``inputs()`` lists what T's output depends on with grad (the operator's parameters and the input
-    tensors that require grad), for modes that compare directions over them.
+    tensors that require grad), for modes that compare directions over them. ``trace`` is what the mode's
+    own :meth:`BackwardMode.solve` left for its backward pass (the reversible iteration's last pair).
     """
 
     def __init__(
@@ -63,9 +68,10 @@ class FixedPointMap:
         forward_max_iter: int,
         report: Callable[[str, BackwardStats], None],
         inputs: Callable[[], list[Tensor]] = list,
+        trace: Any = None,
     ) -> None:
         self.T, self.frozen, self.forward_max_iter, self.report = T, frozen, forward_max_iter, report
-        self.inputs = inputs
+        self.inputs, self.trace = inputs, trace
         self._apply = T
 
     def __call__(self, u: Tensor) -> Tensor:
@@ -116,6 +122,23 @@ class BackwardMode:
     name: str = ""
     #: True when the forward solve itself must record an autograd graph (``unroll``).
     records_forward_graph: bool = False
+    #: the solver whose iterations this mode backpropagates through (None: any solver)
+    forward_solver: str | None = None
+
+    def solve(
+        self,
+        F: Callable[[Tensor, Tensor | None], Tensor],
+        x0: Tensor,
+        options: SolveOptions,
+        agree: Callable[[bool], bool] | None,
+        observe: Callable[[Tensor], None] | None,
+    ) -> tuple[Tensor, SolveStats, Any]:
+        """The forward solve: ``(u*, statistics, trace)``; the trace reaches :meth:`attach` as ``T.trace``.
+
+        The driver runs the options' solver; a mode that inverts its own iteration overrides this.
+        """
+        u_star, stats = solve_flat(F, x0, options, agree, observe)
+        return u_star, stats, None
 
     def attach(self, T: FixedPointMap, u_star: Tensor, stats: BackwardStats) -> Tensor:
         raise NotImplementedError

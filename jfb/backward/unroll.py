@@ -18,6 +18,7 @@ class Unroll(BackwardMode):
 
     name = "unroll"
     records_forward_graph = True
+    forward_solver = "picard"
 
     def attach(self, T: FixedPointMap, u_star: Tensor, stats: BackwardStats) -> Tensor:
         out = T(u_star)

@@ -67,9 +67,11 @@ def _step_function(model_name: str, backward: str, dim: int, batch: int, device:
     params = [p for m in (operator, embed, head) if m is not None for p in m.parameters()]
     opt = torch.optim.SGD(params, lr=1e-3)
 
+    solver = jfb.backward.get_backward(backward).forward_solver or "picard"
+
     def step(depth: int) -> int:
         layer = jfb.ImplicitLayer(
-            operator, solver="picard", backward=backward, tol=None, max_iter=depth, on_failure="ignore"
+            operator, solver=solver, backward=backward, tol=None, max_iter=depth, on_failure="ignore"
         )
         u = layer(embed(inputs))
         loss = nn.functional.cross_entropy(head(u), targets) if head is not None else u.square().mean()

@@ -1,6 +1,7 @@
 """How u* is found: a step protocol (:class:`Solver`), one driver (:func:`solve`), a registry.
 
-Built in: ``picard``, ``anderson``, ``broyden``; add one with :func:`register_solver`.
+Built in: ``picard``, ``anderson``, ``broyden``, ``reversible`` (the coupled iteration ``backward="reversible"``
+inverts); add one with :func:`register_solver`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from .broyden import Broyden
 from .driver import solve, solve_flat
 from .options import STOP_MODES, SolveOptions
 from .picard import Picard
+from .reversible import Reversible
 
-for _solver in (Picard, Anderson, Broyden):
+for _solver in (Picard, Anderson, Broyden, Reversible):
     register_solver(_solver.name, _solver)
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "Broyden",
     "History",
     "Picard",
+    "Reversible",
     "SolveOptions",
     "SolveStats",
     "Solver",
