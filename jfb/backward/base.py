@@ -96,9 +96,10 @@ class FixedPointMap:
             return self.T(u), u
 
 
-#: modes whose gradient is autograd through the applications of T they record, so that a backward pass with
-#: ``create_graph=True`` differentiates exactly what they compute
-SECOND_ORDER_MODES = ("jfb", "phantom:K", "unroll")
+#: modes whose gradient is differentiable: a backward pass with ``create_graph=True`` differentiates exactly what
+#: they compute (autograd through the applications of T they record; for ``ift`` the linear solve is attached as
+#: a fixed point of its own)
+SECOND_ORDER_MODES = ("jfb", "phantom:K", "unroll", "ift")
 
 
 def refuse_second_order(mode: str) -> None:
@@ -154,3 +155,40 @@ class BackwardMode:
 
     def __repr__(self) -> str:
         return self.name
+
+
+class GradientOverride(torch.autograd.Function):
+    """``out`` unchanged, with the backward pass ``gradients(grad, value)``: the gradients for ``out`` and for each
+    of ``inputs`` (None where there is none). ``value`` is this node's output, differentiable, so a backward pass
+    with ``create_graph=True`` can build on it (IFT's second derivatives)."""
+
+    @staticmethod
+    def forward(ctx: Any, gradients: Callable, out: Tensor, *inputs: Tensor) -> Tensor:
+        value = out.clone()
+        ctx.gradients = gradients
+        ctx.save_for_backward(value)
+        return value
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        (value,) = ctx.saved_tensors
+        return (None, *ctx.gradients(grad, value))
+
+
+def tensors_with_grad(out: Tensor, known: list[Tensor], exclude: Tensor | None = None) -> list[Tensor]:
+    """``known`` and every leaf tensor requiring grad that ``out``'s graph reaches without passing through a
+    known tensor: what a mode that computes parameter gradients itself must cover (the parameters and
+    closed-over tensors of a plain-function operator too)."""
+    found = {id(t): t for t in known}
+    stops = {t.grad_fn for t in known if t.grad_fn is not None}
+    seen, pending = set(), [out.grad_fn]
+    while pending:
+        node = pending.pop()
+        if node is None or node in seen or node in stops:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)  # an AccumulateGrad node: a leaf
+        if variable is not None and variable is not exclude:
+            found.setdefault(id(variable), variable)
+        pending.extend(next_node for next_node, _ in node.next_functions)
+    return list(found.values())

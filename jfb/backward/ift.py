@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
+from ..errors import JfbError
 from ..solvers.base import require_integer, require_number
-from .base import BackwardMode, BackwardStats, FixedPointMap, refuse_second_order
-from .jacobian import JacobianProducts
+from .base import BackwardMode, BackwardStats, FixedPointMap, GradientOverride, tensors_with_grad
+from .jacobian import JacobianProducts, TransposedProducts
 from .linear import LINEAR_SOLVERS, LinearSolver
 
 #: chosen by measurement (README, "Backward modes"): the fixed-point iteration w <- J^T w + g was the
@@ -48,26 +50,84 @@ class IFT(BackwardMode):
 
     def attach(self, T: FixedPointMap, u_star: Tensor, stats: BackwardStats) -> Tensor:
         out = T(u_star.detach())
+        if not out.requires_grad:
+            return out
         max_iter = self.max_iter or T.forward_max_iter
+        inputs = tensors_with_grad(out, T.inputs())
 
-        def implicit_gradient(grad: Tensor) -> Tensor:
-            refuse_second_order(self.name)
-            products = JacobianProducts(*T.linearization(u_star))
+        def implicit_gradient(grad: Tensor, value: Tensor) -> tuple[Tensor | None, ...]:
+            w = self._solve(JacobianProducts(*T.linearization(u_star)), grad, max_iter, T, stats)
+            if not torch.is_grad_enabled():  # backpropagate w through the output's application of T
+                return (w, *(None,) * len(inputs))
+            u = value - (value - u_star).detach()  # u*, with its implicit derivative (this node's)
+            w = self._differentiable(T, u, w, grad, max_iter, stats)
             stats.t_evals += 1
-            w, info = self.linear_solver.solve(products, grad, self.tol, max_iter)
-            stats.j_matvecs += products.count
-            stats.iterations, stats.relative_residual, stats.status = (
-                info.iterations,
-                info.relative_residual,
-                info.status,
-            )
-            T.report(self.name, stats)
-            return w
+            return (None, *_partials(T, u, w, inputs))
 
-        if out.requires_grad:
-            out.register_hook(implicit_gradient)
-        return out
+        return GradientOverride.apply(implicit_gradient, out, *inputs)
+
+    def _solve(self, products: Any, b: Tensor, max_iter: int, T: FixedPointMap, stats: BackwardStats) -> Tensor:
+        """The linear solve (``(I - J^T) w = b``, or with transposed products ``(I - J) v = b``), counted."""
+        stats.t_evals += 1
+        with torch.no_grad():
+            w, info = self.linear_solver.solve(products, b, self.tol, max_iter)
+        stats.j_matvecs += products.count
+        stats.iterations, stats.relative_residual, stats.status = info.iterations, info.relative_residual, info.status
+        T.report(self.name, stats)
+        return w
+
+    def _differentiable(
+        self, T: FixedPointMap, u: Tensor, w: Tensor, grad: Tensor, max_iter: int, stats: BackwardStats
+    ) -> Tensor:
+        """``w`` as a differentiable function of ``grad``, ``u`` and what T depends on.
+
+        ``w`` is the fixed point of ``F(w) = J(u*)^T w + grad``, so it is attached like a fixed point:
+        ``F(w)`` evaluated with a graph (its value is ``w``), whose incoming gradient ``v`` is replaced by
+        ``(I - J)^{-1} v`` (the implicit function theorem again, with ``dF/dw = J^T``). ``u`` carries ``u*``'s
+        own implicit derivative (the output's hook), so every term of the second derivative is present.
+        """
+        with torch.enable_grad(), T.frozen():
+            (jt_w,) = torch.autograd.grad(T(u), u, w.detach(), create_graph=True)
+        stats.t_evals += 1
+        stats.j_matvecs += 1
+        attached = jt_w + grad
+
+        def inverse_transpose(v: Tensor) -> Tensor:
+            if torch.is_grad_enabled():
+                raise JfbError(
+                    f"third derivatives through backward {self.name!r} are not supported "
+                    "(the backward pass of a second derivative ran with create_graph=True)"
+                )
+            return self._solve(TransposedProducts(JacobianProducts(*T.linearization(u))), v, max_iter, T, stats)
+
+        if attached.requires_grad:
+            attached.register_hook(inverse_transpose)
+        return attached
 
     def __repr__(self) -> str:
         extra = "" if self.tol == 1e-6 else f":tol={self.tol:g}"
         return self.name + extra + ("" if self.max_iter is None else f":max_iter={self.max_iter}")
+
+
+def _partials(T: FixedPointMap, u: Tensor, w: Tensor, inputs: list[Tensor]) -> list[Tensor | None]:
+    """``(dT/dp)(u)^T w`` for each input ``p``, differentiable in ``u``, the inputs and ``w``.
+
+    Taken at a detached copy of ``u``: through ``u`` itself autograd would reach the inputs again via this
+    very node. The dependence on ``u`` is put back as the zero-valued directional derivative along
+    ``u - u.detach()`` (by the double-backward trick), which carries exactly the missing first derivative.
+    """
+    leaf = u.detach().requires_grad_()
+    with torch.enable_grad(), T.frozen():
+        grads = torch.autograd.grad(T(leaf), inputs, w, create_graph=True, allow_unused=True)
+        present = [g for g in grads if g is not None and g.requires_grad]
+        probes = [torch.zeros_like(g, requires_grad=True) for g in present]
+        (back,) = torch.autograd.grad(present, leaf, probes, create_graph=True, allow_unused=True)
+        if back is None:  # T is affine in u: nothing to put back
+            return list(grads)
+        along = torch.autograd.grad(back, probes, u - u.detach(), create_graph=True, allow_unused=True)
+    carried = iter(along)
+    return [g if g is None or not g.requires_grad else g + _zero_if_none(next(carried), g) for g in grads]
+
+
+def _zero_if_none(t: Tensor | None, like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if t is None else t

@@ -33,3 +33,21 @@ class JacobianProducts:
         self.count += 1
         (out,) = torch.autograd.grad(self._jt_dummy, self._dummy, v, retain_graph=True)
         return out
+
+
+class TransposedProducts:
+    """The products of ``J^T`` (``vjp(v) = J v``, ``jvp(v) = J^T v``): a linear solver handed these solves
+    ``(I - J) v = b``, the system of the IFT gradient's own derivative. Counts go to the wrapped products."""
+
+    def __init__(self, products: JacobianProducts) -> None:
+        self.products = products
+
+    def vjp(self, v: Tensor) -> Tensor:
+        return self.products.jvp(v)
+
+    def jvp(self, v: Tensor) -> Tensor:
+        return self.products.vjp(v)
+
+    @property
+    def count(self) -> int:
+        return self.products.count

@@ -17,7 +17,7 @@ from torch import Tensor
 from ..solvers import SolveOptions, SolveStats
 from ..solvers.reversible import CoupledTrace, solve_coupled
 from ..status import Status
-from .base import BackwardMode, BackwardStats, FixedPointMap, refuse_second_order
+from .base import BackwardMode, BackwardStats, FixedPointMap, GradientOverride, refuse_second_order, tensors_with_grad
 
 
 class Reversible(BackwardMode):
@@ -47,10 +47,10 @@ class Reversible(BackwardMode):
         out = T(z_last)
         if not out.requires_grad:
             return out
-        inputs = _tensors_with_grad(out, T.inputs(), exclude=z_last)
+        inputs = tensors_with_grad(out, T.inputs(), exclude=z_last)
         trace: CoupledTrace = T.trace
 
-        def gradients(grad: Tensor) -> tuple[Tensor | None, ...]:
+        def gradients(grad: Tensor, value: Tensor) -> tuple[Tensor | None, ...]:
             refuse_second_order(self.name)
             (z_bar,) = torch.autograd.grad(out, z_last, grad, retain_graph=True)
             totals = _reverse(T, trace, z_bar, inputs, stats)
@@ -58,22 +58,9 @@ class Reversible(BackwardMode):
             finite = all(bool(torch.isfinite(t).all()) for t in totals if t is not None)
             stats.iterations, stats.status = trace.steps, Status.CONVERGED if finite else Status.NON_FINITE
             T.report(self.name, stats)
-            return totals
+            return (grad, *totals)
 
-        return _ReversePass.apply(gradients, out, *inputs)
-
-
-class _ReversePass(torch.autograd.Function):
-    """Identity on ``out``; its backward adds the gradients of all steps before ``z_N`` to ``inputs``."""
-
-    @staticmethod
-    def forward(ctx: Any, gradients: Callable, out: Tensor, *inputs: Tensor) -> Tensor:
-        ctx.gradients = gradients
-        return out.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        return (None, grad, *ctx.gradients(grad))
+        return GradientOverride.apply(gradients, out, *inputs)
 
 
 def _reverse(
@@ -112,21 +99,3 @@ def _pull_back(t: Tensor, leaf: Tensor, v: Tensor, inputs: list[Tensor], totals:
         if g is not None:
             totals[i] = g if totals[i] is None else totals[i] + g
     return leaf_grad if leaf_grad is not None else torch.zeros_like(leaf)
-
-
-def _tensors_with_grad(out: Tensor, known: list[Tensor], exclude: Tensor) -> list[Tensor]:
-    """``known`` and every leaf tensor requiring grad that ``out``'s graph reaches without passing through a
-    known tensor (the parameters and closed-over tensors of a plain-function operator)."""
-    found = {id(t): t for t in known}
-    stops = {t.grad_fn for t in known if t.grad_fn is not None}
-    seen, pending = set(), [out.grad_fn]
-    while pending:
-        node = pending.pop()
-        if node is None or node in seen or node in stops:
-            continue
-        seen.add(node)
-        variable = getattr(node, "variable", None)  # an AccumulateGrad node: a leaf
-        if variable is not None and variable is not exclude:
-            found.setdefault(id(variable), variable)
-        pending.extend(next_node for next_node, _ in node.next_functions)
-    return list(found.values())
