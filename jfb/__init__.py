@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import backward, contraction, solvers
+from . import backward, contraction, nn, solvers
 from .backward import (
     IFT,
     BackwardMode,
@@ -50,6 +50,7 @@ __all__ = [
     "frozen_running_stats",
     "get_backward",
     "lipschitz_estimate",
+    "nn",
     "register_backward",
     "register_linear_solver",
     "register_solver",

@@ -8,35 +8,56 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .errors import JfbError
+from .errors import JfbError, unknown_name
 from .lockstep import distributed_world_size
 from .state import State, StateLayout, describe, first_tensor, take_rows
 
 #: what a state may hold: the solvers' norms, mixing and least squares are real floating-point arithmetic
 STATE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-#: ``u0`` as given to a solve: a state, a function of ``x``, or None
-InitialState = None | Tensor | Sequence[Tensor] | Callable[[Any], State]
+#: ``u0`` as given to a solve: a state, a function of ``x``, the name of a kind of initial state, or None (zeros)
+InitialState = None | str | Tensor | Sequence[Tensor] | Callable[[Any], State]
+#: the kinds of initial state a solve can start from by name
+INITIAL_STATES = ("zeros", "random", "mixed")
+#: the layer call (one solve and every application of T its backward pass makes) T is being evaluated for
+CURRENT_CALL: ContextVar[object | None] = ContextVar("jfb_current_call", default=None)
 #: T on flat states; ``T(u, index)`` evaluates the batch rows ``index`` only
 FlatOperator = Callable[[Tensor, Tensor | None], Tensor]
 
 
 def initial_state(x: Any, u0: InitialState, latent_shape: tuple | None) -> tuple[State, bool]:
-    """``(u0, guessed)``; ``guessed``: zeros shaped like x, for want of a latent shape."""
+    """``(u0, guessed)``; ``guessed``: shaped like x, for want of a latent shape.
+
+    ``u0`` may name a kind of initial state (:data:`INITIAL_STATES`): ``"zeros"`` (the default), ``"random"``
+    (standard normal entries) or ``"mixed"`` (standard normal on a random half of the entries, zeros elsewhere,
+    as torchdeq's ``mixed_init``: training from varied starts makes the fixed point the model learns less
+    dependent on where the solve starts). Random draws use torch's global generator (seeded runs repeat).
+    """
     if callable(u0) and not isinstance(u0, Tensor):
         u0 = u0(x)
-    if u0 is not None:
+    if u0 is not None and not isinstance(u0, str):
         return (tuple(u0) if isinstance(u0, list) else u0), False
+    kind = u0 or "zeros"
+    if kind not in INITIAL_STATES:
+        raise unknown_name("kind of initial state u0 =", kind, INITIAL_STATES)
     like = first_tensor(x)
     if latent_shape is None:
-        return torch.zeros_like(like), True
+        return _filled(torch.zeros_like(like), kind), True
     if all(isinstance(d, int) for d in latent_shape):
-        return like.new_zeros((like.shape[0], *latent_shape)), False
-    return tuple(like.new_zeros((like.shape[0], *shape)) for shape in latent_shape), False
+        return _filled(like.new_zeros((like.shape[0], *latent_shape)), kind), False
+    return tuple(_filled(like.new_zeros((like.shape[0], *shape)), kind) for shape in latent_shape), False
+
+
+def _filled(zeros: Tensor, kind: str) -> Tensor:
+    if kind == "zeros":
+        return zeros
+    noise = torch.randn_like(zeros)
+    return noise if kind == "random" else noise * torch.empty_like(zeros).bernoulli_(0.5)
 
 
 def check_state(state: State, guessed: bool) -> None:
@@ -63,10 +84,12 @@ def bind(operator: Callable, x: Any, layout: StateLayout, u0: State, guessed: bo
     """
     first_call, dtypes_unchecked = distributed_world_size() == 1, True
     precision = caller_autocast(first_tensor(u0).device.type)
+    call = object()  # what per-call modules (jfb.nn: dropout masks, normalised weights) key their state on
 
     def T(u: Tensor, index: Tensor | None = None) -> Tensor:
         nonlocal first_call, dtypes_unchecked
         state = layout.unflatten(u)
+        token = CURRENT_CALL.set(call)
         try:
             with precision():
                 out = operator(state, x if index is None else take_rows(x, index))
@@ -75,6 +98,8 @@ def bind(operator: Callable, x: Any, layout: StateLayout, u0: State, guessed: bo
                 error.add_note(f"jfb: raised by the operator on u {describe(state)}, x {describe(x)}")
                 raise
             raise JfbError(_first_call_failure(x, u0, guessed, error)) from error
+        finally:
+            CURRENT_CALL.reset(token)
         if not layout.matches(out):
             raise JfbError(
                 f"T(u0) has shape {describe(out)} but u0 has {describe(u0)} (x: {describe(x)}); "

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from .backward.jacobian import JacobianProducts
 from .errors import JfbError
 from .frozen import frozen_running_stats
+from .nn import spectral_norm
 from .state import per_sample_norm
 
 
@@ -52,10 +53,14 @@ _NORMALIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def spectral_normalize(module: nn.Module, n_power_iterations: int = 1) -> nn.Module:
-    """Apply spectral normalisation in place to every Linear/Conv layer of ``module``; returns it."""
+    """Apply :func:`jfb.nn.spectral_norm` in place to every Linear/Conv layer of ``module``; returns it.
+
+    (Its power iteration runs once per layer call, so T stays one map through a solve; torch's own
+    ``spectral_norm`` steps at every call of T in training mode.)
+    """
     for child in module.modules():
         if isinstance(child, _NORMALIZABLE) and not hasattr(child, "parametrizations"):
-            nn.utils.parametrizations.spectral_norm(child, n_power_iterations=n_power_iterations)
+            spectral_norm(child, n_power_iterations=n_power_iterations)
     return module
 
 

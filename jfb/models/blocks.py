@@ -138,3 +138,16 @@ class ConvLinearHead(nn.Module):
 
     def forward(self, u: Tensor) -> Tensor:
         return self.fc(self.dropout(torch.flatten(self.act(self.conv(u)), 1)))
+
+
+class InitialStatePredictor(nn.Module):
+    """``g(q)``: an explicit guess of the fixed point from the injection (Skip-DEQ, Pal et al. 2022):
+    conv 3x3 -> LeakyReLU -> conv 1x1 on the latent channels. It sees ``q`` detached: its own loss trains it,
+    and the classifier's embedding is not bent towards easy guesses."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(conv3x3(channels, channels), activation(), nn.Conv2d(channels, channels, 1))
+
+    def forward(self, q: Tensor) -> Tensor:
+        return self.net(q.detach())

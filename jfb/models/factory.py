@@ -8,7 +8,7 @@ from torch import nn
 
 from ..errors import JfbError
 from .architectures import Architecture, architecture
-from .blocks import ConvLinearHead, ConvPoolEmbedding, LatentOperator, ResNetEmbedding
+from .blocks import ConvLinearHead, ConvPoolEmbedding, InitialStatePredictor, LatentOperator, ResNetEmbedding
 from .networks import ExplicitClassifier, ImplicitClassifier
 
 MODEL_KINDS = ("implicit", "explicit")
@@ -37,13 +37,18 @@ def build_model(
     explicit_depth: int = 3,
     latent_batch_norm: bool = True,
     gamma: float | None = None,
+    init: str = "zeros",
     **layer_options: Any,
 ) -> nn.Module:
-    """An implicit network (``layer_options`` go to :class:`~jfb.ImplicitLayer`) or its explicit twin."""
+    """An implicit network (``layer_options`` go to :class:`~jfb.ImplicitLayer`) or its explicit twin.
+
+    ``init``: the initial state of each solve, ``zeros``, ``random``, ``mixed``, or ``learned`` (an
+    :class:`~jfb.models.blocks.InitialStatePredictor`, Skip-DEQ)."""
     if kind not in MODEL_KINDS:
         raise JfbError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
     parts = build_parts(arch, latent_batch_norm, gamma)
     shape = architecture(arch).input_shape
     if kind == "explicit":
         return ExplicitClassifier(*parts, depth=explicit_depth, input_shape=shape)
-    return ImplicitClassifier(*parts, input_shape=shape, **layer_options)
+    start = InitialStatePredictor(architecture(arch).widths[-1]) if init == "learned" else init
+    return ImplicitClassifier(*parts, input_shape=shape, init=start, **layer_options)

@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..binding import INITIAL_STATES
 from ..equilibrium import Equilibrium
-from ..errors import JfbError
+from ..errors import JfbError, unknown_name
 from ..layer import ImplicitLayer
 from ..solvers import SolveOptions
 
@@ -26,6 +27,8 @@ class Prediction:
     logits: Tensor
     equilibrium: Equilibrium | None = None
     correction_logits: list[Tensor] = field(default_factory=list)
+    #: with a learned initial state, a call with grad: ``mean((g(q) - u*)^2)``, the predictor's loss
+    initial_state_loss: Tensor | None = None
 
 
 class ImplicitClassifier(nn.Module):
@@ -33,6 +36,10 @@ class ImplicitClassifier(nn.Module):
 
     ``model(d)`` returns the logits; ``model(d, details=True)`` a :class:`Prediction` with this call's
     equilibrium (statistics, fixed point, Jacobian penalty) and the correction states' logits.
+
+    ``init``: where each solve starts when the call gives no ``u0``: ``"zeros"``, ``"random"``, ``"mixed"``
+    (see :func:`jfb.binding.initial_state`), or a module ``g`` (a **learned initial state**, Skip-DEQ): the
+    solve starts from ``g(Q(d))`` and the prediction carries ``initial_state_loss`` to train ``g`` towards u*.
     """
 
     def __init__(
@@ -41,11 +48,18 @@ class ImplicitClassifier(nn.Module):
         operator: nn.Module,
         head: nn.Module,
         input_shape: tuple[int, ...] | None = None,
+        init: str | nn.Module = "zeros",
         **layer_options: Any,
     ) -> None:
         super().__init__()
         self.embedding, self.head, self.input_shape = embedding, head, input_shape
         self.implicit = ImplicitLayer(operator, **layer_options)
+        if isinstance(init, nn.Module):
+            self.initial, self.init = init, None
+        elif init in INITIAL_STATES:
+            self.initial, self.init = None, init
+        else:
+            raise unknown_name("init", init, (*INITIAL_STATES, "a module g(q)"))
 
     @property
     def operator(self) -> nn.Module:
@@ -59,13 +73,21 @@ class ImplicitClassifier(nn.Module):
         solve: SolveOptions | Mapping[str, Any] | None = None,
         details: bool = False,
     ) -> Tensor | Prediction:
-        """Logits of ``S(u*)``, ``u* = R(u*, Q(d))`` from ``u0``; ``solve``: options for this call only."""
+        """Logits of ``S(u*)``, ``u* = R(u*, Q(d))`` from ``u0`` (default: ``init``); ``solve``: options for this
+        call only."""
         check_input_shape(d, self.input_shape)
-        equilibrium = self.implicit.solve(self.embedding(d), u0, solve)
+        q = self.embedding(d)
+        guess = self.initial(q) if self.initial is not None else None
+        start = u0 if u0 is not None else guess.detach() if guess is not None else self.init
+        equilibrium = self.implicit.solve(q, start, solve)
         logits = self.head(equilibrium.value)
         if not details:
             return logits
-        return Prediction(logits, equilibrium, [self.head(u) for u in equilibrium.correction_states or []])
+        corrections = [self.head(u) for u in equilibrium.correction_states or []]
+        miss = None
+        if guess is not None and torch.is_grad_enabled():
+            miss = (guess - equilibrium.fixed_point).square().mean()
+        return Prediction(logits, equilibrium, corrections, miss)
 
 
 class ExplicitClassifier(nn.Module):

@@ -26,6 +26,7 @@ from .preemption import signal_numbers
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 DEVICES = ("cpu", "cuda")
+INITS = ("zeros", "random", "mixed", "learned")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 #: options a resumed run may change (a run may move between CPU and GPU; bit-identity holds only on one device)
 RUNTIME_OPTIONS = ("threads", "checkpoint_every", "data_dir", "device", "preempt_signals", "dist_timeout_s")
@@ -78,6 +79,10 @@ class TrainConfig:
     jacobian_probes: int = setting(1, "Gaussian probes per step for that estimate")
     correction: int = setting(0, "fixed-point correction: a loss on this many evenly spaced iterates of each solve")
     correction_weight: float = setting(0.5, "its weight (times the mean cross-entropy over those iterates)")
+    init: str = setting(
+        "zeros", "initial state of each solve: zeros, random, mixed, or learned (Skip-DEQ: a predictor g(x) of u*)"
+    )
+    init_weight: float = setting(1.0, "with init = learned: weight of the predictor's loss mean((g(x) - u*)^2)")
     ema_decay: float | None = setting(
         None, "evaluate, select and save as best.pt an exponential moving average of the weights with this decay"
     )
@@ -128,6 +133,7 @@ class TrainConfig:
             (self.jacobian_probes >= 1, "jacobian_probes", "an integer >= 1"),
             (self.correction >= 0, "correction", "an integer >= 0"),
             (self.correction_weight > 0, "correction_weight", "a number > 0"),
+            (self.init_weight > 0, "init_weight", "a number > 0"),
             (0 <= self.augment_rotation <= 180, "augment_rotation", "in [0, 180] (degrees)"),
             (self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay", "in (0, 1)"),
             (self.epochs >= 1, "epochs", "an integer >= 1"),
@@ -152,6 +158,10 @@ class TrainConfig:
             raise JfbError("jacobian_penalty and correction need model 'implicit' (they regularise its fixed point)")
         if self.augment_rotation and not self.augment:
             raise JfbError("augment_rotation needs augment = true (it is part of the training augmentation)")
+        if self.init not in INITS:
+            raise unknown_name("init", self.init, INITS)
+        if self.init != "zeros" and self.model != "implicit":
+            raise JfbError("init needs model 'implicit' (it is where the fixed-point solve starts)")
         if self.warm_start and self.model != "implicit":
             raise JfbError("warm_start needs model 'implicit' (an explicit network has no fixed point to reuse)")
         for ok, name, requirement in checks:

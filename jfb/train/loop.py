@@ -274,13 +274,16 @@ def _solve_arguments(run: Run, index: torch.Tensor) -> dict:
 
 
 def _regularization(prediction: Prediction, labels: torch.Tensor, config: TrainConfig) -> torch.Tensor | float:
-    """The Jacobian penalty and the fixed-point correction loss of the step's forward pass (0 without them)."""
+    """The Jacobian penalty, the fixed-point correction loss and the learned initial state's loss of the step's
+    forward pass (0 without them)."""
     total: torch.Tensor | float = 0.0
     if config.jacobian_penalty and prediction.equilibrium is not None:
         total = total + config.jacobian_penalty * prediction.equilibrium.jacobian_penalty
     if prediction.correction_logits:
         losses = [nn.functional.cross_entropy(logits.float(), labels) for logits in prediction.correction_logits]
         total = total + config.correction_weight * torch.stack(losses).mean()
+    if prediction.initial_state_loss is not None:
+        total = total + config.init_weight * prediction.initial_state_loss.float()
     return total
 
 

@@ -67,6 +67,7 @@ def build_from_config(config: TrainConfig) -> nn.Module:
         explicit_depth=config.explicit_depth,
         latent_batch_norm=config.latent_batch_norm,
         gamma=config.gamma,
+        **({"init": config.init} if config.model == "implicit" else {}),
         **config.layer_options(),
     )
     return model.to(config.device, memory_format=memory_format(config))
