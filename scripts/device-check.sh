@@ -32,7 +32,7 @@ if [ "$DRY" = 1 ]; then
   MNIST_EPOCH=(--epochs 1 --limit-train 256 --limit-test 128)
   RECIPE=()
   CIFAR=(--samples 64 --batch-size 32 --precisions fp32,bf16)
-  MEMORY=(--depths 2,4 --methods jfb,unroll --model elementwise --batch-size 8)
+  MEMORY=(--depths 2,4 --methods jfb,unroll,reversible --model elementwise --batch-size 8)
 else
   DEVICE=cuda; LIMIT=240
   STEP_SMALL=(--ks 10,40 --methods jfb,ift --batch-size 128)
@@ -42,7 +42,7 @@ else
   MNIST_EPOCH=(--epochs 1)
   RECIPE=(--test-every-epoch)
   CIFAR=(--samples 50000 --precisions fp32,bf16)
-  MEMORY=(--depths 10,100,500 --methods jfb,unroll --model mnist --batch-size 128)
+  MEMORY=(--depths 10,100,500 --methods jfb,unroll,reversible --model mnist --batch-size 128)
 fi
 
 echo "# Device check ($([ "$DRY" = 1 ] && echo "dry run on CPU" || echo "GPU"), $(date -u '+%Y-%m-%d %H:%M UTC'))" > "$SUMMARY"

@@ -231,3 +231,17 @@ def test_init_is_checked() -> None:
         TrainConfig(init="mixed", model="explicit")
     with pytest.raises(jfb.JfbError, match="unknown init 'ones'"):
         ImplicitClassifier(nn.Identity(), nn.Identity(), nn.Identity(), init="ones")
+
+
+def test_latent_options_reach_the_operator_and_are_checked() -> None:
+    from jfb.models import build_model
+    from jfb.train.config import TrainConfig
+
+    model = build_model("mnist", latent_dropout=0.2, latent_norm="spectral")
+    block = model.operator.blocks[0]
+    assert isinstance(block.drop, VariationalDropout2d) and block.drop.p == 0.2
+    assert torch.nn.utils.parametrize.is_parametrized(block.conv1, "weight")
+    with pytest.raises(jfb.JfbError, match="unknown latent_norm 'batch'"):
+        TrainConfig(latent_norm="batch")
+    with pytest.raises(jfb.JfbError, match=r"latent_dropout must be in \[0, 1\)"):
+        TrainConfig(latent_dropout=1.0)

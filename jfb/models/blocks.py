@@ -6,9 +6,11 @@ import torch
 from torch import Tensor, nn
 
 from ..contraction import GammaScaled, rescale_to_lipschitz
-from ..errors import JfbError
+from ..errors import JfbError, unknown_name
+from ..nn import VariationalDropout2d, spectral_norm, weight_norm
 
 ACTIVATION_SLOPE = 0.1
+LATENT_NORMS = ("none", "weight", "spectral")
 
 
 def conv3x3(c_in: int, c_out: int, stride: int = 1, bias: bool = True, padding: int = 1) -> nn.Conv2d:
@@ -82,15 +84,16 @@ class LatentBlock(nn.Module):
     """One residual branch of R: conv -> LeakyReLU -> conv -> LeakyReLU (twice with ``double_activation``,
     as in the authors' published models: negative values then scaled by the slope squared)."""
 
-    def __init__(self, channels: int, double_activation: bool = False) -> None:
+    def __init__(self, channels: int, double_activation: bool = False, dropout: float = 0.0) -> None:
         super().__init__()
         self.conv1 = conv3x3(channels, channels)
         self.conv2 = conv3x3(channels, channels)
         self.act = activation()
+        self.drop = VariationalDropout2d(dropout) if dropout else nn.Identity()
         self.double_activation = double_activation
 
     def forward(self, z: Tensor) -> Tensor:
-        out = self.act(self.conv2(self.act(self.conv1(z))))
+        out = self.act(self.conv2(self.drop(self.act(self.conv1(z)))))
         return self.act(out) if self.double_activation else out
 
 
@@ -99,13 +102,29 @@ class LatentOperator(GammaScaled):
 
     Each block adds its residual branch and normalises with a BatchNorm without affine
     parameters (BatchNorm inside T, as in the paper); ``gamma`` in (0, 1] scales the output.
+    ``dropout``: variational dropout (one mask per layer call) between each block's convolutions;
+    ``norm``: ``weight`` or ``spectral`` normalisation of the latent convolutions (:mod:`jfb.nn`).
     """
 
     def __init__(
-        self, channels: int, blocks: int, gamma: float, batch_norm: bool = True, double_activation: bool = False
+        self,
+        channels: int,
+        blocks: int,
+        gamma: float,
+        batch_norm: bool = True,
+        double_activation: bool = False,
+        dropout: float = 0.0,
+        norm: str = "none",
     ) -> None:
         super().__init__(None, gamma, max_gamma=1.0)
-        self.blocks = nn.ModuleList(LatentBlock(channels, double_activation) for _ in range(blocks))
+        self.blocks = nn.ModuleList(LatentBlock(channels, double_activation, dropout) for _ in range(blocks))
+        if norm not in LATENT_NORMS:
+            raise unknown_name("latent norm", norm, LATENT_NORMS)
+        for conv in (conv for block in self.blocks for conv in (block.conv1, block.conv2)):
+            if norm == "weight":
+                weight_norm(conv)
+            elif norm == "spectral":
+                spectral_norm(conv)
         self.norms = nn.ModuleList(
             (nn.BatchNorm2d(channels, affine=False) if batch_norm else nn.Identity()) for _ in range(blocks)
         )

@@ -15,9 +15,14 @@ MODEL_KINDS = ("implicit", "explicit")
 
 
 def build_parts(
-    arch: str | Architecture, latent_batch_norm: bool = True, gamma: float | None = None
+    arch: str | Architecture,
+    latent_batch_norm: bool = True,
+    gamma: float | None = None,
+    latent_dropout: float = 0.0,
+    latent_norm: str = "none",
 ) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """Fresh ``(Q, R, S)`` for an architecture (``gamma`` overrides the architecture's)."""
+    """Fresh ``(Q, R, S)`` for an architecture (``gamma`` overrides the architecture's; ``latent_dropout`` and
+    ``latent_norm`` go to :class:`~jfb.models.blocks.LatentOperator`)."""
     a = architecture(arch) if isinstance(arch, str) else arch
     if a.embedding == "convpool":
         embedding: nn.Module = ConvPoolEmbedding([a.in_channels, *a.widths], a.pools)
@@ -25,7 +30,13 @@ def build_parts(
         embedding = ResNetEmbedding(a.in_channels, list(a.widths))
     channels = a.widths[-1]
     operator = LatentOperator(
-        channels, a.latent_blocks, gamma or a.gamma, batch_norm=latent_batch_norm, double_activation=a.double_activation
+        channels,
+        a.latent_blocks,
+        gamma or a.gamma,
+        batch_norm=latent_batch_norm,
+        double_activation=a.double_activation,
+        dropout=latent_dropout,
+        norm=latent_norm,
     )
     head = ConvLinearHead(channels, a.head_channels, a.latent_side, a.classes, a.head_padding, a.dropout)
     return embedding, operator, head
@@ -38,6 +49,8 @@ def build_model(
     latent_batch_norm: bool = True,
     gamma: float | None = None,
     init: str = "zeros",
+    latent_dropout: float = 0.0,
+    latent_norm: str = "none",
     **layer_options: Any,
 ) -> nn.Module:
     """An implicit network (``layer_options`` go to :class:`~jfb.ImplicitLayer`) or its explicit twin.
@@ -46,7 +59,7 @@ def build_model(
     :class:`~jfb.models.blocks.InitialStatePredictor`, Skip-DEQ)."""
     if kind not in MODEL_KINDS:
         raise JfbError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
-    parts = build_parts(arch, latent_batch_norm, gamma)
+    parts = build_parts(arch, latent_batch_norm, gamma, latent_dropout, latent_norm)
     shape = architecture(arch).input_shape
     if kind == "explicit":
         return ExplicitClassifier(*parts, depth=explicit_depth, input_shape=shape)

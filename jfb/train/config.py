@@ -17,6 +17,7 @@ from typing import Any
 from ..backward import get_backward
 from ..data import DATASETS, Augmentation, dataset_info
 from ..errors import JfbError, unknown_name
+from ..models.blocks import LATENT_NORMS
 from ..precision import check_precision
 from ..settings import NONE, setting
 from ..solvers import SolveOptions
@@ -55,6 +56,8 @@ class TrainConfig:
     explicit_depth: int = setting(3, "applications of R in the explicit twin")
     latent_batch_norm: bool = setting(True, "BatchNorm inside the latent operator")
     gamma: float | None = setting(None, "the latent operator's output scale (default: the architecture's)")
+    latent_dropout: float = setting(0.0, "variational dropout in the latent operator, one mask per solve (0: off)")
+    latent_norm: str = setting("none", "normalisation of the latent convolutions: none, weight or spectral")
     lipschitz_rescale: bool = setting(
         False, "before each training solve, shrink the latent convs if T is not gamma-Lipschitz on the batch"
     )
@@ -127,24 +130,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         check_field_types(self)
-        checks = [
-            (0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
-            (self.jacobian_penalty >= 0, "jacobian_penalty", "a number >= 0"),
-            (self.jacobian_probes >= 1, "jacobian_probes", "an integer >= 1"),
-            (self.correction >= 0, "correction", "an integer >= 0"),
-            (self.correction_weight > 0, "correction_weight", "a number > 0"),
-            (self.init_weight > 0, "init_weight", "a number > 0"),
-            (0 <= self.augment_rotation <= 180, "augment_rotation", "in [0, 180] (degrees)"),
-            (self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay", "in (0, 1)"),
-            (self.epochs >= 1, "epochs", "an integer >= 1"),
-            (self.batch_size >= 1, "batch_size", "an integer >= 1"),
-            (self.lr > 0, "lr", "a number > 0"),
-            (self.explicit_depth >= 1, "explicit_depth", "an integer >= 1"),
-            (self.max_bad_batches >= 1, "max_bad_batches", "an integer >= 1"),
-            (self.checkpoint_every >= 0, "checkpoint_every", "an integer >= 0"),
-            (self.limit_train is None or self.limit_train >= 1, "limit_train", "an integer >= 1"),
-            (self.limit_test is None or self.limit_test >= 1, "limit_test", "an integer >= 1"),
-        ]
+        checks = self._range_checks()
         if self.gamma is not None and not 0 < self.gamma <= 1:
             raise JfbError(f"gamma must be in (0, 1], got {self.gamma!r}")
         if self.lipschitz_rescale and self.model != "implicit":
@@ -167,7 +153,12 @@ class TrainConfig:
         for ok, name, requirement in checks:
             if not ok:
                 raise JfbError(f"{name} must be {requirement}, got {getattr(self, name)!r}")
-        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES)):
+        for name, allowed in (
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("device", DEVICES),
+            ("latent_norm", LATENT_NORMS),
+        ):
             if getattr(self, name) not in allowed:
                 raise unknown_name(name, getattr(self, name), allowed)
         self.evaluation_options(), get_backward(self.backward)
@@ -178,6 +169,28 @@ class TrainConfig:
             raise JfbError(f"depth_start must be in [1, max_iter = {self.solve.max_iter}], got {self.depth_start!r}")
         if not self.dist_timeout_s > 0:
             raise JfbError(f"dist_timeout_s must be a number > 0, got {self.dist_timeout_s!r}")
+
+    def _range_checks(self) -> list[tuple[bool, str, str]]:
+        """``(holds, field, what is allowed)`` for every field with a range."""
+        return [
+            (0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
+            (self.jacobian_penalty >= 0, "jacobian_penalty", "a number >= 0"),
+            (self.jacobian_probes >= 1, "jacobian_probes", "an integer >= 1"),
+            (self.correction >= 0, "correction", "an integer >= 0"),
+            (self.correction_weight > 0, "correction_weight", "a number > 0"),
+            (self.init_weight > 0, "init_weight", "a number > 0"),
+            (0 <= self.latent_dropout < 1, "latent_dropout", "in [0, 1)"),
+            (0 <= self.augment_rotation <= 180, "augment_rotation", "in [0, 180] (degrees)"),
+            (self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay", "in (0, 1)"),
+            (self.epochs >= 1, "epochs", "an integer >= 1"),
+            (self.batch_size >= 1, "batch_size", "an integer >= 1"),
+            (self.lr > 0, "lr", "a number > 0"),
+            (self.explicit_depth >= 1, "explicit_depth", "an integer >= 1"),
+            (self.max_bad_batches >= 1, "max_bad_batches", "an integer >= 1"),
+            (self.checkpoint_every >= 0, "checkpoint_every", "an integer >= 0"),
+            (self.limit_train is None or self.limit_train >= 1, "limit_train", "an integer >= 1"),
+            (self.limit_test is None or self.limit_test >= 1, "limit_test", "an integer >= 1"),
+        ]
 
     @property
     def evaluation_precision(self) -> str:

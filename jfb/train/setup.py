@@ -67,6 +67,8 @@ def build_from_config(config: TrainConfig) -> nn.Module:
         explicit_depth=config.explicit_depth,
         latent_batch_norm=config.latent_batch_norm,
         gamma=config.gamma,
+        latent_dropout=config.latent_dropout,
+        latent_norm=config.latent_norm,
         **({"init": config.init} if config.model == "implicit" else {}),
         **config.layer_options(),
     )
