@@ -78,6 +78,22 @@ def test_the_check_is_the_cosine_of_the_jfb_and_implicit_directions_from_dense_s
     assert check.switched_to is None and check.mode == "jfb"
 
 
+@pytest.mark.parametrize("level", [1, 2])
+def test_the_check_sees_dl_du_star_at_every_level(level: int) -> None:
+    """At neumann:K and IFT the check still measures from dl/du* (not from the gradient the mode made of it):
+    the same call gives the same cosine at every level."""
+    cosines = []
+    for at in (0, level):
+        op = _spread_operator(0.8)
+        auto = Autopilot(every=1, check_iters=100, patience=1000)
+        auto.level = at
+        layer = jfb.ImplicitLayer(op, auto, solver="anderson", tol=1e-12, max_iter=200)
+        (check,) = _call(layer, op)
+        assert check.mode == repr(auto.levels[at])
+        cosines.append(check.cosine)
+    assert cosines[1] == pytest.approx(cosines[0], abs=1e-9)
+
+
 def test_it_escalates_when_contraction_is_lost_and_comes_back_when_it_returns():
     op = _spread_operator(0.5)
     auto = Autopilot(every=1, patience=2, check_iters=20)

@@ -96,14 +96,14 @@ class Autopilot(BackwardMode):
         if self.calls % self.every:
             return self.current.attach(T, u_star, stats)
         call, mode = self.calls, repr(self.current)
-
-        def observed(u: Tensor) -> Tensor:  # the check's hook runs before the mode's: it sees dl/du* itself
-            out = T(u)
-            if out.requires_grad:
-                out.register_hook(lambda grad: self._check(T, u_star, grad, stats, call, mode))
-            return out
-
-        return self.current.attach(T.replace(observed), u_star, stats)
+        value = self.current.attach(T, u_star, stats)
+        if not value.requires_grad:
+            return value
+        # a view in front of the mode's output: its hook sees dl/du* itself, before any hook or autograd
+        # function of the mode (Neumann's hook, IFT's linear solve) has changed it
+        checked = value.view_as(value)
+        checked.register_hook(lambda grad: self._check(T, u_star, grad, stats, call, mode))
+        return checked
 
     def _check(self, T: FixedPointMap, u_star: Tensor, grad: Tensor, stats: BackwardStats, call: int, mode: str):
         started = time.perf_counter()

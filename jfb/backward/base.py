@@ -9,7 +9,6 @@ incoming gradient. Every product with the Jacobian ``J = dT/du`` is counted in
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -72,16 +71,9 @@ class FixedPointMap:
     ) -> None:
         self.T, self.frozen, self.forward_max_iter, self.report = T, frozen, forward_max_iter, report
         self.inputs, self.trace = inputs, trace
-        self._apply = T
 
     def __call__(self, u: Tensor) -> Tensor:
-        return self._apply(u)
-
-    def replace(self, T: Callable[[Tensor], Tensor]) -> FixedPointMap:
-        """The same map with ``__call__`` (the output's application of T) done by ``T``; linearisations unchanged."""
-        twin = copy.copy(self)
-        twin._apply = T
-        return twin
+        return self.T(u)
 
     def linearization(self, u_star: Tensor) -> tuple[Tensor, Tensor]:
         """``(z, u)`` with ``z = T(u)``, ``u`` a fresh leaf equal to ``u*``, graph recorded.
