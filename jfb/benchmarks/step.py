@@ -1,18 +1,21 @@
 """``jfb bench step``: milliseconds per training step, ours vs the hand-written floor.
 
-The paper's MNIST model, batch 100 by default, a fixed depth of exactly K forward iterations
-(Picard, ``tol=None``, checked). For each K and backward mode, our step (ImplicitClassifier
-forward, loss, backward, Adam step) and the floor's (:mod:`jfb.benchmarks.floor`) run
-alternately on their own copies of the same model, so machine noise hits both; the ratio is
-of the medians of ``repeats`` timed steps after ``warmup`` untimed ones. Both run on the same
-device, under the same autocast precision and, with ``compile``, with the same modules compiled
-(the embedding, the operator and the head); on a GPU each timed step ends with a synchronisation.
+The paper's MNIST model, batch 100 by default, exactly K forward iterations (Picard, checked). For each K
+and backward mode, our step (ImplicitClassifier forward, loss, backward, Adam step) runs along each path
+asked for, the operator given as the ``nn.Module`` or as a plain function calling it, the solve at a fixed
+depth (``tol=None``) or at a tolerance never met (the residual bookkeeping at every iteration), and the
+floor's step (:mod:`jfb.benchmarks.floor`) beside them, each on its own copy of the same model. Every round
+times each of them once, in a new random order, so load on a shared machine hits all alike; ratios are of
+the medians of ``repeats`` rounds after ``warmup`` untimed ones. All run on the same device, under the same
+autocast precision and, with ``compile``, with the same modules compiled (the embedding, the operator and
+the head); on a GPU each timed step ends with a synchronisation.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -23,7 +26,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import JfbError
+import jfb
+
+from ..errors import JfbError, unknown_name
 from ..files import prepare_run_dir
 from ..models import build_model
 from ..precision import autocast, check_precision
@@ -54,6 +59,40 @@ class StepSetting:
             torch.cuda.synchronize()
 
 
+#: how the operator reaches the layer: the ``nn.Module`` itself, or a plain function calling it
+OPERATOR_FORMS = ("module", "function")
+#: how the solve stops: a fixed depth of K (``tol=None``), or a tolerance never met, so that the residual
+#: bookkeeping runs at every one of the K iterations (``tol=1e-30``)
+SOLVE_KINDS = ("fixed", "tolerance")
+NEVER_MET = 1e-30
+
+
+@dataclass(frozen=True)
+class StepPath:
+    """One way through the library: the operator's form and the solve's kind."""
+
+    operator: str = "module"
+    solve: str = "fixed"
+
+    @property
+    def name(self) -> str:
+        return f"{self.operator}, {self.solve}"
+
+
+def _our_model(base: nn.Module, path: StepPath, iterations: int, backward: str) -> nn.Module:
+    """A copy of ``base`` whose implicit layer takes ``path``; a function operator's module stays registered on
+    the model (as ``function_of``), so the optimiser and ``.to()`` reach its parameters."""
+    model = copy.deepcopy(base)
+    tol = None if path.solve == "fixed" else NEVER_MET
+    options = jfb.SolveOptions(solver="picard", tol=tol, max_iter=iterations)
+    operator = model.operator
+    if path.operator == "function":
+        model.function_of = operator
+        operator = lambda u, x: model.function_of(u, x)  # noqa: E731
+    model.implicit = jfb.ImplicitLayer(operator, backward, options=options, on_failure="ignore")
+    return model
+
+
 def _our_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor, setting: StepSetting
 ) -> torch.Tensor:
@@ -72,6 +111,16 @@ def _timed(step: Callable[[], object], setting: StepSetting) -> float:
     return time.perf_counter() - started
 
 
+def _check_depth(model: nn.Module, path: StepPath, iterations: int) -> None:
+    stats = model.implicit.last_stats
+    expected = "fixed_depth" if path.solve == "fixed" else "max_iter"
+    if stats.forward.t_evals != iterations or stats.status != expected:
+        raise RuntimeError(
+            f"{path.name}: expected {iterations} forward iterations ({expected}), "
+            f"ran {stats.forward.t_evals} ({stats.status})"
+        )
+
+
 def compare_steps(
     iterations: int,
     backward: str,
@@ -80,52 +129,68 @@ def compare_steps(
     warmup: int,
     seed: int = 0,
     setting: StepSetting = StepSetting(),
-) -> dict:
-    """Median ms per step for ours and the floor, interleaved step by step."""
+    paths: tuple[StepPath, ...] = (StepPath(),),
+) -> list[dict]:
+    """Median ms per step for each path and the floor: one step of each per round, in a shuffled order."""
     torch.manual_seed(seed)
-    # "ignore": the timing is the point; ift's linear solve on an untrained model may miss its tolerance within
-    # its cap (the forward depth K), which used to stop the benchmark with a FixedPointError traceback at K=10
-    ours = build_model(
-        "mnist", solver="picard", backward=backward, tol=None, max_iter=iterations, on_failure="ignore"
-    ).to(setting.device)
-    floor = copy.deepcopy(ours)
+    base = build_model("mnist", solver="picard", backward=backward, tol=None, max_iter=iterations)
+    base = base.to(setting.device).train()
+    floor = copy.deepcopy(base)
+    models = {path: _our_model(base, path, iterations, backward) for path in paths}
     if setting.compile:
-        compile_parts(ours), compile_parts(floor)
+        for model in (floor, *models.values()):
+            compile_parts(model)
     images = torch.randn(batch, 1, 28, 28, device=setting.device)
     labels = torch.randint(0, 10, (batch,), device=setting.device)
-    our_opt, floor_opt = torch.optim.Adam(ours.parameters(), 1e-3), torch.optim.Adam(floor.parameters(), 1e-3)
-    ours.train(), floor.train()
-    run_ours = lambda: _our_step(ours, our_opt, images, labels, setting)  # noqa: E731
+    floor_opt = torch.optim.Adam(floor.parameters(), 1e-3)
 
     def run_floor() -> torch.Tensor:
         with setting.autocast():
             return floor_step(floor.embedding, floor.operator, floor.head, floor_opt, images, labels, iterations)
 
-    times: dict[str, list[float]] = {"ours": [], "floor": []}
-    for i in range(warmup + repeats):
-        pair = (("ours", run_ours), ("floor", run_floor)) if i % 2 == 0 else (("floor", run_floor), ("ours", run_ours))
-        for name, step in pair:
-            elapsed = _timed(step, setting)
-            if i >= warmup:
-                times[name].append(elapsed)
-    stats = ours.implicit.last_stats
-    if stats.forward.t_evals != iterations or stats.status != "fixed_depth":
-        raise RuntimeError(
-            f"expected a fixed depth of {iterations} forward iterations, ran {stats.forward.t_evals} ({stats.status})"
+    steps: dict[object, Callable[[], object]] = {"floor": run_floor}
+    for path, model in models.items():
+        optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+        steps[path] = lambda model=model, optimizer=optimizer: _our_step(model, optimizer, images, labels, setting)
+    times = _interleaved(steps, warmup, repeats, random.Random(seed), setting)
+    floor_ms = 1000 * statistics.median(times["floor"])
+    rows = []
+    for path, model in models.items():
+        _check_depth(model, path, iterations)
+        ours_ms = 1000 * statistics.median(times[path])
+        rows.append(
+            {
+                "K": iterations,
+                "backward": backward,
+                "operator": path.operator,
+                "solve": path.solve,
+                "batch": batch,
+                "device": setting.device,
+                "precision": setting.precision,
+                "compile": setting.compile,
+                "repeats": repeats,
+                "ours_ms": ours_ms,
+                "floor_ms": floor_ms,
+                "ratio": ours_ms / floor_ms,
+            }
         )
-    ours_ms, floor_ms = 1000 * statistics.median(times["ours"]), 1000 * statistics.median(times["floor"])
-    return {
-        "K": iterations,
-        "backward": backward,
-        "batch": batch,
-        "device": setting.device,
-        "precision": setting.precision,
-        "compile": setting.compile,
-        "repeats": repeats,
-        "ours_ms": ours_ms,
-        "floor_ms": floor_ms,
-        "ratio": ours_ms / floor_ms,
-    }
+    return rows
+
+
+def _interleaved(
+    steps: dict[object, Callable[[], object]], warmup: int, repeats: int, rng: random.Random, setting: StepSetting
+) -> dict[object, list[float]]:
+    """Every step once per round, in a new random order each round (load on a shared machine hits all alike);
+    the first ``warmup`` rounds are not timed."""
+    times: dict[object, list[float]] = {name: [] for name in steps}
+    for round_ in range(warmup + repeats):
+        order = list(steps)
+        rng.shuffle(order)
+        for name in order:
+            elapsed = _timed(steps[name], setting)
+            if round_ >= warmup:
+                times[name].append(elapsed)
+    return times
 
 
 @dataclass(frozen=True)
@@ -139,6 +204,19 @@ class StepBenchSettings:
     device: str = setting("cpu", "ours and the floor run on the same device", choices=("cpu", "cuda"))
     precisions: tuple[str, ...] = setting(("fp32",), "autocast precisions to time, comma-separated: fp32, bf16, fp16")
     compile: bool = setting(False, "torch.compile the embedding, operator and head (ours and the floor)")
+    operators: tuple[str, ...] = setting(("module",), "operator forms, comma-separated: module, function")
+    solves: tuple[str, ...] = setting(
+        ("fixed",), "solve kinds, comma-separated: fixed (depth K), tolerance (a tolerance never met, K deep)"
+    )
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("operators", OPERATOR_FORMS), ("solves", SOLVE_KINDS)):
+            for value in getattr(self, name):
+                if value not in allowed:
+                    raise unknown_name(name[:-1], value, allowed)
+
+    def paths(self) -> tuple[StepPath, ...]:
+        return tuple(StepPath(operator, solve) for operator in self.operators for solve in self.solves)
 
 
 def step_table(settings: StepBenchSettings, log=print) -> Report:
@@ -148,10 +226,18 @@ def step_table(settings: StepBenchSettings, log=print) -> Report:
         setting_ = StepSetting(settings.device, precision, settings.compile)
         for k in settings.ks:
             for mode in settings.methods:
-                row = compare_steps(k, mode, settings.batch_size, settings.repeats, settings.warmup, setting=setting_)
-                log(json.dumps(row))
-                rows.append(row)
-    headers = ["device", "precision", "compile", "K", "backward", "ours (ms)", "floor (ms)", "ours / floor"]
+                for row in compare_steps(
+                    k,
+                    mode,
+                    settings.batch_size,
+                    settings.repeats,
+                    settings.warmup,
+                    setting=setting_,
+                    paths=settings.paths(),
+                ):
+                    log(json.dumps(row))
+                    rows.append(row)
+    headers = ["device", "precision", "compile", "K", "backward", "operator", "solve", "ours (ms)", "floor (ms)"]
     cells = [
         [
             r["device"],
@@ -159,6 +245,8 @@ def step_table(settings: StepBenchSettings, log=print) -> Report:
             "yes" if r["compile"] else "no",
             r["K"],
             r["backward"],
+            r["operator"],
+            r["solve"],
             f"{r['ours_ms']:.1f}",
             f"{r['floor_ms']:.1f}",
             f"{r['ratio']:.3f}",
@@ -167,6 +255,7 @@ def step_table(settings: StepBenchSettings, log=print) -> Report:
     ]
     footer = (
         f"\nbatch {settings.batch_size}, medians of {settings.repeats} steps after {settings.warmup} warm-up "
-        f"steps, {torch.get_num_threads()} CPU threads\n"
+        f"rounds (each round times every path and the floor once, in a shuffled order), "
+        f"{torch.get_num_threads()} CPU threads\n"
     )
-    return write_report(out, "step", rows, markdown_table(headers, cells) + footer)
+    return write_report(out, "step", rows, markdown_table([*headers, "ours / floor"], cells) + footer)
