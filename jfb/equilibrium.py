@@ -236,10 +236,25 @@ def _solve(
     lockstep = _in_lockstep(operator, mode, policy.lockstep)
     if options.freeze_converged and (records_graph or lockstep):
         options = options.replace(freeze_converged=False)
-    with frozen_running_stats(operator), torch.set_grad_enabled(records_graph):
+    with frozen_running_stats(operator) as settle, torch.set_grad_enabled(records_graph):
         agree = all_processes_done(x0.device) if lockstep else None
         observe = None if iterates is None else iterates.append
-        return mode.solve(T, x0 if records_graph else x0.detach(), options, agree, observe)
+        return mode.solve(_settling(T, settle), x0 if records_graph else x0.detach(), options, agree, observe)
+
+
+def _settling(T: Callable, settle: Callable[[], None]) -> Callable:
+    """``T`` that settles the freezing of a plain-function operator's modules after its first evaluation."""
+    settled = False
+
+    def F(u: Tensor, index: Tensor | None = None) -> Tensor:
+        nonlocal settled
+        out = T(u, index)
+        if not settled:
+            settle()
+            settled = True
+        return out
+
+    return F
 
 
 def _in_lockstep(operator: Callable, mode: BackwardMode, lockstep: bool | None) -> bool:

@@ -70,20 +70,31 @@ def solve_flat(
 
 
 class Tracker:
-    """Per-sample residuals, convergence, best iterates and failure flags, as device tensors."""
+    """Per-sample residuals, convergence, best iterates and failure flags, as device tensors.
+
+    Divergence and non-finite values are watched through one running scalar, ``excess``: the largest
+    ``residual - divergence_ratio * floor`` seen (``floor``: the sample's lowest residual so far, never below
+    tol or rounding noise). It is NaN or +inf once a residual was, and > 0 once one diverged; one comparison
+    per check reads both, and the bookkeeping of an iteration stays a handful of small tensor operations.
+    """
 
     def __init__(self, x0: Tensor, options: SolveOptions, track_best: bool) -> None:
         batch, device = x0.shape[0], x0.device
         self.options, self.tol = options, options.tol
         self.tracking = options.tol is not None
+        self.ratio = options.divergence_ratio
         dtype = torch.promote_types(x0.dtype, torch.float32)
         self.eps = torch.finfo(dtype).eps
+        self.cast = x0.dtype != dtype
+        # constants as tensors: an operation with a Python number costs more than one with a tensor
+        self.tol_tensor = torch.tensor(self.tol if self.tracking else 0.0, dtype=dtype, device=device)
+        self.eps_tensor = torch.tensor(self.eps, dtype=dtype, device=device)
         full = lambda value: torch.full((batch,), value, dtype=dtype, device=device)  # noqa: E731
         self.residual, self.lowest, self.lowest_abs = full(torch.inf), full(torch.inf), full(torch.inf)
+        self.excess = torch.full((), -torch.finfo(dtype).max, dtype=dtype, device=device)
         self.iterations = torch.full((batch,), options.max_iter, dtype=torch.long, device=device)
         self.done = torch.zeros(batch, dtype=torch.bool, device=device)
-        self.non_finite = torch.zeros((), dtype=torch.bool, device=device)
-        self.diverged = torch.zeros((), dtype=torch.bool, device=device)
+        self.non_finite_end: Tensor | None = None  # a fixed depth: read from the last residual
         self.best: Tensor | None = x0.detach() if track_best and self.tracking else None
         self.history: list[tuple[Tensor, Tensor]] | None = [] if options.keep_history else None
         self.latest = (full(torch.nan), full(torch.nan)) if options.keep_history else None
@@ -92,57 +103,76 @@ class Tracker:
     def checks(self, step: int) -> bool:
         return self.tracking and step % self.options.check_every == 0
 
-    @torch.no_grad()
     def record(self, x: Tensor, fx: Tensor, step: int, index: Tensor | None) -> None:
         """Account for ``fx = T(x)`` at iteration ``step`` (rows ``index`` only when given)."""
         self.t_evals += 1
         if not self.tracking and self.history is None:
             return
+        if torch.is_grad_enabled():  # a solve recorded for unroll: the bookkeeping records nothing
+            with torch.no_grad():
+                return self._record(x, fx, step, index)
+        self._record(x, fx, step, index)
+
+    def _record(self, x: Tensor, fx: Tensor, step: int, index: Tensor | None) -> None:
         rows = slice(None) if index is None else index
         x, fx = (x, fx) if index is None else (x[index], fx[index])
-        abs_res = torch.linalg.vector_norm(fx - x, dim=1).to(self.residual.dtype)
-        fx_norm = torch.linalg.vector_norm(fx, dim=1).to(self.residual.dtype)
-        rel_res = abs_res / (fx_norm + _EPS)
+        abs_res = torch.linalg.vector_norm(fx - x, dim=1)
+        fx_norm = torch.linalg.vector_norm(fx, dim=1)
+        if self.cast:
+            abs_res, fx_norm = abs_res.to(self.residual.dtype), fx_norm.to(self.residual.dtype)
+        rel_mode = self.options.stop_mode == "rel"
+        rel_res = abs_res / (fx_norm + _EPS) if rel_mode or self.history is not None else abs_res
         if self.history is not None:
             self._remember(rows, abs_res, rel_res)
         if self.tracking:
-            self._update(
-                rows, index, fx, step, abs_res, fx_norm, abs_res if self.options.stop_mode == "abs" else rel_res
-            )
+            self._update(rows, index, fx, step, abs_res, fx_norm, rel_res if rel_mode else abs_res)
 
     def _update(
         self, rows, index: Tensor | None, fx: Tensor, step: int, abs_res: Tensor, fx_norm: Tensor, measure: Tensor
     ) -> None:
-        finite = torch.isfinite(measure)
-        improved = (measure < self.residual[rows]) | ~finite  # a NaN is written, so that it stays visible
         if self.best is not None:
+            improved = (measure < self.residual[rows]) | ~torch.isfinite(measure)  # a NaN is written: it stays visible
             chosen = torch.where(improved[:, None], fx.detach(), self.best[rows])
             self.best = chosen if index is None else self.best.index_put((index,), chosen)  # out of place
             self.residual[rows] = torch.where(improved, measure, self.residual[rows])
+        elif index is None:
+            self.residual = measure
         else:
             self.residual[rows] = measure
-        met = measure <= self.tol
-        done = self.done[rows]
-        self.iterations[rows] = torch.where(met & ~done, step, self.iterations[rows])
-        self.done[rows] = done | met
-        self.lowest[rows] = lowest = torch.fmin(self.lowest[rows], measure)  # fmin skips NaN
-        self.non_finite |= ~finite.all()
-        self.diverged |= self._diverging(rows, measure, lowest, abs_res, fx_norm)
+        met = torch.le(measure, self.tol_tensor)
+        if index is None:
+            self.iterations.masked_fill_(torch.gt(met, self.done), step)  # met now, not before
+            self.done.logical_or_(met)
+            lowest = torch.fmin(self.lowest, measure, out=self.lowest)  # fmin skips NaN
+        else:
+            done = self.done[rows]
+            self.iterations[rows] = torch.where(met & ~done, step, self.iterations[rows])
+            self.done[rows] = done | met
+            self.lowest[rows] = lowest = torch.fmin(self.lowest[rows], measure)
+        self._watch(rows, measure, lowest, abs_res, fx_norm)
 
-    def _diverging(self, rows, measure: Tensor, lowest: Tensor, abs_res: Tensor, fx_norm: Tensor) -> Tensor:
-        """Residual grown ``divergence_ratio`` times over its best, never below tol or rounding noise.
+    def _watch(self, rows, measure: Tensor, lowest: Tensor, abs_res: Tensor, fx_norm: Tensor) -> None:
+        """Raise ``excess`` by this iteration's largest ``residual - ratio * floor``.
 
-        A residual that reached exactly zero and then shows float noise has not diverged. In rel
-        mode the absolute residual is watched too: iterates running off to infinity can keep a
-        bounded relative residual while their absolute residual grows without bound.
+        The floor is the lowest residual so far, never below tol or rounding noise: a residual that reached
+        exactly zero and then shows float noise has not diverged. In rel mode the absolute residual is watched
+        too: iterates running off to infinity can keep a bounded relative residual while their absolute
+        residual grows without bound.
         """
-        ratio, floor = self.options.divergence_ratio, lowest.clamp_min(self.tol)
         if self.options.stop_mode == "abs":
-            return (measure > ratio * torch.maximum(floor, self.eps * fx_norm)).any()
-        self.lowest_abs[rows] = lowest_abs = torch.fmin(self.lowest_abs[rows], abs_res)
-        relative = measure > ratio * floor.clamp_min(self.eps)
-        absolute = abs_res > ratio * torch.maximum(lowest_abs, 100 * self.eps * fx_norm)
-        return (relative | absolute).any()
+            floor = torch.maximum(lowest.clamp_min(self.tol), torch.mul(fx_norm, self.eps_tensor))
+            torch.maximum(self.excess, torch.sub(measure, floor, alpha=self.ratio).max(), out=self.excess)
+            return
+        floor = lowest.clamp_min(max(self.tol, self.eps))
+        if isinstance(rows, slice):
+            lowest_abs = torch.fmin(self.lowest_abs, abs_res, out=self.lowest_abs)
+        else:
+            self.lowest_abs[rows] = lowest_abs = torch.fmin(self.lowest_abs[rows], abs_res)
+        abs_floor = torch.maximum(lowest_abs, torch.mul(fx_norm, self.eps_tensor * 100))
+        worst = torch.maximum(
+            torch.sub(measure, floor, alpha=self.ratio).max(), torch.sub(abs_res, abs_floor, alpha=self.ratio).max()
+        )
+        torch.maximum(self.excess, worst, out=self.excess)
 
     def _remember(self, rows, abs_res: Tensor, rel_res: Tensor) -> None:
         latest_abs, latest_rel = self.latest
@@ -151,7 +181,7 @@ class Tracker:
 
     def finished(self, agree: Agreement | None) -> bool:
         """Every sample converged, or a failure; one host synchronisation (and an agreement)."""
-        done = bool(self.done.all() | self.non_finite | self.diverged)
+        done = bool(self.done.all().logical_or_(self.excess.le(0).logical_not_()))  # a NaN excess: not <= 0
         return done if agree is None else agree(done)
 
     def pending_rows(self) -> Tensor | None:
@@ -166,7 +196,7 @@ class Tracker:
         scale = torch.linalg.vector_norm(returned.detach(), dim=1).to(self.residual.dtype) + _EPS
         if not self.tracking:
             self.residual = torch.linalg.vector_norm((fx - x).detach(), dim=1).to(self.residual.dtype)
-            self.non_finite = ~torch.isfinite(self.residual).all()
+            self.non_finite_end = ~torch.isfinite(self.residual).all()
         abs_res, rel_res = (
             (self.residual, self.residual / scale)
             if self.options.stop_mode == "abs" or not self.tracking
@@ -185,13 +215,14 @@ class Tracker:
         return returned, state
 
     def _status(self) -> Status:
+        if not self.tracking:
+            return Status.NON_FINITE if bool(self.non_finite_end) else Status.FIXED_DEPTH
+        excess = self.excess
         flags = torch.stack(
-            [self.non_finite, self.diverged, self.done.all()]
+            [torch.isnan(excess) | (excess == torch.inf), excess > 0, self.done.all()]
         ).tolist()  # the one synchronisation at the end
         if flags[0]:
             return Status.NON_FINITE
         if flags[1]:
             return Status.DIVERGED
-        if not self.tracking:
-            return Status.FIXED_DEPTH
         return Status.CONVERGED if flags[2] else Status.MAX_ITER
