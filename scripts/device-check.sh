@@ -25,7 +25,7 @@ SUMMARY="$OUT/summary.md"
 
 if [ "$DRY" = 1 ]; then
   DEVICE=cpu; LIMIT=300
-  STEP_SMALL=(--ks 2 --methods jfb --batch-size 8 --repeats 2 --warmup 1)
+  STEP_SMALL=(--ks 2 --methods jfb --batch-size 8 --repeats 2 --warmup 1 --operators module,function --solves fixed,tolerance)
   STEP_LARGE=(--ks 2 --methods jfb --batch-size 16 --repeats 2 --warmup 1)
   PRECISION=(--ks 2 --methods jfb --batch-size 8 --repeats 2 --warmup 1 --precisions fp32,bf16)
   COMPILE=()  # torch.compile on a CPU costs a minute of C++ builds: the dry run only checks the flags exist
@@ -35,7 +35,7 @@ if [ "$DRY" = 1 ]; then
   MEMORY=(--depths 2,4 --methods jfb,unroll,reversible --model elementwise --batch-size 8)
 else
   DEVICE=cuda; LIMIT=240
-  STEP_SMALL=(--ks 10,40 --methods jfb,ift --batch-size 128)
+  STEP_SMALL=(--ks 10,40 --methods jfb,ift --batch-size 128 --operators module,function --solves fixed,tolerance)
   STEP_LARGE=(--ks 10,40 --methods jfb --batch-size 1024)
   PRECISION=(--ks 10 --methods jfb --batch-size 1024 --precisions fp32,bf16,fp16)
   COMPILE=(--ks 10 --methods jfb --batch-size 1024 --precisions fp32,bf16 --compile --repeats 20)

@@ -34,5 +34,5 @@ def test_the_device_check_dry_run_completes_and_writes_what_the_device_tool_brin
         assert heading in summary
     step_rows = (tmp_path / "out" / "step.csv").read_text().splitlines()
     assert (
-        step_rows[0].startswith("K,backward,batch,device,precision") and len(step_rows) == 1 + 4
-    )  # small, large, fp32 + bf16
+        step_rows[0].startswith("K,backward,operator,solve,batch,device,precision") and len(step_rows) == 1 + 7
+    )  # small (module and function operators, fixed and tolerance solves), large, fp32 + bf16
