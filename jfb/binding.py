@@ -100,7 +100,7 @@ def bind(operator: Callable, x: Any, layout: StateLayout, u0: State, guessed: bo
             raise JfbError(_first_call_failure(x, u0, guessed, error)) from error
         finally:
             CURRENT_CALL.reset(token)
-        if not layout.matches(out):
+        if not layout.matches(out, batch=u.shape[0]):  # broadcasting against x can change the batch
             raise JfbError(
                 f"T(u0) has shape {describe(out)} but u0 has {describe(u0)} (x: {describe(x)}); "
                 "T must return a state of u's shape: pass u0= or latent_shape= when the state is not shaped like x"

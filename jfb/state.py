@@ -67,12 +67,15 @@ class StateLayout:
             return self.parts[0].unflatten(flat)
         return tuple(p.unflatten(chunk) for p, chunk in zip(self.parts, flat.split(self.sizes, dim=1)))
 
-    def matches(self, state: Any) -> bool:
-        """Whether ``state`` has this structure and these per-sample shapes (any batch size)."""
+    def matches(self, state: Any, batch: int | None = None) -> bool:
+        """Whether ``state`` has this structure and these per-sample shapes (and ``batch`` samples, when given)."""
         tensors = state if self.is_tuple and isinstance(state, (tuple, list)) else (state,)
         if self.is_tuple != isinstance(state, (tuple, list)) or len(tensors) != len(self.parts):
             return False
-        return all(isinstance(t, Tensor) and tuple(t.shape[1:]) == p.shape for p, t in zip(self.parts, tensors))
+        return all(
+            isinstance(t, Tensor) and tuple(t.shape[1:]) == p.shape and (batch is None or t.shape[0] == batch)
+            for p, t in zip(self.parts, tensors)
+        )
 
 
 def describe(value: Any) -> str:

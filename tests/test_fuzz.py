@@ -341,3 +341,10 @@ def test_a_reference_file_naming_a_function_to_call_is_refused_without_calling_i
     with pytest.raises(JfbError, match="cannot read checkpoint"):
         load_tensors_only(path)
     assert not CODE_RAN.exists()
+
+
+def test_an_output_whose_batch_broadcast_away_is_refused() -> None:
+    """Found by the fuzzer (x with 0 samples, u0 with 1): T's output broadcast to 0 rows used to raise torch's
+    reshape error from inside the layer."""
+    with pytest.raises(jfb.JfbError, match=r"T\(u0\) has shape \(0, 7\) but u0 has \(1, 7\)"):
+        jfb.fixed_point(lambda u, x: torch.tanh(0.5 * u + x), torch.zeros(0, 1), u0=torch.zeros(1, 7))
