@@ -21,7 +21,7 @@ CORE = [
     "backward",
 ]
 SHARED = ["files.py", "reports.py", "settings.py", "state.py", "status.py", "errors.py"]  # helpers any room may use
-OUTER = ("models", "data", "train", "cli", "experiments", "benchmarks")
+OUTER = ("models", "data", "train", "workloads", "cli", "experiments", "benchmarks")
 
 
 def _relative_imports(path: Path) -> list[str]:
@@ -60,3 +60,21 @@ def test_import_jfb_needs_torch_and_numpy_only():
     )
     added = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert added == "[]"
+
+
+def test_workloads_sit_below_the_commands_and_benchmarks():
+    for path in sorted((PACKAGE / "workloads").glob("*.py")):
+        bad = [m for m in _relative_imports(path) if m in ("cli", "experiments", "benchmarks")]
+        assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}"
+
+
+def test_torchdeq_is_imported_in_one_place_only_and_lazily():
+    """torchdeq is for side-by-side benchmarks, never a dependency: one module, inside a function."""
+    importers = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            module = node.module or "" if isinstance(node, ast.ImportFrom) and not node.level else ""
+            if any(n.startswith("torchdeq") for n in names) or module.startswith("torchdeq"):
+                importers.append((path.relative_to(PACKAGE).as_posix(), node.col_offset))
+    assert importers == [("benchmarks/torchdeq_engine.py", 8)]  # indented: inside a function

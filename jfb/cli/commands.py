@@ -7,8 +7,10 @@ report and returns what ``--json`` prints; everything else lives in the library.
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, make_dataclass
+from pathlib import Path
 from typing import Any
 
 from ..benchmarks.epoch import EpochBenchSettings, epoch_table
@@ -16,14 +18,17 @@ from ..benchmarks.inference import InferenceBenchSettings, inference_table
 from ..benchmarks.memory import MemoryBenchSettings, memory_table
 from ..benchmarks.solvers import SolverBenchSettings, solver_table
 from ..benchmarks.step import StepBenchSettings, step_table
+from ..benchmarks.zoo import ZooBenchSettings, zoo_table
 from ..experiments.compare import CompareSettings, run_compare
 from ..experiments.demo import DemoSettings, run_demo
 from ..experiments.diagnose import DiagnoseSettings, diagnose
 from ..experiments.toy import ToySettings, run_toy
 from ..reports import Report
+from ..settings import setting
 from ..train import EvalSettings, ImportSettings, TrainConfig, evaluate_checkpoint, import_reference, train
 from ..train.config import TrainSettings
 from ..train.setup import Log
+from ..workloads import WORKLOADS, Workload
 from .flags import values_of
 
 
@@ -59,6 +64,21 @@ def _train(settings: TrainSettings, overrides: dict[str, Any], progress: bool, l
 
 def _bench_epoch(settings: EpochBenchSettings, overrides: dict[str, Any], progress: bool, log: Log) -> Report:
     return epoch_table(TrainSettings(settings.target).config(overrides), settings, log=log)
+
+
+def _workload_command(workload: Workload) -> Command:
+    """``jfb train NAME`` for a workload: its config's fields are the flags, plus ``--out``."""
+    out = setting(None, f"run dir (default runs/{workload.name}-TIME)")
+    run_settings = make_dataclass(
+        f"{workload.config.__name__}Run", [("out", str | None, out)], bases=(workload.config,), frozen=True
+    )
+
+    def call(run: Any, progress: bool, log: Log) -> Report:
+        config = workload.config(**{f.name: getattr(run, f.name) for f in fields(workload.config)})
+        folder = Path(run.out or f"runs/{workload.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        return workload.run(config, folder, progress)
+
+    return Command(workload.name, workload.help, run_settings, call, group="workload")
 
 
 COMMANDS = (
@@ -136,4 +156,12 @@ COMMANDS = (
         _without_progress(solver_table),
         group="bench",
     ),
+    Command(
+        "zoo",
+        "Each workload trained under torch-jfb and torchdeq, same model, weights, data and budget, interleaved.",
+        ZooBenchSettings,
+        zoo_table,
+        group="bench",
+    ),
+    *(_workload_command(w) for w in WORKLOADS.values()),
 )

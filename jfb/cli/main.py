@@ -15,10 +15,14 @@ import sys
 from typing import NoReturn
 
 from .. import __version__
+from ..workloads import WORKLOADS
 from .commands import COMMANDS, Command, Log
 from .flags import add_flags
 
-GROUP_HELP = {"bench": "Benchmarks (memory, speed), measured side by side."}
+GROUP_HELP = {
+    "bench": "Benchmarks (memory, speed), measured side by side.",
+    "workload": "Train a workload beyond MNIST (also reachable as `jfb train NAME`).",
+}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -46,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_command(sub: argparse._SubParsersAction, command: Command) -> None:
-    p = sub.add_parser(command.name, help=command.help, description=command.help)
+    prog = f"jfb train {command.name}" if command.group == "workload" else None  # how users reach it
+    p = sub.add_parser(command.name, help=command.help, description=command.help, **({"prog": prog} if prog else {}))
     p.add_argument("--json", action="store_true", help="print one final JSON line with the results")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_flags(p, command.settings)
@@ -62,8 +67,15 @@ def _logger(args: argparse.Namespace) -> Log:
     return log
 
 
+def _route_workloads(argv: list[str]) -> list[str]:
+    """``jfb train NAME ...`` for a workload NAME is ``jfb workload NAME ...``: one `train` for every target."""
+    if len(argv) >= 2 and argv[0] == "train" and argv[1] in WORKLOADS:
+        return ["workload", *argv[1:]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_route_workloads(sys.argv[1:] if argv is None else list(argv)))
     from ..errors import JfbError, StorageError
     from ..train import TrainingStopped
     from ..train.preemption import EXIT_PREEMPTED, Preempted

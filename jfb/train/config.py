@@ -398,7 +398,11 @@ def load_target(target: str) -> tuple[dict[str, Any], str]:
 class TrainSettings:
     """What ``jfb train`` takes besides the configuration fields it may override."""
 
-    target: str = setting(help="mnist, svhn, cifar10, a packaged recipe (mnist-long), or a .toml file", positional=True)
+    target: str = setting(
+        help="mnist, svhn, cifar10, a packaged recipe (mnist-long), a .toml file, or a workload "
+        "(prefix-sums, chains, lm: see jfb train NAME --help)",
+        positional=True,
+    )
     out: str | None = setting(None, "run dir (default runs/DATASET-TIME)")
     resume: bool = setting(False, "continue from RUN_DIR/last.pt")
 

@@ -1,0 +1,115 @@
+"""``jfb bench zoo``: every workload trained under torch-jfb and torchdeq, side by side.
+
+For each workload, one model per engine, each built from the same seed (the same initial weights, checked)
+and fed the same batches; their training steps are interleaved, in a new random order at every step, so
+load on a shared machine slows all alike. Reported per engine: the workload's headline metric after
+training, the median ms per step and its ratio to torch-jfb's JFB, the mean forward iterations, the
+autograd memory a step saves for its backward pass (MiB), and the last training loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import JfbError
+from ..files import prepare_run_dir
+from ..reports import Report, markdown_table, write_report
+from ..settings import setting
+from ..workloads import WORKLOADS, Workload, get_workload
+from ..workloads.engines import JFB_ENGINES, EngineFactory, jfb_engine
+from .torchdeq_engine import TORCHDEQ_ENGINES, torchdeq_engine
+
+ENGINES = (*JFB_ENGINES, *TORCHDEQ_ENGINES)
+
+
+def engine_factory(name: str, eval_tol: float | None) -> EngineFactory:
+    """A torch-jfb engine (``jfb``, ``ift``, ``unroll``) or a torchdeq one (``torchdeq-jfb``, ``torchdeq-ift``)."""
+    return torchdeq_engine(name, eval_tol) if name in TORCHDEQ_ENGINES else jfb_engine(name, eval_tol)
+
+
+def _same_weights(models: dict[str, nn.Module]) -> None:
+    """JfbError unless every model starts from the first one's weights (compared by parameter order)."""
+    first_name, first = next(iter(models.items()))
+    for name, model in models.items():
+        for a, b in zip(first.parameters(), model.parameters(), strict=True):
+            if not torch.equal(a, b):
+                raise JfbError(f"engines {first_name!r} and {name!r} start from different weights")
+
+
+def compare_engines(
+    workload: Workload, config: Any, engines: tuple[str, ...], seed: int = 0, progress: bool = False
+) -> list[dict[str, Any]]:
+    """Train ``config`` under each engine, steps interleaved in shuffled order; one row per engine."""
+    configs = {name: dataclasses.replace(config, engine=name) for name in engines}
+    models = {name: workload.model(configs[name], engine_factory(name, config.eval_tol)) for name in engines}
+    _same_weights(models)
+    trainings = {name: workload.training(models[name], configs[name]) for name in engines}
+    order = random.Random(seed)
+    names = list(engines)
+    for step in range(config.steps):
+        order.shuffle(names)
+        for name in names:
+            trainings[name].step(step)
+        if progress and (step + 1) % max(config.steps // 10, 1) == 0:
+            print(f"  {workload.name}: step {step + 1}/{config.steps}", flush=True)
+    rows = []
+    for name in engines:
+        result = trainings[name].result()
+        metrics, _ = workload.evaluate(models[name], configs[name])
+        rows.append(
+            {
+                "workload": workload.name,
+                "engine": name,
+                "metric": workload.metric,
+                "value": metrics[workload.metric],
+                "ms_per_step": round(result.ms_per_step, 2),
+                "forward_iterations": round(result.forward_iterations, 1),
+                "saved_mib": round(result.saved_mib, 2),
+                "final_train_loss": round(result.final_loss, 4),
+            }
+        )
+    reference = rows[0]["ms_per_step"]
+    for row in rows:
+        row["time_vs_first"] = round(row["ms_per_step"] / reference, 3)
+    return rows
+
+
+@dataclass(frozen=True)
+class ZooBenchSettings:
+    workloads: tuple[str, ...] = setting(tuple(WORKLOADS), "workloads to run")
+    engines: tuple[str, ...] = setting(
+        ("jfb", "torchdeq-jfb", "ift", "torchdeq-ift"), "engines, the first is the reference of the time ratio"
+    )
+    steps: int | None = setting(None, "training steps of every workload (default: each workload's own)")
+    seed: int = setting(0, "seed of the weights, the data and the step order")
+    out: str = setting("runs/bench-zoo", "output folder")
+
+    def __post_init__(self) -> None:
+        for name in self.workloads:
+            get_workload(name)
+        for name in self.engines:
+            if name not in ENGINES:
+                raise JfbError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
+
+
+def zoo_table(settings: ZooBenchSettings, progress: bool = True, log=print) -> Report:
+    out = prepare_run_dir(Path(settings.out))
+    rows: list[dict[str, Any]] = []
+    for name in settings.workloads:
+        workload = get_workload(name)
+        config = workload.config(seed=settings.seed)
+        if settings.steps is not None:
+            config = dataclasses.replace(config, steps=settings.steps)
+        log(f"{name}: {config.steps} steps x {len(settings.engines)} engines, interleaved")
+        rows += compare_engines(workload, config, settings.engines, settings.seed, progress)
+    headers = ["workload", "engine", "metric", "value", "ms/step", "vs first", "fwd iters", "saved MiB", "loss"]
+    keys = ["ms_per_step", "time_vs_first", "forward_iterations", "saved_mib", "final_train_loss"]
+    cells = [[r["workload"], r["engine"], r["metric"], f"{r['value']:.4g}", *(r[k] for k in keys)] for r in rows]
+    return write_report(out, "zoo", rows, markdown_table(headers, cells), summary={"engines": list(settings.engines)})

@@ -1,0 +1,25 @@
+"""Workloads beyond MNIST, each a DEQ of the kind researchers train: ``jfb train NAME`` and ``jfb bench zoo``.
+
+- ``prefix-sums``: algorithmic reasoning with test-time compute (:mod:`jfb.workloads.prefix_sums`).
+- ``chains``: an implicit graph network on long-range dependencies (:mod:`jfb.workloads.chains`).
+- ``lm``: a byte-level DEQ transformer language model (:mod:`jfb.workloads.language`).
+"""
+
+from __future__ import annotations
+
+from ..errors import unknown_name
+from .base import Workload
+from .chains import WORKLOAD as CHAINS
+from .language import WORKLOAD as LANGUAGE_MODEL
+from .prefix_sums import WORKLOAD as PREFIX_SUMS
+
+WORKLOADS: dict[str, Workload] = {w.name: w for w in (PREFIX_SUMS, CHAINS, LANGUAGE_MODEL)}
+
+
+def get_workload(name: str) -> Workload:
+    if name not in WORKLOADS:
+        raise unknown_name("workload", name, WORKLOADS)
+    return WORKLOADS[name]
+
+
+__all__ = ["WORKLOADS", "Workload", "get_workload"]

@@ -1,0 +1,65 @@
+"""How a workload's model finds its equilibrium: one small interface, so the same model and weights run
+under torch-jfb's :class:`~jfb.ImplicitLayer` or under another library (the zoo benchmark plugs torchdeq in).
+
+An engine is an ``nn.Module`` built around the operator ``T(u, x)``; called as ``engine(x, u0, depth)`` it
+returns a :class:`Solved`: the state (with grad in training, the backward mode's attachment) and the mean
+number of T evaluations the forward solve made. ``depth`` is the number of forward iterations; in eval
+mode a tolerance may stop the solve earlier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import unknown_name
+from ..layer import ImplicitLayer
+
+Operator = Callable[[Any, Any], Any]
+
+
+@dataclass(frozen=True)
+class Solved:
+    """One solve: the state and the mean number of forward iterations over the batch."""
+
+    value: Any
+    iterations: float
+
+
+#: what each workload's ``--engine`` may name: torch-jfb's backward modes at a fixed training depth
+JFB_ENGINES = {"jfb": "jfb", "ift": "ift", "unroll": "unroll"}
+
+
+class JfbEngine(nn.Module):
+    """torch-jfb: Picard at a fixed depth in training; in eval, Picard stopped at ``eval_tol`` (relative)."""
+
+    def __init__(self, operator: Operator, backward: str = "jfb", eval_tol: float | None = 1e-4) -> None:
+        super().__init__()
+        if backward not in JFB_ENGINES.values():
+            raise unknown_name("engine", backward, JFB_ENGINES)
+        self.layer = ImplicitLayer(operator, backward, solver="picard", tol=None, max_iter=1, on_failure="ignore")
+        self.eval_tol = eval_tol
+
+    def forward(self, x: Any, u0: Any, depth: int) -> Solved:
+        tol = None if self.training else self.eval_tol
+        result = self.layer.solve(x, u0, solve=dict(max_iter=depth, tol=tol, stop_mode="rel"))
+        return Solved(result.value, float(result.stats.iterations.float().mean()))
+
+
+EngineFactory = Callable[[Operator], nn.Module]
+
+
+def jfb_engine(name: str, eval_tol: float | None = 1e-4) -> EngineFactory:
+    """The factory of a named torch-jfb engine (``jfb``, ``ift`` or ``unroll``)."""
+    if name not in JFB_ENGINES:
+        raise unknown_name("engine", name, JFB_ENGINES)
+    return lambda operator: JfbEngine(operator, JFB_ENGINES[name], eval_tol)
+
+
+def zeros_like_state(x: Tensor, width: int) -> Tensor:
+    """A zero state with ``x``'s batch and trailing (length) shape and ``width`` channels at dim 1."""
+    return torch.zeros(x.shape[0], width, *x.shape[2:], dtype=x.dtype, device=x.device)

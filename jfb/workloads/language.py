@@ -1,0 +1,192 @@
+"""A DEQ language model: one weight-tied pre-norm transformer block with input injection, byte level.
+
+The DEQ-Transformer family (Bai et al. 2019): ``T(u; x) = LN(h + MLP(LN(h)))`` with
+``h = u + x + Attn(LN(u + x))`` (causal), ``x`` the byte and position embeddings; the logits read the
+equilibrium. The corpus needs no download: the Python standard library's own source files of the running
+interpreter (every ``.py`` file directly in its folder, sorted, split by file: one in ten to validation);
+each run records the file count and a SHA-256 of the text, so a result names the exact text it came from.
+``--text PATH`` trains on your own UTF-8 or byte corpus instead (WikiText-103, tiny-shakespeare, ...),
+split 90/10 by position.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sysconfig
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import JfbError
+from ..settings import setting
+from .base import Workload
+from .engines import EngineFactory
+from .loop import Loss
+
+VOCAB = 256  # bytes
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Training and validation bytes, where they came from, and the SHA-256 of both together."""
+
+    train: Tensor
+    valid: Tensor
+    source: str
+    files: int
+    sha256: str
+
+
+def stdlib_corpus(max_bytes: int) -> Corpus:
+    """The standard library's top-level ``.py`` files, one in ten (by sorted position) for validation;
+    each split cut to ``max_bytes``."""
+    folder = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(folder.glob("*.py"))
+    if len(files) < 20:
+        raise JfbError(f"found {len(files)} .py files in {folder}; give a corpus with --text PATH")
+    train, valid = bytearray(), bytearray()
+    for index, path in enumerate(files):
+        (valid if index % 10 == 9 else train).extend(path.read_bytes())
+    return _corpus(bytes(train[:max_bytes]), bytes(valid[:max_bytes]), f"stdlib:{folder}", len(files))
+
+
+def text_corpus(path: Path, max_bytes: int) -> Corpus:
+    """A file's bytes, the first 90% for training and the rest for validation, each cut to ``max_bytes``."""
+    data = Path(path).read_bytes()
+    if len(data) < 10_000:
+        raise JfbError(f"{path} has {len(data)} bytes; a corpus needs at least 10000")
+    cut = len(data) * 9 // 10
+    return _corpus(data[:cut][:max_bytes], data[cut:][:max_bytes], str(path), 1)
+
+
+def _corpus(train: bytes, valid: bytes, source: str, files: int) -> Corpus:
+    digest = hashlib.sha256(train + valid).hexdigest()
+    as_tensor = lambda b: torch.frombuffer(bytearray(b), dtype=torch.uint8).long()  # noqa: E731
+    return Corpus(as_tensor(train), as_tensor(valid), source, files, digest)
+
+
+def byte_batch(data: Tensor, batch: int, context: int, seed: int) -> tuple[Tensor, Tensor]:
+    """``batch`` random windows of ``context + 1`` bytes: inputs and next-byte targets."""
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(data) - context - 1, (batch,), generator=generator)
+    windows = torch.stack([data[s : s + context + 1] for s in starts.tolist()])
+    return windows[:, :-1], windows[:, 1:]
+
+
+class TransformerBlock(nn.Module):
+    """``T(u; x)``: causal self-attention and an MLP, pre-norm, on ``u + x``, with a final LayerNorm."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm_attention, self.norm_mlp, self.norm_out = (nn.LayerNorm(width) for _ in range(3))
+        self.qkv = nn.Linear(width, 3 * width)
+        self.project = nn.Linear(width, width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def attention(self, h: Tensor) -> Tensor:
+        batch, length, width = h.shape
+        q, k, v = self.qkv(h).view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        out = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.project(out.transpose(1, 2).reshape(batch, length, width))
+
+    def forward(self, u: Tensor, x: Tensor) -> Tensor:
+        h = u + x
+        h = h + self.attention(self.norm_attention(h))
+        return self.norm_out(h + self.mlp(self.norm_mlp(h)))
+
+
+class DeqLanguageModel(nn.Module):
+    """Byte and position embeddings, the equilibrium of :class:`TransformerBlock`, a linear read-out."""
+
+    def __init__(self, width: int, heads: int, context: int, engine: EngineFactory) -> None:
+        super().__init__()
+        if width % heads:
+            raise JfbError(f"width {width} is not a multiple of heads {heads}")
+        self.embed = nn.Embedding(VOCAB, width)
+        self.position = nn.Parameter(torch.randn(context, width) * 0.02)
+        self.block = TransformerBlock(width, heads)
+        self.head = nn.Linear(width, VOCAB)
+        self.engine = engine(self.block)
+
+    def forward(self, tokens: Tensor, depth: int) -> tuple[Tensor, float]:
+        x = self.embed(tokens) + self.position[: tokens.shape[1]]
+        solved = self.engine(x, torch.zeros_like(x), depth)
+        return self.head(solved.value), solved.iterations
+
+
+@dataclass(frozen=True)
+class LanguageConfig:
+    """``jfb train lm``: the corpus, the model, the training."""
+
+    engine: str = setting("jfb", "jfb, ift (exact implicit gradient) or unroll")
+    text: str | None = setting(None, "your own corpus file (default: the Python standard library's sources)")
+    max_bytes: int = setting(2_000_000, "most bytes of each split")
+    width: int = setting(64, "model width")
+    heads: int = setting(4, "attention heads")
+    context: int = setting(64, "bytes per window")
+    depth: int = setting(8, "forward iterations in training")
+    eval_depth: int = setting(30, "most iterations at validation")
+    steps: int = setting(600, "training steps")
+    batch_size: int = setting(32, "windows per step")
+    lr: float = setting(3e-3, "peak learning rate (Adam, cosine)")
+    seed: int = setting(0, "seed of the weights and the windows")
+    valid_windows: int = setting(256, "validation windows")
+    eval_tol: float = setting(1e-3, "relative residual at which a validation solve stops")
+
+    def corpus(self) -> Corpus:
+        return text_corpus(Path(self.text), self.max_bytes) if self.text else stdlib_corpus(self.max_bytes)
+
+
+def _build(config: LanguageConfig, engine: EngineFactory) -> DeqLanguageModel:
+    return DeqLanguageModel(config.width, config.heads, config.context, engine)
+
+
+def _batches(config: LanguageConfig) -> Callable[[int], tuple[Tensor, Tensor]]:
+    data = config.corpus().train
+    return lambda step: byte_batch(data, config.batch_size, config.context, config.seed * 1_000_003 + step)
+
+
+def _cross_entropy(model: nn.Module, batch: tuple[Tensor, Tensor], depth: int) -> tuple[Tensor, float]:
+    tokens, targets = batch
+    logits, iterations = model(tokens, depth)
+    return nn.functional.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1)), iterations
+
+
+def _loss(config: LanguageConfig) -> Loss:
+    return lambda model, batch: _cross_entropy(model, batch, config.depth)
+
+
+@torch.no_grad()
+def validation(model: nn.Module, config: LanguageConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Bits per byte on ``valid_windows`` fixed validation windows, the mean forward iterations, the corpus."""
+    model.eval()
+    corpus = config.corpus()
+    tokens, targets = byte_batch(corpus.valid, config.valid_windows, config.context, seed=12345)
+    loss, iterations = _cross_entropy(model, (tokens, targets), config.eval_depth)
+    metrics = {
+        "valid_bits_per_byte": round(loss.item() / math.log(2), 4),
+        "valid_iterations": round(iterations, 1),
+        "corpus": corpus.source,
+        "corpus_files": corpus.files,
+        "corpus_sha256": corpus.sha256,
+    }
+    return metrics, []
+
+
+WORKLOAD = Workload(
+    name="lm",
+    help="A byte-level DEQ transformer language model on the Python standard library's sources (or --text).",
+    config=LanguageConfig,
+    build=_build,
+    batches=_batches,
+    loss=_loss,
+    evaluate=validation,
+    metric="valid_bits_per_byte",
+    higher_is_better=False,
+)

@@ -1,0 +1,139 @@
+"""The workloads beyond MNIST: their data, their models' constraints, and tiny trainings that must learn."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from jfb.cli.main import main
+from jfb.errors import JfbError
+from jfb.workloads import WORKLOADS, get_workload
+from jfb.workloads.chains import ImplicitGraphBlock, chain_adjacency, chain_graph
+from jfb.workloads.language import byte_batch, stdlib_corpus, text_corpus
+from jfb.workloads.loop import saved_tensor_bytes
+from jfb.workloads.prefix_sums import prefix_sum_batch
+
+
+def _train(name: str, **changes):
+    workload = get_workload(name)
+    return workload.train(workload.config(**changes))
+
+
+def test_prefix_sum_targets_are_running_parities():
+    strings, targets = prefix_sum_batch(4, 9, seed=3)
+    for row, target in zip(strings[:, 0].long(), targets):
+        parity, expected = 0, []
+        for bit in row.tolist():
+            parity ^= bit
+            expected.append(parity)
+        assert target.tolist() == expected
+    assert torch.equal(prefix_sum_batch(4, 9, seed=3)[0], strings)  # seeded
+
+
+def test_prefix_sums_trained_on_16_bits_solves_32_bits_given_more_iterations():
+    """Easy to hard: 150 steps on 16-bit strings; at 32 bits the model needs more than its training depth."""
+    _, result, metrics, rows = _train(
+        "prefix-sums", width=32, train_bits=16, depth=16, steps=150, test_bits=(32,), test_depths=(16, 64)
+    )
+    accuracy = {r["max_iter"]: r["accuracy"] for r in rows}
+    assert accuracy[64] >= 0.95  # measured 1.0 on seeds 0, 1, 2
+    assert accuracy[16] <= 0.1  # 16 iterations carry information 32 positions at most: not enough
+    assert metrics["hardest_accuracy"] == accuracy[64]
+    assert result.forward_iterations == 16
+
+
+def test_chain_adjacency_is_symmetric_normalised_with_spectral_radius_one():
+    dense = chain_adjacency(3, 5).to_dense()
+    assert torch.equal(dense, dense.T)
+    assert dense[0, 1] == pytest.approx(1 / (2 * 3) ** 0.5)  # end node (degree 2 with its loop) to a middle one
+    assert torch.linalg.eigvalsh(dense).abs().max() == pytest.approx(1.0, abs=1e-5)
+    assert (dense[:5, 5:] == 0).all()  # the paths are disjoint
+
+
+def test_chain_graph_puts_the_label_at_the_head_only():
+    features, _, labels = chain_graph(chains=6, length=4, classes=3, seed=1)
+    by_chain = features.view(6, 4, 3)
+    assert (by_chain[:, 1:] == 0).all()
+    assert torch.equal(by_chain[:, 0].argmax(1), labels.view(6, 4)[:, 0])
+    assert (labels.view(6, 4) == labels.view(6, 4)[:, :1]).all()
+
+
+def test_graph_block_weight_stays_in_the_infinity_norm_ball():
+    block = ImplicitGraphBlock(8, kappa=0.9)
+    with torch.no_grad():
+        block.weight.mul_(50)
+    assert block.constrained_weight().abs().sum(1).max().item() == pytest.approx(0.9)
+    small = ImplicitGraphBlock(8, kappa=0.9)
+    with torch.no_grad():
+        small.weight.mul_(0.01)
+    assert torch.equal(small.constrained_weight(), small.weight)
+
+
+def test_implicit_graph_network_reaches_the_far_end_where_a_shallow_gnn_cannot():
+    common = dict(length=10, chains=32, steps=200, lr=2e-2, test_lengths=(10,))
+    _, _, implicit, _ = _train("chains", depth=60, eval_depth=200, **common)
+    _, _, shallow, _ = _train("chains", engine="unroll", depth=3, **common)
+    assert implicit["far_end_accuracy"] >= 0.95  # measured 1.0 on seeds 0, 1, 2
+    assert shallow["far_end_accuracy"] <= 0.7  # 3 hops: chance (0.44-0.52 measured) at the far end
+
+
+def test_stdlib_corpus_is_split_by_file_and_checksummed():
+    a, b = stdlib_corpus(50_000), stdlib_corpus(50_000)
+    assert a.sha256 == b.sha256 and a.files >= 20
+    assert len(a.train) == len(a.valid) == 50_000
+    assert not torch.equal(a.train[:1000], a.valid[:1000])
+    tokens, targets = byte_batch(a.train, 3, 16, seed=0)
+    assert torch.equal(tokens[:, 1:], targets[:, :-1]) and tokens.max() < 256
+
+
+def test_text_corpus_refuses_a_tiny_file(tmp_path):
+    path = tmp_path / "tiny.txt"
+    path.write_text("too short")
+    with pytest.raises(JfbError, match="at least 10000"):
+        text_corpus(path, 1000)
+    path.write_bytes(bytes(range(256)) * 100)
+    corpus = text_corpus(path, 10**6)
+    assert len(corpus.train) == 23040 and len(corpus.valid) == 2560
+
+
+def test_deq_language_model_learns_bytes():
+    _, result, metrics, _ = _train("lm", steps=60, width=32, heads=2, context=32, max_bytes=200_000, valid_windows=64)
+    assert result.final_loss < 3.3  # nats; uniform over bytes is 5.55, measured 2.89-2.95 on seeds 0-2
+    assert metrics["valid_bits_per_byte"] < 5.0  # measured 4.38-4.43
+    assert len(metrics["corpus_sha256"]) == 64
+
+
+def test_jfb_memory_does_not_grow_with_depth_and_unrolling_does():
+    def saved(engine: str, depth: int) -> int:
+        workload = get_workload("prefix-sums")
+        config = workload.config(engine=engine, width=16, depth=depth)
+        model = workload.model(config)
+        bits, targets = prefix_sum_batch(8, 16, seed=0)
+        with saved_tensor_bytes() as total:
+            workload.loss(config)(model, (bits, targets))
+        return total[0]
+
+    assert saved("jfb", 40) == saved("jfb", 10)
+    assert saved("unroll", 40) > 3.5 * saved("unroll", 10)
+
+
+def test_jfb_train_routes_workloads_and_writes_the_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = ["--steps", "3", "--width", "8", "--test-bits", "8", "--test-depths", "4", "--test-strings", "4"]
+    assert main(["train", "prefix-sums", *flags, "--out", str(out), "--no-progress", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["workload"] == "prefix-sums" and result["forward_iterations"] == 30
+    assert {p.name for p in out.iterdir()} >= {"model.pt", "prefix-sums.csv", "prefix-sums.md"}
+
+
+def test_unknown_engine_is_one_line(capsys):
+    assert main(["train", "chains", "--engine", "nope", "--steps", "1", "--out", "/tmp/never"]) == 2
+    assert "unknown engine 'nope'" in capsys.readouterr().err
+
+
+def test_every_workload_is_registered_with_its_metric():
+    for name, workload in WORKLOADS.items():
+        assert workload.name == name
+        assert workload.metric
