@@ -23,7 +23,11 @@ def test_python_api_example_runs():
 def test_quick_start_commands_are_the_ones_ci_runs():
     text = README.read_text()
     assert "pip install torch==2.13.0 && pip install -e . && jfb demo" in text
-    assert "pip install torch==2.13.0 && pip install -e '.[test]' && python -m pytest -q" in text
+    setup = (
+        "pip install torch==2.13.0 && pip install -e '.[test]' && pip install --no-deps torchdeq && python -m pytest -q"
+    )
+    assert setup in text
     ci = (README.parent / ".ci" / "run").read_text()
-    for step in ("pip install -q torch==2.13.0", "pip install -q -e '.[test]'", "python -m pytest -q"):
+    steps = ("pip install -q torch==2.13.0", "pip install -q -e '.[test]'", "pip install -q --no-deps torchdeq")
+    for step in (*steps, "python -m pytest -q"):
         assert step in ci
