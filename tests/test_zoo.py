@@ -35,7 +35,8 @@ def test_same_model_same_gradient_under_both_libraries(ours, theirs, rtol):
 def test_engines_start_from_the_same_weights_and_train_alike():
     workload = get_workload("chains")
     config = workload.config(length=6, chains=8, steps=5, depth=30, eval_depth=60, test_lengths=(6,))
-    rows = compare_engines(workload, config, ("jfb", "torchdeq-jfb"))
+    rows, cases = compare_engines(workload, config, ("jfb", "torchdeq-jfb"))
+    assert [(c["engine"], c["length"]) for c in cases] == [("jfb", 6), ("torchdeq-jfb", 6)]
     assert [r["engine"] for r in rows] == ["jfb", "torchdeq-jfb"]
     assert rows[0]["final_train_loss"] == pytest.approx(rows[1]["final_train_loss"], rel=1e-4)
     assert rows[0]["time_vs_first"] == 1.0 and rows[0]["saved_mib"] == rows[1]["saved_mib"]
@@ -51,11 +52,11 @@ def test_zoo_table_writes_every_engine_of_every_workload(tmp_path):
     settings = ZooBenchSettings(workloads=("chains", "lm"), steps=6, out=str(tmp_path))
     report = zoo_table(settings, progress=False, log=lambda _: None)
     assert [(r["workload"], r["engine"]) for r in report.rows] == [
-        (w, e) for w in ("chains", "lm") for e in ("jfb", "torchdeq-jfb", "ift", "torchdeq-ift")
+        (w, e) for w in ("chains", "lm") for e in ("jfb", "torchdeq-jfb", "ift", "torchdeq-ift", "unroll")
     ]
     by = {(r["workload"], r["engine"]): r for r in report.rows}
     for workload in ("chains", "lm"):
         assert by[workload, "jfb"]["final_train_loss"] == pytest.approx(
             by[workload, "torchdeq-jfb"]["final_train_loss"], rel=1e-3
         )
-    assert (tmp_path / "zoo.csv").read_text().count("\n") == 9
+    assert (tmp_path / "zoo.csv").read_text().count("\n") == 11

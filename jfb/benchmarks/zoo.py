@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from ..errors import JfbError
-from ..files import prepare_run_dir
-from ..reports import Report, markdown_table, write_report
+from ..files import atomic_write_text, prepare_run_dir
+from ..reports import Report, csv_text, markdown_table, pyplot, write_report
 from ..settings import setting
 from ..workloads import WORKLOADS, Workload, get_workload
 from ..workloads.engines import JFB_ENGINES, EngineFactory, jfb_engine
@@ -45,8 +45,9 @@ def _same_weights(models: dict[str, nn.Module]) -> None:
 
 def compare_engines(
     workload: Workload, config: Any, engines: tuple[str, ...], seed: int = 0, progress: bool = False
-) -> list[dict[str, Any]]:
-    """Train ``config`` under each engine, steps interleaved in shuffled order; one row per engine."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Train ``config`` under each engine, steps interleaved in shuffled order: one row per engine, and the
+    workload's per-case evaluation rows (test lengths, iteration budgets) with the engine named."""
     configs = {name: dataclasses.replace(config, engine=name) for name in engines}
     models = {name: workload.model(configs[name], engine_factory(name, config.eval_tol)) for name in engines}
     _same_weights(models)
@@ -59,10 +60,11 @@ def compare_engines(
             trainings[name].step(step)
         if progress and (step + 1) % max(config.steps // 10, 1) == 0:
             print(f"  {workload.name}: step {step + 1}/{config.steps}", flush=True)
-    rows = []
+    rows, cases = [], []
     for name in engines:
         result = trainings[name].result()
-        metrics, _ = workload.evaluate(models[name], configs[name])
+        metrics, evaluated = workload.evaluate(models[name], configs[name])
+        cases += [{"workload": workload.name, "engine": name, **case} for case in evaluated]
         rows.append(
             {
                 "workload": workload.name,
@@ -78,14 +80,14 @@ def compare_engines(
     reference = rows[0]["ms_per_step"]
     for row in rows:
         row["time_vs_first"] = round(row["ms_per_step"] / reference, 3)
-    return rows
+    return rows, cases
 
 
 @dataclass(frozen=True)
 class ZooBenchSettings:
     workloads: tuple[str, ...] = setting(tuple(WORKLOADS), "workloads to run")
     engines: tuple[str, ...] = setting(
-        ("jfb", "torchdeq-jfb", "ift", "torchdeq-ift"), "engines, the first is the reference of the time ratio"
+        ("jfb", "torchdeq-jfb", "ift", "torchdeq-ift", "unroll"), "engines; the first is the time reference"
     )
     steps: int | None = setting(None, "training steps of every workload (default: each workload's own)")
     seed: int = setting(0, "seed of the weights, the data and the step order")
@@ -102,14 +104,42 @@ class ZooBenchSettings:
 def zoo_table(settings: ZooBenchSettings, progress: bool = True, log=print) -> Report:
     out = prepare_run_dir(Path(settings.out))
     rows: list[dict[str, Any]] = []
+    cases: list[dict[str, Any]] = []
     for name in settings.workloads:
         workload = get_workload(name)
         config = workload.config(seed=settings.seed)
         if settings.steps is not None:
             config = dataclasses.replace(config, steps=settings.steps)
         log(f"{name}: {config.steps} steps x {len(settings.engines)} engines, interleaved")
-        rows += compare_engines(workload, config, settings.engines, settings.seed, progress)
+        engine_rows, engine_cases = compare_engines(workload, config, settings.engines, settings.seed, progress)
+        rows += engine_rows
+        cases += engine_cases
     headers = ["workload", "engine", "metric", "value", "ms/step", "vs first", "fwd iters", "saved MiB", "loss"]
     keys = ["ms_per_step", "time_vs_first", "forward_iterations", "saved_mib", "final_train_loss"]
     cells = [[r["workload"], r["engine"], r["metric"], f"{r['value']:.4g}", *(r[k] for k in keys)] for r in rows]
-    return write_report(out, "zoo", rows, markdown_table(headers, cells), summary={"engines": list(settings.engines)})
+    report = write_report(out, "zoo", rows, markdown_table(headers, cells), summary={"engines": list(settings.engines)})
+    if cases:
+        atomic_write_text(out / "zoo-cases.csv", csv_text(cases))
+        report.files.append(out / "zoo-cases.csv")
+        extrapolation = [c for c in cases if c["workload"] == "prefix-sums"]
+        plt = pyplot()
+        if extrapolation and plt is not None:
+            plot_engines(plt, out / "zoo-prefix-sums.png", extrapolation)
+            report.files.append(out / "zoo-prefix-sums.png")
+    return report
+
+
+def plot_engines(plt, path: Path, cases: list[dict[str, Any]]) -> None:
+    """Prefix sums: accuracy against test-time iterations, one panel per engine, one line per length."""
+    engines = list(dict.fromkeys(c["engine"] for c in cases))
+    fig, axes = plt.subplots(1, len(engines), figsize=(3.2 * len(engines), 3.4), sharey=True, squeeze=False)
+    for ax, engine in zip(axes[0], engines):
+        mine = [c for c in cases if c["engine"] == engine]
+        for bits in sorted({c["bits"] for c in mine}):
+            line = [c for c in mine if c["bits"] == bits]
+            ax.plot([c["max_iter"] for c in line], [c["accuracy"] for c in line], marker="o", label=f"{bits} bits")
+        ax.set_xscale("log"), ax.set_title(engine), ax.set_xlabel("most iterations at test time")
+    axes[0][0].set_ylabel("strings all right"), axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
