@@ -71,19 +71,27 @@ def cg_normal(A: MatVec, At: MatVec, b: Tensor, tol: float, max_iter: int) -> tu
 def fixed_point(Jt: MatVec, b: Tensor, tol: float, max_iter: int) -> tuple[Tensor, LinearSolveInfo]:
     """Iterate ``w <- J^T w + b``; converges when the spectral radius of J is below 1.
 
-    One ``J^T`` product per iteration; ``w_{k+1} - w_k`` is exactly the residual of ``w_k``.
+    One ``J^T`` product per iteration; ``w_{k+1} - w_k`` is exactly the residual of ``w_k``. Returns the
+    last iterate while the residuals keep falling, else the iterate of the smallest residual seen: where
+    the iteration diverges (J's spectral radius reaches 1, as a DEQ that learns to carry information
+    across a whole sequence does) the last iterate would be a gradient of arbitrary size.
     """
     w = b.clone()
     b_norm = b.norm()
-    res_norm = b_norm
+    res_norm, best, best_norm = b_norm, w, float("inf")
     iterations = 0
     while iterations < max_iter:
         w_next = Jt(w) + b
         res_norm = (w_next - w).norm()
+        res = float(res_norm)
+        if res < best_norm:
+            best, best_norm = w, res
         w = w_next
         iterations += 1
-        if float(res_norm) <= tol * float(b_norm):
+        if res <= tol * float(b_norm):
             break
+    if float(res_norm) > best_norm:  # the residuals rose at the end: the best iterate seen
+        return best, _info(iterations, torch.tensor(best_norm, dtype=b_norm.dtype), b_norm, tol)
     return w, _info(iterations, res_norm, b_norm, tol)
 
 
