@@ -5,11 +5,13 @@
 #   scripts/device-check.sh --dry-run  on CPU with tiny sizes: every step once (CI runs this)
 #
 # Writes under $OUT when set (the device tool brings those files back), else runs/device-check/:
-# summary.md (card, versions, every step's status and time, all tables), step.csv, epoch.csv,
-# memory.csv, mnist-epoch.csv, mnist-recipe.csv, nvidia-smi.txt, log.txt: 8 files, at most two
+# summary.md (card, versions, nvidia-smi, every step's status and time, all tables), step.csv,
+# epoch.csv, memory.csv, mnist-epoch.csv, mnist-recipe.csv, zoo.csv, log.txt: 8 files, at most two
 # folders deep, as the device tool asks. Needs only Python with torch, numpy, tqdm (the GPU image
-# has them; nothing is fetched): the package is used from this checkout. Idempotent: every run
-# starts its work folder afresh. A failing step is recorded and the next one runs.
+# has them; nothing is fetched): the package is used from this checkout. The workloads (jfb bench
+# zoo) run under torchdeq too when it can be imported (carry its wheel: the device tool's notes say
+# how); otherwise under torch-jfb's engines only. Idempotent: every run starts its work folder
+# afresh. A failing step is recorded and the next one runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -18,7 +20,7 @@ OUT="${OUT:-runs/device-check}"
 PY="${PYTHON:-python3}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/jfb-device-check.XXXXXX")"
 mkdir -p "$OUT"
-rm -f "$OUT"/summary.md "$OUT"/*.csv "$OUT"/nvidia-smi.txt "$OUT"/log.txt
+rm -f "$OUT"/summary.md "$OUT"/*.csv "$OUT"/log.txt
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 LOG="$OUT/log.txt"
 SUMMARY="$OUT/summary.md"
@@ -33,6 +35,7 @@ if [ "$DRY" = 1 ]; then
   RECIPE=()
   CIFAR=(--samples 64 --batch-size 32 --precisions fp32,bf16)
   MEMORY=(--depths 2,4 --methods jfb,unroll,reversible --model elementwise --batch-size 8)
+  ZOO=(--smoke --steps 3)
 else
   DEVICE=cuda; LIMIT=240
   STEP_SMALL=(--ks 10,40 --methods jfb,ift --batch-size 128 --operators module,function --solves fixed,tolerance)
@@ -43,14 +46,18 @@ else
   RECIPE=(--test-every-epoch)
   CIFAR=(--samples 50000 --precisions fp32,bf16)
   MEMORY=(--depths 10,100,500 --methods jfb,unroll,reversible --model mnist --batch-size 128)
+  ZOO=()  # each workload at its own size
 fi
+ENGINES=jfb,ift,unroll
+"$PY" -c "import torchdeq" 2> /dev/null && ENGINES=jfb,torchdeq-jfb,ift,torchdeq-ift,unroll
 
 echo "# Device check ($([ "$DRY" = 1 ] && echo "dry run on CPU" || echo "GPU"), $(date -u '+%Y-%m-%d %H:%M UTC'))" > "$SUMMARY"
+SMI="$WORK/nvidia-smi.txt"
 if command -v nvidia-smi > /dev/null; then
-  nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+  nvidia-smi > "$SMI" 2>&1
   CARD="$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)"
 else
-  echo "nvidia-smi not found" > "$OUT/nvidia-smi.txt"; CARD="none (CPU)"
+  echo "nvidia-smi not found" > "$SMI"; CARD="none (CPU)"
 fi
 {
   echo; echo "- card: $CARD"
@@ -89,12 +96,19 @@ if [ ${#RECIPE[@]} -gt 0 ]; then
 fi
 step "CIFAR-10-shaped epoch, synthetic data" jfb bench epoch cifar10 --device "$DEVICE" "${CIFAR[@]}" --out "$WORK/epoch"
 step "peak memory vs depth" jfb bench memory --device "$DEVICE" "${MEMORY[@]}" --out "$WORK/memory"
+for workload in prefix-sums chains lm; do
+  step "workload $workload, engines $ENGINES" jfb bench zoo --device "$DEVICE" --workloads "$workload" \
+    --engines "$ENGINES" "${ZOO[@]}" --out "$WORK/zoo-$workload"
+done
 
 for kind in small large precision compile; do
   table "Training step vs the floor ($kind)" "$WORK/step-$kind/step.md"
 done
 table "One epoch on synthetic CIFAR-10-shaped data" "$WORK/epoch/epoch.md"
 table "Peak memory of a training step vs depth" "$WORK/memory/memory.md"
+for workload in prefix-sums chains lm; do
+  table "Workload $workload, side by side (jfb bench zoo)" "$WORK/zoo-$workload/zoo.md"
+done
 "$PY" - "$WORK" "$OUT" "$TABLES" <<'PYTHON'
 """Merge the step CSVs; copy the run metrics; one table of the MNIST runs."""
 import csv, json, pathlib, sys
@@ -112,6 +126,12 @@ for name in ("epoch", "memory"):
     source = work / name / f"{name}.csv"
     if source.exists():
         (out / f"{name}.csv").write_text(source.read_text())
+zoo = [row for w in ("prefix-sums", "chains", "lm") if (work / f"zoo-{w}" / "zoo.csv").exists()
+       for row in csv.DictReader((work / f"zoo-{w}" / "zoo.csv").open())]
+if zoo:
+    with (out / "zoo.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(zoo[0]))
+        writer.writeheader(), writer.writerows(zoo)
 lines = []
 for name in ("mnist-epoch", "mnist-recipe"):
     metrics = work / name / "metrics.jsonl"
@@ -127,6 +147,7 @@ if lines:
                 "|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
 PYTHON
 cat "$TABLES" >> "$SUMMARY"
+{ echo; echo "## nvidia-smi"; echo; echo '```'; cat "$SMI"; echo '```'; } >> "$SUMMARY"
 rm -rf "$WORK"
 echo "summary: $SUMMARY"
 ! grep -q "| failed |\|timed out" "$SUMMARY"

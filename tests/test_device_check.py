@@ -25,12 +25,13 @@ def test_the_device_check_dry_run_completes_and_writes_what_the_device_tool_brin
         "log.txt",
         "memory.csv",
         "mnist-epoch.csv",
-        "nvidia-smi.txt",
         "step.csv",
         "summary.md",
+        "zoo.csv",
     ]
-    assert len(files) <= 8 and summary.count("| ok |") == 8 and "failed" not in summary
-    for heading in ("Training step vs the floor", "synthetic CIFAR-10-shaped data", "Peak memory", "MNIST training"):
+    assert len(files) <= 8 and summary.count("| ok |") == 11 and "failed" not in summary
+    headings = ("Training step vs the floor", "synthetic CIFAR-10-shaped data", "Peak memory", "MNIST training")
+    for heading in (*headings, "Workload prefix-sums, side by side", "Workload lm, side by side", "nvidia-smi"):
         assert heading in summary
     step_rows = (tmp_path / "out" / "step.csv").read_text().splitlines()
     assert (

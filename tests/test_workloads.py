@@ -18,7 +18,8 @@ from jfb.workloads.prefix_sums import prefix_sum_batch
 
 def _train(name: str, **changes):
     workload = get_workload(name)
-    return workload.train(workload.config(**changes))
+    trained = workload.train(workload.config(**changes))
+    return trained.model, trained.result, trained.metrics, trained.rows
 
 
 def test_prefix_sum_targets_are_running_parities():
@@ -34,9 +35,7 @@ def test_prefix_sum_targets_are_running_parities():
 
 def test_prefix_sums_trained_on_16_bits_solves_32_bits_given_more_iterations():
     """Easy to hard: 150 steps on 16-bit strings; at 32 bits the model needs more than its training depth."""
-    _, result, metrics, rows = _train(
-        "prefix-sums", width=32, train_bits=16, depth=16, steps=150, test_bits=(32,), test_depths=(16, 64)
-    )
+    _, result, metrics, rows = _train("prefix-sums", **get_workload("prefix-sums").smoke)
     accuracy = {r["max_iter"]: r["accuracy"] for r in rows}
     assert accuracy[64] >= 0.95  # measured 1.0 on seeds 0, 1, 2
     assert accuracy[16] <= 0.1  # 16 iterations carry information 32 positions at most: not enough
@@ -72,9 +71,9 @@ def test_graph_block_weight_stays_in_the_infinity_norm_ball():
 
 
 def test_implicit_graph_network_reaches_the_far_end_where_a_shallow_gnn_cannot():
-    common = dict(length=10, chains=32, steps=200, lr=2e-2, test_lengths=(10,))
-    _, _, implicit, _ = _train("chains", depth=60, eval_depth=200, **common)
-    _, _, shallow, _ = _train("chains", engine="unroll", depth=3, **common)
+    smoke = get_workload("chains").smoke
+    _, _, implicit, _ = _train("chains", **smoke)
+    _, _, shallow, _ = _train("chains", **{**smoke, "engine": "unroll", "depth": 3})
     assert implicit["far_end_accuracy"] >= 0.95  # measured 1.0 on seeds 0, 1, 2
     assert shallow["far_end_accuracy"] <= 0.7  # 3 hops: chance (0.44-0.52 measured) at the far end
 

@@ -89,8 +89,10 @@ class ZooBenchSettings:
     engines: tuple[str, ...] = setting(
         ("jfb", "torchdeq-jfb", "ift", "torchdeq-ift", "unroll"), "engines; the first is the time reference"
     )
+    smoke: bool = setting(False, "each workload at its smoke-test size (seconds; the device check's dry run)")
     steps: int | None = setting(None, "training steps of every workload (default: each workload's own)")
     seed: int = setting(0, "seed of the weights, the data and the step order")
+    device: str = setting("cpu", "where the model trains", choices=("cpu", "cuda"))
     out: str = setting("runs/bench-zoo", "output folder")
 
     def __post_init__(self) -> None:
@@ -107,7 +109,8 @@ def zoo_table(settings: ZooBenchSettings, progress: bool = True, log=print) -> R
     cases: list[dict[str, Any]] = []
     for name in settings.workloads:
         workload = get_workload(name)
-        config = workload.config(seed=settings.seed)
+        size = workload.smoke if settings.smoke else {}
+        config = workload.config(seed=settings.seed, device=settings.device, **size)
         if settings.steps is not None:
             config = dataclasses.replace(config, steps=settings.steps)
         log(f"{name}: {config.steps} steps x {len(settings.engines)} engines, interleaved")

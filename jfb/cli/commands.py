@@ -7,6 +7,7 @@ report and returns what ``--json`` prints; everything else lives in the library.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, make_dataclass
@@ -19,16 +20,20 @@ from ..benchmarks.memory import MemoryBenchSettings, memory_table
 from ..benchmarks.solvers import SolverBenchSettings, solver_table
 from ..benchmarks.step import StepBenchSettings, step_table
 from ..benchmarks.zoo import ZooBenchSettings, zoo_table
+from ..errors import JfbError
 from ..experiments.compare import CompareSettings, run_compare
 from ..experiments.demo import DemoSettings, run_demo
 from ..experiments.diagnose import DiagnoseSettings, diagnose
 from ..experiments.toy import ToySettings, run_toy
+from ..pretrained import pretrained_path
 from ..reports import Report
 from ..settings import setting
 from ..train import EvalSettings, ImportSettings, TrainConfig, evaluate_checkpoint, import_reference, train
+from ..train.checkpoint import load_checkpoint
 from ..train.config import TrainSettings
 from ..train.setup import Log
 from ..workloads import WORKLOADS, Workload
+from ..workloads.base import evaluate_saved, is_workload_checkpoint
 from .flags import values_of
 
 
@@ -62,6 +67,20 @@ def _train(settings: TrainSettings, overrides: dict[str, Any], progress: bool, l
     return train(config, settings.run_dir(config), resume=settings.resume, progress=progress, log=log)
 
 
+def _eval(settings: EvalSettings, progress: bool, log: Log) -> dict[str, Any]:
+    """``jfb eval PATH|NAME``: a shipped checkpoint by name, a workload's checkpoint, or an MNIST-family one."""
+    path = pretrained_path(settings.checkpoint) or Path(settings.checkpoint)
+    if not is_workload_checkpoint(load_checkpoint(path)):
+        return evaluate_checkpoint(dataclasses.replace(settings, checkpoint=str(path)), progress, log)
+    given = [name for name, value in settings.overrides().items() if name != "device" and value is not None]
+    if given:
+        raise JfbError(f"{', '.join(given)}: options of image-classifier checkpoints; {path} holds a workload")
+    result = evaluate_saved(path, WORKLOADS)
+    for name, value in result["metrics"].items():
+        log(f"{name}: {value} (when saved: {result['saved_metrics'].get(name)})")
+    return result
+
+
 def _bench_epoch(settings: EpochBenchSettings, overrides: dict[str, Any], progress: bool, log: Log) -> Report:
     return epoch_table(TrainSettings(settings.target).config(overrides), settings, log=log)
 
@@ -89,7 +108,12 @@ COMMANDS = (
         _train,
         config_flags=TrainConfig,
     ),
-    Command("eval", "Test accuracy of a checkpoint.", EvalSettings, evaluate_checkpoint),
+    Command(
+        "eval",
+        "Evaluate a checkpoint, or a shipped one by name (mnist-default, prefix-sums, chains, lm).",
+        EvalSettings,
+        _eval,
+    ),
     Command(
         "import-reference",
         "Convert a checkpoint published by the paper's authors (no pickled code runs).",

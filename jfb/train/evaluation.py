@@ -15,7 +15,11 @@ from .setup import Log, load_data, restore_model
 
 @dataclass(frozen=True)
 class EvalSettings:
-    checkpoint: str = setting(help="a checkpoint written by jfb train or jfb import-reference", positional=True)
+    checkpoint: str = setting(
+        help="a checkpoint written by jfb train or jfb import-reference, "
+        "or a shipped one by name: mnist-default, prefix-sums, chains, lm",
+        positional=True,
+    )
     tol: float | None = setting(None, "evaluation tolerance (default: the checkpoint's evaluation solve)")
     max_iter: int | None = setting(None, "evaluation depth, or its cap with --tol (default: the checkpoint's)")
     solver: str | None = setting(None, "forward solver (default: the checkpoint's)")

@@ -3,25 +3,44 @@ side-by-side benchmark serve them all."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from ..errors import JfbError
 from ..files import prepare_run_dir
 from ..reports import Report, key_value_table, write_report
+from ..train.checkpoint import load_checkpoint, save_checkpoint
+from ..train.distributed import Processes, start_processes, stop_processes
 from .engines import EngineFactory, jfb_engine
-from .loop import FitResult, Loss, Training, fit
+from .loop import FitResult, Loss, Training, fit, to_device
+from .parallel import full_state, parallel_batches, torchrun_needed, wrap_parallel
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What :meth:`Workload.train` hands back: the model, the training's measurements, the metrics, the
+    per-case rows, every parameter whole (also after FSDP), and whether this is the process that writes."""
+
+    model: nn.Module
+    result: FitResult
+    metrics: dict[str, Any]
+    rows: list[dict[str, Any]]
+    state: dict[str, Tensor]
+    main: bool = True
 
 
 @dataclass(frozen=True)
 class Workload:
     """``build(config, engine) -> model``; ``batches(config) -> (step -> batch)`` (seeded, fresh data each step);
     ``loss(config) -> (model, batch) -> (loss, iterations)``; ``evaluate(model, config) -> (metrics, rows)``:
-    the headline metrics (``metric`` names the one a table leads with) and per-case rows for a table or plot."""
+    the headline metrics (``metric`` names the one a table leads with) and per-case rows for a table or plot;
+    ``smoke``: the config changes that make a run take seconds (they still learn; see the tests)."""
 
     name: str
     help: str
@@ -31,31 +50,46 @@ class Workload:
     loss: Callable[[Any], Loss]
     evaluate: Callable[[nn.Module, Any], tuple[dict[str, Any], list[dict[str, Any]]]]
     metric: str
+    smoke: dict[str, Any]  # config changes for a run of seconds (tests, the device check's dry run)
     higher_is_better: bool = True
     plot: Callable[[Any, Path, list[dict[str, Any]]], None] | None = None
 
     def model(self, config: Any, engine: EngineFactory | None = None) -> nn.Module:
         """The model of ``config`` built from ``config.seed`` (the same weights whatever the engine)."""
+        if config.device == "cuda" and not torch.cuda.is_available():
+            raise JfbError("device 'cuda' asked for, but torch.cuda.is_available() is False")
         torch.manual_seed(config.seed)
-        return self.build(config, engine or jfb_engine(config.engine, config.eval_tol))
+        return self.build(config, engine or jfb_engine(config.engine, config.eval_tol)).to(config.device)
+
+    def batches_on_device(self, config: Any) -> Callable[[int], object]:
+        source = self.batches(config)
+        return lambda step: to_device(source(step), config.device)
 
     def training(self, model: nn.Module, config: Any) -> Training:
-        return Training(model, self.batches(config), self.loss(config), config.steps, config.lr)
+        return Training(model, self.batches_on_device(config), self.loss(config), config.steps, config.lr)
 
-    def train(
-        self, config: Any, engine: EngineFactory | None = None, progress: bool = False
-    ) -> tuple[nn.Module, FitResult, dict[str, Any], list[dict[str, Any]]]:
-        """Build, train and evaluate: the model, the training's measurements, the metrics and the rows."""
-        model = self.model(config, engine)
-        result = fit(model, self.batches(config), self.loss(config), config.steps, config.lr, progress, f"{self.name}")
-        metrics, rows = self.evaluate(model, config)
-        return model, result, metrics, rows
+    def train(self, config: Any, engine: EngineFactory | None = None, progress: bool = False) -> Trained:
+        """Build, train (on the processes torchrun started when ``config.parallel`` asks) and evaluate."""
+        torchrun_needed(config.parallel)
+        processes = start_processes(config.device) if config.parallel != "none" else Processes()
+        try:
+            model = self.model(config, engine)
+            trained = wrap_parallel(model, model.block, config.parallel, processes, config.device)
+            batches = parallel_batches(self.batches_on_device(config), processes)
+            loss, show = self.loss(config), progress and processes.is_main
+            result = fit(trained, batches, loss, config.steps, config.lr, show, self.name)
+            metrics, rows = self.evaluate(trained, config)
+            outcome = Trained(model, result, metrics, rows, full_state(model), processes.is_main)
+            del trained  # DDP's reducer holds the process group: freed before it (a gloo deadlock at exit otherwise)
+            return outcome
+        finally:
+            stop_processes(processes)
 
     def run(self, config: Any, out: Path, progress: bool = True) -> Report:
         """``jfb train NAME``: train, evaluate, write the weights, the metrics, the rows (and a plot)."""
         out = prepare_run_dir(out)
-        model, result, metrics, rows = self.train(config, progress=progress)
-        torch.save(model.state_dict(), out / "model.pt")
+        trained = self.train(config, progress=progress)
+        result, metrics, rows = trained.result, trained.metrics, trained.rows
         summary = {
             "workload": self.name,
             "engine": config.engine,
@@ -66,7 +100,36 @@ class Workload:
             "saved_mib": round(result.saved_mib, 2),
             **metrics,
         }
+        if not trained.main:  # one process writes
+            return Report([summary], key_value_table(summary), summary=summary)
+        save_checkpoint(out / "model.pt", saved_workload(self, config, trained))
         plot = (lambda plt, path: self.plot(plt, path, rows)) if self.plot else None
         report = write_report(out, self.name, rows or [summary], key_value_table(summary), plot, summary)
         report.files.append(out / "model.pt")
         return report
+
+
+def saved_workload(workload: Workload, config: Any, trained: Trained) -> dict[str, Any]:
+    """What a workload's ``model.pt`` holds: its name, config, whole weights and the metrics measured."""
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    return {"workload": workload.name, "config": plain, "model": trained.state, "metrics": trained.metrics}
+
+
+def is_workload_checkpoint(checkpoint: dict[str, Any]) -> bool:
+    return "workload" in checkpoint
+
+
+def evaluate_saved(path: Path, workloads: dict[str, Workload]) -> dict[str, Any]:
+    """Rebuild a saved workload model, load its weights and evaluate it again: the metrics now and when saved."""
+    checkpoint = load_checkpoint(path)
+    name = checkpoint["workload"]
+    if name not in workloads:
+        raise JfbError(f"{path}: a checkpoint of workload {name!r}, which this version does not know")
+    workload = workloads[name]
+    fields = {f.name: f for f in dataclasses.fields(workload.config)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in checkpoint["config"].items() if k in fields}
+    config = dataclasses.replace(workload.config(**values), device="cpu", parallel="none")
+    model = workload.model(config)
+    model.load_state_dict(checkpoint["model"])
+    metrics, _ = workload.evaluate(model, config)
+    return {"workload": name, "checkpoint": str(path), "metrics": metrics, "saved_metrics": checkpoint["metrics"]}

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..settings import setting
 from .base import Workload
 from .engines import EngineFactory
-from .loop import Loss
+from .loop import Loss, to_device
 
 TEST_SEED_OFFSET = 10_000
 
@@ -85,7 +85,7 @@ class ChainsNet(nn.Module):
 
     def forward(self, features: Tensor, adjacency: Tensor, depth: int) -> tuple[Tensor, float]:
         injection = self.inject(features)[None]
-        u0 = torch.zeros(1, features.shape[0], self.hidden, dtype=features.dtype)
+        u0 = features.new_zeros(1, features.shape[0], self.hidden)
         solved = self.engine((injection, adjacency), u0, depth)
         return self.head(solved.value[0]), solved.iterations
 
@@ -108,6 +108,8 @@ class ChainsConfig:
     test_lengths: tuple[int, ...] = setting((10, 20, 40), "path lengths of the test graphs")
     test_chains: int = setting(200, "paths per test graph")
     eval_tol: float = setting(1e-4, "relative residual at which a test solve stops")
+    device: str = setting("cpu", "where the model trains", choices=("cpu", "cuda"))
+    parallel: str = setting("none", "none, or under torchrun: ddp, fsdp", choices=("none", "ddp", "fsdp"))
 
 
 def _build(config: ChainsConfig, engine: EngineFactory) -> ChainsNet:
@@ -135,9 +137,8 @@ def test_accuracy(model: nn.Module, config: ChainsConfig) -> tuple[dict[str, Any
     depth = config.depth if config.engine == "unroll" else config.eval_depth
     rows = []
     for length in config.test_lengths:
-        features, adjacency, labels = chain_graph(
-            config.test_chains, length, config.classes, config.seed + TEST_SEED_OFFSET + length
-        )
+        graph = chain_graph(config.test_chains, length, config.classes, config.seed + TEST_SEED_OFFSET + length)
+        features, adjacency, labels = to_device(graph, config.device)
         logits, iterations = model(features, adjacency, depth)
         right = (logits.argmax(1) == labels).view(config.test_chains, length).float()
         far = right[:, length - max(length // 4, 1) :]
@@ -159,4 +160,5 @@ WORKLOAD = Workload(
     loss=_loss,
     evaluate=test_accuracy,
     metric="far_end_accuracy",
+    smoke=dict(length=10, chains=32, steps=200, lr=2e-2, depth=60, eval_depth=200, test_lengths=(10,)),
 )

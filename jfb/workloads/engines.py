@@ -30,18 +30,22 @@ class Solved:
     iterations: float
 
 
-#: what each workload's ``--engine`` may name: torch-jfb's backward modes at a fixed training depth
-JFB_ENGINES = {"jfb": "jfb", "ift": "ift", "unroll": "unroll"}
+#: what each workload's ``--engine`` may name: torch-jfb's backward modes at a fixed training depth; IFT's
+#: linear solve runs at most 40 iterations, as torchdeq's does by default (the side-by-side runs compare alike)
+JFB_ENGINES = {"jfb": "jfb", "ift": "ift:max_iter=40", "unroll": "unroll"}
 
 
 class JfbEngine(nn.Module):
-    """torch-jfb: Picard at a fixed depth in training; in eval, Picard stopped at ``eval_tol`` (relative)."""
+    """torch-jfb: Picard at a fixed depth in training; in eval, Picard stopped at ``eval_tol`` (relative).
+
+    A backward linear solve that misses its tolerance warns (once per place, as Python's warnings do);
+    its status is in ``engine.layer.last_stats.backward``."""
 
     def __init__(self, operator: Operator, backward: str = "jfb", eval_tol: float | None = 1e-4) -> None:
         super().__init__()
         if backward not in JFB_ENGINES.values():
             raise unknown_name("engine", backward, JFB_ENGINES)
-        self.layer = ImplicitLayer(operator, backward, solver="picard", tol=None, max_iter=1, on_failure="ignore")
+        self.layer = ImplicitLayer(operator, backward, solver="picard", tol=None, max_iter=1)
         self.eval_tol = eval_tol
 
     def forward(self, x: Any, u0: Any, depth: int) -> Solved:

@@ -26,7 +26,7 @@ from ..errors import JfbError
 from ..settings import setting
 from .base import Workload
 from .engines import EngineFactory
-from .loop import Loss
+from .loop import Loss, to_device
 
 VOCAB = 256  # bytes
 
@@ -138,6 +138,8 @@ class LanguageConfig:
     seed: int = setting(0, "seed of the weights and the windows")
     valid_windows: int = setting(256, "validation windows")
     eval_tol: float = setting(1e-3, "relative residual at which a validation solve stops")
+    device: str = setting("cpu", "where the model trains", choices=("cpu", "cuda"))
+    parallel: str = setting("none", "none, or under torchrun: ddp, fsdp", choices=("none", "ddp", "fsdp"))
 
     def corpus(self) -> Corpus:
         return text_corpus(Path(self.text), self.max_bytes) if self.text else stdlib_corpus(self.max_bytes)
@@ -167,7 +169,7 @@ def validation(model: nn.Module, config: LanguageConfig) -> tuple[dict[str, Any]
     """Bits per byte on ``valid_windows`` fixed validation windows, the mean forward iterations, the corpus."""
     model.eval()
     corpus = config.corpus()
-    tokens, targets = byte_batch(corpus.valid, config.valid_windows, config.context, seed=12345)
+    tokens, targets = to_device(byte_batch(corpus.valid, config.valid_windows, config.context, 12345), config.device)
     loss, iterations = _cross_entropy(model, (tokens, targets), config.eval_depth)
     metrics = {
         "valid_bits_per_byte": round(loss.item() / math.log(2), 4),
@@ -188,5 +190,6 @@ WORKLOAD = Workload(
     loss=_loss,
     evaluate=validation,
     metric="valid_bits_per_byte",
+    smoke=dict(steps=60, width=32, heads=2, context=32, max_bytes=200_000, valid_windows=64),
     higher_is_better=False,
 )

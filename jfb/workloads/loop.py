@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +36,13 @@ class FitResult:
     forward_iterations: float
     saved_mib: float
     losses: list[float]
+
+
+def to_device(batch: Any, device: str) -> Any:
+    """A tensor, or a tuple of them (sparse ones too), on ``device``."""
+    if isinstance(batch, tuple):
+        return tuple(to_device(item, device) for item in batch)
+    return batch.to(device)
 
 
 @contextmanager
@@ -60,6 +68,7 @@ class Training:
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))
         )
+        self.cuda = next(model.parameters()).is_cuda  # then each timed step ends with a synchronisation
         self.losses: list[float] = []
         self.iterations: list[float] = []
         self.seconds: list[float] = []
@@ -79,6 +88,8 @@ class Training:
         nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
         self.schedule.step()
+        if self.cuda:
+            torch.cuda.synchronize()
         self.seconds.append(time.perf_counter() - start)
         self.losses.append(loss)
         self.iterations.append(forward_iterations)

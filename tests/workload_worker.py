@@ -1,0 +1,44 @@
+"""Run by test_parallel_workloads.py under torchrun: the DEQ language model (smoke size) with DDP or FSDP2.
+
+Every process counts the all-gathers it launches; process 0 saves the whole final weights, the losses and
+the all-gathers per training step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from jfb.workloads import get_workload
+
+GATHERS = [0]
+
+
+def _counting(function):
+    def counted(*args, **kwargs):
+        GATHERS[0] += 1
+        return function(*args, **kwargs)
+
+    return counted
+
+
+def main(mode: str, out: Path, options: dict) -> None:
+    for name in ("all_gather_single", "all_gather_into_tensor"):  # FSDP2's all-gather, by torch version
+        if hasattr(dist, name):
+            setattr(dist, name, _counting(getattr(dist, name)))
+    workload = get_workload("lm")
+    config = dataclasses.replace(workload.config(**workload.smoke), parallel=mode, **options)
+    trained = workload.train(config)
+    if trained.main:
+        gathers_per_step = GATHERS[0] / config.steps  # evaluation is one forward after training: counted apart
+        record = {"state": trained.state, "losses": trained.result.losses, "gathers": GATHERS[0]}
+        torch.save({**record, "gathers_per_step": gathers_per_step}, out / f"{mode}.pt")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3]))
