@@ -7,12 +7,13 @@ import json
 import pytest
 import torch
 
+from jfb import get_backward
 from jfb.cli.main import main
-from jfb.errors import JfbError
+from jfb.errors import ConvergenceWarning, JfbError
 from jfb.workloads import WORKLOADS, get_workload
 from jfb.workloads.chains import ImplicitGraphBlock, chain_adjacency, chain_graph
 from jfb.workloads.language import byte_batch, stdlib_corpus, text_corpus
-from jfb.workloads.loop import saved_tensor_bytes
+from jfb.workloads.loop import fit, saved_tensor_bytes
 from jfb.workloads.prefix_sums import prefix_sum_batch
 
 
@@ -136,3 +137,14 @@ def test_every_workload_is_registered_with_its_metric():
     for name, workload in WORKLOADS.items():
         assert workload.name == name
         assert workload.metric
+
+
+def test_missed_backward_solves_are_counted_and_warned_once():
+    """IFT with a 1-iteration linear solve cannot meet its tolerance: every step misses, one warning says so."""
+    workload = get_workload("prefix-sums")
+    config = workload.config(width=8, train_bits=8, depth=4, steps=3, test_bits=(8,), test_depths=(4,))
+    model = workload.model(config)
+    model.engine.layer.backward_mode = get_backward("ift:max_iter=1")
+    with pytest.warns(ConvergenceWarning, match="missed its tolerance in 3 of 3 steps"):
+        result = fit(model, workload.batches(config), workload.loss(config), 3, 1e-3)
+    assert result.backward_misses == 3

@@ -4,7 +4,8 @@ For each workload, one model per engine, each built from the same seed (the same
 and fed the same batches; their training steps are interleaved, in a new random order at every step, so
 load on a shared machine slows all alike. Reported per engine: the workload's headline metric after
 training, the median ms per step and its ratio to torch-jfb's JFB, the mean forward iterations, the
-autograd memory a step saves for its backward pass (MiB), and the last training loss.
+autograd memory a step saves for its backward pass (MiB), the last training loss, and the steps whose backward
+linear solve missed its tolerance (torch-jfb's engines; torchdeq does not report it).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def compare_engines(
                 "forward_iterations": round(result.forward_iterations, 1),
                 "saved_mib": round(result.saved_mib, 2),
                 "final_train_loss": round(result.final_loss, 4),
+                "backward_misses": result.backward_misses,
             }
         )
     reference = rows[0]["ms_per_step"]
@@ -118,7 +120,8 @@ def zoo_table(settings: ZooBenchSettings, progress: bool = True, log=print) -> R
         rows += engine_rows
         cases += engine_cases
     headers = ["workload", "engine", "metric", "value", "ms/step", "vs first", "fwd iters", "saved MiB", "loss"]
-    keys = ["ms_per_step", "time_vs_first", "forward_iterations", "saved_mib", "final_train_loss"]
+    headers.append("bwd misses")
+    keys = ["ms_per_step", "time_vs_first", "forward_iterations", "saved_mib", "final_train_loss", "backward_misses"]
     cells = [[r["workload"], r["engine"], r["metric"], f"{r['value']:.4g}", *(r[k] for k in keys)] for r in rows]
     report = write_report(out, "zoo", rows, markdown_table(headers, cells), summary={"engines": list(settings.engines)})
     if cases:

@@ -78,6 +78,8 @@ def _eval(settings: EvalSettings, progress: bool, log: Log) -> dict[str, Any]:
     result = evaluate_saved(path, WORKLOADS)
     for name, value in result["metrics"].items():
         log(f"{name}: {value} (when saved: {result['saved_metrics'].get(name)})")
+    if result["metrics"].get("corpus_sha256", "") != result["saved_metrics"].get("corpus_sha256", ""):
+        log("note: the corpus differs from the one the metric was saved with (another Python's standard library?)")
     return result
 
 

@@ -98,6 +98,7 @@ class Workload:
             "ms_per_step": round(result.ms_per_step, 2),
             "forward_iterations": round(result.forward_iterations, 1),
             "saved_mib": round(result.saved_mib, 2),
+            "backward_misses": result.backward_misses,
             **metrics,
         }
         if not trained.main:  # one process writes

@@ -38,14 +38,14 @@ JFB_ENGINES = {"jfb": "jfb", "ift": "ift:max_iter=40", "unroll": "unroll"}
 class JfbEngine(nn.Module):
     """torch-jfb: Picard at a fixed depth in training; in eval, Picard stopped at ``eval_tol`` (relative).
 
-    A backward linear solve that misses its tolerance warns (once per place, as Python's warnings do);
-    its status is in ``engine.layer.last_stats.backward``."""
+    A backward linear solve that misses its tolerance does not warn at each step: the training loop counts
+    the steps where one did (``FitResult.backward_misses``) and warns once at the end."""
 
     def __init__(self, operator: Operator, backward: str = "jfb", eval_tol: float | None = 1e-4) -> None:
         super().__init__()
         if backward not in JFB_ENGINES.values():
             raise unknown_name("engine", backward, JFB_ENGINES)
-        self.layer = ImplicitLayer(operator, backward, solver="picard", tol=None, max_iter=1)
+        self.layer = ImplicitLayer(operator, backward, solver="picard", tol=None, max_iter=1, on_failure="ignore")
         self.eval_tol = eval_tol
 
     def forward(self, x: Any, u0: Any, depth: int) -> Solved:

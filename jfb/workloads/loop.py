@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +21,9 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..errors import JfbError
+from ..errors import ConvergenceWarning, JfbError
+from ..layer import ImplicitLayer
+from ..status import Status
 
 Loss = Callable[[nn.Module, object], tuple[Tensor, float]]
 
@@ -28,7 +31,8 @@ Loss = Callable[[nn.Module, object], tuple[Tensor, float]]
 @dataclass(frozen=True)
 class FitResult:
     """What a training measured: the last loss (mean of the last tenth of the steps), seconds of all steps,
-    the median ms per step (warm-up steps left out), mean forward iterations, autograd MiB saved by a step."""
+    the median ms per step (warm-up steps left out), mean forward iterations, autograd MiB saved by a step,
+    and the steps whose backward linear solve (IFT) missed its tolerance or failed."""
 
     final_loss: float
     seconds: float
@@ -36,6 +40,7 @@ class FitResult:
     forward_iterations: float
     saved_mib: float
     losses: list[float]
+    backward_misses: int = 0
 
 
 def to_device(batch: Any, device: str) -> Any:
@@ -73,6 +78,7 @@ class Training:
         self.iterations: list[float] = []
         self.seconds: list[float] = []
         self.saved = 0
+        self.backward_misses = 0
 
     def step(self, index: int) -> float:
         """Train on batch ``index``; the loss (JfbError when it is not finite)."""
@@ -94,6 +100,7 @@ class Training:
         self.losses.append(loss)
         self.iterations.append(forward_iterations)
         self.saved = max(self.saved, total[0])
+        self.backward_misses += _backward_missed(self.model)
         return loss
 
     def result(self, warmup: int = 3) -> FitResult:
@@ -107,6 +114,7 @@ class Training:
             forward_iterations=sum(self.iterations) / len(self.iterations),
             saved_mib=self.saved / 2**20,
             losses=self.losses,
+            backward_misses=self.backward_misses,
         )
 
 
@@ -125,4 +133,17 @@ def fit(
     for index in bar:
         loss_value = training.step(index)
         bar.set_postfix(loss=f"{loss_value:.3f}", iters=f"{training.iterations[-1]:.1f}")
+    if training.backward_misses:
+        missed = training.backward_misses
+        message = f"{desc}: the backward linear solve missed its tolerance in {missed} of {steps} steps"
+        warnings.warn(ConvergenceWarning(message), stacklevel=2)
     return training.result()
+
+
+def _backward_missed(model: nn.Module) -> bool:
+    """Whether a backward linear solve of the step just taken missed its tolerance or failed."""
+    missed = (Status.MAX_ITER, Status.DIVERGED, Status.NON_FINITE)
+    return any(
+        isinstance(m, ImplicitLayer) and m.last_stats is not None and m.last_stats.backward.status in missed
+        for m in model.modules()
+    )
