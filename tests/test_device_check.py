@@ -37,3 +37,5 @@ def test_the_device_check_dry_run_completes_and_writes_what_the_device_tool_brin
     assert (
         step_rows[0].startswith("K,backward,operator,solve,batch,device,precision") and len(step_rows) == 1 + 7
     )  # small (module and function operators, fixed and tolerance solves), large, fp32 + bf16
+    zoo_rows = (tmp_path / "out" / "zoo.csv").read_text().splitlines()
+    assert zoo_rows[0].startswith("workload,engine,metric,value") and len(zoo_rows) == 1 + 3 * 5  # torchdeq too

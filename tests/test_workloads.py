@@ -148,3 +148,26 @@ def test_missed_backward_solves_are_counted_and_warned_once():
     with pytest.warns(ConvergenceWarning, match="missed its tolerance in 3 of 3 steps"):
         result = fit(model, workload.batches(config), workload.loss(config), 3, 1e-3)
     assert result.backward_misses == 3
+
+
+def _fake_wikitext(folder, name: str = "wikitext-2-v1.zip"):
+    import zipfile
+
+    path = folder / name
+    with zipfile.ZipFile(path, "w") as archive:
+        for split, text in (("train", " = Valkyria = \n" * 2000), ("valid", " = Tower = \n" * 1000)):
+            archive.writestr(f"wikitext-2/wiki.{split}.tokens", text)
+    return path
+
+
+def test_wikitext_loader_checks_the_archive_and_reads_its_splits(tmp_path):
+    from jfb.data.checksum import ChecksumError, md5sum
+    from jfb.data.wikitext import read_wikitext
+
+    path = _fake_wikitext(tmp_path)
+    with pytest.raises(ChecksumError, match="MD5 checksum mismatch"):  # not the published archive
+        read_wikitext(path, "train", 100)
+    assert read_wikitext(path, "valid", 12, md5=md5sum(path)) == b" = Tower = \n"
+    assert len(read_wikitext(path, "train", 10**6, md5=md5sum(path))) == 15 * 2000
+    with pytest.raises(JfbError, match="not a WikiText archive"):
+        read_wikitext(tmp_path / "other.zip", "train", 10)

@@ -5,8 +5,8 @@ The DEQ-Transformer family (Bai et al. 2019): ``T(u; x) = LN(h + MLP(LN(h)))`` w
 equilibrium. The corpus needs no download: the Python standard library's own source files of the running
 interpreter (every ``.py`` file directly in its folder, sorted, split by file: one in ten to validation);
 each run records the file count and a SHA-256 of the text, so a result names the exact text it came from.
-``--text PATH`` trains on your own UTF-8 or byte corpus instead (WikiText-103, tiny-shakespeare, ...),
-split 90/10 by position.
+``--text PATH`` trains on your own corpus instead: WikiText's published zip (``wikitext-103-v1.zip``,
+checksum verified, its own splits) or any file of text or bytes (tiny-shakespeare, ...), split 90/10.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..data.wikitext import is_wikitext_archive, read_wikitext
 from ..errors import JfbError
 from ..settings import setting
 from .base import Workload
@@ -56,7 +57,11 @@ def stdlib_corpus(max_bytes: int) -> Corpus:
 
 
 def text_corpus(path: Path, max_bytes: int) -> Corpus:
-    """A file's bytes, the first 90% for training and the rest for validation, each cut to ``max_bytes``."""
+    """A WikiText zip (its own train and valid splits, checksum verified), or any file's bytes: the first
+    90% for training and the rest for validation; each split cut to ``max_bytes``."""
+    if is_wikitext_archive(path):
+        train, valid = (read_wikitext(Path(path), split, max_bytes) for split in ("train", "valid"))
+        return _corpus(train, valid, str(path), 1)
     data = Path(path).read_bytes()
     if len(data) < 10_000:
         raise JfbError(f"{path} has {len(data)} bytes; a corpus needs at least 10000")
@@ -125,7 +130,9 @@ class LanguageConfig:
     """``jfb train lm``: the corpus, the model, the training."""
 
     engine: str = setting("jfb", "jfb, ift (exact implicit gradient) or unroll")
-    text: str | None = setting(None, "your own corpus file (default: the Python standard library's sources)")
+    text: str | None = setting(
+        None, "wikitext-103-v1.zip or any text file (default: the Python standard library's sources)"
+    )
     max_bytes: int = setting(2_000_000, "most bytes of each split")
     width: int = setting(64, "model width")
     heads: int = setting(4, "attention heads")
