@@ -155,7 +155,8 @@ def fixed_point(
         on_failure: ``"warn"``, ``"raise"`` or ``"ignore"`` when the solve diverges or a backward linear
             solve misses its tolerance (the status is always in ``stats``).
         lockstep: make all processes of a distributed run stop together (None: when T holds collectives).
-        jacobian_probes, correction: the regularisers of :class:`Equilibrium` (0: off).
+        jacobian_probes: Hutchinson probes of the Jacobian penalty in :class:`Equilibrium` (0: off).
+        correction: iterates of the fixed-point correction in :class:`Equilibrium` (0: off).
 
     Example::
 
