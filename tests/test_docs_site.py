@@ -3,19 +3,21 @@ API reference from the docstrings."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
 pytest.importorskip("mkdocs")
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_the_site_builds_strictly_and_runs_its_tutorials(tmp_path):
     site = tmp_path / "site"
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
@@ -29,3 +31,36 @@ def test_the_site_builds_strictly_and_runs_its_tutorials(tmp_path):
     for name in ("jfb.ImplicitLayer", "jfb.fixed_point", "jfb.SolveOptions"):
         assert name in reference
     assert (site / "results" / "workloads" / "zoo-prefix-sums.png").is_file()
+
+
+def _docs_check():
+    spec = importlib.util.spec_from_file_location("docs_check", ROOT / "scripts" / "docs_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_link_checker_finds_broken_links_missing_anchors_and_images(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "index.html").write_text(
+        '<a href="a/">ok</a><a href="a/#here">ok</a><a href="a/#nowhere">bad</a><img src="x.png"><a href="/a/">ok</a>'
+    )
+    (tmp_path / "a" / "index.html").write_text('<h2 id="here">h</h2><a href="https://example.org">out</a>')
+    pages, links, anchors, problems = _docs_check().check_links(tmp_path)
+    assert (pages, links, anchors) == (2, 5, 2)
+    assert sorted(p.split(" -> ")[1] for p in problems) == ["no element #nowhere", "no file"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_the_browser_check_sees_console_errors_and_passes_on_the_site(tmp_path):
+    check = _docs_check()
+    (tmp_path / "bad.html").write_text('<script>console.error("boom"); missingFunction();</script>')
+    server, port = check._serve(tmp_path)
+    try:
+        messages = check.open_in_browser(shutil.which("chromium"), f"http://127.0.0.1:{port}/bad.html", None)
+    finally:
+        server.shutdown()
+    assert any("boom" in m for m in messages) and any("missingFunction" in m for m in messages)
+    assert check.main(["--screenshots", str(tmp_path / "shots")]) == 0
+    assert len(list((tmp_path / "shots").glob("*.png"))) == 4
