@@ -27,6 +27,8 @@ def test_the_site_builds_strictly_and_runs_its_tutorials(tmp_path):
     tutorial = (site / "tutorials" / "first-layer" / "index.html").read_text()
     assert "status: converged" in tutorial and "status: diverged" in tutorial  # outputs of the executed code
     assert "cosine(JFB, exact) = 0.9" in tutorial
+    choosing = (site / "tutorials" / "choosing" / "index.html").read_text()
+    assert "neumann:8" in choosing and "saved MiB" in choosing  # the measured table, made at build time
     reference = (site / "reference" / "core" / "index.html").read_text()
     for name in ("jfb.ImplicitLayer", "jfb.fixed_point", "jfb.SolveOptions"):
         assert name in reference
