@@ -171,3 +171,30 @@ def test_wikitext_loader_checks_the_archive_and_reads_its_splits(tmp_path):
     assert len(read_wikitext(path, "train", 10**6, md5=md5sum(path))) == 15 * 2000
     with pytest.raises(JfbError, match="not a WikiText archive"):
         read_wikitext(tmp_path / "other.zip", "train", 10)
+
+
+def _easy_to_hard_folder(root, lengths=(16, 32), strings=300):
+    for bits in lengths:
+        folder = root / "prefix_sums_data" / f"len_{bits}"
+        folder.mkdir(parents=True)
+        data = (torch.rand(strings, bits, generator=torch.Generator().manual_seed(bits)) >= 0.5).float()
+        torch.save(data, folder / f"{bits}_data.pth")
+        torch.save(data.cumsum(1) % 2, folder / f"{bits}_targets.pth")
+    return root
+
+
+def test_prefix_sums_train_and_test_on_the_easy_to_hard_files(tmp_path):
+    from jfb.data.easy_to_hard import prefix_sums_files, read_prefix_sums
+
+    root = _easy_to_hard_folder(tmp_path)
+    strings, targets = read_prefix_sums(root, 16)
+    assert strings.shape == (300, 1, 16) and torch.equal(targets, strings[:, 0].long().cumsum(1) % 2)
+    smoke = {**get_workload("prefix-sums").smoke, "data": str(root), "test_strings": 100}
+    _, _, metrics, _ = _train("prefix-sums", **smoke)
+    assert metrics["hardest_accuracy"] >= 0.9  # trained on 200 of the 300 16-bit strings, tested on 32 bits
+    damaged = prefix_sums_files(root, 32)[1]
+    torch.save(torch.zeros(300, 32), damaged)
+    with pytest.raises(JfbError, match="not the prefix parities"):
+        read_prefix_sums(root, 32)
+    with pytest.raises(JfbError, match="no such file"):
+        read_prefix_sums(root, 64)
