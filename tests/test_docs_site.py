@@ -31,6 +31,8 @@ def test_the_site_builds_strictly_and_runs_its_tutorials(tmp_path):
     assert "neumann:8" in choosing and "saved MiB" in choosing  # the measured table, made at build time
     diagnosing = (site / "tutorials" / "diagnosing" / "index.html").read_text()
     assert "<svg" in diagnosing and "penalty weight 1.0" in diagnosing  # the residual plot, drawn at build time
+    own = (site / "tutorials" / "own-model" / "index.html").read_text()
+    assert "warm start:" in own and "state dtype torch.float32" in own
     reference = (site / "reference" / "core" / "index.html").read_text()
     for name in ("jfb.ImplicitLayer", "jfb.fixed_point", "jfb.SolveOptions"):
         assert name in reference
