@@ -70,3 +70,14 @@ def test_the_browser_check_sees_console_errors_and_passes_on_the_site(tmp_path):
     assert any("boom" in m for m in messages) and any("missingFunction" in m for m in messages)
     assert check.main(["--screenshots", str(tmp_path / "shots")]) == 0
     assert len(list((tmp_path / "shots").glob("*.png"))) == 4
+
+
+def test_every_public_name_has_a_reference_entry():
+    import jfb
+    import jfb.nn
+
+    pages = "".join(p.read_text() for p in (ROOT / "docs" / "reference").glob("*.md"))
+    modules = {"backward", "contraction", "nn", "solvers"}  # documented through their names
+    missing = [n for n in jfb.__all__ if n not in modules and f"::: jfb.{n}\n" not in pages]
+    missing += [n for n in jfb.nn.__all__ if f"::: jfb.nn.{n}\n" not in pages]
+    assert not missing
