@@ -15,11 +15,20 @@ from torch import Tensor, nn
 from ..errors import JfbError
 from ..files import prepare_run_dir
 from ..reports import Report, key_value_table, write_report
+from ..settings import setting
 from ..train.checkpoint import load_checkpoint, save_checkpoint
 from ..train.distributed import Processes, start_processes, stop_processes
 from .engines import EngineFactory, jfb_engine
 from .loop import FitResult, Loss, Training, fit, to_device
-from .parallel import full_state, parallel_batches, torchrun_needed, wrap_parallel
+from .parallel import PARALLEL, full_state, parallel_batches, torchrun_needed, wrap_parallel
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a workload trains: the fields every workload's config starts with."""
+
+    device: str = setting("cpu", "where the model trains", choices=("cpu", "cuda"))
+    parallel: str = setting("none", "none, or under torchrun: ddp, fsdp", choices=PARALLEL)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..settings import setting
-from .base import Workload
+from .base import Placement, Workload
 from .engines import EngineFactory
 from .loop import Loss, to_device
 
@@ -91,7 +91,7 @@ class ChainsNet(nn.Module):
 
 
 @dataclass(frozen=True)
-class ChainsConfig:
+class ChainsConfig(Placement):
     """``jfb train chains``: the graphs, the model, the training, the tests."""
 
     engine: str = setting("jfb", "jfb, ift (exact implicit gradient) or unroll (a finite-depth GNN of `depth` layers)")
@@ -108,8 +108,6 @@ class ChainsConfig:
     test_lengths: tuple[int, ...] = setting((10, 20, 40), "path lengths of the test graphs")
     test_chains: int = setting(200, "paths per test graph")
     eval_tol: float = setting(1e-4, "relative residual at which a test solve stops")
-    device: str = setting("cpu", "where the model trains", choices=("cpu", "cuda"))
-    parallel: str = setting("none", "none, or under torchrun: ddp, fsdp", choices=("none", "ddp", "fsdp"))
 
 
 def _build(config: ChainsConfig, engine: EngineFactory) -> ChainsNet:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..data.wikitext import is_wikitext_archive, read_wikitext
 from ..errors import JfbError
 from ..settings import setting
-from .base import Workload
+from .base import Placement, Workload
 from .engines import EngineFactory
 from .loop import Loss, to_device
 
@@ -126,7 +126,7 @@ class DeqLanguageModel(nn.Module):
 
 
 @dataclass(frozen=True)
-class LanguageConfig:
+class LanguageConfig(Placement):
     """``jfb train lm``: the corpus, the model, the training."""
 
     engine: str = setting("jfb", "jfb, ift (exact implicit gradient) or unroll")
@@ -145,8 +145,6 @@ class LanguageConfig:
     seed: int = setting(0, "seed of the weights and the windows")
     valid_windows: int = setting(256, "validation windows")
     eval_tol: float = setting(1e-3, "relative residual at which a validation solve stops")
-    device: str = setting("cpu", "where the model trains", choices=("cpu", "cuda"))
-    parallel: str = setting("none", "none, or under torchrun: ddp, fsdp", choices=("none", "ddp", "fsdp"))
 
     def corpus(self) -> Corpus:
         return text_corpus(Path(self.text), self.max_bytes) if self.text else stdlib_corpus(self.max_bytes)
