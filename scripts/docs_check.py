@@ -17,6 +17,7 @@ Prints the number of pages, links, anchors and console messages; exits 1 when an
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import functools
 import html.parser
 import http.server
@@ -138,15 +139,17 @@ def main(argv: list[str] | None = None) -> int:
     server, port = _serve(site)
     args.screenshots.mkdir(parents=True, exist_ok=True)
     console: list[str] = []
+
+    def visit(page: Path) -> list[str]:
+        relative = page.relative_to(site).as_posix()
+        name = (relative.removesuffix("index.html").strip("/") or "home").replace("/", "-")
+        shot = args.screenshots / f"{name}.png" if relative in MAIN_PAGES else None
+        return open_in_browser(browser, f"http://127.0.0.1:{port}/{relative}", shot)
+
     try:
-        for page in sorted(site.rglob("*.html")):
-            relative = page.relative_to(site).as_posix()
-            shot = args.screenshots / (
-                (relative.removesuffix("index.html").strip("/") or "home").replace("/", "-") + ".png"
-            )
-            console += open_in_browser(
-                browser, f"http://127.0.0.1:{port}/{relative}", shot if relative in MAIN_PAGES else None
-            )
+        with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:  # each page waits on its own browser
+            for messages in pool.map(visit, sorted(site.rglob("*.html"))):
+                console += messages
     finally:
         server.shutdown()
     for line in problems + console:

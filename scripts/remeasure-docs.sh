@@ -17,3 +17,13 @@ for example in mlp_mnist adding_problem deblurring autopilot; do
 done
 jfb bench step --ks 10,40 --methods jfb,neumann:2,ift,ift:cg,ift:gmres,unroll --out "$OUT/step-methods" --no-progress
 jfb bench step --ks 10,40 --methods jfb --precisions fp32,bf16 --out "$OUT/step-precision" --no-progress
+# the memory layout: one synthetic MNIST-shaped epoch each way
+jfb bench epoch mnist --samples 10000 --channels-last --out "$OUT/epoch-channels-last" --no-progress
+jfb bench epoch mnist --samples 10000 --no-channels-last --out "$OUT/epoch-nchw" --no-progress
+# data-parallel throughput on this machine: 1 process vs 2 (gloo), one epoch on 10,000 images, global batch 100
+common=(--epochs 1 --limit-train 10000 --batch-size 100 --no-progress)
+jfb train mnist "${common[@]}" --out runs/remeasure-ddp1 > /dev/null
+python -m torch.distributed.run --standalone --nproc-per-node 2 -m jfb train mnist "${common[@]}" --threads 1 \
+  --out runs/remeasure-ddp2 > /dev/null
+cp runs/remeasure-ddp1/metrics.csv "$OUT/ddp-1-process-metrics.csv"
+cp runs/remeasure-ddp2/metrics.csv "$OUT/ddp-2-processes-metrics.csv"

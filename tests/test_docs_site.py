@@ -17,13 +17,19 @@ pytest.importorskip("mkdocs")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_the_site_builds_strictly_and_runs_its_tutorials(tmp_path):
-    site = tmp_path / "site"
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The site built once, strictly, for the tests of this module."""
+    site = tmp_path_factory.mktemp("docs") / "site"
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     command = [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
+    return site
+
+
+@pytest.mark.slow
+def test_the_site_builds_strictly_and_runs_its_tutorials(site):
     tutorial = (site / "tutorials" / "first-layer" / "index.html").read_text()
     assert "status: converged" in tutorial and "status: diverged" in tutorial  # outputs of the executed code
     assert "cosine(JFB, exact) = 0.9" in tutorial
@@ -59,7 +65,7 @@ def test_link_checker_finds_broken_links_missing_anchors_and_images(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium)")
-def test_the_browser_check_sees_console_errors_and_passes_on_the_site(tmp_path):
+def test_the_browser_check_sees_console_errors_and_passes_on_the_site(site, tmp_path):
     check = _docs_check()
     (tmp_path / "bad.html").write_text('<script>console.error("boom"); missingFunction();</script>')
     server, port = check._serve(tmp_path)
@@ -68,7 +74,7 @@ def test_the_browser_check_sees_console_errors_and_passes_on_the_site(tmp_path):
     finally:
         server.shutdown()
     assert any("boom" in m for m in messages) and any("missingFunction" in m for m in messages)
-    assert check.main(["--screenshots", str(tmp_path / "shots")]) == 0
+    assert check.main(["--site", str(site), "--screenshots", str(tmp_path / "shots")]) == 0
     assert len(list((tmp_path / "shots").glob("*.png"))) == 4
 
 
