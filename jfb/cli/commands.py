@@ -70,12 +70,13 @@ def _train(settings: TrainSettings, overrides: dict[str, Any], progress: bool, l
 def _eval(settings: EvalSettings, progress: bool, log: Log) -> dict[str, Any]:
     """``jfb eval PATH|NAME``: a shipped checkpoint by name, a workload's checkpoint, or an MNIST-family one."""
     path = pretrained_path(settings.checkpoint) or Path(settings.checkpoint)
-    if not is_workload_checkpoint(load_checkpoint(path)):
+    checkpoint = load_checkpoint(path)
+    if not is_workload_checkpoint(checkpoint):
         return evaluate_checkpoint(dataclasses.replace(settings, checkpoint=str(path)), progress, log)
     given = [name for name, value in settings.overrides().items() if name != "device" and value is not None]
     if given:
         raise JfbError(f"{', '.join(given)}: options of image-classifier checkpoints; {path} holds a workload")
-    result = evaluate_saved(path, WORKLOADS)
+    result = evaluate_saved(path, checkpoint, WORKLOADS)
     for name, value in result["metrics"].items():
         log(f"{name}: {value} (when saved: {result['saved_metrics'].get(name)})")
     if result["metrics"].get("corpus_sha256", "") != result["saved_metrics"].get("corpus_sha256", ""):

@@ -16,7 +16,7 @@ from ..errors import JfbError
 from ..files import prepare_run_dir
 from ..reports import Report, key_value_table, write_report
 from ..settings import setting
-from ..train.checkpoint import load_checkpoint, save_checkpoint
+from ..train.checkpoint import save_checkpoint
 from ..train.distributed import Processes, start_processes, stop_processes
 from .engines import EngineFactory, jfb_engine
 from .loop import FitResult, Loss, Training, fit, to_device
@@ -129,9 +129,9 @@ def is_workload_checkpoint(checkpoint: dict[str, Any]) -> bool:
     return "workload" in checkpoint
 
 
-def evaluate_saved(path: Path, workloads: dict[str, Workload]) -> dict[str, Any]:
-    """Rebuild a saved workload model, load its weights and evaluate it again: the metrics now and when saved."""
-    checkpoint = load_checkpoint(path)
+def evaluate_saved(path: Path, checkpoint: dict[str, Any], workloads: dict[str, Workload]) -> dict[str, Any]:
+    """Rebuild the workload model of ``checkpoint`` (loaded from ``path``), load its weights and evaluate it
+    again: the metrics now and when saved."""
     name = checkpoint["workload"]
     if name not in workloads:
         raise JfbError(f"{path}: a checkpoint of workload {name!r}, which this version does not know")

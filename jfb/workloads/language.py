@@ -11,6 +11,7 @@ checksum verified, its own splits) or any file of text or bytes (tiny-shakespear
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import sysconfig
@@ -147,7 +148,14 @@ class LanguageConfig(Placement):
     eval_tol: float = setting(1e-3, "relative residual at which a validation solve stops")
 
     def corpus(self) -> Corpus:
-        return text_corpus(Path(self.text), self.max_bytes) if self.text else stdlib_corpus(self.max_bytes)
+        return _load_corpus(self.text, self.max_bytes)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_corpus(text: str | None, max_bytes: int) -> Corpus:
+    """One read (and, for WikiText, one MD5 of the zip) per corpus and process, however many models train on
+    it (``jfb bench zoo`` trains one per engine) and validate."""
+    return text_corpus(Path(text), max_bytes) if text else stdlib_corpus(max_bytes)
 
 
 def _build(config: LanguageConfig, engine: EngineFactory) -> DeqLanguageModel:
