@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from jfb.benchmarks.floor import floor_step
-from jfb.benchmarks.step import OPERATOR_FORMS, SOLVE_KINDS, StepPath, _our_model
+from jfb.benchmarks.step import NEVER_MET, OPERATOR_FORMS, SOLVE_KINDS, StepPath, _our_model
 from jfb.cli.main import main
 from jfb.models import build_model
 
@@ -25,7 +25,8 @@ def test_floor_and_library_take_the_same_jfb_step(operator, solve):
     our_opt, floor_opt = torch.optim.SGD(ours.parameters(), lr=0.0), torch.optim.SGD(floor.parameters(), lr=0.0)
 
     torch.manual_seed(1)  # the same dropout mask in both heads
-    floor_loss = floor_step(floor.embedding, floor.operator, floor.head, floor_opt, images, labels, iterations=4)
+    tol = None if solve == "fixed" else NEVER_MET  # the floor of a tolerance path checks residuals too
+    floor_loss = floor_step(floor.embedding, floor.operator, floor.head, floor_opt, images, labels, 4, tol)
     torch.manual_seed(1)
     our_loss = torch.nn.functional.cross_entropy(ours(images), labels)
     our_opt.zero_grad()
@@ -70,6 +71,8 @@ def test_bench_step_writes_a_table_of_ratios(tmp_path, capsys):
     ]
     for r in rows:
         assert r["ratio"] == r["ours_ms"] / r["floor_ms"] and r["floor_ms"] > 0
-    assert "ours / floor" in (tmp_path / "step.md").read_text()
+        assert r["ratio_own_floor"] == r["ours_ms"] / r["own_floor_ms"]
+        assert (r["own_floor_ms"] == r["floor_ms"]) == (r["solve"] == "fixed")  # a tolerance: its own floor
+    assert "ours / its own floor" in (tmp_path / "step.md").read_text()
     assert len((tmp_path / "step.csv").read_text().splitlines()) == 1 + 8
     assert main([*argv[:2], "--operators", "lambda"]) == 2  # refused in one line

@@ -173,6 +173,39 @@ def test_solving_past_the_rounding_floor_stays_finite_and_is_not_divergence(solv
     assert torch.allclose(u, 2 * x, atol=1e-6)
 
 
+def _mixed_operator(x: torch.Tensor):
+    """T on the rows of ``x``: row 0 contracts, row 1 reaches an exact zero residual, row 2 diverges, row 3
+    drifts and turns NaN past 5 (before row 2 diverged)."""
+    scale = torch.tensor([0.5, 0.0, 3.0, 1.0], dtype=x.dtype)[: x.shape[0], None]
+    limit = torch.tensor([torch.inf, torch.inf, torch.inf, 5.0], dtype=x.dtype)[: x.shape[0], None]
+
+    def T(u: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        rows = slice(None) if index is None else index
+        out = scale[rows] * u + x[rows]
+        return torch.where(out.abs() < limit[rows], out, torch.nan)
+
+    return T
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("rows", [2, 3, 4])
+@pytest.mark.parametrize("freeze", [False, True])
+def test_the_lazy_noise_floor_gives_the_statistics_of_the_precise_one(solver, rows, freeze):
+    """Abs mode with a check every iteration leaves the rounding-noise floor out until the excess is positive
+    (``Tracker._settle``); keeping the history computes it every iteration. Both give the same outcome."""
+    x = torch.linspace(0.5, 2.0, rows * 3, dtype=torch.float64).reshape(rows, 3)
+    outcomes = []
+    for keep_history in (False, True):
+        options = jfb.SolveOptions(
+            solver=solver, tol=1e-30, max_iter=40, keep_history=keep_history, freeze_converged=freeze
+        )
+        _, stats = jfb.solve(_mixed_operator(x), 0 * x, options)
+        outcomes.append((str(stats.status), stats.iterations.tolist(), stats.converged.tolist(), stats.t_evals))
+    assert outcomes[0] == outcomes[1]
+    if solver == "picard":
+        assert outcomes[0][0] == {2: "max_iter", 3: "diverged", 4: "non_finite"}[rows]
+
+
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_channels_last_iterates_give_the_same_fixed_point_and_stay_channels_last(solver):
     torch.manual_seed(0)

@@ -9,7 +9,9 @@ with freezing); a fixed depth (``tol=None``) makes none inside the loop.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -72,10 +74,14 @@ def solve_flat(
 class Tracker:
     """Per-sample residuals, convergence, best iterates and failure flags, as device tensors.
 
-    Divergence and non-finite values are watched through one running scalar, ``excess``: the largest
-    ``residual - divergence_ratio * floor`` seen (``floor``: the sample's lowest residual so far, never below
-    tol or rounding noise). It is NaN or +inf once a residual was, and > 0 once one diverged; one comparison
-    per check reads both, and the bookkeeping of an iteration stays a handful of small tensor operations.
+    A sample has converged once its lowest residual so far (``lowest``) met the tolerance; ``elapsed``
+    counts, per sample, the T evaluations before that. Divergence and non-finite values are watched through
+    one running scalar, ``excess``: the largest ``residual - divergence_ratio * floor`` seen (``floor``: the
+    sample's lowest residual so far, never below tol or rounding noise). It is NaN or +inf once a residual
+    was, and > 0 once one diverged; one comparison per check reads both. An iteration's bookkeeping stays a
+    handful of small tensor operations: in abs mode with a check every iteration, the rounding-noise part of
+    the floor (a norm of ``T(u)``) is computed only when the excess without it is positive, since adding
+    it can only lower the excess.
     """
 
     def __init__(self, x0: Tensor, options: SolveOptions, track_best: bool) -> None:
@@ -86,14 +92,16 @@ class Tracker:
         dtype = torch.promote_types(x0.dtype, torch.float32)
         self.eps = torch.finfo(dtype).eps
         self.cast = x0.dtype != dtype
+        self.lazy_noise = options.stop_mode == "abs" and options.check_every == 1 and not options.keep_history
         # constants as tensors: an operation with a Python number costs more than one with a tensor
         self.tol_tensor = torch.tensor(self.tol if self.tracking else 0.0, dtype=dtype, device=device)
         self.eps_tensor = torch.tensor(self.eps, dtype=dtype, device=device)
         full = lambda value: torch.full((batch,), value, dtype=dtype, device=device)  # noqa: E731
         self.residual, self.lowest, self.lowest_abs = full(torch.inf), full(torch.inf), full(torch.inf)
         self.excess = torch.full((), -torch.finfo(dtype).max, dtype=dtype, device=device)
-        self.iterations = torch.full((batch,), options.max_iter, dtype=torch.long, device=device)
-        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.elapsed = torch.zeros(batch, dtype=torch.long, device=device)
+        self.last_step = 0
+        self.last: tuple[Any, Tensor, Tensor] | None = None  # rows, measure and T(x) of the latest record
         self.non_finite_end: Tensor | None = None  # a fixed depth: read from the last residual
         self.best: Tensor | None = x0.detach() if track_best and self.tracking else None
         self.history: list[tuple[Tensor, Tensor]] | None = [] if options.keep_history else None
@@ -102,6 +110,11 @@ class Tracker:
 
     def checks(self, step: int) -> bool:
         return self.tracking and step % self.options.check_every == 0
+
+    @property
+    def done(self) -> Tensor:
+        """Each sample's convergence: its lowest residual met the tolerance (NaN residuals never do)."""
+        return torch.le(self.lowest, self.tol_tensor)
 
     def record(self, x: Tensor, fx: Tensor, step: int, index: Tensor | None) -> None:
         """Account for ``fx = T(x)`` at iteration ``step`` (rows ``index`` only when given)."""
@@ -116,20 +129,23 @@ class Tracker:
     def _record(self, x: Tensor, fx: Tensor, step: int, index: Tensor | None) -> None:
         rows = slice(None) if index is None else index
         x, fx = (x, fx) if index is None else (x[index], fx[index])
-        abs_res = torch.linalg.vector_norm(fx - x, dim=1)
-        fx_norm = torch.linalg.vector_norm(fx, dim=1)
-        if self.cast:
-            abs_res, fx_norm = abs_res.to(self.residual.dtype), fx_norm.to(self.residual.dtype)
+        abs_res = self._cast(torch.linalg.vector_norm(fx - x, dim=1))
+        fx_norm = None if self.lazy_noise else self._cast(torch.linalg.vector_norm(fx, dim=1))
         rel_mode = self.options.stop_mode == "rel"
-        rel_res = abs_res / (fx_norm + _EPS) if rel_mode or self.history is not None else abs_res
+        rel_res = abs_res / (fx_norm + _EPS) if fx_norm is not None else abs_res
         if self.history is not None:
             self._remember(rows, abs_res, rel_res)
         if self.tracking:
-            self._update(rows, index, fx, step, abs_res, fx_norm, rel_res if rel_mode else abs_res)
+            measure = rel_res if rel_mode else abs_res
+            self._update(rows, index, fx, step, measure)
+            self._watch(rows, measure, abs_res, fx_norm)
+            self.last = (rows, measure, fx)
 
-    def _update(
-        self, rows, index: Tensor | None, fx: Tensor, step: int, abs_res: Tensor, fx_norm: Tensor, measure: Tensor
-    ) -> None:
+    def _cast(self, norms: Tensor) -> Tensor:
+        return norms.to(self.residual.dtype) if self.cast else norms
+
+    def _update(self, rows, index: Tensor | None, fx: Tensor, step: int, measure: Tensor) -> None:
+        """Best iterate, residual, lowest residual, and the evaluations of the samples not yet converged."""
         if self.best is not None:
             improved = (measure < self.residual[rows]) | ~torch.isfinite(measure)  # a NaN is written: it stays visible
             chosen = torch.where(improved[:, None], fx.detach(), self.best[rows])
@@ -139,28 +155,28 @@ class Tracker:
             self.residual = measure
         else:
             self.residual[rows] = measure
-        met = torch.le(measure, self.tol_tensor)
+        stride, self.last_step = step - self.last_step, step
         if index is None:
-            self.iterations.masked_fill_(torch.gt(met, self.done), step)  # met now, not before
-            self.done.logical_or_(met)
-            lowest = torch.fmin(self.lowest, measure, out=self.lowest)  # fmin skips NaN
+            self.elapsed.add_(torch.gt(self.lowest, self.tol_tensor), alpha=stride)
+            torch.fmin(self.lowest, measure, out=self.lowest)  # fmin skips NaN
         else:
-            done = self.done[rows]
-            self.iterations[rows] = torch.where(met & ~done, step, self.iterations[rows])
-            self.done[rows] = done | met
-            self.lowest[rows] = lowest = torch.fmin(self.lowest[rows], measure)
-        self._watch(rows, measure, lowest, abs_res, fx_norm)
+            lowest = self.lowest[rows]
+            self.elapsed[rows] += torch.gt(lowest, self.tol_tensor) * stride
+            self.lowest[rows] = torch.fmin(lowest, measure)
 
-    def _watch(self, rows, measure: Tensor, lowest: Tensor, abs_res: Tensor, fx_norm: Tensor) -> None:
+    def _watch(self, rows, measure: Tensor, abs_res: Tensor, fx_norm: Tensor | None) -> None:
         """Raise ``excess`` by this iteration's largest ``residual - ratio * floor``.
 
         The floor is the lowest residual so far, never below tol or rounding noise: a residual that reached
-        exactly zero and then shows float noise has not diverged. In rel mode the absolute residual is watched
-        too: iterates running off to infinity can keep a bounded relative residual while their absolute
-        residual grows without bound.
+        exactly zero and then shows float noise has not diverged (without ``fx_norm``, the noise is left
+        out until :meth:`_settle`). In rel mode the absolute residual is watched too: iterates running off
+        to infinity can keep a bounded relative residual while their absolute residual grows without bound.
         """
+        lowest = self.lowest[rows]
         if self.options.stop_mode == "abs":
-            floor = torch.maximum(lowest.clamp_min(self.tol), torch.mul(fx_norm, self.eps_tensor))
+            floor = lowest.clamp_min(self.tol)
+            if fx_norm is not None:
+                floor = torch.maximum(floor, torch.mul(fx_norm, self.eps_tensor))
             torch.maximum(self.excess, torch.sub(measure, floor, alpha=self.ratio).max(), out=self.excess)
             return
         floor = lowest.clamp_min(max(self.tol, self.eps))
@@ -174,20 +190,41 @@ class Tracker:
         )
         torch.maximum(self.excess, worst, out=self.excess)
 
+    def _settle(self) -> None:
+        """The latest iteration's excess with the rounding noise in its floor (lazy mode, excess > 0 or NaN).
+
+        Every earlier iteration was checked (one check per iteration) and found <= 0, so this iteration's
+        value is the running maximum."""
+        rows, measure, fx = self.last
+        fx_norm = self._cast(torch.linalg.vector_norm(fx, dim=1))
+        floor = torch.maximum(self.lowest[rows].clamp_min(self.tol), torch.mul(fx_norm, self.eps_tensor))
+        self.excess = torch.sub(measure, floor, alpha=self.ratio).max()
+
     def _remember(self, rows, abs_res: Tensor, rel_res: Tensor) -> None:
         latest_abs, latest_rel = self.latest
         latest_abs[rows], latest_rel[rows] = abs_res, rel_res
         self.history.append((latest_abs.clone(), latest_rel.clone()))
 
+    def _outcome(self) -> tuple[bool, bool, bool]:
+        """(every sample converged, some residual non-finite, some diverged): one host synchronisation,
+        and a second one only in lazy mode when the first shows a positive or non-finite excess."""
+        highest, excess = torch.stack([self.lowest.max(), self.excess]).tolist()
+        if self.lazy_noise and not excess <= 0 and self.last is not None:
+            self._settle()
+            excess = self.excess.item()
+        non_finite = math.isnan(excess) or excess == math.inf
+        return highest <= self.tol, non_finite, excess > 0
+
     def finished(self, agree: Agreement | None) -> bool:
         """Every sample converged, or a failure; one host synchronisation (and an agreement)."""
-        done = bool(self.done.all().logical_or_(self.excess.le(0).logical_not_()))  # a NaN excess: not <= 0
+        converged, non_finite, diverged = self._outcome()
+        done = converged or non_finite or diverged
         return done if agree is None else agree(done)
 
     def pending_rows(self) -> Tensor | None:
         """Rows still to evaluate under freezing (None: all of them)."""
-        pending = (~self.done).nonzero().squeeze(1)
-        return None if pending.numel() == self.done.numel() else pending
+        pending = torch.gt(self.lowest, self.tol_tensor).nonzero().squeeze(1)
+        return None if pending.numel() == self.lowest.numel() else pending
 
     @torch.no_grad()
     def result(self, x: Tensor, fx: Tensor) -> tuple[Tensor, SolveStats]:
@@ -203,11 +240,12 @@ class Tracker:
             else (self.residual * scale, self.residual)
         )
         history = None if self.history is None else History(*(torch.stack(h) for h in zip(*self.history)))
+        done = self.done
         state = SolveStats(
-            iterations=self.iterations,
+            iterations=torch.where(done, self.elapsed, self.options.max_iter),
             abs_residual=abs_res,
             rel_residual=rel_res,
-            converged=self.done,
+            converged=done,
             status=self._status(),
             t_evals=self.t_evals,
             history=history,
@@ -217,12 +255,9 @@ class Tracker:
     def _status(self) -> Status:
         if not self.tracking:
             return Status.NON_FINITE if bool(self.non_finite_end) else Status.FIXED_DEPTH
-        excess = self.excess
-        flags = torch.stack(
-            [torch.isnan(excess) | (excess == torch.inf), excess > 0, self.done.all()]
-        ).tolist()  # the one synchronisation at the end
-        if flags[0]:
+        converged, non_finite, diverged = self._outcome()  # the one synchronisation at the end
+        if non_finite:
             return Status.NON_FINITE
-        if flags[1]:
+        if diverged:
             return Status.DIVERGED
-        return Status.CONVERGED if flags[2] else Status.MAX_ITER
+        return Status.CONVERGED if converged else Status.MAX_ITER
