@@ -98,8 +98,11 @@ class Tracker:
         self.eps_tensor = torch.tensor(self.eps, dtype=dtype, device=device)
         full = lambda value: torch.full((batch,), value, dtype=dtype, device=device)  # noqa: E731
         self.residual, self.lowest, self.lowest_abs = full(torch.inf), full(torch.inf), full(torch.inf)
-        self.excess = torch.full((), -torch.finfo(dtype).max, dtype=dtype, device=device)
+        # the highest lowest residual and the excess, side by side: the stop decision reads both in one transfer
+        self.scalars = torch.tensor([torch.inf, -torch.finfo(dtype).max], dtype=dtype, device=device)
+        self.highest, self.excess = self.scalars[0], self.scalars[1]
         self.elapsed = torch.zeros(batch, dtype=torch.long, device=device)
+        self.pending = torch.zeros(batch, dtype=torch.long, device=device)  # written by each record
         self.last_step = 0
         self.last: tuple[Any, Tensor, Tensor] | None = None  # rows, measure and T(x) of the latest record
         self.non_finite_end: Tensor | None = None  # a fixed depth: read from the last residual
@@ -157,7 +160,8 @@ class Tracker:
             self.residual[rows] = measure
         stride, self.last_step = step - self.last_step, step
         if index is None:
-            self.elapsed.add_(torch.gt(self.lowest, self.tol_tensor), alpha=stride)
+            pending = torch.gt(self.lowest, self.tol_tensor, out=self.pending)
+            self.elapsed.add_(pending) if stride == 1 else self.elapsed.add_(pending, alpha=stride)
             torch.fmin(self.lowest, measure, out=self.lowest)  # fmin skips NaN
         else:
             lowest = self.lowest[rows]
@@ -172,11 +176,13 @@ class Tracker:
         out until :meth:`_settle`). In rel mode the absolute residual is watched too: iterates running off
         to infinity can keep a bounded relative residual while their absolute residual grows without bound.
         """
-        lowest = self.lowest[rows]
+        lowest = self.lowest if isinstance(rows, slice) else self.lowest[rows]
         if self.options.stop_mode == "abs":
             floor = lowest.clamp_min(self.tol)
-            if fx_norm is not None:
-                floor = torch.maximum(floor, torch.mul(fx_norm, self.eps_tensor))
+            if fx_norm is None:  # lazy: every iteration is checked, so this one's excess is the running maximum
+                torch.amax(torch.sub(measure, floor, alpha=self.ratio), dim=0, out=self.excess)
+                return
+            floor = torch.maximum(floor, torch.mul(fx_norm, self.eps_tensor))
             torch.maximum(self.excess, torch.sub(measure, floor, alpha=self.ratio).max(), out=self.excess)
             return
         floor = lowest.clamp_min(max(self.tol, self.eps))
@@ -198,7 +204,7 @@ class Tracker:
         rows, measure, fx = self.last
         fx_norm = self._cast(torch.linalg.vector_norm(fx, dim=1))
         floor = torch.maximum(self.lowest[rows].clamp_min(self.tol), torch.mul(fx_norm, self.eps_tensor))
-        self.excess = torch.sub(measure, floor, alpha=self.ratio).max()
+        torch.amax(torch.sub(measure, floor, alpha=self.ratio), dim=0, out=self.excess)
 
     def _remember(self, rows, abs_res: Tensor, rel_res: Tensor) -> None:
         latest_abs, latest_rel = self.latest
@@ -208,7 +214,8 @@ class Tracker:
     def _outcome(self) -> tuple[bool, bool, bool]:
         """(every sample converged, some residual non-finite, some diverged): one host synchronisation,
         and a second one only in lazy mode when the first shows a positive or non-finite excess."""
-        highest, excess = torch.stack([self.lowest.max(), self.excess]).tolist()
+        torch.amax(self.lowest, dim=0, out=self.highest)
+        highest, excess = self.scalars.tolist()
         if self.lazy_noise and not excess <= 0 and self.last is not None:
             self._settle()
             excess = self.excess.item()
