@@ -161,7 +161,10 @@ class Tracker:
         stride, self.last_step = step - self.last_step, step
         if index is None:
             pending = torch.gt(self.lowest, self.tol_tensor, out=self.pending)
-            self.elapsed.add_(pending) if stride == 1 else self.elapsed.add_(pending, alpha=stride)
+            if stride == 1:  # cheaper without an alpha (measured)
+                self.elapsed.add_(pending)
+            else:
+                self.elapsed.add_(pending, alpha=stride)
             torch.fmin(self.lowest, measure, out=self.lowest)  # fmin skips NaN
         else:
             lowest = self.lowest[rows]
