@@ -234,8 +234,9 @@ def test_bench_inference_measures_each_depth_on_validation_and_test(trained_run,
     rows = _json_line(capsys)["rows"]
     assert [(r["depth"], r["val_iters_mean"], r["test_iters_mean"]) for r in rows] == [(4, 4.0, 4.0), (2, 2.0, 2.0)]
     assert rows[0]["test_speedup"] == 1.0 and "| 2 |" in (tmp_path / "inference.md").read_text()
-    for row in rows:  # each depth's accuracy is what `jfb eval` measures at that depth
-        assert main(["eval", str(trained_run / "last.pt"), "--max-iter", str(row["depth"]), "--json"]) == 0
+    for row in rows:  # each depth's accuracy is what `jfb eval` measures at that depth and precision
+        flags = ["--max-iter", str(row["depth"]), "--precision", row["precision"]]  # not the checkpoint's "auto"
+        assert main(["eval", str(trained_run / "last.pt"), *flags, "--json"]) == 0
         assert _json_line(capsys)["test_acc"] == row["test_acc"]
     assert rows[0]["val_acc"] > 50  # the trained model, not chance
 
