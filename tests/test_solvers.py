@@ -97,6 +97,15 @@ def test_expansive_operator_is_reported_as_diverged(stop_mode):
     assert not bool(layer.last_stats.converged.any())
 
 
+def test_an_unrolled_solve_that_diverges_is_reported_not_raised():
+    """Regression: the stop decision's noise floor (computed when the excess is positive) ran with grad enabled
+    inside an unrolled solve, and writing it into the tracker's buffer raised."""
+    T = lambda u, x: 2.0 * u + x  # noqa: E731
+    layer = jfb.ImplicitLayer(T, "unroll", solver="picard", tol=1e-6, max_iter=50, on_failure="ignore")
+    u = layer(torch.ones(3, 4, requires_grad=True))
+    assert layer.last_stats.status == "diverged" and u.requires_grad
+
+
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_operator_without_fixed_point_never_reports_converged(solver):
     layer = jfb.ImplicitLayer(lambda u, x: u + x + u * u, solver=solver, tol=1e-6, max_iter=200, on_failure="ignore")

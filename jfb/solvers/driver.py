@@ -199,6 +199,7 @@ class Tracker:
         )
         torch.maximum(self.excess, worst, out=self.excess)
 
+    @torch.no_grad()  # called from finished, where an unrolled solve records its graph
     def _settle(self) -> None:
         """The latest iteration's excess with the rounding noise in its floor (lazy mode, excess > 0 or NaN).
 
