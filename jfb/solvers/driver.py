@@ -135,7 +135,7 @@ class Tracker:
         abs_res = self._cast(torch.linalg.vector_norm(fx - x, dim=1))
         fx_norm = None if self.lazy_noise else self._cast(torch.linalg.vector_norm(fx, dim=1))
         rel_mode = self.options.stop_mode == "rel"
-        rel_res = abs_res / (fx_norm + _EPS) if fx_norm is not None else abs_res
+        rel_res = abs_res / (fx_norm + _EPS) if rel_mode or self.history is not None else abs_res
         if self.history is not None:
             self._remember(rows, abs_res, rel_res)
         if self.tracking:
@@ -181,12 +181,11 @@ class Tracker:
         """
         lowest = self.lowest if isinstance(rows, slice) else self.lowest[rows]
         if self.options.stop_mode == "abs":
-            floor = lowest.clamp_min(self.tol)
+            excess = self._abs_excess(lowest, measure, fx_norm)
             if fx_norm is None:  # lazy: every iteration is checked, so this one's excess is the running maximum
-                torch.amax(torch.sub(measure, floor, alpha=self.ratio), dim=0, out=self.excess)
-                return
-            floor = torch.maximum(floor, torch.mul(fx_norm, self.eps_tensor))
-            torch.maximum(self.excess, torch.sub(measure, floor, alpha=self.ratio).max(), out=self.excess)
+                torch.amax(excess, dim=0, out=self.excess)
+            else:
+                torch.maximum(self.excess, excess.max(), out=self.excess)
             return
         floor = lowest.clamp_min(max(self.tol, self.eps))
         if isinstance(rows, slice):
@@ -207,8 +206,15 @@ class Tracker:
         value is the running maximum."""
         rows, measure, fx = self.last
         fx_norm = self._cast(torch.linalg.vector_norm(fx, dim=1))
-        floor = torch.maximum(self.lowest[rows].clamp_min(self.tol), torch.mul(fx_norm, self.eps_tensor))
-        torch.amax(torch.sub(measure, floor, alpha=self.ratio), dim=0, out=self.excess)
+        torch.amax(self._abs_excess(self.lowest[rows], measure, fx_norm), dim=0, out=self.excess)
+
+    def _abs_excess(self, lowest: Tensor, measure: Tensor, fx_norm: Tensor | None) -> Tensor:
+        """Per sample, ``residual - ratio * floor`` in abs mode: the floor is the lowest residual, at least tol,
+        and at least the rounding noise ``eps * ||T(u)||`` when ``fx_norm`` is given."""
+        floor = lowest.clamp_min(self.tol)
+        if fx_norm is not None:
+            floor = torch.maximum(floor, torch.mul(fx_norm, self.eps_tensor))
+        return torch.sub(measure, floor, alpha=self.ratio)
 
     def _remember(self, rows, abs_res: Tensor, rel_res: Tensor) -> None:
         latest_abs, latest_rel = self.latest
