@@ -63,7 +63,8 @@ class ImplicitLayer(LastCallAttributes, nn.Module):
         correction: ``K > 0``: each training-mode call with grad returns in ``correction_states`` T applied with
             grad to ``K`` evenly spaced iterates of the solve (fixed-point correction).
 
-    Options are changed by assigning a new SolveOptions to ``layer.options`` or
+    The backward mode is changed by assigning a name or a mode: ``layer.backward = "ift"`` (checked
+    against the options at once). Options are changed by assigning a new SolveOptions to ``layer.options`` or
     ``layer.eval_options``, for one call with ``layer(x, solve=dict(tol=1e-6))``, or for a block
     with ``with layer.solving(tol=1e-6): ...``. ``layer.last_stats`` is a convenience: the statistics
     of the last call (a model that calls the layer twice reads each call's own from :meth:`solve`).
@@ -97,17 +98,20 @@ class ImplicitLayer(LastCallAttributes, nn.Module):
             warn_deprecated("ImplicitLayer(jacobian_penalty=N)", "ImplicitLayer(jacobian_probes=N)")
             jacobian_probes = jacobian_penalty
         self.operator = operator
-        self.backward_mode = get_backward(backward)
-        self.policy = SolvePolicy(on_failure, lockstep, jacobian_probes, correction)
         self.options = options if options is not None else SolveOptions.from_settings(**settings)
         self.eval_options = eval_options
+        self.backward = backward
+        self.policy = SolvePolicy(on_failure, lockstep, jacobian_probes, correction)
         self.latent_shape = normalize_latent_shape(latent_shape)
         self._overrides: list[Mapping[str, Any]] = []
         self.last_stats: ImplicitStats | None = None
         self._last: Equilibrium | None = None  # for the deprecated attributes below, without its output
-        state = self.backward_mode.state_dict()
-        if state:
-            self.register_buffer(BACKWARD_STATE, torch.tensor(list(state.values()), dtype=torch.int64))
+
+    @property
+    def backward(self) -> BackwardMode:
+        """The backward mode; assign a name or a :class:`~jfb.backward.BackwardMode` to change it
+        (``layer.backward = "ift"``), validated against the options at once."""
+        return self.backward_mode
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in option_names():
@@ -115,11 +119,27 @@ class ImplicitLayer(LastCallAttributes, nn.Module):
                 f"ImplicitLayer.{name} cannot be set; assign layer.options = layer.options.replace({name}=...), "
                 f"or use layer(x, solve=dict({name}=...)) or `with layer.solving({name}=...)`"
             )
+        if name in ("backward", "backward_mode"):
+            return self._set_backward(value)
         if name in ("options", "eval_options") and value is not None:
             if not isinstance(value, SolveOptions):
                 raise JfbError(f"{name} must be a jfb.SolveOptions, got {type(value).__name__}")
-            check_compatible(self.backward_mode, value)
+            if "backward_mode" in self.__dict__:
+                check_compatible(self.backward_mode, value)
         super().__setattr__(name, value)
+
+    def _set_backward(self, spec: str | BackwardMode) -> None:
+        """Build and check the mode, then keep the buffer of its state (if it has one) in step with it."""
+        mode = get_backward(spec)
+        for options in (self.options, self.eval_options):
+            if options is not None:
+                check_compatible(mode, options)
+        self.__dict__["backward_mode"] = mode
+        state = mode.state_dict()
+        if state:
+            self.register_buffer(BACKWARD_STATE, torch.tensor(list(state.values()), dtype=torch.int64))
+        elif BACKWARD_STATE in self._buffers:
+            del self._buffers[BACKWARD_STATE]
 
     def solve(
         self, x: Any, u0: InitialState = None, solve: SolveOptions | Mapping[str, Any] | None = None

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from operators import TanhOperator, dense_implicit_gradient, flat
+from operators import TanhOperator, dense_implicit_gradient, flat, tanh_problem
 from torch import nn
 
 import jfb
@@ -74,6 +74,35 @@ def test_layer_attributes_cannot_be_set_around_the_options():
     unroll = jfb.ImplicitLayer(lambda u, x: 0.5 * u + x, backward="unroll", solver="picard")
     with pytest.raises(jfb.JfbError, match="pass solver='picard'"):
         unroll(torch.ones(2, 2), solve=dict(solver="anderson"))
+
+
+def test_assigning_the_backward_mode_changes_the_gradient_to_the_exact_one():
+    op, x, head = tanh_problem(dim=6, contraction=0.7, batch=3)
+    layer = jfb.ImplicitLayer(op, solver="anderson", tol=1e-12, max_iter=200)
+    u_star = layer(x).detach()
+    exact = flat(dense_implicit_gradient(op, u_star, x, head))
+    jfb_grad = flat(torch.autograd.grad((head * layer(x)).sum(), list(op.parameters())))
+    assert float((jfb_grad - exact).norm() / exact.norm()) > 1e-2  # JFB is not the exact gradient here
+    for spelling in ("backward", "backward_mode"):
+        layer.backward = "jfb"
+        setattr(layer, spelling, "ift:tol=1e-12")
+        assert repr(layer.backward) == repr(layer.backward_mode) == "ift:fixed_point:tol=1e-12"
+        result = layer.solve(x)
+        got = flat(torch.autograd.grad((head * result.value).sum(), list(op.parameters())))
+        assert float((got - exact).norm() / exact.norm()) < 1e-8 and result.stats.j_matvecs > 0
+
+
+def test_a_backward_mode_is_validated_when_assigned_and_its_state_follows_it():
+    layer, _ = _tanh_layer(solver="anderson")
+    with pytest.raises(jfb.JfbError, match="unknown backward mode 'ifft'"):
+        layer.backward = "ifft"
+    with pytest.raises(jfb.JfbError, match="pass solver='reversible'"):
+        layer.backward = "reversible"
+    assert repr(layer.backward) == "jfb" and "backward_state" not in layer.state_dict()
+    layer.backward = "auto"
+    assert "backward_state" in layer.state_dict()
+    layer.backward = jfb.backward.JFB()
+    assert "backward_state" not in layer.state_dict() and repr(layer.backward) == "jfb"
 
 
 # --- fixed depth and host synchronisation -----------------------------------------------------
