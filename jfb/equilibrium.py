@@ -118,6 +118,8 @@ class SolvePolicy:
     lockstep: bool | None = None
     jacobian_probes: int = 0
     correction: int = 0
+    #: the call sites already warned about a tolerance not reached (a layer's policy lives as long as the layer)
+    warned: set[tuple[str, int]] = field(default_factory=set, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.on_failure not in ON_FAILURE:
@@ -172,7 +174,7 @@ def fixed_point(
         raise JfbError(f"options must be a jfb.SolveOptions, got {type(options).__name__}")
     mode = get_backward(backward)
     check_compatible(mode, options)
-    policy = SolvePolicy(on_failure, lockstep, jacobian_probes, correction)
+    policy = SolvePolicy(on_failure, lockstep, jacobian_probes, correction, warned=_FUNCTION_CALL_SITES_WARNED)
     return solve_equilibrium(operator, x, u0, options, mode, policy, normalize_latent_shape(latent_shape))
 
 
@@ -195,8 +197,8 @@ def solve_equilibrium(
     iterates: list[Tensor] | None = [] if regularized and policy.correction else None
     u_star, forward, trace = _solve(operator, mode, policy, T, layout.flatten(u0), options, iterates)
     stats = ImplicitStats(forward, options, BackwardStats(mode=repr(mode), forward_evals=forward.t_evals))
-    report = FailureReport(policy.on_failure)
-    report.forward(forward)
+    report = FailureReport(policy.on_failure, policy.warned)
+    report.forward(forward, options)
     if not torch.is_grad_enabled():
         return Equilibrium(layout.unflatten(u_star), layout.unflatten(u_star), stats)
     stats.attached = True
@@ -294,16 +296,37 @@ def _regularize(
 @dataclass(frozen=True)
 class FailureReport:
     """Hands a failed forward solve, a backward linear solve that missed its tolerance, or a backward pass with
-    non-finite gradients (``reversible``), to ``on_failure``."""
+    non-finite gradients (``reversible``), to ``on_failure``.
+
+    A tolerance not reached is warned once per call site in ``warned`` (the layer's, or :func:`fixed_point`'s),
+    so a training loop hears of it once; divergence and non-finite values are warned every time."""
 
     on_failure: str
+    warned: set[tuple[str, int]] = field(default_factory=set)
 
-    def forward(self, stats: SolveStats) -> None:
-        if stats.status.failed:
+    def forward(self, stats: SolveStats, options: SolveOptions) -> None:
+        if not stats.status.failed:
+            return
+        pending = int((~stats.converged).sum())
+        if stats.status != Status.MAX_ITER:
             self._fail(
                 f"fixed-point solve {stats.status} after {stats.t_evals} T evaluations "
-                f"({int((~stats.converged).sum())} of {stats.converged.numel()} samples not converged)"
+                f"({pending} of {stats.converged.numel()} samples not converged)"
             )
+            return
+        level, site = _caller()
+        if self.on_failure == "warn" and site in self.warned:
+            return
+        self.warned.add(site)
+        once = "; warned once per layer and call site" if self.on_failure == "warn" else ""
+        self._fail(
+            f"fixed-point solve stopped at max_iter={options.max_iter} without meeting tol={options.tol:g} "
+            f"({options.stop_mode}): {pending} of {stats.converged.numel()} samples "
+            f"({pending / stats.converged.numel():.0%}) not converged, largest residual "
+            f"{float(stats.abs_residual.max()):.3g} abs, {float(stats.rel_residual.max()):.3g} rel; raise max_iter, "
+            f"loosen tol, or check that T contracts (jfb.lipschitz_estimate){once}",
+            level + 1,  # counted from here; _fail, which warns, is one frame deeper
+        )
 
     def backward(self, name: str, stats: BackwardStats) -> None:
         if stats.status != Status.CONVERGED:
@@ -311,22 +334,27 @@ class FailureReport:
             residual = f", relative residual {stats.relative_residual:.3g}" if what == "backward linear solve" else ""
             self._fail(f"{what} ({name}) {stats.status} after {stats.iterations} iterations{residual}")
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str, stacklevel: int | None = None) -> None:
         if self.on_failure == "raise":
             raise FixedPointError(message)
         if self.on_failure == "warn":
-            warnings.warn(message, ConvergenceWarning, stacklevel=_caller_stacklevel())
+            warnings.warn(message, ConvergenceWarning, stacklevel=stacklevel or _caller()[0])
 
 
-def _caller_stacklevel() -> int:
-    """The stack level of the first frame outside this package (and outside torch's autograd): the warning
-    points at the user's line that called the layer or ran the backward pass."""
-    frame, level = sys._getframe(1), 1
+#: :func:`fixed_point`'s call sites already warned about a tolerance not reached (it has no layer to keep them)
+_FUNCTION_CALL_SITES_WARNED: set[tuple[str, int]] = set()
+
+
+def _caller() -> tuple[int, tuple[str, int]]:
+    """The stack level and ``(file, line)`` of the first frame outside this package (and outside torch's
+    autograd), counted from the caller of this function: the warning points at the user's line that called
+    the layer or ran the backward pass."""
+    frame, level = sys._getframe(2), 2
     while frame is not None and (
         frame.f_code.co_filename.startswith(_PACKAGE) or "/torch/" in frame.f_code.co_filename
     ):
         frame, level = frame.f_back, level + 1
-    return level
+    return level, ("", 0) if frame is None else (frame.f_code.co_filename, frame.f_lineno)
 
 
 def resolve_call_options(base: SolveOptions, changes: list[Mapping[str, Any]], solve: Any) -> SolveOptions:

@@ -20,12 +20,13 @@ class StorageError(RuntimeError):
 
 
 class FixedPointError(RuntimeError):
-    """Raised (with ``on_failure="raise"``) when a forward solve diverges or produces non-finite
-    values, or a backward linear solve misses its tolerance."""
+    """Raised (with ``on_failure="raise"``) when a forward solve diverges, produces non-finite values or
+    stops at ``max_iter`` without meeting its tolerance, or a backward linear solve misses its tolerance."""
 
 
 class ConvergenceWarning(RuntimeWarning):
-    """Warned (with ``on_failure="warn"``) in the cases :class:`FixedPointError` is raised for."""
+    """Warned (with ``on_failure="warn"``) in the cases :class:`FixedPointError` is raised for; a tolerance not
+    reached is warned once per layer and call site (a training run is told once, not every step)."""
 
 
 def unknown_name(kind: str, name: object, choices: Iterable[str]) -> JfbError:

@@ -8,7 +8,8 @@ from enum import StrEnum
 class Status(StrEnum):
     """Outcome of a solve; a ``str``, so ``state.status == "converged"`` holds.
 
-    Worst first: ``non_finite`` > ``diverged`` > ``max_iter`` > ``fixed_depth`` / ``converged``.
+    Worst first: ``non_finite`` > ``diverged`` > ``max_iter`` > ``fixed_depth`` / ``converged``; the first three
+    are failures (``status.failed``), reported through ``on_failure``.
     ``fixed_depth`` means exactly ``max_iter`` evaluations were asked for (``tol=None``) and run;
     ``not_run`` is a backward pass that has not happened yet.
     """
@@ -22,5 +23,12 @@ class Status(StrEnum):
 
     @property
     def failed(self) -> bool:
-        """Diverged or non-finite: the returned point is no fixed point."""
+        """The solve did not do what it was asked: a tolerance not reached (``max_iter``), diverged or non-finite.
+
+        A fixed depth (``tol=None``) ends at ``max_iter`` by design and has not failed."""
+        return self in (Status.MAX_ITER, Status.DIVERGED, Status.NON_FINITE)
+
+    @property
+    def no_fixed_point(self) -> bool:
+        """Diverged or non-finite: the returned point is no fixed point (a ``max_iter`` point is a loose one)."""
         return self in (Status.DIVERGED, Status.NON_FINITE)

@@ -146,16 +146,41 @@ def test_on_failure_raise():
 def test_max_iter_status_and_history():
     op, x = _tanh_problem(0.95)
     layer = jfb.ImplicitLayer(op, solver="picard", tol=1e-12, max_iter=5, keep_history=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # max_iter is reported in the status, not warned about
-        with torch.no_grad():
-            layer(x)
+    with pytest.warns(jfb.ConvergenceWarning, match="stopped at max_iter=5 without meeting tol=1e-12"), torch.no_grad():
+        layer(x)
     stats = layer.last_stats
     assert stats.status == "max_iter" and stats.t_evals == 5
     assert stats.history.abs.shape == stats.history.rel.shape == (5, x.shape[0])  # per sample, every iteration
     assert stats.iterations.tolist() == [5] * x.shape[0]
     assert bool((stats.history.abs[-1] < stats.history.abs[0]).all())
     assert torch.equal(stats.history.abs[-1], stats.abs_residual)  # Picard returns the last iterate
+
+
+def _tolerance_not_reached(**settings):
+    return jfb.ImplicitLayer(lambda u, x: 0.99 * u + x, solver="picard", tol=1e-8, max_iter=5, **settings)
+
+
+def test_a_tolerance_not_reached_is_a_failure_warned_once_per_layer_and_call_site():
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    assert jfb.Status.MAX_ITER.failed and not jfb.Status.FIXED_DEPTH.failed and not jfb.Status.MAX_ITER.no_fixed_point
+    first, second = _tolerance_not_reached(), _tolerance_not_reached()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            first(x)  # one call site: one warning for three calls
+        first(x)  # another call site
+        second(x)  # another layer
+        fixed = jfb.ImplicitLayer(lambda u, x: 0.99 * u + x, solver="picard", tol=None, max_iter=5)
+        fixed(x)  # a fixed depth ends at max_iter by design
+        _tolerance_not_reached(on_failure="ignore")(x)
+    messages = [str(w.message) for w in caught if issubclass(w.category, jfb.ConvergenceWarning)]
+    assert len(messages) == 3 and {w.filename for w in caught} == {__file__}
+    assert "8 of 8 samples (100%) not converged" in messages[0]
+    assert first.last_stats.status == "max_iter" and fixed.last_stats.status == "fixed_depth"
+    with pytest.raises(jfb.FixedPointError, match=r"stopped at max_iter=5 without meeting tol=1e-08 \(abs\)"):
+        _tolerance_not_reached(on_failure="raise")(x)
+    with pytest.raises(jfb.FixedPointError, match="8 of 8 samples"):
+        jfb.fixed_point(lambda u, x: 0.99 * u + x, x, solver="picard", tol=1e-8, max_iter=5, on_failure="raise")
 
 
 def test_warm_start_saves_iterations():
@@ -176,6 +201,7 @@ def test_solving_past_the_rounding_floor_stays_finite_and_is_not_divergence(solv
     layer = jfb.ImplicitLayer(lambda u, x: 0.5 * u + x, solver=solver, tol=1e-30, max_iter=60)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", "fixed-point solve stopped at max_iter")  # tol 1e-30 may not be met
         with torch.no_grad():
             u = layer(x)
     assert layer.last_stats.status in ("converged", "max_iter")  # an exact zero residual meets any tol

@@ -313,7 +313,7 @@ def rescale_operator(model: ImplicitClassifier, inputs: torch.Tensor) -> None:
 def _bad_batch(prediction: Prediction, loss: torch.Tensor) -> bool:
     """A non-finite loss, or a forward solve that diverged or met a non-finite value: T(u) there
     is no fixed point, and the JFB gradient at it says nothing about the loss."""
-    if prediction.equilibrium is not None and prediction.equilibrium.stats.status.failed:
+    if prediction.equilibrium is not None and prediction.equilibrium.stats.status.no_fixed_point:
         return True
     return not bool(torch.isfinite(loss))
 
