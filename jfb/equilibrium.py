@@ -328,11 +328,11 @@ class FailureReport:
             level + 1,  # counted from here; _fail, which warns, is one frame deeper
         )
 
-    def backward(self, name: str, stats: BackwardStats) -> None:
+    def backward(self, name: str, stats: BackwardStats, detail: str = "") -> None:
         if stats.status != Status.CONVERGED:
             what = "backward linear solve" if stats.relative_residual == stats.relative_residual else "backward pass"
             residual = f", relative residual {stats.relative_residual:.3g}" if what == "backward linear solve" else ""
-            self._fail(f"{what} ({name}) {stats.status} after {stats.iterations} iterations{residual}")
+            self._fail(f"{what} ({name}) {stats.status} after {stats.iterations} iterations{residual}{detail}")
 
     def _fail(self, message: str, stacklevel: int | None = None) -> None:
         if self.on_failure == "raise":

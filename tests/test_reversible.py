@@ -138,3 +138,60 @@ def test_peak_memory_is_flat_in_depth() -> None:
     deep = peak_step_memory("reversible", 500, model="mnist", batch=100)
     unrolled = peak_step_memory("unroll", 100, model="mnist", batch=100)
     assert deep / shallow <= 1.05 and unrolled > 5 * deep
+
+
+def _affine_contraction(dtype: torch.dtype, n: int = 200):
+    """jaxopt's fixed-point test problem ``u = M u + b`` (||M||_2 = 0.9) and the exact gradient of ``sum(u*)``
+    with respect to M: ``w u*^T`` with ``(I - M)^T w = 1``, by dense solves in float64."""
+    g = torch.Generator().manual_seed(0)
+    M = torch.randn(n, n, generator=g, dtype=torch.float64)
+    M, b = 0.9 * M / torch.linalg.matrix_norm(M, 2), torch.randn(1, n, generator=g, dtype=torch.float64)
+    eye = torch.eye(n, dtype=torch.float64)
+    exact = torch.outer(
+        torch.linalg.solve((eye - M).T, torch.ones(n, dtype=torch.float64)), torch.linalg.solve(eye - M, b[0])
+    )
+    return M.to(dtype).requires_grad_(), b.to(dtype), exact
+
+
+def _affine_gradient(M: torch.Tensor, b: torch.Tensor, **settings):
+    eq = jfb.fixed_point(lambda u, x: u @ M.T + x, b, solver="reversible", backward="reversible", **settings)
+    (grad,) = torch.autograd.grad(eq.value.sum(), [M])
+    return grad.double(), eq.stats.backward
+
+
+def test_float32_reconstructs_in_float64_and_gives_the_float64_gradient() -> None:
+    """Regression: with the pair in float32, 40 steps gave a gradient off by 1e3 (relative error 82) with no warning."""
+    M, b, exact = _affine_contraction(torch.float32)
+    grad, backward = _affine_gradient(M, b, tol=None, max_iter=80)
+    assert _rel(grad, exact) < 1e-5 and backward.gradient_error_estimate < 1e-5 and backward.status == "converged"
+    grad, backward = _affine_gradient(M, b, tol=1e-6, max_iter=400)  # the issue's tolerance solve
+    assert _rel(grad, exact) < 1e-4 and backward.status == "converged"
+
+
+def test_a_reconstruction_too_far_off_for_the_gradient_is_reported_with_the_fixes() -> None:
+    M, b, exact = _affine_contraction(torch.float32)
+    with pytest.warns(
+        jfb.ConvergenceWarning, match=r"estimated relative error is .* > max_gradient_error=0\.001.*fewer"
+    ):
+        grad, backward = _affine_gradient(M, b, tol=None, max_iter=160)
+    assert _rel(grad, exact) > 1 and backward.gradient_error_estimate > 1 and backward.status == "diverged"
+    with pytest.raises(jfb.FixedPointError, match="beta further from 1, or a float64 operator"):
+        _affine_gradient(M, b, tol=None, max_iter=160, on_failure="raise")
+    loose = jfb.backward.Reversible(max_gradient_error=1e20)  # a bound of the user's own
+    assert repr(loose) == "reversible:max_gradient_error=1e+20"
+    eq = jfb.fixed_point(lambda u, x: u @ M.T + x, b, solver="reversible", backward=loose, tol=None, max_iter=160)
+    torch.autograd.grad(eq.value.sum(), [M])
+    assert eq.stats.backward.status == "converged"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_gradient_error_estimate_follows_the_measured_error_and_errs_high(dtype: torch.dtype) -> None:
+    M, b, exact = _affine_contraction(dtype)
+    checked = 0
+    for depth in (100, 120, 140, 160):  # measured: the estimate is 3.5x to 6x the error, from 5e-5 to 4e10
+        grad, backward = _affine_gradient(M, b, tol=None, max_iter=depth, on_failure="ignore")
+        error = _rel(grad, exact)
+        if error > 1e-3:  # below, the truncation of the iteration dominates the comparison with the exact gradient
+            assert error < backward.gradient_error_estimate < 30 * error
+            checked += 1
+    assert checked >= 2

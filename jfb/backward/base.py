@@ -44,6 +44,9 @@ class BackwardStats:
     #: ``backward="reversible"``: the largest absolute difference between the first pair the reverse pass
     #: reconstructed and the initial state (rounding grows as ``|1 - beta|^-1`` per half step)
     reconstruction_error: float = float("nan")
+    #: ``backward="reversible"``: the estimated relative error of the gradient from rounding in the reconstruction
+    #: (past ``Reversible.max_gradient_error`` the pass is reported through ``on_failure``)
+    gradient_error_estimate: float = float("nan")
 
 
 class FixedPointMap:
@@ -53,7 +56,7 @@ class FixedPointMap:
     touching running statistics, so the products never run backward through the output's own
     graph (which would add an uncounted gradient with respect to ``u``) and BatchNorm
     statistics are still updated only once, by the output's application of T.
-    ``forward_max_iter`` is the depth limit of the forward solve of this call; ``report(stats)``
+    ``forward_max_iter`` is the depth limit of the forward solve of this call; ``report(name, stats, detail="")``
     hands a backward solve that missed its tolerance to the layer's ``on_failure`` policy;
     ``inputs()`` lists what T's output depends on with grad (the operator's parameters and the input
     tensors that require grad), for modes that compare directions over them. ``trace`` is what the mode's
@@ -65,7 +68,7 @@ class FixedPointMap:
         T: Callable[[Tensor], Tensor],
         frozen: Callable[[], AbstractContextManager],
         forward_max_iter: int,
-        report: Callable[[str, BackwardStats], None],
+        report: Callable[..., None],
         inputs: Callable[[], list[Tensor]] = list,
         trace: Any = None,
     ) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
 from ..errors import JfbError
@@ -63,6 +64,13 @@ class CoupledTrace:
     start: Tensor
 
 
+def pair_dtype(x0: Tensor) -> torch.dtype:
+    """float64 for the coupled pair (MPS has none: the state's own dtype there). T is evaluated at the pair
+    rounded to the state's dtype, so the reverse pass meets T's outputs bit for bit while the pair is within
+    that rounding, and undoes the forward arithmetic to float64's rounding, not T's."""
+    return x0.dtype if x0.device.type == "mps" else torch.promote_types(x0.dtype, torch.float64)
+
+
 def solve_coupled(
     F: FlatOperator,
     x0: Tensor,
@@ -74,8 +82,8 @@ def solve_coupled(
 
     Stops after the step in which every sample's ``||T(z_n) - z_n||`` met the tolerance (checked every
     ``check_every`` steps; ``iterations`` counts T evaluations up to that measurement), or after the depth.
-    Returns ``z_N``, the statistics of the solve and its trace. No sample is frozen: every row must take
-    the same steps for the reverse pass.
+    Returns ``z_N`` (in the state's dtype), the statistics of the solve and its trace (the pair in
+    :func:`pair_dtype`). No sample is frozen: every row must take the same steps for the reverse pass.
     """
     method = options.method
     if not isinstance(method, Reversible):
@@ -83,18 +91,19 @@ def solve_coupled(
     if options.max_iter < 2:
         raise JfbError(f"solver 'reversible' steps by 2 T evaluations: max_iter must be >= 2, got {options.max_iter}")
     tracker = Tracker(x0, options, track_best=False)
-    state = method.init(x0)
+    wide = pair_dtype(x0)
+    state = method.init(x0.to(wide))
     steps, z, measured, fz = 0, x0, x0, x0
     for steps in range(1, options.max_iter // 2 + 1):
         measured, fz = z, F(z, None)
         tracker.record(measured, fz, 2 * steps - 1, None)
-        y = method.update(state, z, fz)
+        y = method.update(state, z, fz.to(wide)).to(x0.dtype)
         fy = F(y, None)
         tracker.t_evals += 1
         if observe is not None:
             observe(fy)
-        z = method.update(state, y, fy)
+        z = method.update(state, y, fy.to(wide)).to(x0.dtype)
         if tracker.checks(steps) and tracker.finished(agree):
             break
     _, stats = tracker.result(measured, fz)  # the residual of the last z at which T was evaluated
-    return z, stats, CoupledTrace(state["y"], z, steps, method.beta, x0)
+    return z, stats, CoupledTrace(state["y"], state["z"], steps, method.beta, x0)
