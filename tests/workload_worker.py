@@ -1,4 +1,4 @@
-"""Run by test_parallel_workloads.py under torchrun: the DEQ language model (smoke size) with DDP or FSDP2.
+"""Run by test_parallel_workloads.py under torchrun: a workload (smoke size) with DDP or FSDP2.
 
 Every process counts the all-gathers it launches; process 0 saves the whole final weights, the losses and
 the all-gathers per training step.
@@ -27,18 +27,19 @@ def _counting(function):
     return counted
 
 
-def main(mode: str, out: Path, options: dict) -> None:
-    for name in ("all_gather_single", "all_gather_into_tensor"):  # FSDP2's all-gather, by torch version
-        if hasattr(dist, name):
-            setattr(dist, name, _counting(getattr(dist, name)))
-    workload = get_workload("lm")
+def main(name: str, mode: str, out: Path, options: dict) -> None:
+    for gather in ("all_gather_single", "all_gather_into_tensor"):  # FSDP2's all-gather, by torch version
+        if hasattr(dist, gather):
+            setattr(dist, gather, _counting(getattr(dist, gather)))
+    workload = get_workload(name)
     config = dataclasses.replace(workload.config(**workload.smoke), parallel=mode, **options)
     trained = workload.train(config)
     if trained.main:
         gathers_per_step = GATHERS[0] / config.steps  # evaluation is one forward after training: counted apart
         record = {"state": trained.state, "losses": trained.result.losses, "gathers": GATHERS[0]}
+        record["metrics"] = trained.metrics
         torch.save({**record, "gathers_per_step": gathers_per_step}, out / f"{mode}.pt")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3]))
+    main(sys.argv[1], sys.argv[2], Path(sys.argv[3]), json.loads(sys.argv[4]))

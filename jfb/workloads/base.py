@@ -62,6 +62,17 @@ class Workload:
     smoke: dict[str, Any]  # config changes for a run of seconds (tests, the device check's dry run)
     higher_is_better: bool = True
     plot: Callable[[Any, Path, list[dict[str, Any]]], None] | None = None
+    #: the ``parallel`` modes it trains under, and why not the others (its batch does not split)
+    parallel: tuple[str, ...] = PARALLEL
+    single_process_reason: str = ""
+
+    def check_parallel(self, mode: str) -> None:
+        """JfbError in one line, before any work, for a parallel mode this workload does not train under."""
+        if mode not in self.parallel:
+            raise JfbError(
+                f"workload {self.name!r} does not train under --parallel {mode} ({self.single_process_reason}); "
+                f"it takes --parallel {' or '.join(self.parallel)}"
+            )
 
     def model(self, config: Any, engine: EngineFactory | None = None) -> nn.Module:
         """The model of ``config`` built from ``config.seed`` (the same weights whatever the engine)."""
@@ -79,6 +90,7 @@ class Workload:
 
     def train(self, config: Any, engine: EngineFactory | None = None, progress: bool = False) -> Trained:
         """Build, train (on the processes torchrun started when ``config.parallel`` asks) and evaluate."""
+        self.check_parallel(config.parallel)
         torchrun_needed(config.parallel)
         processes = start_processes(config.device) if config.parallel != "none" else Processes()
         try:
@@ -96,6 +108,8 @@ class Workload:
 
     def run(self, config: Any, out: Path, progress: bool = True) -> Report:
         """``jfb train NAME``: train, evaluate, write the weights, the metrics, the rows (and a plot)."""
+        self.check_parallel(config.parallel)
+        torchrun_needed(config.parallel)
         out = prepare_run_dir(out)
         trained = self.train(config, progress=progress)
         result, metrics, rows = trained.result, trained.metrics, trained.rows

@@ -159,4 +159,6 @@ WORKLOAD = Workload(
     evaluate=test_accuracy,
     metric="far_end_accuracy",
     smoke=dict(length=10, chains=32, steps=200, lr=2e-2, depth=60, eval_depth=200, test_lengths=(10,)),
+    parallel=("none",),
+    single_process_reason="a batch is one graph, whose nodes do not split over processes",
 )

@@ -62,12 +62,10 @@ class PrefixSumsNet(nn.Module):
         self.head = nn.Conv1d(width, 2, 1)
         self.engine = engine(self.block)
 
-    def forward(self, bits: Tensor, depth: int, u0: Tensor | None = None) -> tuple[Tensor, float]:
-        logits, iterations, _ = self.solve(bits, depth, u0)
-        return logits, iterations
+    def forward(self, bits: Tensor, depth: int, u0: Tensor | None = None) -> tuple[Tensor, float, Tensor]:
+        """Logits, mean iterations and the state reached, starting from ``u0`` (default zeros).
 
-    def solve(self, bits: Tensor, depth: int, u0: Tensor | None = None) -> tuple[Tensor, float, Tensor]:
-        """Logits, mean iterations and the state reached, starting from ``u0`` (default zeros)."""
+        Evaluation calls the module too (never a method beside ``forward``): DDP and FSDP2 act in its hooks."""
         e = self.inject(2 * bits - 1)
         solved = self.engine(e, zeros_like_state(e, self.width) if u0 is None else u0, depth)
         return self.head(solved.value), solved.iterations, solved.value
@@ -123,7 +121,7 @@ def _test_strings(config: PrefixSumsConfig, bits: int) -> tuple[Tensor, Tensor]:
 def _loss(config: PrefixSumsConfig) -> Loss:
     def loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, float]:
         bits, targets = batch
-        logits, iterations = model(bits, config.depth)
+        logits, iterations, _ = model(bits, config.depth)
         return nn.functional.cross_entropy(logits, targets), iterations
 
     return loss
@@ -143,7 +141,7 @@ def extrapolation(model: nn.Module, config: PrefixSumsConfig) -> tuple[dict[str,
         strings, targets = to_device(_test_strings(config, bits), config.device)
         state, done, iterations = None, 0, 0.0
         for depth in sorted(set(config.test_depths)):  # each budget continues the previous solve: Picard's path is one
-            logits, more, state = model.solve(strings, depth - done, state)
+            logits, more, state = model(strings, depth - done, state)
             done, iterations = depth, iterations + more
             correct = (logits.argmax(1) == targets).all(1).float().mean().item()
             rows.append({"bits": bits, "max_iter": depth, "accuracy": correct, "iterations": round(iterations, 1)})
