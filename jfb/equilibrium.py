@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .backward import IFT, BackwardMode, BackwardStats, FixedPointMap, GradientCheck, get_backward
+from .backward import BackwardMode, BackwardStats, FixedPointMap, GradientCheck, get_backward
 from .binding import InitialState, bind, check_state, differentiable_inputs, initial_state, normalize_latent_shape
 from .errors import ConvergenceWarning, FixedPointError, JfbError, unknown_name
 from .frozen import frozen_running_stats
@@ -265,11 +265,11 @@ def _in_lockstep(operator: Callable, mode: BackwardMode, lockstep: bool | None) 
         lockstep = lockstep and distributed_world_size() > 1
     else:
         lockstep = distributed_world_size() > 1 and has_collectives(operator)
-    if lockstep and isinstance(mode, IFT) and torch.is_grad_enabled():
+    if lockstep and not mode.lockstep_safe and torch.is_grad_enabled():
         raise JfbError(
-            "backward 'ift' cannot run with collectives inside the operator (SyncBatchNorm in a distributed run): "
-            "its linear solve stops at a different iteration on each process; use backward 'jfb' or 'neumann:K', "
-            "or no latent BatchNorm"
+            f"backward {mode!r} cannot run with collectives inside the operator (SyncBatchNorm in a distributed "
+            "run): its backward pass makes a different number of calls of T on each process; use backward 'jfb' "
+            "or 'neumann:K', or no latent BatchNorm"
         )
     return lockstep
 
@@ -328,11 +328,10 @@ class FailureReport:
             level + 1,  # counted from here; _fail, which warns, is one frame deeper
         )
 
-    def backward(self, name: str, stats: BackwardStats, detail: str = "") -> None:
+    def backward(self, subject: str, stats: BackwardStats, detail: str = "") -> None:
+        """``subject`` names what failed (``backward linear solve (ift:gmres)``); ``detail`` ends the message."""
         if stats.status != Status.CONVERGED:
-            what = "backward linear solve" if stats.relative_residual == stats.relative_residual else "backward pass"
-            residual = f", relative residual {stats.relative_residual:.3g}" if what == "backward linear solve" else ""
-            self._fail(f"{what} ({name}) {stats.status} after {stats.iterations} iterations{residual}{detail}")
+            self._fail(f"{subject} {stats.status} after {stats.iterations} iterations{detail}")
 
     def _fail(self, message: str, stacklevel: int | None = None) -> None:
         if self.on_failure == "raise":

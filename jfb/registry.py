@@ -41,9 +41,9 @@ class Registry(Generic[Item]):
     def names(self) -> tuple[str, ...]:
         return tuple(self._factories)
 
-    def usages(self) -> tuple[str, ...]:
-        """How each registered name is written, e.g. ``neumann:K``."""
-        return tuple(usage for _, usage in self._factories.values())
+    def usages(self, where: Callable[[Callable[..., Item]], bool] | None = None) -> tuple[str, ...]:
+        """How each registered name is written, e.g. ``neumann:K``; with ``where``, of the factories it accepts."""
+        return tuple(usage for factory, usage in self._factories.values() if where is None or where(factory))
 
     def build(self, spec: str | Item, **options: Any) -> Item:
         """The object ``spec`` names (an instance is returned as it is); JfbError for bad names or options."""

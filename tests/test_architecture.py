@@ -78,3 +78,40 @@ def test_torchdeq_is_imported_in_one_place_only_and_lazily():
             if any(n.startswith("torchdeq") for n in names) or module.startswith("torchdeq"):
                 importers.append((path.relative_to(PACKAGE).as_posix(), node.col_offset))
     assert importers == [("benchmarks/torchdeq_engine.py", 8)]  # indented: inside a function
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """``jfb.a.b -> {jfb modules it imports at module level}`` (imports inside functions are lazy on purpose)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = parts[:-1]
+        found = graph.setdefault(name, set())
+        for node in ast.parse(path.read_text()).body:
+            nodes = [node, *getattr(node, "body", [])] if isinstance(node, ast.If) else [node]  # TYPE_CHECKING blocks
+            for item in nodes:
+                if isinstance(item, ast.ImportFrom) and item.level:
+                    base = package[: len(package) - item.level + 1]
+                    target = ".".join([*base, *([item.module] if item.module else [])])
+                    found.update({target} | {f"{target}.{a.name}" for a in item.names})
+    return {name: {t for t in targets if t in graph and t != name} for name, targets in graph.items()}
+
+
+def test_no_import_circle_in_the_package():
+    graph = _module_imports()
+    state: dict[str, int] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(graph[name]):
+            if state.get(target) == 1 and not name.startswith(target + "."):  # a package's own __init__ is no circle
+                cycle = trail[trail.index(target) :] if target in trail else [target, name]
+                raise AssertionError(f"import circle: {' -> '.join([*cycle, target])}")
+            if target not in state:
+                visit(target, [*trail, target])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])

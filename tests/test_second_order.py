@@ -46,8 +46,31 @@ def _unrolled_picard(op: TanhOperator, x: torch.Tensor, steps: int = 200) -> tor
 def test_neumann_refuses_second_derivatives() -> None:
     op, x = _problem()
     layer = jfb.ImplicitLayer(op, "neumann:3", **TIGHT)
-    with pytest.raises(jfb.JfbError, match=r"create_graph=True.*jfb, phantom:K, unroll, ift"):
+    with pytest.raises(jfb.JfbError, match=r"create_graph=True") as refused:
         _force_loss_gradient(layer, op, x)
+    able = str(refused.value).split("use one of ")[1]
+    assert [name in able for name in ("jfb", "ift[", "phantom:K", "unroll", "neumann", "reversible", "auto")] == [
+        *[True] * 4,
+        *[False] * 3,
+    ]
+
+
+def test_a_mode_registered_from_outside_is_named_by_its_capability_flag() -> None:
+    """The modes a refusal offers come from their ``supports_second_order`` flag, not from a list of names."""
+
+    class Twice(jfb.backward.JFB):  # JFB's attachment under another name: differentiable as it is
+        name = "twice"
+
+    jfb.register_backward("twice", Twice)
+    try:
+        op, x = _problem()
+        with pytest.raises(jfb.JfbError, match=r"use one of .*twice"):
+            _force_loss_gradient(jfb.ImplicitLayer(op, "neumann:3", **TIGHT), op, x)
+        layer = jfb.ImplicitLayer(op, "twice", **TIGHT)
+        (gx,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+        assert gx.requires_grad and layer.backward.supports_second_order and layer.backward.lockstep_safe
+    finally:
+        jfb.backward.BACKWARD_MODES._factories.pop("twice")
 
 
 @pytest.mark.parametrize("mode", ["ift:tol=1e-12", "ift:cg:tol=1e-12", "ift:gmres:tol=1e-12"])

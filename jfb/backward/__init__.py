@@ -13,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..registry import Registry
-from .auto import Autopilot, GradientCheck
-from .base import BackwardMode, BackwardStats, FixedPointMap
+from .auto import Autopilot
+from .base import BACKWARD_MODES, BackwardMode, BackwardStats, FixedPointMap, GradientCheck
 from .ift import DEFAULT_LINEAR_SOLVER, IFT
 from .jfb import JFB
 from .linear import (
@@ -31,8 +30,6 @@ from .neumann import Neumann
 from .phantom import Phantom
 from .reversible import Reversible
 from .unroll import Unroll
-
-BACKWARD_MODES: Registry[BackwardMode] = Registry("backward mode", BackwardMode)
 
 
 def register_backward(

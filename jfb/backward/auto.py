@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..errors import JfbError
 from ..solvers.base import require_integer, require_number
-from .base import BackwardMode, BackwardStats, FixedPointMap
+from .base import BackwardMode, BackwardStats, FixedPointMap, GradientCheck
 from .ift import IFT
 from .jacobian import JacobianProducts
 from .jfb import JFB
@@ -20,30 +18,6 @@ from .linear import LINEAR_SOLVERS, LinearSolver
 from .neumann import Neumann
 
 POWER_STEPS = 5  # J^T products of the contraction estimate
-
-
-@dataclass(frozen=True)
-class GradientCheck:
-    """One measurement of the JFB direction on a training batch.
-
-    ``cosine``: between the JFB and the implicit (IFT) directions, both taken over everything T's output
-    depends on with grad (the operator's parameters and the input ``x``); ``descent``: their inner product
-    is positive; ``contraction``: a few power-iteration steps' estimate of the spectral radius of
-    ``J = dT/du`` at ``u*`` from ``dl/du*`` (above 1: T is not contractive there); ``switched_to``: the mode
-    chosen after it; ``seconds``: what the check cost (wall time, GPU work included only up to the point where
-    its numbers were read).
-    """
-
-    call: int
-    mode: str
-    cosine: float
-    descent: bool
-    contraction: float
-    switched_to: str | None = None
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Autopilot(BackwardMode):

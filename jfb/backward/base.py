@@ -11,18 +11,40 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..errors import JfbError
+from ..registry import Registry
 from ..solvers import SolveOptions, SolveStats, solve_flat
 from ..status import Status
 
-if TYPE_CHECKING:
-    from .auto import GradientCheck
+
+@dataclass(frozen=True)
+class GradientCheck:
+    """One measurement of the JFB direction on a training batch (``backward="auto"``).
+
+    ``cosine``: between the JFB and the implicit (IFT) directions, both taken over everything T's output
+    depends on with grad (the operator's parameters and the input ``x``); ``descent``: their inner product
+    is positive; ``contraction``: a few power-iteration steps' estimate of the spectral radius of
+    ``J = dT/du`` at ``u*`` from ``dl/du*`` (above 1: T is not contractive there); ``switched_to``: the mode
+    chosen after it; ``seconds``: what the check cost (wall time, GPU work included only up to the point where
+    its numbers were read).
+    """
+
+    call: int
+    mode: str
+    cosine: float
+    descent: bool
+    contraction: float
+    switched_to: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -56,8 +78,9 @@ class FixedPointMap:
     touching running statistics, so the products never run backward through the output's own
     graph (which would add an uncounted gradient with respect to ``u``) and BatchNorm
     statistics are still updated only once, by the output's application of T.
-    ``forward_max_iter`` is the depth limit of the forward solve of this call; ``report(name, stats, detail="")``
-    hands a backward solve that missed its tolerance to the layer's ``on_failure`` policy;
+    ``forward_max_iter`` is the depth limit of the forward solve of this call; ``report(subject, stats, detail="")``
+    hands a backward pass that failed (``subject``: what, e.g. ``backward linear solve (ift)``) to the layer's
+    ``on_failure`` policy;
     ``inputs()`` lists what T's output depends on with grad (the operator's parameters and the input
     tensors that require grad), for modes that compare directions over them. ``trace`` is what the mode's
     own :meth:`BackwardMode.solve` left for its backward pass (the reversible iteration's last pair).
@@ -91,12 +114,6 @@ class FixedPointMap:
             return self.T(u), u
 
 
-#: modes whose gradient is differentiable: a backward pass with ``create_graph=True`` differentiates exactly what
-#: they compute (autograd through the applications of T they record; for ``ift`` the linear solve is attached as
-#: a fixed point of its own)
-SECOND_ORDER_MODES = ("jfb", "phantom:K", "unroll", "ift")
-
-
 def refuse_second_order(mode: str) -> None:
     """JfbError when the backward pass runs with ``create_graph=True`` (grad mode is on inside the hook).
 
@@ -104,22 +121,30 @@ def refuse_second_order(mode: str) -> None:
     the gradient would silently miss every term through that solve.
     """
     if torch.is_grad_enabled():
+        able = BACKWARD_MODES.usages(lambda factory: getattr(factory, "supports_second_order", False))
         raise JfbError(
             f"second derivatives (a backward pass with create_graph=True) through backward {mode!r} are not "
             "supported: its gradient is computed outside autograd (a series or a linear solve) and would be "
-            "silently wrong; "
-            f"use one of {', '.join(SECOND_ORDER_MODES)}, which differentiate the applications of T they record"
+            f"silently wrong; use one of {', '.join(able)}, which differentiate what they compute"
         )
 
 
 class BackwardMode:
-    """Base class; subclasses set ``name`` and implement :meth:`attach`."""
+    """Base class; subclasses set ``name`` and implement :meth:`attach`. What a mode can do is told by its
+    capability flags (class attributes), never by lists of names elsewhere."""
 
     name: str = ""
     #: True when the forward solve itself must record an autograd graph (``unroll``).
     records_forward_graph: bool = False
-    #: the solver whose iterations this mode backpropagates through (None: any solver)
+    #: the solver whose iterations this mode backpropagates through (None: any solver); such a mode owns its
+    #: forward solve (:meth:`solve`)
     forward_solver: str | None = None
+    #: a backward pass with ``create_graph=True`` differentiates exactly what the mode computes (autograd through
+    #: the applications of T it records; for ``ift`` the linear solve is attached as a fixed point of its own)
+    supports_second_order: bool = False
+    #: safe in a lock-step distributed solve (collectives inside T): every process makes the same calls of T in
+    #: the backward pass (not so for a linear solve that stops at its own tolerance on each process)
+    lockstep_safe: bool = True
 
     def solve(
         self,
@@ -187,3 +212,7 @@ def tensors_with_grad(out: Tensor, known: list[Tensor], exclude: Tensor | None =
             found.setdefault(id(variable), variable)
         pending.extend(next_node for next_node, _ in node.next_functions)
     return list(found.values())
+
+
+#: every backward mode by name (:func:`jfb.backward.register_backward` adds to it)
+BACKWARD_MODES: Registry[BackwardMode] = Registry("backward mode", BackwardMode)

@@ -34,6 +34,9 @@ class IFT(BackwardMode):
     ``on_failure``. By name: ``"ift"``, ``"ift:cg"``, ``"ift:cg:tol=1e-8:max_iter=100"``.
     """
 
+    supports_second_order = True
+    lockstep_safe = False  # the linear solve stops at its own tolerance on each process
+
     def __init__(
         self,
         linear_solver: str | LinearSolver = DEFAULT_LINEAR_SOLVER,
@@ -73,7 +76,7 @@ class IFT(BackwardMode):
             w, info = self.linear_solver.solve(products, b, self.tol, max_iter)
         stats.j_matvecs += products.count
         stats.iterations, stats.relative_residual, stats.status = info.iterations, info.relative_residual, info.status
-        T.report(self.name, stats)
+        T.report(f"backward linear solve ({self.name})", stats, f", relative residual {stats.relative_residual:.3g}")
         return w
 
     def _differentiable(

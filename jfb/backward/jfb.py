@@ -15,6 +15,7 @@ class JFB(BackwardMode):
     """
 
     name = "jfb"
+    supports_second_order = True
 
     def attach(self, T: FixedPointMap, u_star: Tensor, stats: BackwardStats) -> Tensor:
         out = T(u_star.detach())

@@ -22,6 +22,8 @@ class Phantom(BackwardMode):
     ``"phantom:5:tau=0.5"``.
     """
 
+    supports_second_order = True
+
     def __init__(self, k: int, tau: float = 1.0) -> None:
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise JfbError(f"phantom steps k must be an integer >= 1, got {k!r}")

@@ -68,7 +68,7 @@ class Reversible(BackwardMode):
             stats.j_matvecs += 1
             finite = all(bool(torch.isfinite(t).all()) for t in totals if t is not None)
             stats.iterations, stats.status = trace.steps, Status.CONVERGED if finite else Status.NON_FINITE
-            T.report(self.name, stats, self._check_reconstruction(stats))
+            T.report(f"backward pass ({self.name})", stats, self._check_reconstruction(stats))
             return (grad, *totals)
 
         return GradientOverride.apply(gradients, out, *inputs)

@@ -19,6 +19,7 @@ class Unroll(BackwardMode):
     name = "unroll"
     records_forward_graph = True
     forward_solver = "picard"
+    supports_second_order = True
 
     def attach(self, T: FixedPointMap, u_star: Tensor, stats: BackwardStats) -> Tensor:
         out = T(u_star)
