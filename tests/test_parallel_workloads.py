@@ -14,6 +14,7 @@ import torch
 from processes import TORCHRUN, succeed
 
 from jfb.errors import JfbError
+from jfb.train.checkpoint import load_checkpoint
 from jfb.workloads import WORKLOADS, get_workload
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
@@ -58,6 +59,20 @@ def test_ddp_and_fsdp_end_with_the_same_weights(runs, name):
     assert moved > 1e-2  # training changed the weights
     assert worst < 1e-4  # float summation order only (measured in the results page)
     assert runs[(name, "ddp")]["metrics"].keys() == runs[(name, "fsdp")]["metrics"].keys()
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_a_preempted_parallel_run_resumes_to_the_uninterrupted_weights(runs, tmp_path, mode):
+    """SIGTERM to process 0 at step 8 of 20: every process stops after that step, last.pt holds the whole weights
+    and optimiser state, and the resumed run (the same command with --resume) ends where the uninterrupted one did."""
+    folder = tmp_path / mode
+    folder.mkdir()
+    succeed([*TORCHRUN, str(WORKER), "lm", mode, str(folder), json.dumps({"steps": 20, "sigterm_at": 8})])
+    assert load_checkpoint(folder / "run" / "last.pt")["training"]["step"] == 9
+    succeed([*TORCHRUN, str(WORKER), "lm", mode, str(folder), json.dumps({"steps": 20, "resume": True})])
+    resumed, whole = torch.load(folder / f"{mode}.pt", weights_only=True), runs[("lm", mode)]
+    assert resumed["losses"] == whole["losses"]
+    assert all(torch.equal(resumed["state"][k], whole["state"][k]) for k in whole["state"])
 
 
 def test_fsdp_all_gathers_do_not_grow_with_solver_iterations(tmp_path):

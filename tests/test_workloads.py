@@ -10,10 +10,12 @@ import torch
 from jfb import get_backward
 from jfb.cli.main import main
 from jfb.errors import ConvergenceWarning, JfbError
+from jfb.train.distributed import Processes
+from jfb.train.engine import saved_tensor_bytes
+from jfb.train.steps import StepRun, run_steps
 from jfb.workloads import WORKLOADS, get_workload
 from jfb.workloads.chains import ImplicitGraphBlock, chain_adjacency, chain_graph
 from jfb.workloads.language import byte_batch, stdlib_corpus, text_corpus
-from jfb.workloads.loop import fit, saved_tensor_bytes
 from jfb.workloads.prefix_sums import prefix_sum_batch
 
 
@@ -146,7 +148,7 @@ def test_missed_backward_solves_are_counted_and_warned_once():
     model = workload.model(config)
     model.engine.layer.backward_mode = get_backward("ift:max_iter=1")
     with pytest.warns(ConvergenceWarning, match="missed its tolerance in 3 of 3 steps"):
-        result = fit(model, workload.batches(config), workload.loss(config), 3, 1e-3)
+        result, _ = run_steps(workload.training(model, config), StepRun(None, "prefix-sums", {}, Processes()))
     assert result.backward_misses == 3
 
 

@@ -91,14 +91,20 @@ def _bench_epoch(settings: EpochBenchSettings, overrides: dict[str, Any], progre
 def _workload_command(workload: Workload) -> Command:
     """``jfb train NAME`` for a workload: its config's fields are the flags, plus ``--out``."""
     out = setting(None, f"run dir (default runs/{workload.name}-TIME)")
+    resume = setting(False, "continue from OUT/last.pt (start afresh when there is none)")
     run_settings = make_dataclass(
-        f"{workload.config.__name__}Run", [("out", str | None, out)], bases=(workload.config,), frozen=True
+        f"{workload.config.__name__}Run",
+        [("out", str | None, out), ("resume", bool, resume)],
+        bases=(workload.config,),
+        frozen=True,
     )
 
     def call(run: Any, progress: bool, log: Log) -> Report:
+        if run.resume and run.out is None:
+            raise JfbError("--resume continues a run folder: give it with --out")
         config = workload.config(**{f.name: getattr(run, f.name) for f in fields(workload.config)})
         folder = Path(run.out or f"runs/{workload.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        return workload.run(config, folder, progress)
+        return workload.run(config, folder, progress, resume=run.resume)
 
     return Command(workload.name, workload.help, run_settings, call, group="workload")
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..files import atomic_write_text
 from ..reports import MISSING_MATPLOTLIB, csv_text, pyplot
@@ -11,24 +13,27 @@ from .records import EpochRecord
 
 
 class MetricsLog:
-    """Keeps all epoch records; rewrites both files atomically after each epoch.
+    """Keeps all records (one per epoch, or per logged step: ``x`` names the column they are indexed by);
+    rewrites both files atomically after each.
 
     With ``write=False`` (the other processes of a distributed run) it only keeps the records.
     """
 
-    def __init__(self, run_dir: Path, write: bool = True) -> None:
-        self.run_dir = run_dir
-        self.records: list[EpochRecord] = []
+    def __init__(self, run_dir: Path, write: bool = True, x: str = "epoch") -> None:
+        self.run_dir, self.x = run_dir, x
+        self.records: list = []
         self.write = write
         self._tensorboard = _tensorboard_writer(run_dir) if write else None
 
-    def append(self, record: EpochRecord) -> None:
+    def append(self, record) -> None:
+        """``record``: anything with ``to_dict()`` (an :class:`EpochRecord`, a :class:`StepRecord`)."""
         self.records.append(record)
         self.rewrite()
         if self._tensorboard is not None:
-            for key, value in record.to_dict().items():
-                if isinstance(value, int | float) and key != "epoch":
-                    self._tensorboard.add_scalar(key, value, record.epoch)
+            row = record.to_dict()
+            for key, value in row.items():
+                if isinstance(value, int | float) and key != self.x:
+                    self._tensorboard.add_scalar(key, value, row[self.x])
             self._tensorboard.flush()
 
     def rewrite(self) -> None:
@@ -41,6 +46,18 @@ class MetricsLog:
     def best(self) -> EpochRecord:
         """The validation-selected epoch (the first of equals)."""
         return max(self.records, key=lambda r: r.val_acc)
+
+
+@dataclass
+class StepRecord:
+    """One row of a step-based run's metrics: the step, and what was measured over the steps since the last row
+    (and the evaluation's metrics on rows where it ran)."""
+
+    step: int
+    values: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, **self.values}
 
 
 def _tensorboard_writer(run_dir: Path):

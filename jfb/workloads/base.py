@@ -4,6 +4,8 @@ side-by-side benchmark serve them all."""
 from __future__ import annotations
 
 import dataclasses
+import gc
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,25 +20,35 @@ from ..reports import Report, key_value_table, write_report
 from ..settings import setting
 from ..train.checkpoint import save_checkpoint
 from ..train.distributed import Processes, start_processes, stop_processes
+from ..train.engine import FitResult, Loss, StepSettings, Training
+from ..train.steps import StepRun, run_steps
 from .engines import EngineFactory, jfb_engine
-from .loop import FitResult, Loss, Training, fit, to_device
 from .parallel import PARALLEL, full_state, parallel_batches, torchrun_needed, wrap_parallel
 
 
 @dataclass(frozen=True)
-class Placement:
-    """Where a workload trains: the fields every workload's config starts with."""
+class Placement(StepSettings):
+    """Where a workload trains (and, from :class:`~jfb.train.engine.StepSettings`, how it optimises, checkpoints
+    and reports): the fields every workload's config starts with."""
 
     device: str = setting("cpu", "where the model trains", choices=("cpu", "cuda"))
     parallel: str = setting("none", "none, or under torchrun: ddp, fsdp", choices=PARALLEL)
 
 
+def to_device(batch: Any, device: str) -> Any:
+    """A tensor, or a tuple of them (sparse ones too), on ``device``."""
+    if isinstance(batch, tuple):
+        return tuple(to_device(item, device) for item in batch)
+    return batch.to(device)
+
+
 @dataclass(frozen=True)
 class Trained:
-    """What :meth:`Workload.train` hands back: the model, the training's measurements, the metrics, the
+    """What :meth:`Workload.train` hands back: the model (None after a distributed run: it belonged to the
+    processes' group, which is gone; ``state`` has its weights), the training's measurements, the metrics, the
     per-case rows, every parameter whole (also after FSDP), and whether this is the process that writes."""
 
-    model: nn.Module
+    model: nn.Module | None
     result: FitResult
     metrics: dict[str, Any]
     rows: list[dict[str, Any]]
@@ -85,33 +97,59 @@ class Workload:
         source = self.batches(config)
         return lambda step: to_device(source(step), config.device)
 
-    def training(self, model: nn.Module, config: Any) -> Training:
-        return Training(model, self.batches_on_device(config), self.loss(config), config.steps, config.lr)
+    def training(self, model: nn.Module, config: Any, batches: Callable[[int], object] | None = None) -> Training:
+        """The step object of ``config`` (its optimiser, schedule, clipping and bad-batch policy)."""
+        batches = batches or self.batches_on_device(config)
+        return Training(model, batches, self.loss(config), config.steps, config.lr, settings=config)
 
-    def train(self, config: Any, engine: EngineFactory | None = None, progress: bool = False) -> Trained:
-        """Build, train (on the processes torchrun started when ``config.parallel`` asks) and evaluate."""
+    def train(
+        self,
+        config: Any,
+        engine: EngineFactory | None = None,
+        progress: bool = False,
+        out: Path | None = None,
+        resume: bool = False,
+        log: Callable[[str], None] = print,
+    ) -> Trained:
+        """Build, train (on the processes torchrun started when ``config.parallel`` asks) and evaluate; with
+        ``out``, checkpoints and metrics go there and ``resume`` continues from its ``last.pt``."""
         self.check_parallel(config.parallel)
         torchrun_needed(config.parallel)
         processes = start_processes(config.device) if config.parallel != "none" else Processes()
         try:
-            model = self.model(config, engine)
-            trained = wrap_parallel(model, model.block, config.parallel, processes, config.device)
-            batches = parallel_batches(self.batches_on_device(config), processes)
-            loss, show = self.loss(config), progress and processes.is_main
-            result = fit(trained, batches, loss, config.steps, config.lr, show, self.name)
-            metrics, rows = self.evaluate(trained, config)
-            outcome = Trained(model, result, metrics, rows, full_state(model), processes.is_main)
-            del trained  # DDP's reducer holds the process group: freed before it (a gloo deadlock at exit otherwise)
-            return outcome
+            run = StepRun(out, self.name, plain_config(config), processes, None, progress and processes.is_main, log)
+            return self._train_on(run, config, engine, resume)
+        except BaseException as error:
+            # DDP's reducer and FSDP2's state hold the process group: the finished frames the traceback keeps
+            # must let go of them before the group goes, or a gloo thread outlives it (a deadlock at exit)
+            traceback.clear_frames(error.__traceback__)
+            raise
         finally:
+            gc.collect()
             stop_processes(processes)
 
-    def run(self, config: Any, out: Path, progress: bool = True) -> Report:
-        """``jfb train NAME``: train, evaluate, write the weights, the metrics, the rows (and a plot)."""
+    def _train_on(self, run: StepRun, config: Any, engine: EngineFactory | None, resume: bool) -> Trained:
+        """:meth:`train`'s body: nothing of the model outlives it but its whole weights (in ``Trained.state``)
+        and, in one process, the model itself."""
+        processes = run.processes
+        model = self.model(config, engine)
+        trained = wrap_parallel(model, model.block, config.parallel, processes, config.device)
+        training = self.training(trained, config, parallel_batches(self.batches_on_device(config), processes))
+        run.evaluate = evaluation = _Evaluation(self, trained, config)
+        try:
+            result, metrics = run_steps(training, run, resume)
+        finally:
+            run.evaluate = None  # the run outlives this frame in train's; the evaluation holds the wrapped model
+        kept = None if processes.distributed else model
+        return Trained(kept, result, metrics, evaluation.cases, full_state(model), processes.is_main)
+
+    def run(self, config: Any, out: Path, progress: bool = True, resume: bool = False) -> Report:
+        """``jfb train NAME``: train (checkpoints in ``out``), evaluate, write the weights, the metrics, the rows
+        (and a plot)."""
         self.check_parallel(config.parallel)
         torchrun_needed(config.parallel)
         out = prepare_run_dir(out)
-        trained = self.train(config, progress=progress)
+        trained = self.train(config, progress=progress, out=out, resume=resume)
         result, metrics, rows = trained.result, trained.metrics, trained.rows
         summary = {
             "workload": self.name,
@@ -133,9 +171,26 @@ class Workload:
         return report
 
 
+class _Evaluation:
+    """``workload.evaluate(model, config)`` as the step loop calls it: the metrics, the per-case rows kept."""
+
+    def __init__(self, workload: Workload, model: nn.Module, config: Any) -> None:
+        self.workload, self.model, self.config = workload, model, config
+        self.cases: list[dict[str, Any]] = []
+
+    def __call__(self) -> dict[str, Any]:
+        metrics, self.cases = self.workload.evaluate(self.model, self.config)
+        return metrics
+
+
+def plain_config(config: Any) -> dict[str, Any]:
+    """``config`` as a dict of plain values (tuples as lists), as checkpoints hold it."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
 def saved_workload(workload: Workload, config: Any, trained: Trained) -> dict[str, Any]:
     """What a workload's ``model.pt`` holds: its name, config, whole weights and the metrics measured."""
-    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    plain = plain_config(config)
     return {"workload": workload.name, "config": plain, "model": trained.state, "metrics": trained.metrics}
 
 

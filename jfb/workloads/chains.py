@@ -23,9 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from ..settings import setting
-from .base import Placement, Workload
+from ..train.engine import Loss
+from .base import Placement, Workload, to_device
 from .engines import EngineFactory
-from .loop import Loss, to_device
 
 TEST_SEED_OFFSET = 10_000
 
@@ -103,7 +103,7 @@ class ChainsConfig(Placement):
     depth: int = setting(100, "forward iterations in training (layers, for unroll)")
     eval_depth: int = setting(300, "most iterations at test time (unroll: its depth is kept)")
     steps: int = setting(300, "training steps (a fresh graph each)")
-    lr: float = setting(1e-2, "peak learning rate (Adam, cosine)")
+    lr: float = setting(1e-2, "peak learning rate (of --schedule)")
     seed: int = setting(0, "seed of the weights and the graphs")
     test_lengths: tuple[int, ...] = setting((10, 20, 40), "path lengths of the test graphs")
     test_chains: int = setting(200, "paths per test graph")

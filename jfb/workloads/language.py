@@ -26,9 +26,9 @@ from torch import Tensor, nn
 from ..data.wikitext import is_wikitext_archive, read_wikitext
 from ..errors import JfbError
 from ..settings import setting
-from .base import Placement, Workload
+from ..train.engine import Loss
+from .base import Placement, Workload, to_device
 from .engines import EngineFactory
-from .loop import Loss, to_device
 
 VOCAB = 256  # bytes
 
@@ -142,7 +142,7 @@ class LanguageConfig(Placement):
     eval_depth: int = setting(30, "most iterations at validation")
     steps: int = setting(600, "training steps")
     batch_size: int = setting(32, "windows per step")
-    lr: float = setting(3e-3, "peak learning rate (Adam, cosine)")
+    lr: float = setting(3e-3, "peak learning rate (of --schedule)")
     seed: int = setting(0, "seed of the weights and the windows")
     valid_windows: int = setting(256, "validation windows")
     eval_tol: float = setting(1e-3, "relative residual at which a validation solve stops")

@@ -24,9 +24,9 @@ from torch import Tensor, nn
 
 from ..data.easy_to_hard import read_prefix_sums
 from ..settings import setting
-from .base import Placement, Workload
+from ..train.engine import Loss
+from .base import Placement, Workload, to_device
 from .engines import EngineFactory, zeros_like_state
-from .loop import Loss, to_device
 
 TEST_SEED_OFFSET = 10_000  # test strings come from seed + this: never the training strings
 
@@ -81,7 +81,7 @@ class PrefixSumsConfig(Placement):
     depth: int = setting(30, "forward iterations in training")
     steps: int = setting(400, "training steps (a fresh batch each)")
     batch_size: int = setting(128, "strings per step")
-    lr: float = setting(2e-3, "peak learning rate (Adam, cosine)")
+    lr: float = setting(2e-3, "peak learning rate (of --schedule)")
     seed: int = setting(0, "seed of the weights and the data")
     test_bits: tuple[int, ...] = setting((32, 48, 64, 128, 256), "lengths of the test strings")
     test_depths: tuple[int, ...] = setting((10, 20, 30, 60, 120, 240, 480), "most iterations at test time")

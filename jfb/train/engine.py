@@ -1,0 +1,223 @@
+"""The step engine: what every step-based training gets, read top to bottom.
+
+:class:`Training` is one optimiser step at a time (so a benchmark can interleave several models' steps) with
+the optimiser, schedule, clipping and bad-batch policy of :class:`StepSettings`. :func:`run_steps` drives it
+to the last step with atomic checkpoints every N steps (``last.pt``, the previous one kept as ``last.prev.pt``),
+an exact resume (weights, optimiser, schedule, step, RNG and the measurements so far), preemption (a SIGTERM
+finishes the step, writes ``last.pt`` and exits with status 75), a metrics row every N steps in
+``metrics.csv`` / ``metrics.jsonl`` (TensorBoard when installed), evaluation every N steps, and a progress bar.
+Under torchrun every process steps together; process 0 writes.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import JfbError
+from ..layer import ImplicitLayer
+from ..settings import setting
+from .preemption import signal_numbers
+
+#: ``loss(model, batch) -> (loss, mean forward iterations)``
+Loss = Callable[[nn.Module, object], tuple[Tensor, float]]
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
+BAD_BATCHES = ("raise", "skip")
+#: consecutive skipped batches after which training stops (``bad_batches="skip"``)
+MAX_BAD_BATCHES = 10
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How a step-based training optimises, checkpoints and reports (fields of every workload's config)."""
+
+    optimizer: str = setting("adam", "adam, adamw or sgd (momentum 0.9)", choices=OPTIMIZERS)
+    weight_decay: float = setting(0.0, "weight decay of the optimiser (decoupled for adamw)")
+    schedule: str = setting("cosine", "learning rate over the steps: cosine (to 0) or constant", choices=SCHEDULES)
+    clip: float | None = setting(1.0, "clip the gradient norm at this value (none: no clipping)")
+    bad_batches: str = setting(
+        "raise", "a non-finite loss: raise, or skip the step (stop after 10 in a row)", choices=BAD_BATCHES
+    )
+    checkpoint_every: int = setting(100, "write last.pt every N steps (0: only when preempted or done)")
+    log_every: int = setting(10, "a metrics row (train loss, iterations, time) every N steps")
+    eval_every: int = setting(0, "evaluate and add the metrics to the row every N steps (0: at the end only)")
+    preempt_signals: tuple[str, ...] = setting(
+        ("SIGTERM", "SIGUSR1"), "signals that finish the step, write last.pt and exit 75 (empty: none)"
+    )
+
+    def __post_init__(self) -> None:
+        signal_numbers(self.preempt_signals)
+        for name in ("checkpoint_every", "log_every", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise JfbError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.clip is not None and not self.clip > 0:
+            raise JfbError(f"clip must be > 0 or None, got {self.clip!r}")
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a training measured: the last loss (mean of the last tenth of the steps), seconds of all steps,
+    the median ms per step (warm-up steps left out), mean forward iterations, autograd MiB saved by a step,
+    the steps whose backward linear solve (IFT) missed its tolerance or failed, and the skipped steps."""
+
+    final_loss: float
+    seconds: float
+    ms_per_step: float
+    forward_iterations: float
+    saved_mib: float
+    losses: list[float]
+    backward_misses: int = 0
+    skipped: int = 0
+
+
+@contextmanager
+def saved_tensor_bytes() -> Iterator[list[int]]:
+    """Counts the bytes autograd saves for the backward pass inside the block (``total[0]``)."""
+    total = [0]
+
+    def pack(t: Tensor) -> Tensor:
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield total
+
+
+def step_optimizer(
+    settings: StepSettings, model: nn.Module, lr: float, steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The optimiser and the per-step schedule ``settings`` name."""
+    parameters, decay = model.parameters(), settings.weight_decay
+    if settings.optimizer == "adam":
+        optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=decay)
+    elif settings.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=decay)
+    else:
+        optimizer = torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=decay)
+    if settings.schedule == "cosine":
+        cosine = lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+
+
+@dataclass
+class Measurements:
+    """Per-step measurements so far (saved in ``last.pt``: a resumed run reports over all its steps)."""
+
+    losses: list[float] = field(default_factory=list)
+    iterations: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    saved: int = 0
+    backward_misses: int = 0
+    skipped: int = 0
+    consecutive_bad: int = 0
+
+
+class Training:
+    """One model's training, one step at a time: ``step(index)`` trains on batch ``index``; ``next_step`` is the
+    index the run continues from (after a resume, the step after the checkpoint's)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batch: Callable[[int], object],
+        loss: Loss,
+        steps: int,
+        lr: float,
+        settings: StepSettings | None = None,
+    ) -> None:
+        self.model, self.batch, self.loss, self.steps = model, batch, loss, steps
+        self.settings = settings or StepSettings()
+        self.optimizer, self.schedule = step_optimizer(self.settings, model, lr, steps)
+        self.cuda = next(model.parameters()).is_cuda  # then each timed step ends with a synchronisation
+        self.measured = Measurements()
+        self.next_step = 0
+
+    def step(self, index: int) -> float:
+        """Train on batch ``index``; the loss. A non-finite loss raises, or skips the step (``bad_batches``)."""
+        self.model.train()
+        start = time.perf_counter()
+        with saved_tensor_bytes() as total:
+            value, forward_iterations = self.loss(self.model, self.batch(index))
+        loss = value.item()
+        self.next_step = index + 1
+        if not math.isfinite(loss):
+            return self._bad_step(index, loss)
+        self.measured.consecutive_bad = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        if self.settings.clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip)
+        self.optimizer.step()
+        self.schedule.step()
+        if self.cuda:
+            torch.cuda.synchronize()
+        measured = self.measured
+        measured.seconds.append(time.perf_counter() - start)
+        measured.losses.append(loss)
+        measured.iterations.append(forward_iterations)
+        measured.saved = max(measured.saved, total[0])
+        measured.backward_misses += backward_missed(self.model)
+        return loss
+
+    def _bad_step(self, index: int, loss: float) -> float:
+        hint = "lower the learning rate or the depth"
+        if self.settings.bad_batches == "raise":
+            raise JfbError(f"the loss is {loss} at step {index}; {hint} (or --bad-batches skip)")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.measured.skipped += 1
+        self.measured.consecutive_bad += 1
+        if self.measured.consecutive_bad >= MAX_BAD_BATCHES:
+            raise JfbError(f"{MAX_BAD_BATCHES} consecutive steps had a non-finite loss (last: step {index}); {hint}")
+        return loss
+
+    def result(self, warmup: int = 3) -> FitResult:
+        """The summary so far; the first ``warmup`` steps are left out of the time."""
+        measured = self.measured
+        if not measured.losses:
+            raise JfbError("no step was trained (every one was skipped)")
+        timed = measured.seconds[warmup:] or measured.seconds
+        tail = measured.losses[-max(len(measured.losses) // 10, 1) :]
+        return FitResult(
+            final_loss=sum(tail) / len(tail),
+            seconds=sum(measured.seconds),
+            ms_per_step=1000 * statistics.median(timed),
+            forward_iterations=sum(measured.iterations) / len(measured.iterations),
+            saved_mib=measured.saved / 2**20,
+            losses=measured.losses,
+            backward_misses=measured.backward_misses,
+            skipped=measured.skipped,
+        )
+
+    def state(self) -> dict[str, Any]:
+        """Everything but the weights and the optimiser's state (those are gathered by :mod:`jfb.train.steps`)."""
+        rng = {"rng": torch.get_rng_state()}
+        if self.cuda:
+            rng["cuda_rng"] = torch.cuda.get_rng_state()
+        return {"step": self.next_step, "schedule": self.schedule.state_dict(), "measured": vars(self.measured), **rng}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.next_step = state["step"]
+        self.schedule.load_state_dict(state["schedule"])
+        self.measured = Measurements(**state["measured"])
+        torch.set_rng_state(state["rng"])
+        if self.cuda and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"])
+
+
+def backward_missed(model: nn.Module) -> bool:
+    """Whether a backward linear solve of the step just taken missed its tolerance or failed."""
+    return any(
+        isinstance(m, ImplicitLayer) and m.last_stats is not None and m.last_stats.backward.status.failed
+        for m in model.modules()
+    )

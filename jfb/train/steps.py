@@ -1,0 +1,192 @@
+"""The step loop: :func:`run_steps` drives a :class:`~jfb.train.engine.Training` from its next step to its last,
+with checkpoints, resume, preemption, metrics rows, evaluation and a progress bar (see :mod:`jfb.train.engine`).
+
+``last.pt`` holds the whole weights and optimiser state (gathered from every process under DDP or FSDP2 with
+``torch.distributed.checkpoint``'s full state dicts), the schedule, the step, the RNG and the measurements so
+far, plus ``workload``, ``config`` and ``metrics``, so ``jfb eval RUN/last.pt`` evaluates it like a finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..errors import ConvergenceWarning, JfbError
+from .checkpoint import load_resumable, previous_path, save_checkpoint
+from .distributed import Processes
+from .engine import FitResult, Training
+from .metrics import MetricsLog, StepRecord
+from .preemption import EXIT_PREEMPTED, Preempted, PreemptionWatch
+
+#: a resumed run may change these (where it runs, how often it writes); any other difference is refused
+CHANGEABLE_ON_RESUME = ("device", "parallel", "checkpoint_every", "log_every", "eval_every", "preempt_signals")
+Evaluation = Callable[[], dict[str, Any]]
+
+
+@dataclass
+class StepRun:
+    """Where and how a step loop runs: ``out`` (None: no files), the ``name`` and ``config`` saved with each
+    checkpoint, the processes, ``evaluate() -> metrics`` (None: none), the progress bar, the log."""
+
+    out: Path | None
+    name: str
+    config: dict[str, Any]
+    processes: Processes
+    evaluate: Evaluation | None = None
+    progress: bool = False
+    log: Callable[[str], None] = print
+
+
+def run_steps(training: Training, run: StepRun, resume: bool = False) -> tuple[FitResult, dict[str, Any]]:
+    """Train to the last step; the result and the final evaluation's metrics (empty without ``evaluate``)."""
+    metrics = MetricsLog(run.out, write=run.out is not None and run.processes.is_main, x="step") if run.out else None
+    if resume:
+        _resume(training, run, metrics)
+    settings, window = training.settings, _Window(training)
+    bar = tqdm(
+        range(training.next_step, training.steps),
+        total=training.steps,
+        initial=training.next_step,
+        desc=run.name,
+        disable=not run.progress,
+        leave=False,
+    )
+    with PreemptionWatch(settings.preempt_signals) as watch:
+        for index in bar:
+            loss = training.step(index)
+            bar.set_postfix(loss=f"{loss:.3f}", iters=f"{training.measured.iterations[-1]:.1f}", refresh=False)
+            done = index + 1
+            stop = run.processes.any(watch.received is not None)  # every process stops at the same step
+            evaluate = run.evaluate is not None and settings.eval_every and done % settings.eval_every == 0
+            if metrics is not None and done < training.steps and (evaluate or done % settings.log_every == 0):
+                metrics.append(StepRecord(done, {**window.take(), **(run.evaluate() if evaluate else {})}))
+            if stop:
+                _preempted(training, run, watch.received)
+            if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < training.steps:
+                save_last(training, run)
+    final = run.evaluate() if run.evaluate is not None else {}
+    if metrics is not None:
+        metrics.append(StepRecord(training.steps, {**window.take(), **final}))
+    _warn_misses(training, run.name)
+    return training.result(), final
+
+
+class _Window:
+    """The measurements since the last metrics row: mean loss and iterations, ms per step, learning rate."""
+
+    def __init__(self, training: Training) -> None:
+        self.training, self.start = training, len(training.measured.losses)
+
+    def take(self) -> dict[str, Any]:
+        measured, start = self.training.measured, self.start
+        self.start = len(measured.losses)
+        losses, seconds = measured.losses[start:], measured.seconds[start:]
+        if not losses:
+            return {}
+        return {
+            "train_loss": sum(losses) / len(losses),
+            "forward_iterations": sum(measured.iterations[start:]) / len(losses),
+            "ms_per_step": 1000 * sum(seconds) / len(seconds),
+            "lr": self.training.schedule.get_last_lr()[0],
+            "skipped": measured.skipped,
+            "backward_misses": measured.backward_misses,
+        }
+
+
+def save_last(training: Training, run: StepRun) -> None:
+    """``last.pt`` (the previous one kept as ``last.prev.pt``): every process gathers, process 0 writes."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state, optimizer_state = get_state_dict(_unwrapped(training.model), training.optimizer, options=options)
+    if run.out is None or not run.processes.is_main:
+        return
+    payload = {
+        "workload": run.name,
+        "config": run.config,
+        "model": model_state,
+        "metrics": {},
+        "optimizer": optimizer_state,
+        "training": training.state(),
+    }
+    save_checkpoint(run.out / "last.pt", payload, keep_previous=True)
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The module under DDP (its state dict keys without ``module.``); FSDP2 shards a module in place."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _one_name_each(model: nn.Module, state: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``state`` under one name per tensor: a module held twice (a workload's ``block`` is also its implicit
+    layer's ``operator``) is in the state dict under both names, and FSDP2's broadcast fails on the second.
+    JfbError when a tensor of the model is missing."""
+    saved = model.state_dict().keys()  # non-persistent buffers are not saved
+    names = [name for name, _ in (*model.named_parameters(), *model.named_buffers()) if name in saved]
+    missing = [name for name in names if name not in state]
+    if missing:
+        raise JfbError(f"{path} does not hold {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    return {name: state[name] for name in names}
+
+
+def _resume(training: Training, run: StepRun, metrics: MetricsLog | None) -> None:
+    """Continue from ``out/last.pt`` (or ``last.prev.pt``) when there is one; start fresh otherwise (so a
+    torchrun restart of a run that wrote nothing yet starts it)."""
+    last = run.out / "last.pt" if run.out is not None else None
+    if last is None or not (last.is_file() or previous_path(last).is_file()):
+        return
+    checkpoint, path = load_resumable(last, run.log)
+    if "training" not in checkpoint:
+        raise JfbError(f"{path} is not a resumable checkpoint of a step-based run (no optimiser state or step)")
+    changed = [
+        f"{key}: {checkpoint['config'].get(key)!r} -> {value!r}"
+        for key, value in run.config.items()
+        if key not in CHANGEABLE_ON_RESUME and checkpoint["config"].get(key) != value
+    ]
+    if checkpoint.get("workload") != run.name or changed:
+        what = "; ".join(changed) or f"workload {checkpoint.get('workload')!r}"
+        raise JfbError(f"{path} was written with other options ({what}); resume with those, or train into a new --out")
+    model = _unwrapped(training.model)
+    # under DDP or FSDP2 process 0's whole tensors are broadcast and each process keeps its shard
+    set_state_dict(
+        model,
+        training.optimizer,
+        model_state_dict=_one_name_each(model, checkpoint["model"], path),
+        optim_state_dict=checkpoint["optimizer"],
+        options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=run.processes.distributed, strict=False),
+    )
+    training.restore(checkpoint["training"])
+    if metrics is not None:
+        metrics.records = [r for r in _read_rows(run.out) if r.step <= training.next_step]
+    run.log(f"resumed from {path} at step {training.next_step} of {training.steps}")
+
+
+def _read_rows(out: Path) -> list[StepRecord]:
+    """The metrics rows written before the interruption (metrics.jsonl), to continue the files."""
+    path = out / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [StepRecord(row.pop("step"), row) for row in rows]
+
+
+def _preempted(training: Training, run: StepRun, received: str | None) -> None:
+    save_last(training, run)
+    where = f"step {training.next_step} of {training.steps}"
+    written = f"{run.out / 'last.pt'} written; rerun the same command with --resume" if run.out else "no --out"
+    run.log(f"preempted by {received or 'a signal to another process'} at {where}: {written} (exit {EXIT_PREEMPTED})")
+    raise Preempted(where)
+
+
+def _warn_misses(training: Training, name: str) -> None:
+    missed = training.measured.backward_misses
+    if missed:
+        message = f"{name}: the backward linear solve missed its tolerance in {missed} of {training.steps} steps"
+        warnings.warn(ConvergenceWarning(message), stacklevel=3)
