@@ -43,7 +43,7 @@ class StepSettings:
     optimizer: str = setting("adam", "adam, adamw or sgd (momentum 0.9)", choices=OPTIMIZERS)
     weight_decay: float = setting(0.0, "weight decay of the optimiser (decoupled for adamw)")
     schedule: str = setting("cosine", "learning rate over the steps: cosine (to 0) or constant", choices=SCHEDULES)
-    clip: float | None = setting(1.0, "clip the gradient norm at this value (none: no clipping)")
+    clip: float = setting(1.0, "clip the gradient norm at this value (0: no clipping)")
     bad_batches: str = setting(
         "raise", "a non-finite loss: raise, or skip the step (stop after 10 in a row)", choices=BAD_BATCHES
     )
@@ -60,8 +60,8 @@ class StepSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise JfbError(f"{name} must be an integer >= 0, got {value!r}")
-        if self.clip is not None and not self.clip > 0:
-            raise JfbError(f"clip must be > 0 or None, got {self.clip!r}")
+        if isinstance(self.clip, bool) or not isinstance(self.clip, int | float) or not self.clip >= 0:
+            raise JfbError(f"clip must be a number >= 0 (0: no clipping), got {self.clip!r}")
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ class Training:
         self.measured.consecutive_bad = 0
         self.optimizer.zero_grad(set_to_none=True)
         value.backward()
-        if self.settings.clip is not None:
+        if self.settings.clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip)
         self.optimizer.step()
         self.schedule.step()

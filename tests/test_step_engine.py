@@ -1,0 +1,78 @@
+"""The step engine's settings: optimiser, schedule, clipping and the bad-batch policy (today's defaults: Adam,
+cosine, clipping at 1, raise), checked on a linear model whose gradients are known."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from jfb.errors import JfbError
+from jfb.train.engine import MAX_BAD_BATCHES, StepSettings, Training
+
+
+def _training(steps: int = 4, bad: set[int] = frozenset(), **settings) -> Training:
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+
+    def loss(model: nn.Module, batch: int):
+        value = 100.0 * model(torch.ones(1, 3)).sum()  # gradient norm 100 * sqrt(4) = 200 before clipping
+        return (value * math.nan if batch in bad else value), 1.0
+
+    return Training(model, lambda index: index, loss, steps, 0.1, StepSettings(**settings))
+
+
+def test_the_defaults_are_adam_cosine_clipping_at_one_and_raise():
+    training = _training()
+    assert isinstance(training.optimizer, torch.optim.Adam) and training.settings.clip == 1.0
+    rates = []
+    for index in range(4):
+        training.step(index)
+        rates.append(training.schedule.get_last_lr()[0])
+    assert rates == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(1, 5)])
+
+
+def test_sgd_constant_and_no_clipping_take_the_plain_gradient_step():
+    clipped, plain = (
+        _training(optimizer="sgd", schedule="constant"),
+        _training(optimizer="sgd", schedule="constant", clip=0),
+    )
+    before = plain.model.bias.detach().clone()
+    clipped.step(0), plain.step(0)
+    assert isinstance(plain.optimizer, torch.optim.SGD) and plain.schedule.get_last_lr() == [0.1]
+    assert float(before - plain.model.bias.detach()) == pytest.approx(0.1 * 100.0)  # the whole gradient: no clipping
+    clipped_step = float(before - clipped.model.bias.detach())
+    assert clipped_step == pytest.approx(0.1 * 100.0 / 200.0, rel=1e-5)  # the gradient's norm clipped to 1
+
+
+def test_a_non_finite_loss_raises_by_default_and_is_skipped_on_request():
+    with pytest.raises(JfbError, match=r"the loss is nan at step 1; .*--bad-batches skip"):
+        training = _training(bad={1})
+        for index in range(3):
+            training.step(index)
+    training = _training(bad={1}, bad_batches="skip")
+    training.step(0)
+    weights = training.model.weight.detach().clone()
+    training.step(1)
+    assert torch.equal(weights, training.model.weight) and training.measured.skipped == 1
+    training.step(2)
+    assert training.result().skipped == 1 and len(training.result().losses) == 2
+    training = _training(steps=20, bad=set(range(20)), bad_batches="skip")
+    with pytest.raises(JfbError, match=f"{MAX_BAD_BATCHES} consecutive steps had a non-finite loss"):
+        for index in range(20):
+            training.step(index)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"checkpoint_every": -1}, "checkpoint_every must be an integer >= 0"),
+        ({"clip": -1.0}, "clip must be a number >= 0"),
+        ({"preempt_signals": ("SIGKILL",)}, "'SIGKILL' is not a signal training can catch"),
+    ],
+)
+def test_bad_settings_are_refused_in_one_line(change, message):
+    with pytest.raises(JfbError, match=message):
+        StepSettings(**change)
