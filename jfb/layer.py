@@ -23,7 +23,6 @@ from .equilibrium import (
     ImplicitStats,
     SolvePolicy,
     check_compatible,
-    resolve_call_options,
     solve_equilibrium,
 )
 from .errors import JfbError
@@ -217,3 +216,17 @@ class ImplicitLayer(LastCallAttributes, nn.Module):
     def extra_repr(self) -> str:
         evaluation = "" if self.eval_options is None else f", eval_options={self.eval_options}"
         return f"backward={self.backward_mode!r}, options={self.options}{evaluation}"
+
+
+def resolve_call_options(base: SolveOptions, changes: list[Mapping[str, Any]], solve: Any) -> SolveOptions:
+    """``base`` with the ``solving`` blocks' ``changes``, then this call's ``solve`` (options or changes)."""
+    options = base
+    for change in changes:
+        options = options.replace(**change)
+    if isinstance(solve, SolveOptions):
+        return solve
+    if solve is not None:
+        if not isinstance(solve, Mapping):
+            raise JfbError(f"solve must be a jfb.SolveOptions or a mapping of fields to change, got {solve!r}")
+        options = options.replace(**solve)
+    return options

@@ -11,6 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "jfb"
 CORE = [
     "layer.py",
     "equilibrium.py",
+    "failures.py",
     "binding.py",
     "registry.py",
     "deprecation.py",
@@ -115,3 +116,16 @@ def test_no_import_circle_in_the_package():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+def test_modules_and_functions_stay_short():
+    """No module of the package over 300 lines, no function over 60."""
+    long_modules, long_functions = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > 300:
+            long_modules.append(path.relative_to(PACKAGE).as_posix())
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 60:
+                long_functions.append(f"{path.relative_to(PACKAGE).as_posix()}:{node.name}")
+    assert not long_modules and not long_functions, (long_modules, long_functions)

@@ -12,8 +12,8 @@ from training import SMALL, config_of, quiet
 import jfb
 from jfb.cli.flags import values_of
 from jfb.cli.main import build_parser
+from jfb.cli.train_settings import TrainSettings
 from jfb.train import TrainConfig, fit, setup_run
-from jfb.train.config import TrainSettings
 
 #: a value other than the default for every SolveOptions field, as TOML writes it and as a flag does
 EVERY_FIELD = {

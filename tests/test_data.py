@@ -140,14 +140,14 @@ def test_normalised_batches_and_no_test_augmentation(monkeypatch):
     # the evaluation path itself: evaluate() of an augmented run asks for unaugmented, unshuffled batches
     from training import config_of
 
-    import jfb.train.loop as loop
+    import jfb.train.evaluation as evaluation
     from jfb.train.setup import build_from_config, input_normalizer
 
     calls = []
-    monkeypatch.setattr(loop, "batches", lambda *args, **kwargs: calls.append(kwargs) or batches(*args, **kwargs))
+    monkeypatch.setattr(evaluation, "batches", lambda *args, **kwargs: calls.append(kwargs) or batches(*args, **kwargs))
     config = config_of(augment=True, limit_test=200, batch_size=100, solver="picard", tol=None, max_iter=2)
     model = build_from_config(config)
-    loop.evaluate(model, test.subset(200), config, input_normalizer(config))
+    evaluation.evaluate(model, test.subset(200), config, input_normalizer(config))
     assert len(calls) == 1 and calls[0].get("augment") is None and calls[0].get("shuffle_seed") is None
     assert not model.training
 

@@ -26,11 +26,11 @@ from hypothesis import strategies as st
 import jfb
 import jfb.cli.commands as commands
 from jfb.cli.main import build_parser, main
+from jfb.cli.train_settings import TrainSettings
 from jfb.errors import JfbError
 from jfb.safe_load import load_tensors_only
 from jfb.solvers.options import option_names
 from jfb.train import TrainConfig, load_checkpoint
-from jfb.train.config import TrainSettings
 
 CHECKPOINT = Path(__file__).resolve().parent / "fixtures" / "checkpoints" / "torch-jfb-3" / "last.pt"
 FIELDS = [f for f in TrainConfig.__dataclass_fields__ if f not in ("solve", "eval_solve")]

@@ -70,6 +70,9 @@ def test_a_non_finite_loss_raises_by_default_and_is_skipped_on_request():
     [
         ({"checkpoint_every": -1}, "checkpoint_every must be an integer >= 0"),
         ({"clip": -1.0}, "clip must be a number >= 0"),
+        ({"log_every": 0}, "log_every must be an integer >= 1"),
+        ({"optimizer": 3}, "optimizer must be a string, got 3"),
+        ({"optimizer": "adan"}, "unknown optimizer 'adan'; choose one of adam, adamw, sgd .did you mean 'adam'"),
         ({"preempt_signals": ("SIGKILL",)}, "'SIGKILL' is not a signal training can catch"),
     ],
 )

@@ -125,7 +125,7 @@ def test_the_jacobian_penalty_shrinks_the_jacobian_and_correction_adds_its_itera
 
 def test_packaged_recipes_load_by_name_and_unknown_names_list_them():
     from jfb.train import load_target
-    from jfb.train.config import packaged_recipes
+    from jfb.train.recipes import packaged_recipes
 
     assert {"mnist", "mnist-long"} <= set(packaged_recipes())
     long = TrainConfig.from_dict(load_target("mnist-long")[0])

@@ -30,11 +30,11 @@ from ..reports import Report
 from ..settings import setting
 from ..train import EvalSettings, ImportSettings, TrainConfig, evaluate_checkpoint, import_reference, train
 from ..train.checkpoint import load_checkpoint
-from ..train.config import TrainSettings
 from ..train.setup import Log
 from ..workloads import WORKLOADS, Workload
 from ..workloads.base import evaluate_saved, is_workload_checkpoint
 from .flags import values_of
+from .train_settings import TrainSettings
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from ..files import prepare_run_dir
 from ..reports import Report, markdown_table, write_report
 from ..settings import setting
 from ..train import EpochRecord, TrainConfig, TrainResult, load_target, train
-from ..train.config import merge_settings, migrate_legacy_keys
+from ..train.recipes import merge_settings, migrate_legacy_keys
 
 COMPARISON_BUDGET = {"epochs": 7, "augment": False, "lr": 3e-3}
 #: the forward solve every compared run uses unless the command line overrides it: a tolerance-based

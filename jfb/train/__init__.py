@@ -5,9 +5,11 @@ scripts can change a run between setting it up and fitting it.
 """
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig, load_target
-from .evaluation import EvalSettings, evaluate_checkpoint
-from .loop import TrainingStopped, evaluate, fit, train, train_one_epoch
+from .classifier_step import TrainingStopped
+from .config import TrainConfig
+from .evaluation import EvalSettings, evaluate, evaluate_checkpoint
+from .loop import fit, train, train_one_epoch
+from .recipes import load_target
 from .records import EpochRecord, PassSummary, TrainResult
 from .reference import ImportSettings, import_reference
 from .setup import Data, Run, build_from_config, input_normalizer, load_data, make_optimizer, restore_model, setup_run

@@ -4,31 +4,25 @@ from __future__ import annotations
 
 import copy
 import difflib
-import time
-import tomllib
-import types
-import typing
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 from typing import Any
 
 from ..backward import get_backward
-from ..data import DATASETS, Augmentation, dataset_info
+from ..data import Augmentation, dataset_info
 from ..errors import JfbError, unknown_name
 from ..models.blocks import LATENT_NORMS
 from ..precision import check_precision
-from ..settings import NONE, setting
+from ..settings import NONE, check_ranges, check_types, setting
 from ..solvers import SolveOptions
 from ..solvers.options import option_names
 from .preemption import signal_numbers
+from .recipes import flat_settings, migrate_legacy_keys
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 DEVICES = ("cpu", "cuda")
 INITS = ("zeros", "random", "mixed", "learned")
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 #: options a resumed run may change (a run may move between CPU and GPU; bit-identity holds only on one device)
 RUNTIME_OPTIONS = ("threads", "checkpoint_every", "data_dir", "device", "preempt_signals", "dist_timeout_s")
 
@@ -36,9 +30,6 @@ RUNTIME_OPTIONS = ("threads", "checkpoint_every", "data_dir", "device", "preempt
 #: the training solve where a configuration does not say otherwise: Anderson to a relative tolerance of 1e-2,
 #: at most 50 deep (the packaged MNIST recipe runs Picard at a fixed depth instead)
 TRAINING_SOLVE = SolveOptions(solver="anderson", tol=1e-2, max_iter=50, stop_mode="rel")
-#: the flat keys of torch-jfb 0.1 configurations and checkpoints, and where they live now
-LEGACY_SOLVE_KEYS = ("solver", "tol", "max_iter", "stop_mode", "freeze_converged", "solver_options")
-LEGACY_EVAL_KEYS = {"eval_tol": "tol", "eval_max_iter": "max_iter"}
 
 
 @dataclass
@@ -129,7 +120,7 @@ class TrainConfig:
         return self.arch or self.dataset
 
     def validate(self) -> None:
-        check_field_types(self)
+        check_types(self, skip=("solve", "eval_solve"))
         checks = self._range_checks()
         if self.gamma is not None and not 0 < self.gamma <= 1:
             raise JfbError(f"gamma must be in (0, 1], got {self.gamma!r}")
@@ -150,9 +141,7 @@ class TrainConfig:
             raise JfbError("init needs model 'implicit' (it is where the fixed-point solve starts)")
         if self.warm_start and self.model != "implicit":
             raise JfbError("warm_start needs model 'implicit' (an explicit network has no fixed point to reuse)")
-        for ok, name, requirement in checks:
-            if not ok:
-                raise JfbError(f"{name} must be {requirement}, got {getattr(self, name)!r}")
+        check_ranges(self, checks)
         for name, allowed in (
             ("optimizer", OPTIMIZERS),
             ("schedule", SCHEDULES),
@@ -213,7 +202,7 @@ class TrainConfig:
         """``name: old -> new`` for every option that differs from ``saved`` (a checkpoint's configuration) and
         changes the numbers: threads, checkpoint frequency and data location may differ, and options an older
         checkpoint lacks count as equal."""
-        mine, theirs = _flat(self.to_dict()), _flat(migrate_legacy_keys(saved))
+        mine, theirs = flat_settings(self.to_dict()), flat_settings(migrate_legacy_keys(saved))
         keys = [*theirs, *(k for k in mine if k.startswith("eval_solve.") and k not in theirs)]  # unset: as training
         return [
             f"{key} {theirs.get(key)!r} -> {mine.get(key)!r}"
@@ -259,46 +248,6 @@ class TrainConfig:
         )
 
 
-#: the largest integer a setting takes: a value beyond it is a typo or an overflow, never a plan
-LARGEST_INTEGER = 2**31 - 1
-
-
-def check_field_types(config: TrainConfig) -> None:
-    """JfbError naming the first field whose value is not of its annotated type (before any comparison)."""
-    hints = typing.get_type_hints(TrainConfig)
-    for f in fields(config):
-        value, hint = getattr(config, f.name), hints[f.name]
-        if f.name in ("solve", "eval_solve") or _of_type(value, hint):
-            continue
-        raise JfbError(f"{f.name} must be {_type_words(hint)}, got {value!r}")
-
-
-def _of_type(value: Any, hint: Any) -> bool:
-    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if value is None:
-        return type(None) in kinds
-    return any(_of_kind(value, kind) for kind in kinds)
-
-
-def _of_kind(value: Any, kind: Any) -> bool:
-    if isinstance(value, bool) or kind is bool:
-        return kind is bool and isinstance(value, bool)
-    if isinstance(value, int) and kind in (int, float):
-        return abs(value) <= LARGEST_INTEGER
-    if kind is float:
-        return isinstance(value, float)
-    if typing.get_origin(kind) is tuple:
-        return isinstance(value, (tuple, list)) and all(isinstance(item, str) for item in value)
-    return isinstance(value, kind)
-
-
-def _type_words(hint: Any) -> str:
-    words = {bool: "true or false", int: f"an integer (at most {LARGEST_INTEGER})", float: "a number", str: "a string"}
-    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    named = [words.get(kind, "a list of names") for kind in kinds if kind is not type(None)]
-    return " or ".join(named) + (' or "none"' if type(None) in kinds else "")
-
-
 def solve_table(table: Mapping[str, Any], name: str) -> dict[str, Any]:
     """A TOML table (or flags) of SolveOptions fields as keywords: names checked, ``"none"`` read as None."""
     if isinstance(table, SolveOptions):
@@ -307,31 +256,6 @@ def solve_table(table: Mapping[str, Any], name: str) -> dict[str, Any]:
         if key not in option_names():
             raise unknown_name(f"option of [{name}]", key, option_names())
     return {key: None if isinstance(value, str) and value.lower() == NONE else value for key, value in table.items()}
-
-
-def migrate_legacy_keys(values: dict[str, Any], warn_from: str | None = None) -> dict[str, Any]:
-    """torch-jfb 0.1's flat solve keys (``solver``, ``tol``, ``fixed_depth``, ``eval_tol``, ...) moved into the
-    ``solve`` and ``eval_solve`` tables; checkpoints are read silently, a TOML file with a warning."""
-    legacy = [k for k in (*LEGACY_SOLVE_KEYS, "fixed_depth", *LEGACY_EVAL_KEYS) if k in values]
-    if not legacy:
-        return values
-    if warn_from is not None:
-        warnings.warn(
-            f"{warn_from}: keys {', '.join(legacy)} are torch-jfb 0.1's; write them in the [solve] and [eval_solve] "
-            'tables (fixed_depth = true is tol = "none"); see CHANGELOG.md',
-            FutureWarning,
-            stacklevel=3,
-        )
-    values = dict(values)
-    for table in ("solve", "eval_solve"):
-        if not isinstance(values.get(table, {}), Mapping):
-            raise JfbError(f"{table} must be a table of solve options, got {values[table]!r}")
-    solve = {**{k: values.pop(k) for k in LEGACY_SOLVE_KEYS if k in values}, **values.get("solve", {})}
-    if values.pop("fixed_depth", False):
-        solve["tol"] = None
-    evaluation = {new: values.pop(old) for old, new in LEGACY_EVAL_KEYS.items() if values.get(old) is not None}
-    values.pop("eval_tol", None), values.pop("eval_max_iter", None)
-    return {**values, "solve": solve, "eval_solve": {**evaluation, **values.get("eval_solve", {})}}
 
 
 def _closest_key(key: str, known: list[str]) -> str:
@@ -344,74 +268,5 @@ def _closest_key(key: str, known: list[str]) -> str:
     return f"; did you mean {close[0]!r} in the [solve] table (or [eval_solve]; flags --{close[0].replace('_', '-')})?"
 
 
-def merge_settings(*layers: dict[str, Any]) -> dict[str, Any]:
-    """Configuration values, later layers winning; the ``solve`` and ``eval_solve`` tables merged key by key."""
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        for key, value in layer.items():
-            table = key in ("solve", "eval_solve") and isinstance(value, Mapping)
-            merged[key] = {**merged.get(key, {}), **value} if table else value
-    return merged
-
-
-def _flat(values: dict[str, Any]) -> dict[str, Any]:
-    """``{"solve": {"tol": 1}}`` -> ``{"solve.tol": 1}``."""
-    flat = {}
-    for key, value in values.items():
-        if key in ("solve", "eval_solve") and isinstance(value, Mapping):
-            flat |= {f"{key}.{k}": v for k, v in value.items()}
-        else:
-            flat[key] = value
-    return flat
-
-
 #: the fields a TOML file or a flag may clear with "none"
 _NULLABLE = frozenset(f.name for f in fields(TrainConfig) if f.default is None)
-
-
-def packaged_recipes() -> list[str]:
-    """The configurations shipped in ``jfb/configs`` (a dataset's default, and named recipes such as ``mnist-long``)."""
-    return sorted(path.stem for path in CONFIG_DIR.glob("*.toml"))
-
-
-def load_target(target: str) -> tuple[dict[str, Any], str]:
-    """The settings a dataset name (its packaged config, if any) or a .toml file stands for, and their source."""
-    path = Path(target)
-    if path.suffix == ".toml":
-        if not path.is_file():
-            raise JfbError(f"config file {path} does not exist")
-    elif target in DATASETS or target in packaged_recipes():
-        path = CONFIG_DIR / f"{target}.toml"
-        if not path.is_file():
-            return {"dataset": target}, "options"
-    else:
-        choices = ", ".join(dict.fromkeys([*DATASETS, *packaged_recipes()]))
-        raise JfbError(f"unknown dataset or config {target!r}; choose one of {choices} or a .toml file")
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f), str(path)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise JfbError(f"{path} is not a valid TOML file ({error})") from None
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """What ``jfb train`` takes besides the configuration fields it may override."""
-
-    target: str = setting(
-        help="mnist, svhn, cifar10, a packaged recipe (mnist-long), a .toml file, or a workload "
-        "(prefix-sums, chains, lm: see jfb train NAME --help)",
-        positional=True,
-    )
-    out: str | None = setting(None, "run dir (default runs/DATASET-TIME)")
-    resume: bool = setting(False, "continue from RUN_DIR/last.pt")
-
-    def config(self, overrides: dict[str, Any]) -> TrainConfig:
-        """The target's configuration with ``overrides`` (options given on the command line) applied; the
-        ``solve`` and ``eval_solve`` tables are merged key by key."""
-        values, source = load_target(self.target)
-        values = migrate_legacy_keys(values, warn_from=source if source.endswith(".toml") else None)
-        return TrainConfig.from_dict(merge_settings(values, overrides), source=source)
-
-    def run_dir(self, config: TrainConfig) -> Path:
-        return Path(self.out or f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import JfbError
+from ..errors import JfbError, unknown_name
 from ..layer import ImplicitLayer
-from ..settings import setting
+from ..settings import check_ranges, check_types, setting
 from .preemption import signal_numbers
 
 #: ``loss(model, batch) -> (loss, mean forward iterations)``
@@ -55,13 +55,22 @@ class StepSettings:
     )
 
     def __post_init__(self) -> None:
+        """One validation style for every settings class: types first, then ranges (one line each)."""
+        check_types(self)
+        check_ranges(
+            self,
+            [
+                (self.weight_decay >= 0, "weight_decay", "a number >= 0"),
+                (self.clip >= 0, "clip", "a number >= 0 (0: no clipping)"),
+                (self.checkpoint_every >= 0, "checkpoint_every", "an integer >= 0"),
+                (self.log_every >= 1, "log_every", "an integer >= 1"),
+                (self.eval_every >= 0, "eval_every", "an integer >= 0"),
+            ],
+        )
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("bad_batches", BAD_BATCHES)):
+            if getattr(self, name) not in allowed:
+                raise unknown_name(name, getattr(self, name), allowed)
         signal_numbers(self.preempt_signals)
-        for name in ("checkpoint_every", "log_every", "eval_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise JfbError(f"{name} must be an integer >= 0, got {value!r}")
-        if isinstance(self.clip, bool) or not isinstance(self.clip, int | float) or not self.clip >= 0:
-            raise JfbError(f"clip must be a number >= 0 (0: no clipping), got {self.clip!r}")
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,24 @@
-"""``jfb eval``: the test accuracy of a checkpoint, optionally with other evaluation solve settings."""
+"""Evaluation: :func:`evaluate` measures a split in eval mode; ``jfb eval`` (:func:`evaluate_checkpoint`) the test
+accuracy of a checkpoint, optionally with other evaluation solve settings."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..precision import CHOICES, resolve
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..data import Split, batches
+from ..precision import CHOICES, autocast, resolve
 from ..settings import setting
-from .config import DEVICES
-from .loop import evaluate
-from .setup import Log, load_data, restore_model
+from .config import DEVICES, TrainConfig
+from .distributed import Processes
+from .records import EpochStats, PassSummary
+from .setup import Log, load_data, memory_format, restore_model
 
 
 @dataclass(frozen=True)
@@ -69,3 +77,31 @@ def evaluate_checkpoint(settings: EvalSettings, progress: bool = True, log: Log 
         f"{summary['precision']}"
     )
     return summary
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    config: TrainConfig,
+    normalize,
+    progress: bool = False,
+    desc: str = "eval",
+    processes: Processes | None = None,
+) -> PassSummary:
+    """Accuracy and loss in eval mode (running BatchNorm statistics, no dropout), never augmented.
+
+    In a distributed run each process evaluates every ``world_size``-th sample and the sums are combined.
+    """
+    processes = processes or Processes()
+    model.eval()  # the layer solves with the evaluation options
+    stats = EpochStats()
+    shard = split.shard(processes.rank, processes.world_size)
+    steps = math.ceil(len(shard) / config.batch_size)
+    data = batches(shard, config.batch_size, normalize, device=config.device)
+    for inputs, labels in tqdm(data, total=steps, desc=desc, disable=not progress, leave=False):
+        with autocast(config.device, config.evaluation_precision):
+            prediction = model(inputs.contiguous(memory_format=memory_format(config)), details=True)
+        logits = prediction.logits.float()
+        stats.add(nn.functional.cross_entropy(logits, labels), logits, labels, prediction.equilibrium)
+    return stats.reduced(processes).summary()

@@ -4,33 +4,26 @@
 
 from __future__ import annotations
 
-import math
 import time
 import traceback
 from contextlib import nullcontext
 from pathlib import Path
 
-import torch
-from torch import nn
 from tqdm import tqdm
 
 from ..backward import get_backward
-from ..data import Split, batches
+from ..data import batches
 from ..errors import JfbError
-from ..frozen import frozen_running_stats
-from ..models import ImplicitClassifier, Prediction, count_parameters
-from ..precision import autocast
+from ..models import count_parameters
 from .checkpoint import load_checkpoint
+from .classifier_step import TrainingStopped, train_step
 from .config import TrainConfig
-from .distributed import Processes, main_process_only, start_processes, stop_processes
+from .distributed import main_process_only, start_processes, stop_processes
+from .evaluation import evaluate
 from .metrics import plot_curves
 from .preemption import EXIT_PREEMPTED, Preempted, PreemptionWatch
-from .records import EpochRecord, EpochStats, PassSummary, Position, TrainResult
-from .setup import Log, Run, build_from_config, evaluated_weights, memory_format, setup_run
-
-
-class TrainingStopped(RuntimeError):
-    """Too many consecutive bad batches (non-finite loss, diverged or non-finite fixed point)."""
+from .records import EpochRecord, EpochStats, Position, TrainResult
+from .setup import Log, Run, build_from_config, evaluated_weights, setup_run
 
 
 def train(
@@ -217,130 +210,3 @@ def _stop_preempted(run: Run) -> None:
         f"written; rerun the same command with --resume to continue (exit status {EXIT_PREEMPTED})"
     )
     raise Preempted(where)
-
-
-def train_step(run: Run, inputs: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> bool:
-    """One optimiser step; False (and no step) on a bad batch on any process.
-
-    Under DDP each process gets one shard of every global batch, and its mean loss is weighted
-    by its share of the global batch, so that DDP's average of the gradients is the gradient
-    of the mean loss over the global batch (shards can differ by one sample).
-    """
-    config, model, position = run.config, run.model, run.position
-    buffers = [b.clone() for b in model.buffers()]  # BatchNorm statistics: a few KB
-    inputs = inputs.contiguous(memory_format=memory_format(config))
-    if config.lipschitz_rescale:
-        rescale_operator(model, inputs)
-    with autocast(config.device, config.precision):
-        prediction: Prediction = run.engine(inputs, details=True, **_solve_arguments(run, index))
-    logits = prediction.logits.float()
-    loss = nn.functional.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
-    run.optimizer.zero_grad(set_to_none=True)
-    signalled = run.preemption is not None and run.preemption.received is not None
-    bad, run.stop_requested = run.processes.any_of([_bad_batch(prediction, loss), signalled])  # one collective
-    if bad:
-        _skip_bad_batch(run, buffers)
-        return False
-    position.consecutive_bad = 0
-    global_batch = min(config.batch_size, len(run.data.train) - position.step * config.batch_size)
-    loss_share = (loss + _regularization(prediction, labels, config)) * (
-        labels.shape[0] * run.processes.world_size / global_batch
-    )
-    if run.scaler is None:
-        loss_share.backward()
-        run.optimizer.step()
-    else:  # fp16: a step whose scaled gradients overflowed is skipped by the scaler, and the scale lowered
-        run.scaler.scale(loss_share).backward()
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-    run.scheduler.step()
-    if run.average is not None:
-        run.average.update(model)
-    equilibrium = prediction.equilibrium
-    position.stats.add(loss.detach(), logits.detach(), labels, equilibrium)  # after backward: J products counted
-    if run.warm_starts is not None:
-        run.warm_starts.store(index, equilibrium.fixed_point)
-    return True
-
-
-def _solve_arguments(run: Run, index: torch.Tensor) -> dict:
-    """What an implicit model's call takes besides the batch: a warm start, the scheduled depth's options."""
-    config, arguments = run.config, {}
-    if run.warm_starts is not None:
-        arguments["u0"] = run.warm_starts.initial(index, config.device, memory_format(config))
-    if config.depth_start is not None and isinstance(run.model, ImplicitClassifier):
-        arguments["solve"] = config.training_options(epoch=run.position.epoch)
-    return {k: v for k, v in arguments.items() if v is not None}
-
-
-def _regularization(prediction: Prediction, labels: torch.Tensor, config: TrainConfig) -> torch.Tensor | float:
-    """The Jacobian penalty, the fixed-point correction loss and the learned initial state's loss of the step's
-    forward pass (0 without them)."""
-    total: torch.Tensor | float = 0.0
-    if config.jacobian_penalty and prediction.equilibrium is not None:
-        total = total + config.jacobian_penalty * prediction.equilibrium.jacobian_penalty
-    if prediction.correction_logits:
-        losses = [nn.functional.cross_entropy(logits.float(), labels) for logits in prediction.correction_logits]
-        total = total + config.correction_weight * torch.stack(losses).mean()
-    if prediction.initial_state_loss is not None:
-        total = total + config.init_weight * prediction.initial_state_loss.float()
-    return total
-
-
-def _skip_bad_batch(run: Run, buffers: list[torch.Tensor]) -> None:
-    """No optimiser step on a bad batch, and the running statistics that its forward pass already
-    updated are restored: the model stays the last good one."""
-    for buffer, saved in zip(run.model.buffers(), buffers):
-        buffer.copy_(saved)
-    position = run.position
-    position.stats.skipped += 1
-    position.consecutive_bad += 1
-    if position.consecutive_bad >= run.config.max_bad_batches:
-        raise TrainingStopped(
-            f"{position.consecutive_bad} consecutive batches had a non-finite loss or a diverged or non-finite "
-            f"fixed point (epoch {position.epoch + 1})"
-        )
-
-
-@torch.no_grad()
-def rescale_operator(model: ImplicitClassifier, inputs: torch.Tensor) -> None:
-    """The paper's contraction control before a training solve (``--lipschitz-rescale``), at u = 0."""
-    with frozen_running_stats(model.embedding):
-        q = model.embedding(inputs)
-    model.operator.rescale_to_lipschitz(torch.zeros_like(q), q)
-
-
-def _bad_batch(prediction: Prediction, loss: torch.Tensor) -> bool:
-    """A non-finite loss, or a forward solve that diverged or met a non-finite value: T(u) there
-    is no fixed point, and the JFB gradient at it says nothing about the loss."""
-    if prediction.equilibrium is not None and prediction.equilibrium.stats.status.no_fixed_point:
-        return True
-    return not bool(torch.isfinite(loss))
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    split: Split,
-    config: TrainConfig,
-    normalize,
-    progress: bool = False,
-    desc: str = "eval",
-    processes: Processes | None = None,
-) -> PassSummary:
-    """Accuracy and loss in eval mode (running BatchNorm statistics, no dropout), never augmented.
-
-    In a distributed run each process evaluates every ``world_size``-th sample and the sums are combined.
-    """
-    processes = processes or Processes()
-    model.eval()  # the layer solves with the evaluation options
-    stats = EpochStats()
-    shard = split.shard(processes.rank, processes.world_size)
-    steps = math.ceil(len(shard) / config.batch_size)
-    data = batches(shard, config.batch_size, normalize, device=config.device)
-    for inputs, labels in tqdm(data, total=steps, desc=desc, disable=not progress, leave=False):
-        with autocast(config.device, config.evaluation_precision):
-            prediction = model(inputs.contiguous(memory_format=memory_format(config)), details=True)
-        logits = prediction.logits.float()
-        stats.add(nn.functional.cross_entropy(logits, labels), logits, labels, prediction.equilibrium)
-    return stats.reduced(processes).summary()

@@ -22,10 +22,11 @@ from ..models import architecture, build_model, count_parameters
 from ..precision import grad_scaler
 from .averaging import WeightAverage
 from .checkpoint import load_checkpoint, load_resumable, previous_path, save_checkpoint
-from .config import TrainConfig, merge_settings, migrate_legacy_keys
+from .config import TrainConfig
 from .distributed import Processes, synchronize_batch_norm
 from .metrics import MetricsLog
 from .preemption import PreemptionWatch
+from .recipes import merge_settings, migrate_legacy_keys
 from .records import EpochRecord, EpochStats, Position
 from .warm_starts import WarmStarts
 
