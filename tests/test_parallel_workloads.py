@@ -25,7 +25,7 @@ CELL_STEPS = {"lm": 20, "prefix-sums": 10}
 
 
 def _run(out: Path, name: str, mode: str, **options) -> dict:
-    folder = out / f"{name}-{mode}-{options.get('depth', 'default')}"
+    folder = out / f"{name}-{mode}-{options.get('depth', 'default')}-{options.get('engine', 'jfb')}"
     folder.mkdir()
     succeed([*TORCHRUN, str(WORKER), name, mode, str(folder), json.dumps(options)])
     return torch.load(folder / f"{mode}.pt", weights_only=True)
@@ -73,6 +73,14 @@ def test_a_preempted_parallel_run_resumes_to_the_uninterrupted_weights(runs, tmp
     resumed, whole = torch.load(folder / f"{mode}.pt", weights_only=True), runs[("lm", mode)]
     assert resumed["losses"] == whole["losses"]
     assert all(torch.equal(resumed["state"][k], whole["state"][k]) for k in whole["state"])
+
+
+@pytest.mark.parametrize("engine", ["ift", "unroll"])
+def test_the_exact_gradient_engines_agree_under_ddp_and_fsdp(tmp_path, engine):
+    """The other engines' torchrun cells (jfb's are the runs above): prefix sums, 4 steps."""
+    ddp, fsdp = (_run(tmp_path, "prefix-sums", mode, steps=4, engine=engine) for mode in ("ddp", "fsdp"))
+    assert max((ddp["state"][k] - fsdp["state"][k]).abs().max().item() for k in ddp["state"]) < 1e-4
+    assert ddp["losses"] == pytest.approx(fsdp["losses"], rel=1e-4)
 
 
 def test_fsdp_all_gathers_do_not_grow_with_solver_iterations(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -200,3 +201,15 @@ def test_prefix_sums_train_and_test_on_the_easy_to_hard_files(tmp_path):
         read_prefix_sums(root, 32)
     with pytest.raises(JfbError, match="no such file"):
         read_prefix_sums(root, 64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["jfb", "ift", "unroll"])
+@pytest.mark.parametrize("name", sorted(WORKLOADS))
+def test_every_workload_trains_under_every_engine_on_one_process(name, engine):
+    """The one-process cells of the documented matrix (the torchrun cells: test_parallel_workloads.py)."""
+    workload = get_workload(name)
+    config = workload.config(**{**workload.smoke, "steps": 3, "engine": engine})
+    trained = workload.train(config, log=lambda _: None)
+    assert len(trained.result.losses) == 3 and all(math.isfinite(loss) for loss in trained.result.losses)
+    assert workload.metric in trained.metrics and trained.model is not None
