@@ -193,7 +193,7 @@ def solve_equilibrium(
     regularized = regularize and torch.is_grad_enabled()
     iterates: list[Tensor] | None = [] if regularized and policy.correction else None
     u_star, forward, trace = _solve(operator, mode, policy, T, layout.flatten(u0), options, iterates)
-    stats = ImplicitStats(forward, options, BackwardStats(mode=repr(mode), forward_evals=forward.t_evals))
+    stats = ImplicitStats(forward, options, mode.stats_type(mode=repr(mode), forward_evals=forward.t_evals))
     report = FailureReport(policy.on_failure, policy.warned)
     report.forward(forward, options)
     if not torch.is_grad_enabled():

@@ -28,7 +28,7 @@ from .linear import (
 )
 from .neumann import Neumann
 from .phantom import Phantom
-from .reversible import Reversible
+from .reversible import Reversible, ReversibleStats
 from .unroll import Unroll
 
 
@@ -79,6 +79,7 @@ __all__ = [
     "NormalCG",
     "Phantom",
     "Reversible",
+    "ReversibleStats",
     "Unroll",
     "backward_names",
     "get_backward",

@@ -61,14 +61,9 @@ class BackwardStats:
     forward_evals: int = 0
     #: T evaluations made by the backward pass itself (the linearisation for J products)
     t_evals: int = 0
-    #: ``backward="auto"``: the gradient checks this call's backward pass made (at most one per pass)
+    #: the gradient checks this call's backward pass made (``backward="auto"``: at most one per pass; other modes
+    #: make none)
     checks: list[GradientCheck] = field(default_factory=list)
-    #: ``backward="reversible"``: the largest absolute difference between the first pair the reverse pass
-    #: reconstructed and the initial state (rounding grows as ``|1 - beta|^-1`` per half step)
-    reconstruction_error: float = float("nan")
-    #: ``backward="reversible"``: the estimated relative error of the gradient from rounding in the reconstruction
-    #: (past ``Reversible.max_gradient_error`` the pass is reported through ``on_failure``)
-    gradient_error_estimate: float = float("nan")
 
 
 class FixedPointMap:
@@ -145,6 +140,8 @@ class BackwardMode:
     #: safe in a lock-step distributed solve (collectives inside T): every process makes the same calls of T in
     #: the backward pass (not so for a linear solve that stops at its own tolerance on each process)
     lockstep_safe: bool = True
+    #: the statistics of one call: :class:`BackwardStats`, or a subclass with the mode's own fields
+    stats_type: type[BackwardStats] = BackwardStats
 
     def solve(
         self,

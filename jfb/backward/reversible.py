@@ -9,6 +9,7 @@ it goes: the gradient is that of autograd through every step, while memory holds
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,6 +20,18 @@ from ..solvers.base import require_number
 from ..solvers.reversible import CoupledTrace, solve_coupled
 from ..status import Status
 from .base import BackwardMode, BackwardStats, FixedPointMap, GradientOverride, refuse_second_order, tensors_with_grad
+
+
+@dataclass
+class ReversibleStats(BackwardStats):
+    """:class:`BackwardStats` with what only the reverse pass measures."""
+
+    #: the largest absolute difference between the first pair the reverse pass reconstructed and the initial state
+    #: (rounding grows as ``|1 - beta|^-1`` per half step)
+    reconstruction_error: float = float("nan")
+    #: the estimated relative error of the gradient from that rounding (past ``max_gradient_error`` the pass is
+    #: reported ``diverged``)
+    gradient_error_estimate: float = float("nan")
 
 
 class Reversible(BackwardMode):
@@ -37,6 +50,7 @@ class Reversible(BackwardMode):
     """
 
     forward_solver = "reversible"
+    stats_type = ReversibleStats
 
     def __init__(self, max_gradient_error: float = 1e-3) -> None:
         require_number("reversible max_gradient_error", max_gradient_error, 0)
@@ -53,7 +67,7 @@ class Reversible(BackwardMode):
     ) -> tuple[Tensor, SolveStats, Any]:
         return solve_coupled(F, x0, options, agree, observe)
 
-    def attach(self, T: FixedPointMap, u_star: Tensor, stats: BackwardStats) -> Tensor:
+    def attach(self, T: FixedPointMap, u_star: Tensor, stats: ReversibleStats) -> Tensor:
         z_last = u_star.detach().requires_grad_()
         out = T(z_last)
         if not out.requires_grad:
@@ -73,7 +87,7 @@ class Reversible(BackwardMode):
 
         return GradientOverride.apply(gradients, out, *inputs)
 
-    def _check_reconstruction(self, stats: BackwardStats) -> str:
+    def _check_reconstruction(self, stats: ReversibleStats) -> str:
         """Mark the pass ``diverged`` when rounding in the reconstruction makes the gradient unreliable; the detail
         of the report names the fixes."""
         if stats.status != Status.CONVERGED or not stats.gradient_error_estimate > self.max_gradient_error:
@@ -92,7 +106,7 @@ class Reversible(BackwardMode):
 
 
 def _reverse(
-    T: FixedPointMap, trace: CoupledTrace, z_bar: Tensor, inputs: list[Tensor], stats: BackwardStats
+    T: FixedPointMap, trace: CoupledTrace, z_bar: Tensor, inputs: list[Tensor], stats: ReversibleStats
 ) -> list[Tensor | None]:
     """Undo the steps from the last, accumulating each one's vector-Jacobian products into the inputs'."""
     beta, keep = trace.beta, 1 - trace.beta
