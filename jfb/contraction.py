@@ -25,7 +25,7 @@ from .backward.jacobian import JacobianProducts
 from .errors import JfbError
 from .frozen import frozen_running_stats
 from .nn import spectral_norm
-from .state import per_sample_norm
+from .state import State, StateLayout, per_sample_norm
 
 
 class GammaScaled(nn.Module):
@@ -64,15 +64,20 @@ def spectral_normalize(module: nn.Module, n_power_iterations: int = 1) -> nn.Mod
     return module
 
 
-def lipschitz_estimate(operator: Callable[[Tensor, Any], Tensor], u: Tensor, x: Any, iters: int = 30) -> Tensor:
+def lipschitz_estimate(operator: Callable[[Any, Any], Any], u: State, x: Any, iters: int = 30) -> Tensor:
     """Per-sample estimate of the spectral norm of ``J = dT/du`` at ``u`` (power iteration on ``J^T J``).
 
-    Values below 1 at a fixed point mean T is locally contractive there. If T couples samples
+    ``u`` is any state the layer takes: a tensor or a tuple of batch-first tensors (then J acts on all of
+    them together). Values below 1 at a fixed point mean T is locally contractive there. If T couples samples
     (BatchNorm in training mode) call it with the operator in eval mode: the estimate is per
     sample only when T acts on each sample separately.
     """
     if iters < 1:
         raise JfbError(f"iters must be >= 1, got {iters!r}")
+    if isinstance(u, tuple | list):
+        layout = StateLayout(tuple(u))
+        flat_operator = lambda flat, x: layout.flatten(operator(layout.unflatten(flat), x))  # noqa: E731
+        return lipschitz_estimate(flat_operator, layout.flatten(tuple(u)), x, iters)
     with torch.enable_grad():
         u = u.detach().requires_grad_()
         products = JacobianProducts(operator(u, x), u)

@@ -21,6 +21,31 @@ def test_lipschitz_estimate_matches_dense_jacobian_norm():
     assert float(estimate.max()) < 0.9  # tanh' <= 1 and ||W|| = 0.9
 
 
+def test_lipschitz_estimate_takes_a_tuple_state_and_matches_the_joint_jacobian_norm():
+    """Regression: a tuple state raised ('tuple' object has no attribute 'detach')."""
+    g = torch.Generator().manual_seed(1)
+    A, B = (
+        0.3 * torch.randn(4, 4, generator=g, dtype=torch.float64),
+        0.3 * torch.randn(6, 4, generator=g, dtype=torch.float64),
+    )
+
+    def op(u, x):  # a two-part state: (a, b) -> (tanh(a A^T + x), tanh(a B^T) + 0.5 b)
+        a, b = u
+        return torch.tanh(a @ A.T + x), torch.tanh(a @ B.T) + 0.5 * b
+
+    x = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    u = (torch.randn(3, 4, generator=g, dtype=torch.float64), torch.randn(3, 6, generator=g, dtype=torch.float64))
+    estimate = jfb.lipschitz_estimate(op, u, x, iters=300)
+    for i in range(3):
+
+        def flat(v, i=i):
+            a, b = op((v[None, :4], v[None, 4:]), x[i : i + 1])
+            return torch.cat([a[0], b[0]])
+
+        J = torch.autograd.functional.jacobian(flat, torch.cat([u[0][i], u[1][i]]))
+        assert abs(float(estimate[i]) - float(torch.linalg.matrix_norm(J, ord=2))) < 1e-6
+
+
 def test_gamma_scaled_spectrally_normalised_operator_is_a_gamma_contraction():
     torch.manual_seed(0)
     branch_linear = jfb.spectral_normalize(
