@@ -45,8 +45,10 @@ class GammaScaled(nn.Module):
             self.branch = branch
         self.gamma = gamma
 
-    def forward(self, u: Tensor, x: Any) -> Tensor:
-        return self.gamma * self.branch(u, x)
+    def forward(self, u: State, x: Any) -> State:
+        """``gamma`` times the branch's output: a tensor, or each tensor of a tuple state."""
+        out = self.branch(u, x)
+        return tuple(self.gamma * part for part in out) if isinstance(out, tuple) else self.gamma * out
 
 
 _NORMALIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)

@@ -46,6 +46,18 @@ def test_lipschitz_estimate_takes_a_tuple_state_and_matches_the_joint_jacobian_n
         assert abs(float(estimate[i]) - float(torch.linalg.matrix_norm(J, ord=2))) < 1e-6
 
 
+def test_gamma_scaled_takes_a_tuple_state_and_its_estimate_scales_by_gamma():
+    def branch(u, x):
+        return torch.tanh(u[0] + x), 0.5 * u[1]
+
+    x = torch.randn(3, 4, dtype=torch.float64)
+    u = (torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64))
+    scaled = jfb.GammaScaled(branch, gamma=0.5)
+    assert all(torch.equal(a, 0.5 * b) for a, b in zip(scaled(u, x), branch(u, x)))
+    whole = jfb.lipschitz_estimate(branch, u, x, iters=200)
+    assert torch.allclose(jfb.lipschitz_estimate(scaled, u, x, iters=200), 0.5 * whole, rtol=1e-6)
+
+
 def test_gamma_scaled_spectrally_normalised_operator_is_a_gamma_contraction():
     torch.manual_seed(0)
     branch_linear = jfb.spectral_normalize(
