@@ -28,19 +28,21 @@ class FailureReport:
     warned: set[tuple[str, int]] = field(default_factory=set)
 
     def forward(self, stats: SolveStats, options: SolveOptions) -> None:
-        if not stats.status.failed:
+        """Nothing is computed for a message that will not be shown (``"ignore"``, a call site already warned):
+        counting the samples not converged reads the device."""
+        if not stats.status.failed or self.on_failure == "ignore":
             return
-        pending = int((~stats.converged).sum())
         if stats.status != Status.MAX_ITER:
             self._fail(
                 f"fixed-point solve {stats.status} after {stats.t_evals} T evaluations "
-                f"({pending} of {stats.converged.numel()} samples not converged)"
+                f"({int((~stats.converged).sum())} of {stats.converged.numel()} samples not converged)"
             )
             return
         level, site = _caller()
         if self.on_failure == "warn" and site in self.warned:
             return
         self.warned.add(site)
+        pending = int((~stats.converged).sum())
         once = "; warned once per layer and call site" if self.on_failure == "warn" else ""
         self._fail(
             f"fixed-point solve stopped at max_iter={options.max_iter} without meeting tol={options.tol:g} "
