@@ -48,7 +48,7 @@ class StepRun:
 
 def run_steps(training: Training, run: StepRun, resume: bool = False) -> tuple[FitResult, dict[str, Any]]:
     """Train to the last step; the result and the final evaluation's metrics (empty without ``evaluate``)."""
-    metrics = MetricsLog(run.out, write=run.out is not None and run.processes.is_main, x="step") if run.out else None
+    metrics = MetricsLog(run.out, write=run.processes.is_main, x="step") if run.out is not None else None
     if resume:
         _resume(training, run, metrics)
     settings, window = training.settings, _Window(training)
@@ -103,10 +103,13 @@ class _Window:
 
 
 def save_last(training: Training, run: StepRun) -> None:
-    """``last.pt`` (the previous one kept as ``last.prev.pt``): every process gathers, process 0 writes."""
+    """``last.pt`` (the previous one kept as ``last.prev.pt``): every process gathers, process 0 writes. Without
+    ``out`` (the same on every process) nothing is gathered."""
+    if run.out is None:
+        return
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_state, optimizer_state = get_state_dict(_unwrapped(training.model), training.optimizer, options=options)
-    if run.out is None or not run.processes.is_main:
+    if not run.processes.is_main:
         return
     payload = {
         "workload": run.name,
