@@ -16,10 +16,10 @@ from ..precision import check_precision
 from ..settings import NONE, check_ranges, check_types, setting
 from ..solvers import SolveOptions
 from ..solvers.options import option_names
+from .engine import OPTIMIZERS
 from .preemption import signal_numbers
 from .recipes import flat_settings, migrate_legacy_keys
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 DEVICES = ("cpu", "cuda")
 INITS = ("zeros", "random", "mixed", "learned")

@@ -102,17 +102,22 @@ def saved_tensor_bytes() -> Iterator[list[int]]:
         yield total
 
 
+def named_optimizer(
+    name: str, model: nn.Module, lr: float, weight_decay: float, momentum: float = 0.9
+) -> torch.optim.Optimizer:
+    """One of :data:`OPTIMIZERS` over the model's parameters (``momentum`` is SGD's); every training uses this."""
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+
 def step_optimizer(
     settings: StepSettings, model: nn.Module, lr: float, steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """The optimiser and the per-step schedule ``settings`` name."""
-    parameters, decay = model.parameters(), settings.weight_decay
-    if settings.optimizer == "adam":
-        optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=decay)
-    elif settings.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=decay)
-    else:
-        optimizer = torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=decay)
+    optimizer = named_optimizer(settings.optimizer, model, lr, settings.weight_decay)
     if settings.schedule == "cosine":
         cosine = lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)

@@ -24,6 +24,7 @@ from .averaging import WeightAverage
 from .checkpoint import load_checkpoint, load_resumable, previous_path, save_checkpoint
 from .config import TrainConfig
 from .distributed import Processes, synchronize_batch_norm
+from .engine import named_optimizer
 from .metrics import MetricsLog
 from .preemption import PreemptionWatch
 from .recipes import merge_settings, migrate_legacy_keys
@@ -92,13 +93,7 @@ def evaluated_weights(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module, steps_per_epoch: int):
-    params = model.parameters()
-    if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    elif config.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    else:
-        optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = named_optimizer(config.optimizer, model, config.lr, config.weight_decay, config.momentum)
     total = config.epochs * steps_per_epoch
     if config.schedule == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
