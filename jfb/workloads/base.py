@@ -115,6 +115,7 @@ class Workload:
         ``out``, checkpoints and metrics go there and ``resume`` continues from its ``last.pt``."""
         self.check_parallel(config.parallel)
         torchrun_needed(config.parallel)
+        out = prepare_run_dir(out) if out is not None else None
         processes = start_processes(config.device) if config.parallel != "none" else Processes()
         try:
             run = StepRun(out, self.name, plain_config(config), processes, None, progress and processes.is_main, log)
@@ -146,10 +147,8 @@ class Workload:
     def run(self, config: Any, out: Path, progress: bool = True, resume: bool = False) -> Report:
         """``jfb train NAME``: train (checkpoints in ``out``), evaluate, write the weights, the metrics, the rows
         (and a plot)."""
-        self.check_parallel(config.parallel)
-        torchrun_needed(config.parallel)
-        out = prepare_run_dir(out)
-        trained = self.train(config, progress=progress, out=out, resume=resume)
+        out = Path(out)
+        trained = self.train(config, progress=progress, out=out, resume=resume)  # checks the options, then out
         result, metrics, rows = trained.result, trained.metrics, trained.rows
         summary = {
             "workload": self.name,
