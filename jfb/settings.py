@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import MISSING, field, fields
 from typing import Any
 
-from .errors import JfbError
+from .errors import JfbError, unknown_name
 
 #: how TOML files and command lines write None where a setting takes it (``tol = "none"``: a fixed depth)
 NONE = "none"
@@ -67,6 +67,13 @@ def check_ranges(settings: Any, checks: list[tuple[bool, str, str]]) -> None:
     for holds, name, requirement in checks:
         if not holds:
             raise JfbError(f"{name} must be {requirement}, got {getattr(settings, name)!r}")
+
+
+def check_choices(settings: Any, choices: list[tuple[str, Sequence[str]]]) -> None:
+    """JfbError for the first ``(field, allowed names)`` whose value is not one of them, with a did-you-mean."""
+    for name, allowed in choices:
+        if getattr(settings, name) not in allowed:
+            raise unknown_name(name, getattr(settings, name), allowed)
 
 
 def _of_type(value: Any, hint: Any) -> bool:

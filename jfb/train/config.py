@@ -13,7 +13,7 @@ from ..data import Augmentation, dataset_info
 from ..errors import JfbError, unknown_name
 from ..models.blocks import LATENT_NORMS
 from ..precision import check_precision
-from ..settings import NONE, check_ranges, check_types, setting
+from ..settings import NONE, check_choices, check_ranges, check_types, setting
 from ..solvers import SolveOptions
 from ..solvers.options import option_names
 from .engine import OPTIMIZERS
@@ -142,14 +142,10 @@ class TrainConfig:
         if self.warm_start and self.model != "implicit":
             raise JfbError("warm_start needs model 'implicit' (an explicit network has no fixed point to reuse)")
         check_ranges(self, checks)
-        for name, allowed in (
-            ("optimizer", OPTIMIZERS),
-            ("schedule", SCHEDULES),
-            ("device", DEVICES),
-            ("latent_norm", LATENT_NORMS),
-        ):
-            if getattr(self, name) not in allowed:
-                raise unknown_name(name, getattr(self, name), allowed)
+        check_choices(
+            self,
+            [("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES), ("latent_norm", LATENT_NORMS)],
+        )
         self.evaluation_options(), get_backward(self.backward)
         signal_numbers(self.preempt_signals)
         check_precision(self.precision, self.device)

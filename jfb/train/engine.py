@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import JfbError, unknown_name
+from ..errors import JfbError
 from ..layer import ImplicitLayer
-from ..settings import check_ranges, check_types, setting
+from ..settings import check_choices, check_ranges, check_types, setting
 from .preemption import signal_numbers
 
 #: ``loss(model, batch) -> (loss, mean forward iterations)``
@@ -67,9 +67,7 @@ class StepSettings:
                 (self.eval_every >= 0, "eval_every", "an integer >= 0"),
             ],
         )
-        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("bad_batches", BAD_BATCHES)):
-            if getattr(self, name) not in allowed:
-                raise unknown_name(name, getattr(self, name), allowed)
+        check_choices(self, [("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("bad_batches", BAD_BATCHES)])
         signal_numbers(self.preempt_signals)
 
 
