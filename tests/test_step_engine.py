@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from jfb.errors import JfbError
-from jfb.train.engine import MAX_BAD_BATCHES, StepSettings, Training
+from jfb.train.engine import StepSettings, Training
+from jfb.train.optimization import MAX_BAD_BATCHES
 
 
 def _training(steps: int = 4, bad: set[int] = frozenset(), **settings) -> Training:
@@ -48,7 +49,7 @@ def test_sgd_constant_and_no_clipping_take_the_plain_gradient_step():
 
 
 def test_a_non_finite_loss_raises_by_default_and_is_skipped_on_request():
-    with pytest.raises(JfbError, match=r"the loss is nan at step 1; .*--bad-batches skip"):
+    with pytest.raises(JfbError, match=r"a non-finite loss \(nan\) at step 1; .*--bad-batches skip"):
         training = _training(bad={1})
         for index in range(3):
             training.step(index)
@@ -60,7 +61,7 @@ def test_a_non_finite_loss_raises_by_default_and_is_skipped_on_request():
     training.step(2)
     assert training.result().skipped == 1 and len(training.result().losses) == 2
     training = _training(steps=20, bad=set(range(20)), bad_batches="skip")
-    with pytest.raises(JfbError, match=f"{MAX_BAD_BATCHES} consecutive steps had a non-finite loss"):
+    with pytest.raises(JfbError, match=f"{MAX_BAD_BATCHES} consecutive batches had a non-finite loss"):
         for index in range(20):
             training.step(index)
 

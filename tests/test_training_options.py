@@ -9,9 +9,8 @@ import torch
 from training import SMALL, config_of, preempted_and_resumed, quiet
 
 from jfb.errors import JfbError
-from jfb.train import TrainConfig, load_checkpoint, restore_model, setup_run, train
+from jfb.train import TrainConfig, fit, load_checkpoint, restore_model, setup_run, train
 from jfb.train.averaging import WeightAverage
-from jfb.train.loop import fit
 
 
 def _records(run_dir) -> list[dict]:

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from jfb.solvers.options import option_names
-from jfb.train import TrainConfig, TrainResult, setup_run
-from jfb.train.loop import fit
+from jfb.train import TrainConfig, TrainResult, fit, setup_run
 from jfb.train.preemption import Preempted
 
 #: a few hundred MNIST images, Picard at a fixed depth, one thread: seconds per epoch
@@ -32,7 +31,6 @@ def quiet(message: str) -> None:
 def preempted_and_resumed(config: TrainConfig, run_dir: Path) -> TrainResult:
     """Train ``config`` in ``run_dir``, stopped after its first step as if by SIGTERM, then resumed to the end."""
     run = setup_run(config, run_dir, progress=False, log=quiet)
-    run.preemption = SimpleNamespace(received="SIGTERM")
     with pytest.raises(Preempted):
-        fit(run)
+        fit(run, watch=SimpleNamespace(received="SIGTERM"))
     return fit(setup_run(config, run_dir, resume=True, progress=False, log=quiet))

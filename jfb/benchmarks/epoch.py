@@ -20,7 +20,7 @@ from ..files import prepare_run_dir
 from ..models import architecture
 from ..reports import Report, markdown_table, write_report
 from ..settings import setting
-from ..train import TrainConfig, build_from_config, make_optimizer
+from ..train import TrainConfig, build_from_config, make_optimization
 from ..train.setup import memory_format
 from .step import StepSetting
 
@@ -34,7 +34,8 @@ def synthetic_epoch(config: TrainConfig, samples: int, setting: StepSetting) -> 
     images = torch.randn(samples, *arch.input_shape, generator=generator)
     labels = torch.randint(0, arch.classes, (samples,), generator=generator)
     steps = -(-samples // config.batch_size)
-    optimizer, scheduler = make_optimizer(config, model, steps)
+    optimization = make_optimization(config, model, steps)
+    optimizer, scheduler = optimization.optimizer, optimization.schedule
     model.train()
     iterations, statuses = 0.0, {}
     setting.synchronize()

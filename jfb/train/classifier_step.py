@@ -1,6 +1,7 @@
 """One optimiser step of an image classifier (the MNIST family): the forward pass with its warm start and
 scheduled depth, the loss with its regularisers, the bad-batch policy (a non-finite loss or a fixed point that
-diverged skips the step and restores the running statistics), the backward pass and the optimiser step."""
+diverged skips the step and restores the running statistics), then the engine's optimiser step
+(:class:`~jfb.train.engine.Optimization`)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,13 @@ from ..frozen import frozen_running_stats
 from ..models import ImplicitClassifier, Prediction
 from ..precision import autocast
 from .config import TrainConfig
+from .optimization import count_bad_batch
 from .setup import Run, memory_format
 
 
-class TrainingStopped(RuntimeError):
-    """Too many consecutive bad batches (non-finite loss, diverged or non-finite fixed point)."""
-
-
-def train_step(run: Run, inputs: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> bool:
-    """One optimiser step; False (and no step) on a bad batch on any process.
+def train_step(run: Run, inputs: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, signalled: bool) -> bool:
+    """One optimiser step, none on a bad batch on any process; whether a preemption signal reached any process
+    (``signalled``: this one's), decided in the same collective.
 
     Under DDP each process gets one shard of every global batch, and its mean loss is weighted
     by its share of the global batch, so that DDP's average of the gradients is the gradient
@@ -34,32 +33,21 @@ def train_step(run: Run, inputs: torch.Tensor, labels: torch.Tensor, index: torc
         prediction: Prediction = run.engine(inputs, details=True, **_solve_arguments(run, index))
     logits = prediction.logits.float()
     loss = nn.functional.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
-    run.optimizer.zero_grad(set_to_none=True)
-    signalled = run.preemption is not None and run.preemption.received is not None
-    bad, run.stop_requested = run.processes.any_of([_bad_batch(prediction, loss), signalled])  # one collective
+    bad, stop = run.processes.any_of([_bad_batch(prediction, loss), signalled])  # one collective
     if bad:
         _skip_bad_batch(run, buffers)
-        return False
+        return stop
     position.consecutive_bad = 0
     global_batch = min(config.batch_size, len(run.data.train) - position.step * config.batch_size)
-    loss_share = (loss + _regularization(prediction, labels, config)) * (
-        labels.shape[0] * run.processes.world_size / global_batch
-    )
-    if run.scaler is None:
-        loss_share.backward()
-        run.optimizer.step()
-    else:  # fp16: a step whose scaled gradients overflowed is skipped by the scaler, and the scale lowered
-        run.scaler.scale(loss_share).backward()
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-    run.scheduler.step()
+    share = labels.shape[0] * run.processes.world_size / global_batch
+    run.optimization.apply((loss + _regularization(prediction, labels, config)) * share, model)
     if run.average is not None:
         run.average.update(model)
     equilibrium = prediction.equilibrium
     position.stats.add(loss.detach(), logits.detach(), labels, equilibrium)  # after backward: J products counted
     if run.warm_starts is not None:
         run.warm_starts.store(index, equilibrium.fixed_point)
-    return True
+    return stop
 
 
 def _solve_arguments(run: Run, index: torch.Tensor) -> dict:
@@ -89,16 +77,16 @@ def _regularization(prediction: Prediction, labels: torch.Tensor, config: TrainC
 def _skip_bad_batch(run: Run, buffers: list[torch.Tensor]) -> None:
     """No optimiser step on a bad batch, and the running statistics that its forward pass already
     updated are restored: the model stays the last good one."""
+    run.optimization.skip()
     for buffer, saved in zip(run.model.buffers(), buffers):
         buffer.copy_(saved)
     position = run.position
     position.stats.skipped += 1
-    position.consecutive_bad += 1
-    if position.consecutive_bad >= run.config.max_bad_batches:
-        raise TrainingStopped(
-            f"{position.consecutive_bad} consecutive batches had a non-finite loss or a diverged or non-finite "
-            f"fixed point (epoch {position.epoch + 1})"
-        )
+    what = "a non-finite loss or a diverged or non-finite fixed point"
+    where = f"epoch {position.epoch + 1}, step {position.step}"
+    position.consecutive_bad = count_bad_batch(
+        position.consecutive_bad, "skip", run.config.max_bad_batches, what, where
+    )
 
 
 @torch.no_grad()

@@ -16,11 +16,10 @@ from ..precision import check_precision
 from ..settings import NONE, check_choices, check_ranges, check_types, setting
 from ..solvers import SolveOptions
 from ..solvers.options import option_names
-from .engine import OPTIMIZERS
+from .optimization import OPTIMIZERS, SCHEDULES
 from .preemption import signal_numbers
 from .recipes import flat_settings, migrate_legacy_keys
 
-SCHEDULES = ("onecycle", "cosine", "step", "constant")
 DEVICES = ("cpu", "cuda")
 INITS = ("zeros", "random", "mixed", "learned")
 #: options a resumed run may change (a run may move between CPU and GPU; bit-identity holds only on one device)

@@ -25,15 +25,21 @@ from torch import Tensor, nn
 from ..errors import JfbError
 from ..layer import ImplicitLayer
 from ..settings import check_choices, check_ranges, check_types, setting
+from .distributed import Processes
+from .optimization import (
+    BAD_BATCHES,
+    MAX_BAD_BATCHES,
+    OPTIMIZERS,
+    STEP_SCHEDULES,
+    Optimization,
+    count_bad_batch,
+    make_schedule,
+    named_optimizer,
+)
 from .preemption import signal_numbers
 
 #: ``loss(model, batch) -> (loss, mean forward iterations)``
 Loss = Callable[[nn.Module, object], tuple[Tensor, float]]
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("cosine", "constant")
-BAD_BATCHES = ("raise", "skip")
-#: consecutive skipped batches after which training stops (``bad_batches="skip"``)
-MAX_BAD_BATCHES = 10
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,9 @@ class StepSettings:
 
     optimizer: str = setting("adam", "adam, adamw or sgd (momentum 0.9)", choices=OPTIMIZERS)
     weight_decay: float = setting(0.0, "weight decay of the optimiser (decoupled for adamw)")
-    schedule: str = setting("cosine", "learning rate over the steps: cosine (to 0) or constant", choices=SCHEDULES)
+    schedule: str = setting(
+        "cosine", "learning rate over the steps: cosine (to 0), constant or onecycle", choices=STEP_SCHEDULES
+    )
     clip: float = setting(1.0, "clip the gradient norm at this value (0: no clipping)")
     bad_batches: str = setting(
         "raise", "a non-finite loss: raise, or skip the step (stop after 10 in a row)", choices=BAD_BATCHES
@@ -67,7 +75,7 @@ class StepSettings:
                 (self.eval_every >= 0, "eval_every", "an integer >= 0"),
             ],
         )
-        check_choices(self, [("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("bad_batches", BAD_BATCHES)])
+        check_choices(self, [("optimizer", OPTIMIZERS), ("schedule", STEP_SCHEDULES), ("bad_batches", BAD_BATCHES)])
         signal_numbers(self.preempt_signals)
 
 
@@ -100,28 +108,6 @@ def saved_tensor_bytes() -> Iterator[list[int]]:
         yield total
 
 
-def named_optimizer(
-    name: str, model: nn.Module, lr: float, weight_decay: float, momentum: float = 0.9
-) -> torch.optim.Optimizer:
-    """One of :data:`OPTIMIZERS` over the model's parameters (``momentum`` is SGD's); every training uses this."""
-    if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-
-
-def step_optimizer(
-    settings: StepSettings, model: nn.Module, lr: float, steps: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """The optimiser and the per-step schedule ``settings`` name."""
-    optimizer = named_optimizer(settings.optimizer, model, lr, settings.weight_decay)
-    if settings.schedule == "cosine":
-        cosine = lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-
-
 @dataclass
 class Measurements:
     """Per-step measurements so far (saved in ``last.pt``: a resumed run reports over all its steps)."""
@@ -133,6 +119,15 @@ class Measurements:
     backward_misses: int = 0
     skipped: int = 0
     consecutive_bad: int = 0
+
+
+@dataclass(frozen=True)
+class Stepped:
+    """What one step tells the loop: the progress bar's postfix, and whether a preemption signal reached any
+    process (then every process stops after this step)."""
+
+    postfix: dict[str, str]
+    stop: bool = False
 
 
 class Training:
@@ -147,51 +142,55 @@ class Training:
         steps: int,
         lr: float,
         settings: StepSettings | None = None,
+        processes: Processes | None = None,
     ) -> None:
         self.model, self.batch, self.loss, self.steps = model, batch, loss, steps
         self.settings = settings or StepSettings()
-        self.optimizer, self.schedule = step_optimizer(self.settings, model, lr, steps)
+        self.processes = processes or Processes()
+        optimizer = named_optimizer(self.settings.optimizer, model, lr, self.settings.weight_decay)
+        schedule = make_schedule(self.settings.schedule, optimizer, steps)
+        self.optimization = Optimization(optimizer, schedule, clip=self.settings.clip)
         self.cuda = next(model.parameters()).is_cuda  # then each timed step ends with a synchronisation
         self.measured = Measurements()
         self.next_step = 0
 
-    def step(self, index: int) -> float:
-        """Train on batch ``index``; the loss. A non-finite loss raises, or skips the step (``bad_batches``)."""
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.optimization.optimizer
+
+    @property
+    def schedule(self) -> torch.optim.lr_scheduler.LRScheduler:
+        return self.optimization.schedule
+
+    def step(self, index: int, signalled: bool = False) -> Stepped:
+        """Train on batch ``index``. A non-finite loss (on any process) raises, or skips the step
+        (``bad_batches``); ``signalled``: a preemption signal reached this process."""
         self.model.train()
         start = time.perf_counter()
         with saved_tensor_bytes() as total:
             value, forward_iterations = self.loss(self.model, self.batch(index))
         loss = value.item()
         self.next_step = index + 1
-        if not math.isfinite(loss):
-            return self._bad_step(index, loss)
-        self.measured.consecutive_bad = 0
-        self.optimizer.zero_grad(set_to_none=True)
-        value.backward()
-        if self.settings.clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip)
-        self.optimizer.step()
-        self.schedule.step()
+        bad, stop = self.processes.any_of([not math.isfinite(loss), signalled])  # one collective for both
+        measured = self.measured
+        if bad:
+            self.optimization.skip()
+            measured.skipped += 1
+            policy, what = self.settings.bad_batches, f"a non-finite loss ({loss})"
+            measured.consecutive_bad = count_bad_batch(
+                measured.consecutive_bad, policy, MAX_BAD_BATCHES, what, f"step {index}"
+            )
+            return Stepped({"loss": f"{loss:.3f}"}, stop)
+        measured.consecutive_bad = 0
+        self.optimization.apply(value, self.model)
         if self.cuda:
             torch.cuda.synchronize()
-        measured = self.measured
         measured.seconds.append(time.perf_counter() - start)
         measured.losses.append(loss)
         measured.iterations.append(forward_iterations)
         measured.saved = max(measured.saved, total[0])
         measured.backward_misses += backward_missed(self.model)
-        return loss
-
-    def _bad_step(self, index: int, loss: float) -> float:
-        hint = "lower the learning rate or the depth"
-        if self.settings.bad_batches == "raise":
-            raise JfbError(f"the loss is {loss} at step {index}; {hint} (or --bad-batches skip)")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.measured.skipped += 1
-        self.measured.consecutive_bad += 1
-        if self.measured.consecutive_bad >= MAX_BAD_BATCHES:
-            raise JfbError(f"{MAX_BAD_BATCHES} consecutive steps had a non-finite loss (last: step {index}); {hint}")
-        return loss
+        return Stepped({"loss": f"{loss:.3f}", "iters": f"{forward_iterations:.1f}"}, stop)
 
     def result(self, warmup: int = 3) -> FitResult:
         """The summary so far; the first ``warmup`` steps are left out of the time."""

@@ -24,9 +24,8 @@ from .averaging import WeightAverage
 from .checkpoint import load_checkpoint, load_resumable, previous_path, save_checkpoint
 from .config import TrainConfig
 from .distributed import Processes, synchronize_batch_norm
-from .engine import named_optimizer
 from .metrics import MetricsLog
-from .preemption import PreemptionWatch
+from .optimization import Optimization, make_schedule, named_optimizer
 from .recipes import merge_settings, migrate_legacy_keys
 from .records import EpochRecord, EpochStats, Position
 from .warm_starts import WarmStarts
@@ -92,18 +91,13 @@ def evaluated_weights(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return checkpoint.get("average", checkpoint["model"])
 
 
-def make_optimizer(config: TrainConfig, model: nn.Module, steps_per_epoch: int):
+def make_optimization(config: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Optimization:
+    """The optimiser, schedule (stepped every batch) and fp16 gradient scaler of ``config``."""
     optimizer = named_optimizer(config.optimizer, model, config.lr, config.weight_decay, config.momentum)
-    total = config.epochs * steps_per_epoch
-    if config.schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
-    elif config.schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    elif config.schedule == "step":
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size * steps_per_epoch, gamma=0.1)
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return optimizer, scheduler
+    schedule = make_schedule(
+        config.schedule, optimizer, config.epochs * steps_per_epoch, config.step_size * steps_per_epoch
+    )
+    return Optimization(optimizer, schedule, scaler=grad_scaler(config.device, config.precision))
 
 
 @dataclass
@@ -116,18 +110,26 @@ class Run:
     data: Data
     model: nn.Module
     engine: nn.Module  # what training steps call: the model, or DistributedDataParallel around it
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
+    optimization: Optimization  # the optimiser, the schedule, the fp16 gradient scaler
     metrics: MetricsLog
     position: Position
     best_val: float = -1.0
     warm_starts: WarmStarts | None = None
     average: WeightAverage | None = None  # with ema_decay: what is evaluated, selected and saved as best.pt
-    scaler: torch.amp.GradScaler | None = None  # with precision fp16
-    preemption: PreemptionWatch | None = None  # set while fit() runs under train()
-    stop_requested: bool = False  # a preemption signal reached some process: stop after this step
     progress: bool = True
     log: Log = print
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.optimization.optimizer
+
+    @property
+    def scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        return self.optimization.schedule
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        return self.optimization.scaler
 
     @property
     def steps_per_epoch(self) -> int:
@@ -191,7 +193,7 @@ def setup_run(
         model = synchronize_batch_norm(model, config.device)
     engine = processes.wrap(model, config.device)
     steps = steps_per_pass(len(data.train), config.batch_size, processes.world_size)
-    optimizer, scheduler = make_optimizer(config, model, steps)
+    optimization = make_optimization(config, model, steps)
     log(_describe(config, model, data, processes))
     metrics = MetricsLog(run_dir, write=processes.is_main)
     run = Run(
@@ -201,8 +203,7 @@ def setup_run(
         data,
         model,
         engine,
-        optimizer,
-        scheduler,
+        optimization,
         metrics,
         Position(),
         progress=progress,
@@ -212,7 +213,6 @@ def setup_run(
         run.warm_starts = WarmStarts(len(data.train))
     if config.ema_decay is not None:
         run.average = WeightAverage(model, config.ema_decay)
-    run.scaler = grad_scaler(config.device, config.precision)
     last = run_dir / "last.pt"
     if resume and (last.is_file() or previous_path(last).is_file()):
         checkpoint, path = load_resumable(last, log)

@@ -18,14 +18,14 @@ from typing import Any
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from ..errors import ConvergenceWarning, JfbError
 from .checkpoint import load_resumable, previous_path, save_checkpoint
 from .distributed import Processes
-from .engine import FitResult, Training
+from .engine import FitResult, Stepped, Training
+from .loop import run_loop
 from .metrics import MetricsLog, StepRecord
-from .preemption import EXIT_PREEMPTED, Preempted, PreemptionWatch
+from .preemption import PreemptionWatch
 
 #: a resumed run may change these (where it runs, how often it writes); any other difference is refused
 CHANGEABLE_ON_RESUME = ("device", "parallel", "checkpoint_every", "log_every", "eval_every", "preempt_signals")
@@ -47,37 +47,54 @@ class StepRun:
 
 
 def run_steps(training: Training, run: StepRun, resume: bool = False) -> tuple[FitResult, dict[str, Any]]:
-    """Train to the last step; the result and the final evaluation's metrics (empty without ``evaluate``)."""
+    """Train to the last step through the one loop; the result and the final evaluation's metrics (empty without
+    ``evaluate``)."""
     metrics = MetricsLog(run.out, write=run.processes.is_main, x="step") if run.out is not None else None
     if resume:
         _resume(training, run, metrics)
-    settings, window = training.settings, _Window(training)
-    bar = tqdm(
-        range(training.next_step, training.steps),
-        total=training.steps,
-        initial=training.next_step,
-        desc=run.name,
-        disable=not run.progress,
-        leave=False,
-    )
-    with PreemptionWatch(settings.preempt_signals) as watch:
-        for index in bar:
-            loss = training.step(index)
-            bar.set_postfix(loss=f"{loss:.3f}", iters=f"{training.measured.iterations[-1]:.1f}", refresh=False)
-            done = index + 1
-            stop = run.processes.any(watch.received is not None)  # every process stops at the same step
-            evaluate = run.evaluate is not None and settings.eval_every and done % settings.eval_every == 0
-            if metrics is not None and done < training.steps and (evaluate or done % settings.log_every == 0):
-                metrics.append(StepRecord(done, {**window.take(), **(run.evaluate() if evaluate else {})}))
-            if stop:
-                _preempted(training, run, watch.received)
-            if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < training.steps:
-                save_last(training, run)
+    task = _StepTask(training, run, metrics)
+    with PreemptionWatch(training.settings.preempt_signals) as watch:
+        run_loop(task, watch, run.progress, run.log)
     final = run.evaluate() if run.evaluate is not None else {}
     if metrics is not None:
-        metrics.append(StepRecord(training.steps, {**window.take(), **final}))
+        metrics.append(StepRecord(training.steps, {**task.window.take(), **final}))
     _warn_misses(training, run.name)
     return training.result(), final
+
+
+class _StepTask:
+    """A workload's :class:`Training` as the loop's task: a metrics row every ``log_every`` steps (with the
+    evaluation every ``eval_every``), ``last.pt`` every ``checkpoint_every``."""
+
+    def __init__(self, training: Training, run: StepRun, metrics: MetricsLog | None) -> None:
+        self.training, self.run, self.metrics = training, run, metrics
+        self.name, self.steps = run.name, training.steps
+        self.window = _Window(training)
+
+    @property
+    def next_step(self) -> int:
+        return self.training.next_step
+
+    def step(self, index: int, signalled: bool) -> Stepped:
+        return self.training.step(index, signalled)
+
+    def after(self, done: int) -> None:
+        settings, run = self.training.settings, self.run
+        if done == self.steps:  # the final row, with the final evaluation, is written by run_steps
+            return
+        evaluate = run.evaluate is not None and settings.eval_every and done % settings.eval_every == 0
+        if self.metrics is not None and (evaluate or done % settings.log_every == 0):
+            self.metrics.append(StepRecord(done, {**self.window.take(), **(run.evaluate() if evaluate else {})}))
+        if settings.checkpoint_every and done % settings.checkpoint_every == 0:
+            save_last(self.training, run)
+
+    def save_last(self) -> str:
+        save_last(self.training, self.run)
+        out = self.run.out
+        return f"{out / 'last.pt'} written; rerun the same command with --resume" if out else "nothing written (no out)"
+
+    def where(self) -> str:
+        return f"step {self.training.next_step} of {self.training.steps}"
 
 
 class _Window:
@@ -178,14 +195,6 @@ def _read_rows(out: Path) -> list[StepRecord]:
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [StepRecord(row.pop("step"), row) for row in rows]
-
-
-def _preempted(training: Training, run: StepRun, received: str | None) -> None:
-    save_last(training, run)
-    where = f"step {training.next_step} of {training.steps}"
-    written = f"{run.out / 'last.pt'} written; rerun the same command with --resume" if run.out else "no --out"
-    run.log(f"preempted by {received or 'a signal to another process'} at {where}: {written} (exit {EXIT_PREEMPTED})")
-    raise Preempted(where)
 
 
 def _warn_misses(training: Training, name: str) -> None:
