@@ -38,7 +38,7 @@ def job(limit_train: int, epochs: int) -> list[str]:
 
 def worker(argv: list[str]) -> int:
     """`jfb` with the scheduled faults of this process: ENOSPC on the N-th fsync, NaN in the listed batches."""
-    import jfb.train.loop as loop
+    import jfb.train.classifier as loop
     from jfb.cli.main import main
 
     first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"  # a restarted group has free disk

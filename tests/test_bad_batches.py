@@ -10,7 +10,7 @@ import pytest
 import torch
 from training import config_of
 
-import jfb.train.loop as loop
+import jfb.train.classifier as loop
 import jfb.train.records as records
 import jfb.train.setup as setup
 from jfb.train import TrainingStopped, load_checkpoint, train

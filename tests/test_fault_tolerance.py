@@ -27,7 +27,7 @@ from processes import (
 )
 from training import config_of
 
-import jfb.train.loop as loop
+import jfb.train.classifier as loop
 from jfb import StorageError
 from jfb.cli.main import main
 from jfb.errors import JfbError

@@ -84,10 +84,10 @@ def test_the_command_line_resumes_and_jfb_eval_reads_last_pt(tmp_path, capsys, m
     common = ["train", "prefix-sums", *flags, "--checkpoint-every", "2", "--out", str(out), "--no-progress"]
     step = Training.step
 
-    def signalled_step(self, index: int) -> float:
+    def signalled_step(self, index: int, watch=None):
         if index == 3:
             os.kill(os.getpid(), signal.SIGTERM)
-        return step(self, index)
+        return step(self, index, watch)
 
     monkeypatch.setattr(Training, "step", signalled_step)
     assert main(common) == EXIT_PREEMPTED

@@ -40,10 +40,10 @@ def _signal_at(step: int) -> None:
     """Process 0 sends itself SIGTERM as step ``step`` starts; the step engine stops every process after it."""
     original = Training.step
 
-    def step_then_signal(self: Training, index: int) -> float:
+    def step_then_signal(self: Training, index: int, watch=None):
         if index == step:
             os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, index)
+        return original(self, index, watch)
 
     Training.step = step_then_signal
 

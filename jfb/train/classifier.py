@@ -24,7 +24,7 @@ from .evaluation import evaluate
 from .loop import run_loop
 from .metrics import plot_curves
 from .optimization import TrainingStopped
-from .preemption import PreemptionWatch
+from .preemption import PreemptionWatch, Watch
 from .records import EpochRecord, EpochStats, Position, TrainResult
 from .setup import Log, Run, build_from_config, evaluated_weights, setup_run
 
@@ -63,7 +63,7 @@ def train(
         stop_processes(processes)
 
 
-def fit(run: Run, watch: PreemptionWatch | None = None) -> TrainResult:
+def fit(run: Run, watch: Watch | None = None) -> TrainResult:
     """Train ``run`` from its position to its last epoch; the test set is measured as configured. ``watch``: the
     preemption signals caught (none without it)."""
     task = ClassifierEpochs(run)
@@ -101,12 +101,12 @@ class ClassifierEpochs:
     def next_step(self) -> int:
         return self.run.position.epoch * self.steps_per_epoch + self.run.position.step
 
-    def step(self, index: int, signalled: bool) -> Stepped:
+    def step(self, index: int, watch: Watch) -> Stepped:
         run, position = self.run, self.run.position
         if self._data is None:
             self._data = self._epoch_batches()
         inputs, labels, batch_index = next(self._data)
-        stop = train_step(run, inputs, labels, batch_index, signalled)
+        stop = train_step(run, inputs, labels, batch_index, watch)
         position.step += 1
         position.elapsed_s = time.perf_counter() - self._started
         return Stepped(position.stats.postfix(), stop)

@@ -13,12 +13,13 @@ from ..models import ImplicitClassifier, Prediction
 from ..precision import autocast
 from .config import TrainConfig
 from .optimization import count_bad_batch
+from .preemption import Watch
 from .setup import Run, memory_format
 
 
-def train_step(run: Run, inputs: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, signalled: bool) -> bool:
+def train_step(run: Run, inputs: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, watch: Watch) -> bool:
     """One optimiser step, none on a bad batch on any process; whether a preemption signal reached any process
-    (``signalled``: this one's), decided in the same collective.
+    (``watch``: this one's, read after the forward pass), decided in the same collective.
 
     Under DDP each process gets one shard of every global batch, and its mean loss is weighted
     by its share of the global batch, so that DDP's average of the gradients is the gradient
@@ -33,6 +34,7 @@ def train_step(run: Run, inputs: torch.Tensor, labels: torch.Tensor, index: torc
         prediction: Prediction = run.engine(inputs, details=True, **_solve_arguments(run, index))
     logits = prediction.logits.float()
     loss = nn.functional.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+    signalled = watch.received is not None
     bad, stop = run.processes.any_of([_bad_batch(prediction, loss), signalled])  # one collective
     if bad:
         _skip_bad_batch(run, buffers)

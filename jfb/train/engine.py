@@ -36,7 +36,7 @@ from .optimization import (
     make_schedule,
     named_optimizer,
 )
-from .preemption import signal_numbers
+from .preemption import Watch, signal_numbers
 
 #: ``loss(model, batch) -> (loss, mean forward iterations)``
 Loss = Callable[[nn.Module, object], tuple[Tensor, float]]
@@ -162,15 +162,16 @@ class Training:
     def schedule(self) -> torch.optim.lr_scheduler.LRScheduler:
         return self.optimization.schedule
 
-    def step(self, index: int, signalled: bool = False) -> Stepped:
+    def step(self, index: int, watch: Watch | None = None) -> Stepped:
         """Train on batch ``index``. A non-finite loss (on any process) raises, or skips the step
-        (``bad_batches``); ``signalled``: a preemption signal reached this process."""
+        (``bad_batches``); ``watch``: the preemption signals, read once the step's forward pass is done."""
         self.model.train()
         start = time.perf_counter()
         with saved_tensor_bytes() as total:
             value, forward_iterations = self.loss(self.model, self.batch(index))
         loss = value.item()
         self.next_step = index + 1
+        signalled = watch is not None and watch.received is not None
         bad, stop = self.processes.any_of([not math.isfinite(loss), signalled])  # one collective for both
         measured = self.measured
         if bad:

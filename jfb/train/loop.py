@@ -1,7 +1,7 @@
 """The one training loop. Every training, a paper model's epochs or a workload's steps, is a :class:`Task` that
 this loop drives from its next step to its last, read top to bottom:
 
-1. ``task.step(index, signalled)``: one optimiser step (the task's forward pass and loss; the optimiser,
+1. ``task.step(index, watch)``: one optimiser step (the task's forward pass and loss; the optimiser,
    schedule, clipping and bad-batch policy of :mod:`jfb.train.engine`), which also tells whether a preemption
    signal reached any process (one collective for that and the bad-batch decision);
 2. the progress bar;
@@ -19,18 +19,18 @@ from typing import Protocol
 from tqdm import tqdm
 
 from .engine import Stepped
-from .preemption import EXIT_PREEMPTED, Preempted, PreemptionWatch
+from .preemption import EXIT_PREEMPTED, Preempted, Watch
 
 
 class Task(Protocol):
     """A training the loop drives: ``steps`` in all, the next one ``next_step`` (after a resume, the one after
-    the checkpoint's); ``where()`` names the position for a message, ``resume_hint()`` what was written."""
+    the checkpoint's); ``save_last()`` says what it wrote, ``where()`` names the position for a message."""
 
     name: str
     steps: int
     next_step: int
 
-    def step(self, index: int, signalled: bool) -> Stepped: ...
+    def step(self, index: int, watch: Watch) -> Stepped: ...
 
     def after(self, done: int) -> None: ...
 
@@ -41,7 +41,7 @@ class Task(Protocol):
 
 def run_loop(
     task: Task,
-    watch: PreemptionWatch,
+    watch: Watch,
     progress: bool = False,
     log: Callable[[str], None] = print,
     until: int | None = None,
@@ -57,7 +57,7 @@ def run_loop(
         leave=False,
     )
     for index in bar:
-        stepped = task.step(index, watch.received is not None)
+        stepped = task.step(index, watch)
         bar.set_postfix(stepped.postfix, refresh=False)
         task.after(index + 1)
         if stepped.stop:

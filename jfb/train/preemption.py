@@ -13,6 +13,7 @@ from __future__ import annotations
 import signal
 import threading
 from types import FrameType, TracebackType
+from typing import Protocol
 
 from ..errors import JfbError
 
@@ -34,6 +35,12 @@ def signal_numbers(names: tuple[str, ...] | list[str]) -> list[signal.Signals]:
             raise JfbError(f"preempt_signals: {name!r} is not a signal training can catch (e.g. SIGTERM, SIGUSR1)")
         numbers.append(signal.Signals[full])
     return numbers
+
+
+class Watch(Protocol):
+    """What a training step reads: the name of the preemption signal received, or None."""
+
+    received: str | None
 
 
 class PreemptionWatch:

@@ -25,7 +25,7 @@ from .distributed import Processes
 from .engine import FitResult, Stepped, Training
 from .loop import run_loop
 from .metrics import MetricsLog, StepRecord
-from .preemption import PreemptionWatch
+from .preemption import PreemptionWatch, Watch
 
 #: a resumed run may change these (where it runs, how often it writes); any other difference is refused
 CHANGEABLE_ON_RESUME = ("device", "parallel", "checkpoint_every", "log_every", "eval_every", "preempt_signals")
@@ -75,8 +75,8 @@ class _StepTask:
     def next_step(self) -> int:
         return self.training.next_step
 
-    def step(self, index: int, signalled: bool) -> Stepped:
-        return self.training.step(index, signalled)
+    def step(self, index: int, watch: Watch) -> Stepped:
+        return self.training.step(index, watch)
 
     def after(self, done: int) -> None:
         settings, run = self.training.settings, self.run

@@ -97,10 +97,17 @@ class Workload:
         source = self.batches(config)
         return lambda step: to_device(source(step), config.device)
 
-    def training(self, model: nn.Module, config: Any, batches: Callable[[int], object] | None = None) -> Training:
-        """The step object of ``config`` (its optimiser, schedule, clipping and bad-batch policy)."""
+    def training(
+        self,
+        model: nn.Module,
+        config: Any,
+        batches: Callable[[int], object] | None = None,
+        processes: Processes | None = None,
+    ) -> Training:
+        """The step object of ``config`` (its optimiser, schedule, clipping and bad-batch policy) on ``processes``
+        (which decide together to skip a step or stop)."""
         batches = batches or self.batches_on_device(config)
-        return Training(model, batches, self.loss(config), config.steps, config.lr, settings=config)
+        return Training(model, batches, self.loss(config), config.steps, config.lr, config, processes)
 
     def train(
         self,
@@ -135,7 +142,8 @@ class Workload:
         processes = run.processes
         model = self.model(config, engine)
         trained = wrap_parallel(model, model.block, config.parallel, processes, config.device)
-        training = self.training(trained, config, parallel_batches(self.batches_on_device(config), processes))
+        batches = parallel_batches(self.batches_on_device(config), processes)
+        training = self.training(trained, config, batches, processes)
         run.evaluate = evaluation = _Evaluation(self, trained, config)
         try:
             result, metrics = run_steps(training, run, resume)
