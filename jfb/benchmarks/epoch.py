@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -21,12 +21,14 @@ from ..models import architecture
 from ..reports import Report, markdown_table, write_report
 from ..settings import setting
 from ..train import TrainConfig, build_from_config, make_optimization
+from ..train.engine import StepSettings, Training
 from ..train.setup import memory_format
 from .step import StepSetting
 
 
 def synthetic_epoch(config: TrainConfig, samples: int, setting: StepSetting) -> dict:
-    """Train ``config``'s model for one pass over ``samples`` random images; seconds and statistics."""
+    """Train ``config``'s model for one pass over ``samples`` random images through the engine's step (the
+    configuration's optimiser, schedule and, under fp16, gradient scaler); seconds and statistics."""
     torch.manual_seed(config.seed)
     model = build_from_config(config)
     arch = architecture(config.architecture)
@@ -34,32 +36,31 @@ def synthetic_epoch(config: TrainConfig, samples: int, setting: StepSetting) -> 
     images = torch.randn(samples, *arch.input_shape, generator=generator)
     labels = torch.randint(0, arch.classes, (samples,), generator=generator)
     steps = -(-samples // config.batch_size)
-    optimization = make_optimization(config, model, steps)
-    optimizer, scheduler = optimization.optimizer, optimization.schedule
-    model.train()
-    iterations, statuses = 0.0, {}
+    statuses: dict[str, int] = {}
+
+    def batch(index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        window = slice(index * config.batch_size, (index + 1) * config.batch_size)
+        inputs = images[window].to(config.device, non_blocking=True).contiguous(memory_format=memory_format(config))
+        return inputs, labels[window].to(config.device)
+
+    def loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, float]:
+        with setting.autocast():
+            value = nn.functional.cross_entropy(model(batch[0]), batch[1])
+        stats = getattr(getattr(model, "implicit", None), "last_stats", None)
+        if stats is None:
+            return value, 0.0
+        statuses[str(stats.status)] = statuses.get(str(stats.status), 0) + 1
+        return value, float(stats.forward.t_evals)
+
+    optimization = make_optimization(replace(config, precision=setting.precision), model, steps)
+    training = Training(model, batch, loss, steps, config.lr, EPOCH_STEP, optimization=optimization)
     setting.synchronize()
     started = time.perf_counter()
-    for start in range(0, samples, config.batch_size):
-        batch = (
-            images[start : start + config.batch_size]
-            .to(config.device, non_blocking=True)
-            .contiguous(memory_format=memory_format(config))
-        )
-        with setting.autocast():
-            loss = nn.functional.cross_entropy(
-                model(batch), labels[start : start + config.batch_size].to(config.device)
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        stats = getattr(getattr(model, "implicit", None), "last_stats", None)
-        if stats is not None:
-            iterations += stats.forward.t_evals
-            statuses[str(stats.status)] = statuses.get(str(stats.status), 0) + 1
+    for index in range(steps):
+        training.step(index)
     setting.synchronize()
     seconds = time.perf_counter() - started
+    measured = training.measured
     return {
         "architecture": config.architecture,
         "device": config.device,
@@ -68,10 +69,14 @@ def synthetic_epoch(config: TrainConfig, samples: int, setting: StepSetting) -> 
         "batch_size": config.batch_size,
         "epoch_s": seconds,
         "samples_per_s": samples / seconds,
-        "forward_iters_mean": iterations / steps,
-        "final_loss": float(loss),
+        "forward_iters_mean": sum(measured.iterations) / steps,
+        "final_loss": measured.losses[-1],
         "statuses": json.dumps(statuses, sort_keys=True),
     }
+
+
+#: a timed epoch skips a non-finite step as training does, and is not clipped (the optimisation is the config's)
+EPOCH_STEP = StepSettings(bad_batches="skip", clip=0.0, preempt_signals=())
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """``jfb bench step``: milliseconds per training step, ours vs the hand-written floor.
 
 The paper's MNIST model, batch 100 by default, exactly K forward iterations (Picard, checked). For each K
-and backward mode, our step (ImplicitClassifier forward, loss, backward, Adam step) runs along each path
+and backward mode, our step (the training engine's :class:`~jfb.train.engine.Training` step, the one every
+training takes: ImplicitClassifier forward, loss, backward, Adam step) runs along each path
 asked for, the operator given as the ``nn.Module`` or as a plain function calling it, the solve at a fixed
 depth (``tol=None``) or at a tolerance never met (the residual bookkeeping at every iteration), and the
 floor's step (:mod:`jfb.benchmarks.floor`) beside them, each on its own copy of the same model. Every round
@@ -35,6 +36,7 @@ from ..models import build_model
 from ..precision import autocast, check_precision
 from ..reports import Report, markdown_table, write_report
 from ..settings import setting
+from ..train.engine import StepSettings, Training
 from ..train.setup import compile_parts
 from .floor import floor_step
 
@@ -94,15 +96,19 @@ def _our_model(base: nn.Module, path: StepPath, iterations: int, backward: str) 
     return model
 
 
-def _our_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor, setting: StepSetting
-) -> torch.Tensor:
-    with setting.autocast():
-        loss = nn.functional.cross_entropy(model(images), labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
+#: the engine's settings for a timed step: Adam at a constant rate, no clipping (the floor's step)
+TIMED_STEP = StepSettings(optimizer="adam", schedule="constant", clip=0.0, preempt_signals=())
+
+
+def _our_training(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, setting: StepSetting) -> Training:
+    """The engine's step object (what every training runs) on ``model``, the same batch every step."""
+
+    def loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, float]:
+        with setting.autocast():
+            value = nn.functional.cross_entropy(model(batch[0]), batch[1])
+        return value, float(model.implicit.last_stats.forward.t_evals)
+
+    return Training(model, lambda index: (images, labels), loss, 2**31 - 1, 1e-3, TIMED_STEP)
 
 
 def _timed(step: Callable[[], object], setting: StepSetting) -> float:
@@ -151,8 +157,8 @@ def compare_steps(
         name: _floor_runner(floors[name], images, labels, iterations, tol, setting) for name, tol in floor_tols.items()
     }
     for path, model in models.items():
-        optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-        steps[path] = lambda model=model, optimizer=optimizer: _our_step(model, optimizer, images, labels, setting)
+        training = _our_training(model, images, labels, setting)
+        steps[path] = lambda training=training: training.step(training.next_step)
     times = _interleaved(steps, warmup, repeats, random.Random(seed), setting)
     ms = {name: 1000 * statistics.median(values) for name, values in times.items()}
     rows = []

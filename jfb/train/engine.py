@@ -143,16 +143,21 @@ class Training:
         lr: float,
         settings: StepSettings | None = None,
         processes: Processes | None = None,
+        optimization: Optimization | None = None,
     ) -> None:
         self.model, self.batch, self.loss, self.steps = model, batch, loss, steps
         self.settings = settings or StepSettings()
         self.processes = processes or Processes()
-        optimizer = named_optimizer(self.settings.optimizer, model, lr, self.settings.weight_decay)
-        schedule = make_schedule(self.settings.schedule, optimizer, steps)
-        self.optimization = Optimization(optimizer, schedule, clip=self.settings.clip)
+        self.optimization = optimization or self._optimization(lr)
         self.cuda = next(model.parameters()).is_cuda  # then each timed step ends with a synchronisation
         self.measured = Measurements()
         self.next_step = 0
+
+    def _optimization(self, lr: float) -> Optimization:
+        """The optimiser, schedule and clipping ``settings`` name (a training given its own takes that)."""
+        settings = self.settings
+        optimizer = named_optimizer(settings.optimizer, self.model, lr, settings.weight_decay)
+        return Optimization(optimizer, make_schedule(settings.schedule, optimizer, self.steps), clip=settings.clip)
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
