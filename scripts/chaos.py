@@ -2,13 +2,14 @@
 
     python scripts/chaos.py --faults 20 --seed 0 --out runs/chaos
 
-The job is `jfb train mnist` on a subset (one process, --deterministic, one thread). Faults are drawn from a
-seeded schedule at random training steps: SIGKILL, SIGTERM (exit 75, rerun with --resume), `last.pt` truncated or
-a byte flipped between runs, ENOSPC on a file write (exit 1, rerun), and NaN batches (the same batches poisoned in
-the uninterrupted run, so both skip them). With ``--processes 2`` the job runs as 2 gloo processes under torchrun
-and a worker is SIGKILLed instead of the job (torchrun restarts the group, which resumes). After the last fault
-the job runs to its end; the weights and the metrics (all but the timing columns) must equal the uninterrupted
-run's. Prints one JSON line: faults injected, survived, restarts, the wall-time overhead.
+The job is `jfb train mnist` on a subset (one process, --deterministic, one thread), or with ``--workload NAME``
+a workload at its smoke size (`jfb train prefix-sums ...`; under torchrun with ``--parallel ddp``). Faults are drawn
+from a seeded schedule at random training steps: SIGKILL, SIGTERM (exit 75, rerun with --resume), `last.pt`
+truncated or a byte flipped between runs, ENOSPC on a file write (exit 1, rerun), and, for MNIST, NaN batches (the
+same batches poisoned in the uninterrupted run, so both skip them). With ``--processes 2`` the job runs as 2 gloo
+processes under torchrun and a worker is SIGKILLed instead of the job (torchrun restarts the group, which resumes).
+After the last fault the job runs to its end; the weights and the metrics (all but the timing columns) must equal
+the uninterrupted run's. Prints one JSON line: faults injected, survived, restarts, the wall-time overhead.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 KINDS = ("sigkill", "sigterm", "truncate", "flip", "enospc", "nan")
-TIMING = ("epoch_time_s", "samples_per_s", "gradient_check_s")
+TIMING = ("epoch_time_s", "samples_per_s", "gradient_check_s", "ms_per_step")
 
 
 def job(limit_train: int, epochs: int) -> list[str]:
@@ -34,6 +35,17 @@ def job(limit_train: int, epochs: int) -> list[str]:
         "--batch-size", "50", "--checkpoint-every", "1", "--deterministic", "--threads", "1", "--no-progress",
         "--no-augment", "--depth-start", "none", "--max-iter", "3", "--eval-precision", "fp32",
     ]  # fmt: skip
+
+
+def workload_job(name: str, steps: int, processes: int) -> list[str]:
+    """`jfb train NAME` at its smoke size (the tests' settings), a checkpoint and a metrics row every step."""
+    from jfb.workloads import get_workload
+
+    smoke = {**get_workload(name).smoke, "steps": steps}
+    plain = {k: ",".join(map(str, v)) if isinstance(v, tuple) else v for k, v in smoke.items()}
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in plain.items()]
+    parallel = ["--parallel", "ddp"] if processes > 1 else []
+    return ["train", name, *flags, *parallel, "--checkpoint-every", "1", "--log-every", "1", "--no-progress"]
 
 
 def worker(argv: list[str]) -> int:
@@ -99,9 +111,12 @@ def _global_step(run_dir: Path, steps_per_epoch: int) -> int:
     from jfb.train import load_checkpoint
 
     try:
-        position = load_checkpoint(run_dir / "last.pt")["position"]
-    except (JfbError, OSError, KeyError):
+        checkpoint = load_checkpoint(run_dir / "last.pt")
+    except (JfbError, OSError):
         return -1
+    if "training" in checkpoint:  # a workload's
+        return checkpoint["training"]["step"]
+    position = checkpoint["position"]
     return position["epoch"] * steps_per_epoch + position["step"]
 
 
@@ -123,17 +138,23 @@ class Job:
 
 
 def run(args: argparse.Namespace) -> dict:
-    steps_per_epoch = args.limit_train // 50
-    total = steps_per_epoch * args.epochs
+    steps_per_epoch = args.limit_train // 50 if args.workload is None else args.steps
+    total = steps_per_epoch * args.epochs if args.workload is None else args.steps
     rng = random.Random(args.seed)
     kinds = [KINDS[i % len(KINDS)] for i in range(args.faults)]
+    if args.workload is not None:  # a workload's batches are drawn by seeded code, not poisoned here
+        kinds = [kind if kind != "nan" else "sigterm" for kind in kinds]
     if args.processes > 1:  # torchrun: a worker is killed (the group restarts) instead of the whole job
         kinds = ["worker_kill" if kind == "sigkill" else kind for kind in kinds]
     rng.shuffle(kinds)
     nan_steps = sorted(rng.sample(range(total), kinds.count("nan")))
     nan = ",".join(f"{s // steps_per_epoch}:{s % steps_per_epoch}" for s in nan_steps)
     faults = sorted((rng.randrange(2, total - 6), kind) for kind in kinds if kind != "nan")  # room to strike
-    argv, out = job(args.limit_train, args.epochs), Path(args.out)
+    if args.workload is None:
+        argv = job(args.limit_train, args.epochs)
+    else:
+        argv = workload_job(args.workload, total, args.processes)
+    out = Path(args.out)
     env = {**os.environ, "JFB_CHAOS_NAN": nan, "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
     reference = _command([*argv, "--out", str(out / "reference")], args.processes)
@@ -152,6 +173,7 @@ def run(args: argparse.Namespace) -> dict:
     chaos_s = time.perf_counter() - started
     same = final.returncode == 0 and _same_run(out / "reference", chaos.run_dir)
     return {
+        "job": args.workload or "mnist",
         "processes": args.processes,
         "faults_scheduled": args.faults,
         "faults_injected": injected,
@@ -223,6 +245,7 @@ def _damage(last: Path, kind: str, rng: random.Random) -> int:
 
 
 def _same_run(reference: Path, chaos: Path) -> bool:
+    """The same weights (a workload's model.pt, else last.pt) and the same metrics rows but for their times."""
     import torch
 
     from jfb.train import load_checkpoint
@@ -231,7 +254,8 @@ def _same_run(reference: Path, chaos: Path) -> bool:
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         return json.dumps([{k: v for k, v in r.items() if k not in TIMING} for r in rows], sort_keys=True)
 
-    a, b = (load_checkpoint(d / "last.pt")["model"] for d in (reference, chaos))
+    name = "model.pt" if (reference / "model.pt").is_file() else "last.pt"
+    a, b = (load_checkpoint(d / name)["model"] for d in (reference, chaos))
     return records(reference) == records(chaos) and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -244,6 +268,8 @@ def main() -> int:
     parser.add_argument("--limit-train", type=int, default=1000, help="training images (50 per step)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of the job")
     parser.add_argument("--processes", type=int, default=1, help="1, or 2+ for gloo processes under torchrun")
+    parser.add_argument("--workload", default=None, help="a workload (prefix-sums, lm) instead of the MNIST job")
+    parser.add_argument("--steps", type=int, default=40, help="the workload's training steps")
     parser.add_argument("--out", default="runs/chaos", help="where the reference and the chaos runs go")
     result = run(parser.parse_args())
     print(json.dumps(result))
