@@ -210,6 +210,51 @@ def test_solver_instances_and_registered_backward_modes():
     assert layer.options.solver_name == "anderson"
 
 
+def test_a_mode_registered_from_outside_uses_every_capability_flag(monkeypatch):
+    """Adding a mode is one class and one ``register_backward``: its flags alone decide what the layer does."""
+
+    @dataclasses.dataclass
+    class TracedStats(jfb.backward.BackwardStats):
+        traces: list = dataclasses.field(default_factory=list)  # the mode's own statistics live with it
+
+    class Recorded(jfb.backward.BackwardMode):  # backpropagates through the recorded Picard iterations
+        name = "test-recorded"
+        records_forward_graph = True
+        forward_solver = "picard"
+        supports_second_order = True
+        lockstep_safe = False
+        stats_type = TracedStats
+
+        def solve(self, F, x0, options, agree, observe):  # owns its forward solve: the trace reaches attach
+            u_star, stats, _ = super().solve(F, x0, options, agree, observe)
+            return u_star, stats, ("steps", stats.t_evals)
+
+        def attach(self, T, u_star, stats):
+            stats.traces.append(T.trace)
+            return T(u_star)
+
+    jfb.register_backward("test-recorded", Recorded)
+    try:
+        layer, x = _tanh_layer(solver="picard", backward="test-recorded", tol=None, max_iter=30)
+        unrolled, _ = _tanh_layer(solver="picard", backward="unroll", tol=None, max_iter=30)
+        x.requires_grad_()
+        (ours,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)  # records_forward_graph
+        (reference,) = torch.autograd.grad(unrolled(x).square().sum(), x, create_graph=True)
+        assert torch.allclose(ours, reference, rtol=0, atol=1e-12) and ours.requires_grad  # supports_second_order
+        assert layer.last_stats.backward.traces == [("steps", 30)]  # stats_type, and the trace of solve
+        with pytest.raises(jfb.JfbError, match="backpropagates through the iterations of solver 'picard'"):
+            _tanh_layer(solver="anderson", backward="test-recorded")[0](x)  # forward_solver
+        with pytest.raises(jfb.JfbError, match=r"use one of .*test-recorded"):  # supports_second_order offers it
+            neumann, _ = _tanh_layer(solver="picard", backward="neumann:2", tol=None, max_iter=30)
+            (g,) = torch.autograd.grad(neumann(x).square().sum(), x, create_graph=True)
+            g.sum().backward()
+        monkeypatch.setattr("jfb.equilibrium.distributed_world_size", lambda: 2)
+        with pytest.raises(jfb.JfbError, match="cannot run with collectives inside the operator"):  # lockstep_safe
+            _tanh_layer(solver="picard", backward="test-recorded", lockstep=True)[0](x)
+    finally:
+        jfb.backward.BACKWARD_MODES._factories.pop("test-recorded")
+
+
 # --- states of any shape -----------------------------------------------------------------------
 
 

@@ -41,3 +41,17 @@ def test_two_processes_under_torchrun_through_many_faults_end_bit_identical(tmp_
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["identical"] and result["faults_survived"] == result["faults_injected"] >= 5
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_workload_under_torchrun_through_many_faults_ends_bit_identical(tmp_path):
+    """The one loop's checkpoints, resume and preemption under torchrun (DDP, 2 gloo processes) for a workload:
+    SIGKILLed workers, SIGTERM, damaged checkpoints and a full disk, then the same weights and metrics rows."""
+    argv = [sys.executable, str(SCRIPT), "--workload", "prefix-sums", "--steps", "40", "--faults", "6"]
+    argv += ["--processes", "2"]
+    done = subprocess.run([*argv, "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["job"] == "prefix-sums" and result["processes"] == 2
+    assert result["identical"] and result["faults_survived"] == result["faults_injected"] >= 4

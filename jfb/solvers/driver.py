@@ -111,6 +111,10 @@ class Tracker:
         self.latest = (full(torch.nan), full(torch.nan)) if options.keep_history else None
         self.t_evals = 0
 
+    def count(self) -> None:
+        """An evaluation of T whose residual is not measured (the first half of a coupled reversible step)."""
+        self.t_evals += 1
+
     def checks(self, step: int) -> bool:
         return self.tracking and step % self.options.check_every == 0
 

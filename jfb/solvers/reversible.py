@@ -99,7 +99,7 @@ def solve_coupled(
         tracker.record(measured, fz, 2 * steps - 1, None)
         y = method.update(state, z, fz.to(wide)).to(x0.dtype)
         fy = F(y, None)
-        tracker.t_evals += 1
+        tracker.count()
         if observe is not None:
             observe(fy)
         z = method.update(state, y, fy.to(wide)).to(x0.dtype)

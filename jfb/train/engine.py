@@ -178,7 +178,7 @@ class Training:
         (``bad_batches``); ``watch``: the preemption signals, read once the step's forward pass is done."""
         self.model.train()
         start = time.perf_counter()
-        measuring = len(self.measured.losses) < SAVED_MEASURED_STEPS  # then the hooks cost nothing more
+        measuring = len(self.measured.losses) < SAVED_MEASURED_STEPS  # later steps skip the hooks
         with saved_tensor_bytes() if measuring else nullcontext([0]) as total:
             value, forward_iterations = self.loss(self.model, self.batch(index))
         loss = value.item()
