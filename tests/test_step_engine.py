@@ -35,6 +35,17 @@ def test_the_defaults_are_adam_cosine_clipping_at_one_and_raise():
     assert rates == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(1, 5)])
 
 
+def test_onecycle_rises_to_the_learning_rate_and_falls_far_below_it():
+    training = _training(steps=20, schedule="onecycle")
+    rates = [training.schedule.get_last_lr()[0]]
+    for index in range(19):
+        training.step(index)
+        rates.append(training.schedule.get_last_lr()[0])
+    peak = max(range(20), key=rates.__getitem__)
+    assert rates[peak] == pytest.approx(0.1) and 0 < peak < 19  # one-cycle's default: the peak at 30% of the steps
+    assert rates[0] < 0.01 and rates[-1] < 1e-4
+
+
 def test_sgd_constant_and_no_clipping_take_the_plain_gradient_step():
     clipped, plain = (
         _training(optimizer="sgd", schedule="constant"),

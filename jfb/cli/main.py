@@ -84,12 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     name = f"{command.group} {command.name}" if command.group else command.name
     try:
         result = command.run(args, not args.no_progress, _logger(args))
+    except TrainingStopped as exc:  # a JfbError that arises while training: exit 1, not a usage error's 2
+        print(f"jfb {name}: training stopped: {exc}", file=sys.stderr)
+        return 1
     except (JfbError, FileNotFoundError) as exc:
         print(f"jfb {name}: error: {exc}", file=sys.stderr)
         return 2
-    except TrainingStopped as exc:
-        print(f"jfb {name}: training stopped: {exc}", file=sys.stderr)
-        return 1
     except StorageError as exc:
         print(f"jfb {name}: error: {exc}", file=sys.stderr)
         return 1
