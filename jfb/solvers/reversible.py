@@ -84,6 +84,12 @@ def solve_coupled(
     ``check_every`` steps; ``iterations`` counts T evaluations up to that measurement), or after the depth.
     Returns ``z_N`` (in the state's dtype), the statistics of the solve and its trace (the pair in
     :func:`pair_dtype`). No sample is frozen: every row must take the same steps for the reverse pass.
+
+    Its bookkeeping is the driver's (:class:`~jfb.solvers.driver.Tracker`: residuals, stopping, failures,
+    evaluation counts); the loop is its own because the reverse pass needs what the driver's does not give: a
+    stop only after whole steps (the driver stops after any evaluation), the residual measured at ``z_n`` only
+    (the ``y`` halves counted, not measured), and ``z_N`` itself with the float64 pair (the driver returns T's
+    value at the last point).
     """
     method = options.method
     if not isinstance(method, Reversible):
