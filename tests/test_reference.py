@@ -101,3 +101,8 @@ def test_explicit_twins_are_recognised_by_name_and_run_t_once_from_zero(tmp_path
         assert torch.equal(model(d), expected)
     assert main(["import-reference", str(twin), "--model", "implicit", "--out", str(tmp_path / "forced.pt")]) == 0
     assert load_checkpoint(tmp_path / "forced.pt")["config"]["model"] == "implicit"
+
+
+def test_ci_exports_ci_true_before_the_tests_so_missing_files_fail_there():
+    script = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    assert "export CI=true" in script and script.index("export CI=true") < script.index("python -m pytest")

@@ -34,7 +34,7 @@ from ..train.setup import Log
 from ..workloads import WORKLOADS, Workload
 from ..workloads.base import evaluate_saved, is_workload_checkpoint
 from .flags import values_of
-from .train_settings import TrainSettings
+from .train_settings import OVERWRITE_HELP, TrainSettings
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,8 @@ def _without_progress(function: Callable[[Any, Log], Any]) -> Callable[[Any, boo
 
 def _train(settings: TrainSettings, overrides: dict[str, Any], progress: bool, log: Log):
     config = settings.config(overrides)
-    return train(config, settings.run_dir(config), resume=settings.resume, progress=progress, log=log)
+    run_dir = settings.run_dir(config)
+    return train(config, run_dir, resume=settings.resume, progress=progress, log=log, overwrite=settings.overwrite)
 
 
 def _eval(settings: EvalSettings, progress: bool, log: Log) -> dict[str, Any]:
@@ -92,9 +93,10 @@ def _workload_command(workload: Workload) -> Command:
     """``jfb train NAME`` for a workload: its config's fields are the flags, plus ``--out``."""
     out = setting(None, f"run dir (default runs/{workload.name}-TIME)")
     resume = setting(False, "continue from OUT/last.pt (start afresh when there is none)")
+    overwrite = setting(False, OVERWRITE_HELP)
     run_settings = make_dataclass(
         f"{workload.config.__name__}Run",
-        [("out", str | None, out), ("resume", bool, resume)],
+        [("out", str | None, out), ("resume", bool, resume), ("overwrite", bool, overwrite)],
         bases=(workload.config,),
         frozen=True,
     )
@@ -104,7 +106,7 @@ def _workload_command(workload: Workload) -> Command:
             raise JfbError("--resume continues a run folder: give it with --out")
         config = workload.config(**{f.name: getattr(run, f.name) for f in fields(workload.config)})
         folder = Path(run.out or f"runs/{workload.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        return workload.run(config, folder, progress, resume=run.resume)
+        return workload.run(config, folder, progress, resume=run.resume, overwrite=run.overwrite)
 
     return Command(workload.name, workload.help, run_settings, call, group="workload")
 

@@ -11,6 +11,9 @@ from ..settings import setting
 from ..train.config import TrainConfig
 from ..train.recipes import load_target, merge_settings
 
+#: the help of ``--overwrite`` (``jfb train`` of a paper model or a workload)
+OVERWRITE_HELP = "start afresh in a run folder that holds a run (its checkpoints and metrics are replaced)"
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -23,6 +26,7 @@ class TrainSettings:
     )
     out: str | None = setting(None, "run dir (default runs/DATASET-TIME)")
     resume: bool = setting(False, "continue from RUN_DIR/last.pt")
+    overwrite: bool = setting(False, OVERWRITE_HELP)
 
     def config(self, overrides: dict[str, Any]) -> TrainConfig:
         """The target's configuration with ``overrides`` (options given on the command line) applied; the

@@ -118,7 +118,7 @@ def run_compare(settings: CompareSettings, progress: bool = True, log=print) -> 
         config = settings.row_config(method)
         log(f"== {method} (latent BatchNorm {'on' if config.latent_batch_norm else 'off'})")
         run_dir = out_dir / method.replace(":", "-")
-        result = train(config, run_dir, progress=progress, log=log)
+        result = train(config, run_dir, progress=progress, log=log, overwrite=True)  # a rerun replaces its rows
         records = [
             EpochRecord.from_dict(json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
         ]

@@ -22,4 +22,4 @@ def run_demo(settings: DemoSettings, progress: bool = True, log=print) -> TrainR
     limit = {"limit_train": settings.limit_train} if settings.limit_train else {}
     config = TrainConfig.from_dict({**values, "epochs": DEMO_EPOCHS, **limit}, source=source)
     log(f"demo: {config.epochs} epochs of JFB training on MNIST (run dir {settings.out})")
-    return train(config, Path(settings.out), progress=progress, log=log)
+    return train(config, Path(settings.out), progress=progress, log=log, overwrite=True)  # the demo's own folder

@@ -18,7 +18,7 @@ from ..models import count_parameters
 from .checkpoint import load_checkpoint
 from .classifier_step import train_step
 from .config import TrainConfig
-from .distributed import main_process_only, start_processes, stop_processes
+from .distributed import launched_rank, main_process_only, start_processes, stop_processes
 from .engine import Stepped
 from .evaluation import evaluate
 from .loop import run_loop
@@ -26,17 +26,29 @@ from .metrics import plot_curves
 from .optimization import TrainingStopped
 from .preemption import PreemptionWatch, Watch
 from .records import EpochRecord, EpochStats, Position, TrainResult
+from .run_folder import claimed_run_folder
 from .setup import Log, Run, build_from_config, evaluated_weights, setup_run
 
 
 def train(
-    config: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True, log: Log = print
+    config: TrainConfig,
+    run_dir: Path,
+    resume: bool = False,
+    progress: bool = True,
+    log: Log = print,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train, evaluate every epoch, keep ``last.pt`` and the validation-selected ``best.pt``.
 
-    Under ``torchrun`` this runs data-parallel (see :mod:`jfb.train.distributed`); only the
-    main process logs, shows progress and writes files.
+    ``run_dir`` is held for the run (:mod:`jfb.train.run_folder`): a folder that holds a run needs ``resume`` (to
+    continue it) or ``overwrite`` (to replace it). Under ``torchrun`` this runs data-parallel (see
+    :mod:`jfb.train.distributed`); only the main process logs, shows progress and writes files.
     """
+    with claimed_run_folder(run_dir, resume, overwrite, main=launched_rank() == 0, log=log):
+        return _train_in(config, Path(run_dir), resume, progress, log)
+
+
+def _train_in(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, log: Log) -> TrainResult:
     processes = start_processes(config.device, config.dist_timeout_s)
     try:
         if processes.distributed and (config.lipschitz_rescale or get_backward(config.backward).state_dict()):
@@ -47,7 +59,7 @@ def train(
             )
         log = main_process_only(log, processes)
         with PreemptionWatch(config.preempt_signals) as watch:
-            run = setup_run(config, Path(run_dir), resume, processes, progress and processes.is_main, log)
+            run = setup_run(config, run_dir, resume, processes, progress and processes.is_main, log)
             try:
                 return fit(run, watch)
             finally:

@@ -83,6 +83,11 @@ class Processes:
         return tensor.tolist()
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 without torchrun), known before the process group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def start_processes(device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Processes:
     """Join the process group that ``torchrun`` describes in the environment (or run alone).
 

@@ -80,7 +80,8 @@ class _StepTask:
 
     def after(self, done: int) -> None:
         settings, run = self.training.settings, self.run
-        if done == self.steps:  # the final row, with the final evaluation, is written by run_steps
+        if done == self.steps:  # a finished run resumes to its end at once; the final row is run_steps's
+            save_last(self.training, run)
             return
         evaluate = run.evaluate is not None and settings.eval_every and done % settings.eval_every == 0
         if self.metrics is not None and (evaluate or done % settings.log_every == 0):
@@ -184,7 +185,9 @@ def _resume(training: Training, run: StepRun, metrics: MetricsLog | None) -> Non
     )
     training.restore(checkpoint["training"])
     if metrics is not None:
-        metrics.records = [r for r in _read_rows(run.out) if r.step <= training.next_step]
+        # the rows written up to the checkpoint; the final row (with the final evaluation) is written again
+        rows = _read_rows(run.out)
+        metrics.records = [r for r in rows if r.step <= training.next_step and r.step < training.steps]
     run.log(f"resumed from {path} at step {training.next_step} of {training.steps}")
 
 

@@ -15,12 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import JfbError
-from ..files import prepare_run_dir
 from ..reports import Report, key_value_table, write_report
 from ..settings import setting
 from ..train.checkpoint import save_checkpoint
-from ..train.distributed import Processes, start_processes, stop_processes
+from ..train.distributed import Processes, launched_rank, start_processes, stop_processes
 from ..train.engine import FitResult, Loss, StepSettings, Training
+from ..train.run_folder import claimed_run_folder
 from ..train.steps import StepRun, run_steps
 from .engines import EngineFactory, jfb_engine
 from .parallel import PARALLEL, full_state, parallel_batches, torchrun_needed, wrap_parallel
@@ -117,12 +117,27 @@ class Workload:
         out: Path | None = None,
         resume: bool = False,
         log: Callable[[str], None] = print,
+        overwrite: bool = False,
     ) -> Trained:
         """Build, train (on the processes torchrun started when ``config.parallel`` asks) and evaluate; with
-        ``out``, checkpoints and metrics go there and ``resume`` continues from its ``last.pt``."""
+        ``out`` (held for the run, :mod:`jfb.train.run_folder`), checkpoints and metrics go there, ``resume``
+        continues from its ``last.pt`` and ``overwrite`` replaces a run it holds."""
         self.check_parallel(config.parallel)
         torchrun_needed(config.parallel)
-        out = prepare_run_dir(out) if out is not None else None
+        if out is None:
+            return self._train_in(None, config, engine, progress, resume, log)
+        with claimed_run_folder(out, resume, overwrite, main=launched_rank() == 0, log=log) as folder:
+            return self._train_in(folder, config, engine, progress, resume, log)
+
+    def _train_in(
+        self,
+        out: Path | None,
+        config: Any,
+        engine: EngineFactory | None,
+        progress: bool,
+        resume: bool,
+        log: Callable[[str], None],
+    ) -> Trained:
         processes = start_processes(config.device) if config.parallel != "none" else Processes()
         try:
             run = StepRun(out, self.name, plain_config(config), processes, None, progress and processes.is_main, log)
@@ -152,11 +167,13 @@ class Workload:
         kept = None if processes.distributed else model
         return Trained(kept, result, metrics, evaluation.cases, full_state(model), processes.is_main)
 
-    def run(self, config: Any, out: Path, progress: bool = True, resume: bool = False) -> Report:
+    def run(
+        self, config: Any, out: Path, progress: bool = True, resume: bool = False, overwrite: bool = False
+    ) -> Report:
         """``jfb train NAME``: train (checkpoints in ``out``), evaluate, write the weights, the metrics, the rows
         (and a plot)."""
         out = Path(out)
-        trained = self.train(config, progress=progress, out=out, resume=resume)  # checks the options, then out
+        trained = self.train(config, progress=progress, out=out, resume=resume, overwrite=overwrite)
         result, metrics, rows = trained.result, trained.metrics, trained.rows
         summary = {
             "workload": self.name,
