@@ -45,6 +45,15 @@ def test_a_lock_of_another_host_is_never_taken_over(tmp_path):
         pass
 
 
+def test_a_restart_of_the_same_torchrun_job_takes_the_lock_over_from_another_node(tmp_path, monkeypatch):
+    (tmp_path / LOCK).write_text(json.dumps({"pid": 7, "host": "node-0", "since": "then", "job": "job-42"}))
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-42")
+    said = []
+    with claimed_run_folder(tmp_path, resume=True, log=said.append):
+        assert json.loads((tmp_path / LOCK).read_text())["host"] == socket.gethostname()
+    assert said == [f"{tmp_path}: took over the stale lock of PID 7 on node-0 (no longer running)"]
+
+
 def test_a_stale_lock_and_killed_writes_are_cleared_and_said(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -55,7 +64,7 @@ def test_a_stale_lock_and_killed_writes_are_cleared_and_said(tmp_path):
         assert json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid()
         assert not (tmp_path / "last.ptx8k2z1.tmp").exists()
     assert not (tmp_path / LOCK).exists()  # released
-    assert any(f"took over the lock of PID {dead.pid}" in line for line in said)
+    assert any(f"took over the stale lock of PID {dead.pid}" in line for line in said)
     assert any("removed 1 temporary file(s) of an interrupted write: last.ptx8k2z1.tmp" in line for line in said)
 
 

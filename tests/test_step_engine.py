@@ -3,6 +3,7 @@ cosine, clipping at 1, raise), checked on a linear model whose gradients are kno
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -91,3 +92,28 @@ def test_a_non_finite_loss_raises_by_default_and_is_skipped_on_request():
 def test_bad_settings_are_refused_in_one_line(change, message):
     with pytest.raises(JfbError, match=message):
         StepSettings(**change)
+
+
+def test_metrics_rows_are_appended_and_the_files_rewritten_only_for_a_new_column(tmp_path, monkeypatch):
+    """A long run's rows cost the same at the end as at the start (the files were rewritten whole on every row)."""
+    import jfb.train.metrics as metrics_module
+    from jfb.train.metrics import MetricsLog, StepRecord
+
+    rewrites, real = [], metrics_module.atomic_write_text
+    counted = lambda path, text: rewrites.append(path) or real(path, text)  # noqa: E731
+    monkeypatch.setattr(metrics_module, "atomic_write_text", counted)
+    log = MetricsLog(tmp_path, x="step")
+    for step in range(1, 51):
+        log.append(StepRecord(step, {"train_loss": 1.0 / step, **({"accuracy": 0.5} if step == 40 else {})}))
+    assert len(rewrites) == 4  # the first row and the first row with "accuracy", each to both files
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 51)) and rows[39]["accuracy"] == 0.5
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[0] == "step,train_loss,accuracy" and len(lines) == 51 and lines[45].endswith(",")
+
+
+def test_a_metrics_line_cut_by_a_crash_is_dropped_on_resume(tmp_path):
+    from jfb.train.steps import _read_rows
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 2, "train_loss": 0.5}\n{"step": 4, "train_lo')
+    assert [r.step for r in _read_rows(tmp_path)] == [2]

@@ -1,20 +1,27 @@
-"""Per-epoch metrics: metrics.csv and metrics.jsonl in the run dir (plus TensorBoard if installed), and curves.png."""
+"""Metrics rows (per epoch or per logged step): metrics.csv and metrics.jsonl in the run dir (plus TensorBoard if
+installed), and curves.png."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import StorageError
 from ..files import atomic_write_text
 from ..reports import MISSING_MATPLOTLIB, csv_text, pyplot
 from .records import EpochRecord
 
 
 class MetricsLog:
-    """Keeps all records (one per epoch, or per logged step: ``x`` names the column they are indexed by);
-    rewrites both files atomically after each.
+    """Keeps all records (one per epoch, or per logged step: ``x`` names the column they are indexed by) and
+    writes each to metrics.jsonl and metrics.csv as it comes: appended (one line each, flushed to disk), so a long
+    run's rows cost the same at the end as at the start; the files are rewritten whole (atomically) only when a
+    record changes or a row brings a column the CSV header lacks. A line cut by a crash is dropped on resume.
 
     With ``write=False`` (the other processes of a distributed run) it only keeps the records.
     """
@@ -23,25 +30,43 @@ class MetricsLog:
         self.run_dir, self.x = run_dir, x
         self.records: list = []
         self.write = write
+        self._columns: list[str] | None = None  # the CSV header on disk (None: the files are not written yet)
         self._tensorboard = _tensorboard_writer(run_dir) if write else None
 
     def append(self, record) -> None:
         """``record``: anything with ``to_dict()`` (an :class:`EpochRecord`, a :class:`StepRecord`)."""
         self.records.append(record)
-        self.rewrite()
+        row = record.to_dict()
+        if self.write and self._columns is not None and set(row) <= set(self._columns):
+            self._append_lines(row)
+        else:
+            self.rewrite()
         if self._tensorboard is not None:
-            row = record.to_dict()
             for key, value in row.items():
                 if isinstance(value, int | float) and key != self.x:
                     self._tensorboard.add_scalar(key, value, row[self.x])
             self._tensorboard.flush()
 
     def rewrite(self) -> None:
-        """Write all records to metrics.jsonl and metrics.csv (after appending or updating one)."""
+        """Write all records to metrics.jsonl and metrics.csv (after updating one, or a new column)."""
         if self.write:
             rows = [r.to_dict() for r in self.records]
             atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-            atomic_write_text(self.run_dir / "metrics.csv", csv_text(rows))
+            text = csv_text(rows)
+            atomic_write_text(self.run_dir / "metrics.csv", text)
+            self._columns = next(csv.reader([text.splitlines()[0]])) if rows else None
+
+    def _append_lines(self, row: dict[str, Any]) -> None:
+        line = io.StringIO()
+        csv.DictWriter(line, fieldnames=self._columns).writerow(row)
+        for name, text in (("metrics.jsonl", json.dumps(row) + "\n"), ("metrics.csv", line.getvalue())):
+            try:
+                with open(self.run_dir / name, "a") as f:
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as error:
+                raise StorageError(f"cannot write {self.run_dir / name}: {error.strerror or error}") from error
 
     def best(self) -> EpochRecord:
         """The validation-selected epoch (the first of equals)."""

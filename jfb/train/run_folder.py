@@ -2,8 +2,8 @@
 holder's PID and host), a folder that holds a run is not started afresh by accident (``--resume`` continues it,
 ``--overwrite`` replaces it), and the temporary files of a write that was killed are removed at the next start.
 
-Under torchrun process 0 holds the lock (the one that writes); a lock whose holder died on this host (SIGKILL,
-an elastic restart) is stale and taken over, saying so.
+Under torchrun process 0 holds the lock (the one that writes); a lock whose holder died on this host (SIGKILL), or
+that an earlier attempt of the same torchrun job left (an elastic restart, on any node), is taken over, saying so.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def _lock(path: Path, log: Callable[[str], None]) -> None:
     """Create the lock file, or take over a stale one; JfbError naming the holder of a live one."""
     lock = path / LOCK
     holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    holder["job"] = os.environ.get("TORCHELASTIC_RUN_ID", "")  # torchrun's job: its restarts take the lock over
     for _ in range(2):
         try:
             descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -61,7 +62,8 @@ def _lock(path: Path, log: Callable[[str], None]) -> None:
                     f"{other.get('since')}); wait for it to end or train into another --out (a run on another host "
                     f"that died leaves {lock}: delete it)"
                 ) from None
-            log(f"{path}: took over the lock of PID {other.get('pid')} on {other.get('host')}, which is not running")
+            pid, host = other.get("pid"), other.get("host")
+            log(f"{path}: took over the stale lock of PID {pid} on {host} (no longer running)")
             lock.unlink(missing_ok=True)
             continue
         with os.fdopen(descriptor, "w") as f:
@@ -78,9 +80,12 @@ def _holder(lock: Path) -> dict:
 
 
 def _stale(holder: dict) -> bool:
-    """A lock of a process on this host that no longer runs (or one that cannot be read)."""
-    pid, host = holder.get("pid"), holder.get("host")
+    """A lock of a process on this host that no longer runs, of an earlier attempt of this torchrun job (whose
+    process 0 may have moved to another node), or one that cannot be read."""
+    pid, host, job = holder.get("pid"), holder.get("host"), holder.get("job")
     if not isinstance(pid, int) or host is None:
+        return True
+    if job and job == os.environ.get("TORCHELASTIC_RUN_ID"):
         return True
     if host != socket.gethostname():
         return False

@@ -196,7 +196,12 @@ def _read_rows(out: Path) -> list[StepRecord]:
     path = out / "metrics.jsonl"
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # the last line, cut by a crash mid-append: its row is written again after the resume
+            break
     return [StepRecord(row.pop("step"), row) for row in rows]
 
 
