@@ -5,11 +5,12 @@ every N steps of a long run, with the fitted growth per 1,000 steps and its nois
     python scripts/soak.py --model lm --steps 20000 --every 250 --out runs/soak-lm
 
 ``mnist``: `jfb train mnist`'s path (the one loop, epochs, validation, checkpoints) on a small configuration
-(2,048 images, batch 32, Picard at depth 4, JFB; as many epochs as the steps need). ``lm``: `jfb train lm`'s path
-(the one loop, a metrics row every 10 steps, `last.pt` every 100: the defaults) at the workload's smoke size. The sampler wraps the
-loop's task (every N finished steps: resident memory from /proc, CUDA memory, the mean step time since the last
-sample), so the run is the command's own. The first tenth of the samples is left out of the fit (warm-up:
-allocator pools, caches). Writes OUT/soak.csv (the samples) and OUT/soak.json (the fit); prints the JSON.
+(2,048 images, batch 32, Picard at depth 4, JFB; as many epochs as the steps need). ``lm``: `jfb train lm`'s
+path (the one loop, a metrics row every 10 steps, `last.pt` every 100: the defaults) at the workload's smoke
+size. The sampler wraps the loop's task (every N finished steps: resident memory from /proc, CUDA memory, the
+mean step time since the last sample), so the run is the command's own. The first tenth of the samples is left
+out of the fit (warm-up: allocator pools, caches). Writes OUT/soak.csv (the samples) and OUT/soak.json (the
+fit); prints the JSON.
 """
 
 from __future__ import annotations
