@@ -14,16 +14,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .backward import BackwardMode, BackwardStats, FixedPointMap, GradientCheck, get_backward
+from . import transforms
+from .backward import BACKWARD_MODES, BackwardMode, BackwardStats, FixedPointMap, GradientCheck, get_backward
 from .binding import InitialState, bind, check_state, differentiable_inputs, initial_state, normalize_latent_shape
 from .errors import JfbError, unknown_name
 from .failures import FUNCTION_CALL_SITES_WARNED, FailureReport
 from .frozen import frozen_running_stats
-from .lockstep import all_processes_done, distributed_world_size, has_collectives
+from .lockstep import all_processes_done, in_lockstep
 from .regularizers import evenly_spaced, jacobian_frobenius
-from .solvers import SolveOptions, SolveStats
+from .solvers import SolveOptions, SolveStats, solve_flat
 from .state import State, StateLayout
 from .status import Status
+from .transforms import Boundary
 
 ON_FAILURE = ("warn", "raise", "ignore")
 
@@ -186,6 +188,8 @@ def solve_equilibrium(
     regularize: bool = True,
 ) -> Equilibrium:
     """One call: prepare the state, solve, attach the backward mode, regularise (when ``regularize`` and grad)."""
+    if transforms.active():
+        _check_transforms(mode, policy, regularize)
     u0, guessed = initial_state(x, u0, latent_shape)
     check_state(u0, guessed)
     layout = StateLayout(u0)
@@ -214,6 +218,19 @@ def solve_equilibrium(
     return result
 
 
+def _check_transforms(mode: BackwardMode, policy: SolvePolicy, regularize: bool) -> None:
+    """JfbError in one line for what cannot run inside the torch.func transforms active now."""
+    able = BACKWARD_MODES.usages(
+        lambda factory: transforms.active_transforms() <= getattr(factory, "transforms", set())
+    )
+    transforms.refuse_unsupported(mode, mode.transforms, list(able))
+    if regularize and (policy.jacobian_probes or policy.correction):
+        raise JfbError(
+            "the Jacobian penalty and the fixed-point correction (jacobian_probes=, correction=) do not run inside "
+            "torch.func transforms; set them to 0 for the transformed calls (layer.eval() turns them off)"
+        )
+
+
 def check_compatible(mode: BackwardMode, options: SolveOptions) -> None:
     """JfbError when the backward mode cannot run after this solve."""
     if mode.forward_solver is not None and options.solver_name != mode.forward_solver:
@@ -233,13 +250,20 @@ def _solve(
     iterates: list[Tensor] | None,
 ) -> tuple[Tensor, SolveStats, Any]:
     records_graph = mode.records_forward_graph and torch.is_grad_enabled()
-    lockstep = _in_lockstep(operator, mode, policy.lockstep)
-    if options.freeze_converged and (records_graph or lockstep):
+    lockstep = in_lockstep(operator, mode, policy.lockstep)
+    boundary = Boundary.current()
+    if options.freeze_converged and (records_graph or lockstep or boundary):
         options = options.replace(freeze_converged=False)
     with frozen_running_stats(operator) as settle, torch.set_grad_enabled(records_graph):
         agree = all_processes_done(x0.device) if lockstep else None
         observe = None if iterates is None else iterates.append
-        return mode.solve(_settling(T, settle), x0 if records_graph else x0.detach(), options, agree, observe)
+        F = _settling(T, settle)
+        if boundary is None:
+            return mode.solve(F, x0 if records_graph else x0.detach(), options, agree, observe)
+        if records_graph:  # unroll differentiates its iterations: they stay wrapped, the bookkeeping reads through
+            u_star, stats = solve_flat(F, x0, options, agree, observe, peel=boundary.peel)
+            return u_star, stats, None
+        return boundary.solve_outside(lambda G, u0, seen: mode.solve(G, u0, options, agree, seen), F, x0, observe)
 
 
 def _settling(T: Callable, settle: Callable[[], None]) -> Callable:
@@ -255,20 +279,6 @@ def _settling(T: Callable, settle: Callable[[], None]) -> Callable:
         return out
 
     return F
-
-
-def _in_lockstep(operator: Callable, mode: BackwardMode, lockstep: bool | None) -> bool:
-    if lockstep is not None:
-        lockstep = lockstep and distributed_world_size() > 1
-    else:
-        lockstep = distributed_world_size() > 1 and has_collectives(operator)
-    if lockstep and not mode.lockstep_safe and torch.is_grad_enabled():
-        raise JfbError(
-            f"backward {mode!r} cannot run with collectives inside the operator (SyncBatchNorm in a distributed "
-            "run): its backward pass makes a different number of calls of T on each process; use backward 'jfb' "
-            "or 'neumann:K', or no latent BatchNorm"
-        )
-    return lockstep
 
 
 def _regularize(

@@ -9,10 +9,13 @@ iteration. Without collectives inside T, processes stop independently.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from .errors import JfbError
 from .solvers.driver import Agreement
 
 
@@ -46,3 +49,18 @@ def all_processes_done(device: torch.device) -> Agreement:
         return float(not_done) == 0.0
 
     return agree
+
+
+def in_lockstep(operator: object, mode: Any, lockstep: bool | None) -> bool:
+    """Whether this call's solve runs in lock-step; JfbError when the backward ``mode`` cannot (``lockstep_safe``)."""
+    if lockstep is not None:
+        lockstep = lockstep and distributed_world_size() > 1
+    else:
+        lockstep = distributed_world_size() > 1 and has_collectives(operator)
+    if lockstep and not mode.lockstep_safe and torch.is_grad_enabled():
+        raise JfbError(
+            f"backward {mode!r} cannot run with collectives inside the operator (SyncBatchNorm in a distributed "
+            "run): its backward pass makes a different number of calls of T on each process; use backward 'jfb' "
+            "or 'neumann:K', or no latent BatchNorm"
+        )
+    return lockstep

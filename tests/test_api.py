@@ -223,6 +223,7 @@ def test_a_mode_registered_from_outside_uses_every_capability_flag(monkeypatch):
         forward_solver = "picard"
         supports_second_order = True
         lockstep_safe = False
+        transforms = frozenset({"grad"})
         stats_type = TracedStats
 
         def solve(self, F, x0, options, agree, observe):  # owns its forward solve: the trace reaches attach
@@ -248,7 +249,11 @@ def test_a_mode_registered_from_outside_uses_every_capability_flag(monkeypatch):
             neumann, _ = _tanh_layer(solver="picard", backward="neumann:2", tol=None, max_iter=30)
             (g,) = torch.autograd.grad(neumann(x).square().sum(), x, create_graph=True)
             g.sum().backward()
-        monkeypatch.setattr("jfb.equilibrium.distributed_world_size", lambda: 2)
+        jacobian = torch.func.jacrev(lambda x: layer(x[None])[0])(x[0].detach())  # transforms: grad offered
+        assert torch.allclose(jacobian, torch.func.jacrev(lambda x: unrolled(x[None])[0])(x[0].detach()), atol=1e-12)
+        with pytest.raises(jfb.JfbError, match=r"does not run under torch\.func vmap; use one of jfb"):  # not vmap
+            torch.func.vmap(layer)(x[None].detach())
+        monkeypatch.setattr("jfb.lockstep.distributed_world_size", lambda: 2)
         with pytest.raises(jfb.JfbError, match="cannot run with collectives inside the operator"):  # lockstep_safe
             _tanh_layer(solver="picard", backward="test-recorded", lockstep=True)[0](x)
     finally:

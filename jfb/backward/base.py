@@ -21,6 +21,7 @@ from ..errors import JfbError
 from ..registry import Registry
 from ..solvers import SolveOptions, SolveStats, solve_flat
 from ..status import Status
+from ..transforms import Boundary
 
 
 @dataclass(frozen=True)
@@ -96,31 +97,40 @@ class FixedPointMap:
     def __call__(self, u: Tensor) -> Tensor:
         return self.T(u)
 
-    def linearization(self, u_star: Tensor) -> tuple[Tensor, Tensor]:
+    def linearization(self, u_star: Tensor, boundary: Boundary | None = None) -> tuple[Tensor, Tensor]:
         """``(z, u)`` with ``z = T(u)``, ``u`` a fresh leaf equal to ``u*``, graph recorded.
 
         A ``torch.compile``-d operator runs eagerly here: J products may need double backward (CG's
         J v, the Jacobian penalty), which compiled graphs do not support. (Inside a region dynamo is
-        tracing, such as a compiled layer, it is traced as it is.)
+        tracing, such as a compiled layer, it is traced as it is.) With a ``boundary`` (called outside
+        torch.func transforms, :mod:`jfb.transforms`), ``u`` and ``z`` are the plain tensors under the wrappers
+        and the graph is ordinary autograd's, recorded through T evaluated inside the transforms.
         """
         eager = nullcontext() if torch.compiler.is_compiling() else torch.compiler.set_stance("force_eager")
         with torch.enable_grad(), self.frozen(), eager:
-            u = u_star.detach().requires_grad_()
-            return self.T(u), u
+            if boundary is None:
+                u = u_star.detach().requires_grad_()
+                return self.T(u), u
+            u = boundary.peel(u_star).requires_grad_()
+            wrapped = boundary.wrap(u)
+            with boundary.inside():
+                z = self.T(wrapped)
+            return boundary.peel(z, keep_graph=True), u
 
 
-def refuse_second_order(mode: str) -> None:
-    """JfbError when the backward pass runs with ``create_graph=True`` (grad mode is on inside the hook).
+def refuse_second_order(mode: str, differentiated: bool) -> None:
+    """JfbError when the backward pass is itself differentiated (``differentiated``: from a
+    :func:`jfb.transforms.differentiated_check` made where the mode attached its gradient).
 
     A mode whose hook returns a linear solve's result computes it without a graph, so a derivative of
     the gradient would silently miss every term through that solve.
     """
-    if torch.is_grad_enabled():
+    if differentiated:
         able = BACKWARD_MODES.usages(lambda factory: getattr(factory, "supports_second_order", False))
         raise JfbError(
-            f"second derivatives (a backward pass with create_graph=True) through backward {mode!r} are not "
-            "supported: its gradient is computed outside autograd (a series or a linear solve) and would be "
-            f"silently wrong; use one of {', '.join(able)}, which differentiate what they compute"
+            f"second derivatives (a backward pass with create_graph=True, or torch.func.hessian) through backward "
+            f"{mode!r} are not supported: its gradient is computed outside autograd (a series or a linear solve) and "
+            f"would be silently wrong; use one of {', '.join(able)}, which differentiate what they compute"
         )
 
 
@@ -140,6 +150,10 @@ class BackwardMode:
     #: safe in a lock-step distributed solve (collectives inside T): every process makes the same calls of T in
     #: the backward pass (not so for a linear solve that stops at its own tolerance on each process)
     lockstep_safe: bool = True
+    #: the ``torch.func`` transforms the mode's derivatives are right under (:data:`jfb.transforms.TRANSFORMS`:
+    #: ``vmap``, ``grad`` for reverse mode, ``jvp`` for forward mode); a call inside any other is refused. None by
+    #: default: a hook or custom gradient is invisible to forward mode, and may not run under vmap
+    transforms: frozenset[str] = frozenset()
     #: the statistics of one call: :class:`BackwardStats`, or a subclass with the mode's own fields
     stats_type: type[BackwardStats] = BackwardStats
 
@@ -177,19 +191,31 @@ class BackwardMode:
 class GradientOverride(torch.autograd.Function):
     """``out`` unchanged, with the backward pass ``gradients(grad, value)``: the gradients for ``out`` and for each
     of ``inputs`` (None where there is none). ``value`` is this node's output, differentiable, so a backward pass
-    with ``create_graph=True`` can build on it (IFT's second derivatives)."""
+    with ``create_graph=True`` can build on it (IFT's second derivatives). In forward mode (``torch.func.jvp``)
+    the output's tangent is ``tangent(t)`` of ``out``'s tangent ``t`` (None: forward mode is refused). Written in
+    torch.func's form (``setup_context``, a generated vmap rule), so every transform can run through it."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx: Any, gradients: Callable, out: Tensor, *inputs: Tensor) -> Tensor:
-        value = out.clone()
-        ctx.gradients = gradients
-        ctx.save_for_backward(value)
-        return value
+    def forward(gradients: Callable, tangent: Callable | None, out: Tensor, *inputs: Tensor) -> Tensor:
+        return out.clone()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        ctx.gradients, ctx.tangent = inputs[0], inputs[1]
+        ctx.save_for_backward(output)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         (value,) = ctx.saved_tensors
-        return (None, *ctx.gradients(grad, value))
+        return (None, None, *ctx.gradients(grad, value))
+
+    @staticmethod
+    def jvp(ctx: Any, _gradients: None, _tangent: None, out_tangent: Tensor, *input_tangents: Any) -> Tensor:
+        if ctx.tangent is None:
+            raise JfbError("this backward mode has no forward-mode derivative (torch.func.jvp, jacfwd)")
+        return ctx.tangent(out_tangent)
 
 
 def tensors_with_grad(out: Tensor, known: list[Tensor], exclude: Tensor | None = None) -> list[Tensor]:

@@ -9,8 +9,9 @@ from torch import Tensor
 
 from ..errors import JfbError
 from ..solvers.base import require_integer, require_number
+from ..transforms import TRANSFORMS, active, derivative_levels, differentiated_check
 from .base import BackwardMode, BackwardStats, FixedPointMap, GradientOverride, tensors_with_grad
-from .jacobian import JacobianProducts, TransposedProducts
+from .jacobian import JacobianProducts, TransposedProducts, with_products
 from .linear import LINEAR_SOLVERS, LinearSolver
 
 #: chosen by measurement (README, "Backward modes"): the fixed-point iteration w <- J^T w + g was the
@@ -35,6 +36,7 @@ class IFT(BackwardMode):
     """
 
     supports_second_order = True
+    transforms = frozenset(TRANSFORMS)
     lockstep_safe = False  # the linear solve stops at its own tolerance on each process
 
     def __init__(
@@ -53,21 +55,48 @@ class IFT(BackwardMode):
 
     def attach(self, T: FixedPointMap, u_star: Tensor, stats: BackwardStats) -> Tensor:
         out = T(u_star.detach())
-        if not out.requires_grad:
+        if not out.requires_grad and not derivative_levels():  # (forward mode's tangents show no requires_grad)
             return out
         max_iter = self.max_iter or T.forward_max_iter
         inputs = tensors_with_grad(out, T.inputs())
+        differentiated, tangent_differentiated = differentiated_check(), differentiated_check(False)
 
         def implicit_gradient(grad: Tensor, value: Tensor) -> tuple[Tensor | None, ...]:
-            w = self._solve(JacobianProducts(*T.linearization(u_star)), grad, max_iter, T, stats)
-            if not torch.is_grad_enabled():  # backpropagate w through the output's application of T
+            second = differentiated()
+            if second:
+                self._refuse_func_second_order()
+            w = self._linear_solve(T, u_star, grad, max_iter, stats)
+            if not second:  # backpropagate w through the output's application of T
                 return (w, *(None,) * len(inputs))
             u = value - (value - u_star).detach()  # u*, with its implicit derivative (this node's)
             w = self._differentiable(T, u, w, grad, max_iter, stats)
             stats.t_evals += 1
             return (None, *_partials(T, u, w, inputs))
 
-        return GradientOverride.apply(implicit_gradient, out, *inputs)
+        def implicit_tangent(tangent: Tensor) -> Tensor:  # (I - J)^{-1} t: the tangent of u* from T's own
+            if tangent_differentiated():
+                self._refuse_func_second_order()
+            return self._linear_solve(T, u_star, tangent, max_iter, stats, transposed=True)
+
+        return GradientOverride.apply(implicit_gradient, implicit_tangent, out, *inputs)
+
+    def _refuse_func_second_order(self) -> None:
+        if active():
+            raise JfbError(
+                f"torch.func second derivatives (hessian, jacfwd or jacrev of a derivative) through backward "
+                f"{self.name!r} are not supported; take them with torch.autograd (torch.autograd.grad with "
+                "create_graph=True, torch.autograd.functional.hessian), or use backward 'unroll', 'phantom:K' or 'jfb'"
+            )
+
+    def _linear_solve(
+        self, T: FixedPointMap, u_star: Tensor, b: Tensor, max_iter: int, stats: BackwardStats, transposed: bool = False
+    ) -> Tensor:
+        """``(I - J^T)^{-1} b`` (``transposed``: ``(I - J)^{-1} b``) at ``u*``."""
+
+        def solve(products: JacobianProducts, rhs: Tensor) -> Tensor:
+            return self._solve(TransposedProducts(products) if transposed else products, rhs, max_iter, T, stats)
+
+        return with_products(T, u_star, b, solve)
 
     def _solve(self, products: Any, b: Tensor, max_iter: int, T: FixedPointMap, stats: BackwardStats) -> Tensor:
         """The linear solve (``(I - J^T) w = b``, or with transposed products ``(I - J) v = b``), counted."""

@@ -7,8 +7,13 @@ gives ``J v``; building the ``J^T y`` graph once costs one extra (counted) VJP.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
+
+from ..transforms import Boundary
+from .base import FixedPointMap
 
 
 class JacobianProducts:
@@ -51,3 +56,16 @@ class TransposedProducts:
     @property
     def count(self) -> int:
         return self.products.count
+
+
+def with_products(
+    T: FixedPointMap, u_star: Tensor, b: Tensor, compute: Callable[[JacobianProducts, Tensor], Tensor]
+) -> Tensor:
+    """``compute(products, b)`` with the J products at ``u*``; inside torch.func transforms it runs outside them,
+    on the plain tensors (every vmapped problem at once, see :mod:`jfb.transforms`), and its result is wrapped again."""
+    boundary = Boundary.current()
+    if boundary is None:
+        return compute(JacobianProducts(*T.linearization(u_star)), b)
+    with boundary.outside():
+        products = JacobianProducts(*T.linearization(u_star, boundary))
+        return boundary.wrap(compute(products, boundary.peel(b)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..status import Status
+from ..transforms import TRANSFORMS
 from .base import BackwardMode, BackwardStats, FixedPointMap
 
 
@@ -16,6 +17,7 @@ class JFB(BackwardMode):
 
     name = "jfb"
     supports_second_order = True
+    transforms = frozenset(TRANSFORMS)
 
     def attach(self, T: FixedPointMap, u_star: Tensor, stats: BackwardStats) -> Tensor:
         out = T(u_star.detach())

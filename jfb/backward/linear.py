@@ -19,6 +19,7 @@ from torch import Tensor
 from ..registry import Registry
 from ..solvers.base import require_integer
 from ..status import Status
+from ..transforms import scalar
 
 MatVec = Callable[[Tensor], Tensor]
 
@@ -35,7 +36,7 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _info(iterations: int, residual_norm: Tensor, b_norm: Tensor, tol: float) -> LinearSolveInfo:
-    rel = float(residual_norm / b_norm) if float(b_norm) > 0 else 0.0
+    rel = scalar(residual_norm / b_norm) if scalar(b_norm) > 0 else 0.0
     if rel != rel or rel == float("inf"):
         return LinearSolveInfo(iterations, rel, Status.NON_FINITE)
     return LinearSolveInfo(iterations, rel, Status.CONVERGED if rel <= tol else Status.MAX_ITER)
@@ -53,13 +54,13 @@ def cg_normal(A: MatVec, At: MatVec, b: Tensor, tol: float, max_iter: int) -> tu
     p = s
     s_sq = _dot(s, s)
     iterations = 0
-    while iterations < max_iter and float(r.norm()) > tol * float(b_norm):
+    while iterations < max_iter and scalar(r.norm()) > tol * scalar(b_norm):
         q = A(p)
         alpha = s_sq / _dot(q, q)
         w = w + alpha * p
         r = r - alpha * q
         iterations += 1
-        if float(r.norm()) <= tol * float(b_norm) or iterations == max_iter:
+        if scalar(r.norm()) <= tol * scalar(b_norm) or iterations == max_iter:
             break
         s = At(r)
         s_sq_new = _dot(s, s)
@@ -83,14 +84,14 @@ def fixed_point(Jt: MatVec, b: Tensor, tol: float, max_iter: int) -> tuple[Tenso
     while iterations < max_iter:
         w_next = Jt(w) + b
         res_norm = (w_next - w).norm()
-        res = float(res_norm)
+        res = scalar(res_norm)
         if res < best_norm:
             best, best_norm = w, res
         w = w_next
         iterations += 1
-        if res <= tol * float(b_norm):
+        if res <= tol * scalar(b_norm):
             break
-    if float(res_norm) > best_norm:  # the residuals rose at the end: the best iterate seen
+    if scalar(res_norm) > best_norm:  # the residuals rose at the end: the best iterate seen
         return best, _info(iterations, torch.tensor(best_norm, dtype=b_norm.dtype), b_norm, tol)
     return w, _info(iterations, res_norm, b_norm, tol)
 
@@ -101,8 +102,8 @@ def gmres(A: MatVec, b: Tensor, tol: float, max_iter: int, restart: int = 30) ->
     b_norm = b.norm()
     r = b.clone()
     iterations = 0
-    while iterations < max_iter and float(r.norm()) > tol * float(b_norm):
-        correction, used = _gmres_cycle(A, r, min(restart, max_iter - iterations), tol * float(b_norm))
+    while iterations < max_iter and scalar(r.norm()) > tol * scalar(b_norm):
+        correction, used = _gmres_cycle(A, r, min(restart, max_iter - iterations), tol * scalar(b_norm))
         w = w + correction
         iterations += used
         r = b - A(w)
@@ -125,7 +126,7 @@ def _gmres_cycle(A: MatVec, r: Tensor, steps: int, abs_tol: float) -> tuple[Tens
         e1[0] = beta
         y = torch.linalg.lstsq(H[: k + 2, : k + 1], e1[:, None]).solution[:, 0]
         residual = (H[: k + 2, : k + 1] @ y - e1).norm()
-        if float(H[k + 1, k]) <= 1e-14 * float(beta) or float(residual) <= abs_tol or k == steps - 1:
+        if scalar(H[k + 1, k]) <= 1e-14 * scalar(beta) or scalar(residual) <= abs_tol or k == steps - 1:
             break
         basis.append(v / H[k + 1, k])
     return sum(y[i] * basis[i] for i in range(k + 1)), k + 1

@@ -6,16 +6,20 @@ from torch import Tensor
 
 from ..errors import JfbError
 from ..status import Status
-from .base import BackwardMode, BackwardStats, FixedPointMap, refuse_second_order
-from .jacobian import JacobianProducts
+from ..transforms import TRANSFORMS, derivative_levels, differentiated_check
+from .base import BackwardMode, BackwardStats, FixedPointMap, GradientOverride, refuse_second_order
+from .jacobian import JacobianProducts, with_products
 from .jfb import JFB
 
 
 class Neumann(BackwardMode):
     """Replace ``(I - J^T)^{-1} g`` by ``sum_{i=0..k} (J^T)^i g``: exactly ``k`` J mat-vecs.
 
-    ``k = 0`` is JFB and runs the very same code, so the two gradients are identical.
+    ``k = 0`` is JFB and runs the very same code, so the two gradients are identical. In forward mode
+    (``torch.func.jvp``) the tangent is the same series in ``J``: ``sum_{i=0..k} J^i t``.
     """
+
+    transforms = frozenset(TRANSFORMS)
 
     def __init__(self, k: int) -> None:
         if not isinstance(k, int) or k < 0:
@@ -24,21 +28,33 @@ class Neumann(BackwardMode):
         self.name = f"neumann:{k}"
 
     def attach(self, T: FixedPointMap, u_star: Tensor, stats: BackwardStats) -> Tensor:
-        out = JFB().attach(T, u_star, stats)
-        if self.k == 0 or not out.requires_grad:
+        if self.k == 0:
+            return JFB().attach(T, u_star, stats)
+        out = T(u_star.detach())
+        if not out.requires_grad and not derivative_levels():
             return out
+        differentiated, tangent_differentiated = differentiated_check(), differentiated_check(False)
 
-        def truncated_series(grad: Tensor) -> Tensor:
-            refuse_second_order(self.name)
-            products = JacobianProducts(*T.linearization(u_star))
+        def series(b: Tensor, transposed: bool) -> Tensor:
+            def compute(products: JacobianProducts, rhs: Tensor) -> Tensor:
+                product = products.jvp if transposed else products.vjp
+                total, term = rhs, rhs
+                for _ in range(self.k):
+                    term = product(term)
+                    total = total + term
+                stats.j_matvecs += products.count
+                return total
+
             stats.t_evals += 1
-            total, term = grad, grad
-            for _ in range(self.k):
-                term = products.vjp(term)
-                total = total + term
-            stats.j_matvecs += products.count
             stats.iterations, stats.status = self.k, Status.CONVERGED
-            return total
+            return with_products(T, u_star, b, compute)
 
-        out.register_hook(truncated_series)
-        return out
+        def truncated_series(grad: Tensor, value: Tensor) -> tuple[Tensor]:
+            refuse_second_order(self.name, differentiated())
+            return (series(grad, transposed=False),)
+
+        def tangent(t: Tensor) -> Tensor:
+            refuse_second_order(self.name, tangent_differentiated())
+            return series(t, transposed=True)
+
+        return GradientOverride.apply(truncated_series, tangent, out)

@@ -9,6 +9,7 @@ from torch import Tensor
 from ..errors import JfbError
 from ..solvers.base import require_number
 from ..status import Status
+from ..transforms import TRANSFORMS
 from .base import BackwardMode, BackwardStats, FixedPointMap
 
 
@@ -23,6 +24,7 @@ class Phantom(BackwardMode):
     """
 
     supports_second_order = True
+    transforms = frozenset(TRANSFORMS)
 
     def __init__(self, k: int, tau: float = 1.0) -> None:
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:

@@ -19,6 +19,7 @@ from ..solvers import SolveOptions, SolveStats
 from ..solvers.base import require_number
 from ..solvers.reversible import CoupledTrace, solve_coupled
 from ..status import Status
+from ..transforms import differentiated_check
 from .base import BackwardMode, BackwardStats, FixedPointMap, GradientOverride, refuse_second_order, tensors_with_grad
 
 
@@ -75,8 +76,10 @@ class Reversible(BackwardMode):
         inputs = tensors_with_grad(out, T.inputs(), exclude=z_last)
         trace: CoupledTrace = T.trace
 
+        differentiated = differentiated_check()
+
         def gradients(grad: Tensor, value: Tensor) -> tuple[Tensor | None, ...]:
-            refuse_second_order(self.name)
+            refuse_second_order(self.name, differentiated())
             (z_bar,) = torch.autograd.grad(out, z_last, grad, retain_graph=True)
             totals = _reverse(T, trace, z_bar, inputs, stats)
             stats.j_matvecs += 1
@@ -85,7 +88,7 @@ class Reversible(BackwardMode):
             T.report(f"backward pass ({self.name})", stats, self._check_reconstruction(stats))
             return (grad, *totals)
 
-        return GradientOverride.apply(gradients, out, *inputs)
+        return GradientOverride.apply(gradients, None, out, *inputs)
 
     def _check_reconstruction(self, stats: ReversibleStats) -> str:
         """Mark the pass ``diverged`` when rounding in the reconstruction makes the gradient unreliable; the detail

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..status import Status
+from ..transforms import TRANSFORMS
 from .base import BackwardMode, BackwardStats, FixedPointMap
 
 
@@ -20,6 +21,7 @@ class Unroll(BackwardMode):
     records_forward_graph = True
     forward_solver = "picard"
     supports_second_order = True
+    transforms = frozenset(TRANSFORMS)
 
     def attach(self, T: FixedPointMap, u_star: Tensor, stats: BackwardStats) -> Tensor:
         out = T(u_star)

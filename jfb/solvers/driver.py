@@ -47,12 +47,14 @@ def solve_flat(
     options: SolveOptions,
     agree: Agreement | None = None,
     observe: Callable[[Tensor], None] | None = None,
+    peel: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, SolveStats]:
     """:func:`solve` on states already flattened to ``(batch, features)``; differentiable through
     the iterations when called with grad enabled (no freezing; how ``unroll`` records the solve).
-    ``observe(T(x))`` sees every iterate (fixed-point correction keeps some)."""
+    ``observe(T(x))`` sees every iterate (fixed-point correction keeps some). ``peel``: inside torch.func
+    transforms, the bookkeeping reads the plain values under the iterates (:class:`jfb.transforms.Boundary`)."""
     solver = options.method
-    tracker = Tracker(x0, options, track_best=solver.returns_best)
+    tracker = Tracker(x0, options, track_best=solver.returns_best, peel=peel)
     state = solver.init(x0)
     x, fx, active = x0, x0, None
     for step in range(1, options.max_iter + 1):
@@ -84,7 +86,11 @@ class Tracker:
     it can only lower the excess.
     """
 
-    def __init__(self, x0: Tensor, options: SolveOptions, track_best: bool) -> None:
+    def __init__(
+        self, x0: Tensor, options: SolveOptions, track_best: bool, peel: Callable[[Tensor], Tensor] | None = None
+    ) -> None:
+        self.peel = peel or (lambda t: t)
+        x0 = self.peel(x0)
         batch, device = x0.shape[0], x0.device
         self.options, self.tol = options, options.tol
         self.tracking = options.tol is not None
@@ -128,6 +134,7 @@ class Tracker:
         self.t_evals += 1
         if not self.tracking and self.history is None:
             return
+        x, fx = self.peel(x), self.peel(fx)
         if torch.is_grad_enabled():  # a solve recorded for unroll: the bookkeeping records nothing
             with torch.no_grad():
                 return self._record(x, fx, step, index)
@@ -251,9 +258,9 @@ class Tracker:
     def result(self, x: Tensor, fx: Tensor) -> tuple[Tensor, SolveStats]:
         """The returned point (best or latest ``T(x)``) and the solve's outcome."""
         returned = fx if self.best is None else self.best
-        scale = torch.linalg.vector_norm(returned.detach(), dim=1).to(self.residual.dtype) + _EPS
+        scale = torch.linalg.vector_norm(self.peel(returned), dim=1).to(self.residual.dtype) + _EPS
         if not self.tracking:
-            self.residual = torch.linalg.vector_norm((fx - x).detach(), dim=1).to(self.residual.dtype)
+            self.residual = torch.linalg.vector_norm(self.peel(fx - x), dim=1).to(self.residual.dtype)
             self.non_finite_end = ~torch.isfinite(self.residual).all()
         abs_res, rel_res = (
             (self.residual, self.residual / scale)

@@ -1,0 +1,206 @@
+"""torch.func transforms through the solve (vmap, jacrev, jacfwd, jvp, hessian), against dense linear algebra.
+
+The problem: ``u = tanh(W u + U x + b)`` in float64 with ``||W|| = 0.5``. At the fixed point ``t = u*``,
+``D = diag(1 - t^2)``, ``J = D W``: the implicit Jacobian is ``G = (I - J)^{-1} D U``, JFB's one-step Jacobian is
+``D U``, Neumann-k's ``sum_{i<=k} J^i D U``. Differentiating ``G = D (W G + U)`` once more gives the second
+derivative ``d2u/dx_j dx_k = (I - J)^{-1} (-2 t * G[:, k] * A[:, j])`` with ``A = W G + U``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, vmap
+
+import jfb
+from jfb.errors import JfbError
+
+D_STATE, D_INPUT = 5, 3
+TOL = 1e-12
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def problem(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(D_STATE, D_STATE, generator=g)
+    W = 0.5 * W / torch.linalg.matrix_norm(W, ord=2)
+    U = torch.randn(D_STATE, D_INPUT, generator=g)
+    b = 0.1 * torch.randn(D_STATE, generator=g)
+    x = torch.randn(D_INPUT, generator=g)
+
+    def T(u, x):
+        return torch.tanh(u @ W.T + x @ U.T + b)
+
+    return T, W, U, x
+
+
+def dense(T, W, U, x):
+    """u*, J, the implicit Jacobian G = du*/dx and A = W G + U, by dense linear algebra."""
+    u = torch.zeros(D_STATE)
+    for _ in range(200):
+        u = T(u, x)
+    D = torch.diag(1 - u**2)
+    J = D @ W
+    G = torch.linalg.solve(torch.eye(D_STATE) - J, D @ U)
+    return u, J, G, W @ G + U
+
+
+def solve_one(T, backward, **settings):
+    solver = "picard"
+    settings = {"tol": TOL, "max_iter": 300, **settings}
+
+    def f(x):
+        return jfb.fixed_point(T, x[None], backward=backward, solver=solver, latent_shape=(D_STATE,), **settings).value[
+            0
+        ]
+
+    return f
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def expected_jacobian(backward, J, G, U, u):
+    D = torch.diag(1 - u**2)
+    if backward.startswith("ift") or backward == "unroll":
+        return G
+    k = {"jfb": 0, "neumann:3": 3, "phantom:3": 2}[backward]
+    return sum(torch.linalg.matrix_power(J, i) for i in range(k + 1)) @ D @ U
+
+
+MODES = ["jfb", "ift:tol=1e-13", "ift:cg:tol=1e-13", "ift:gmres:tol=1e-13", "unroll", "neumann:3", "phantom:3"]
+
+
+@pytest.mark.parametrize("backward", MODES)
+def test_jacrev_and_jacfwd_match_the_closed_form(backward):
+    T, W, U, x = problem()
+    u, J, G, _ = dense(T, W, U, x)
+    want = expected_jacobian(backward, J, G, U, u)
+    f = solve_one(T, backward)
+    assert rel(jacrev(f)(x), want) < 1e-8
+    assert rel(jacfwd(f)(x), want) < 1e-8
+
+
+@pytest.mark.parametrize("backward", ["jfb", "ift:tol=1e-13", "unroll", "neumann:3"])
+def test_jvp_gives_the_implicit_tangent(backward):
+    T, W, U, x = problem(1)
+    u, J, G, _ = dense(T, W, U, x)
+    v = torch.randn(D_INPUT, generator=torch.Generator().manual_seed(5))
+    value, tangent = jvp(solve_one(T, backward), (x,), (v,))
+    assert rel(value, u) < 1e-10
+    assert rel(tangent, expected_jacobian(backward, J, G, U, u) @ v) < 1e-8
+
+
+@pytest.mark.parametrize("backward", ["jfb", "ift:tol=1e-13", "unroll"])
+def test_vmap_over_problems_and_per_problem_jacobians(backward):
+    T, W, U, _ = problem(2)
+    xs = torch.randn(6, D_INPUT, generator=torch.Generator().manual_seed(3))
+    f = solve_one(T, backward)
+    values, jacobians = vmap(f)(xs), vmap(jacrev(f))(xs)
+    for x, value, jacobian in zip(xs, values, jacobians):
+        u, J, G, _ = dense(T, W, U, x)
+        assert rel(value, u) < 1e-10
+        assert rel(jacobian, expected_jacobian(backward, J, G, U, u)) < 1e-8
+
+
+def test_vmap_of_a_batched_layer_folds_the_vmapped_problems_into_its_batch():
+    T, W, U, _ = problem(3)
+    xs = torch.randn(4, 2, D_INPUT, generator=torch.Generator().manual_seed(4))  # 4 vmapped batches of 2
+    layer = jfb.ImplicitLayer(T, backward="ift", solver="anderson", tol=TOL, max_iter=200, latent_shape=(D_STATE,))
+    out = vmap(layer)(xs)
+    assert out.shape == (4, 2, D_STATE)
+    assert layer.last_stats.iterations.shape == (8,)  # every vmapped problem's own count
+    for x, value in zip(xs.reshape(-1, D_INPUT), out.reshape(-1, D_STATE)):
+        assert rel(value, dense(T, W, U, x)[0]) < 1e-10
+
+
+@pytest.mark.parametrize("backward", ["ift:tol=1e-13", "unroll"])
+def test_hessian_matches_the_second_derivative_of_the_fixed_point(backward):
+    T, W, U, x = problem(4)
+    u, J, G, A = dense(T, W, U, x)
+    second = torch.stack(
+        [
+            torch.stack(
+                [torch.linalg.solve(torch.eye(D_STATE) - J, -2 * u * G[:, k] * A[:, j]) for k in range(D_INPUT)], -1
+            )
+            for j in range(D_INPUT)
+        ],
+        -2,
+    )  # (state, j, k)
+    want = second.sum(0)
+    f = solve_one(T, backward)
+    if backward == "unroll":
+        got = hessian(lambda x: f(x).sum())(x)
+    else:  # torch.func second derivatives through ift are refused; torch.autograd's are exact
+        got = torch.autograd.functional.hessian(lambda x: f(x).sum(), x)
+    assert rel(got, want) < 1e-8
+
+
+def test_jfb_hessian_is_the_one_step_one():
+    T, W, U, x = problem(5)
+    u = dense(T, W, U, x)[0]
+    want = torch.einsum("i,ij,ik->jk", -2 * u * (1 - u**2), U, U)
+    assert rel(hessian(lambda x: solve_one(T, "jfb")(x).sum())(x), want) < 1e-8
+
+
+def test_per_sample_gradients_of_a_deq_layer_match_a_loop():
+    torch.manual_seed(0)
+    operator = Affine()
+    layer = jfb.ImplicitLayer(operator, backward="ift:tol=1e-13", solver="picard", tol=TOL, max_iter=300)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    xs, ys = torch.randn(5, D_STATE), torch.randn(5, D_STATE)
+
+    def loss(params, x, y):
+        return (functional_call(layer, params, (x[None],))[0] - y).square().sum()
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))(params, xs, ys)
+    for i in range(5):
+        layer.zero_grad()
+        (layer(xs[i : i + 1]) - ys[i : i + 1]).square().sum().backward()
+        for name, p in layer.named_parameters():
+            assert rel(per_sample[name][i], p.grad) < 1e-9
+
+
+class Affine(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.W = torch.nn.Parameter(0.4 * torch.linalg.qr(torch.randn(D_STATE, D_STATE))[0])
+        self.b = torch.nn.Parameter(torch.randn(D_STATE))
+
+    def forward(self, u, x):
+        return torch.tanh(u @ self.W.T + x + self.b)
+
+
+@pytest.mark.parametrize(
+    ("backward", "transform", "says"),
+    [
+        ("auto", vmap, "does not run under torch.func vmap; use one of jfb"),
+        ("reversible", jacrev, "does not run under torch.func grad"),
+        ("ift", hessian, "torch.func second derivatives"),
+        ("neumann:3", hessian, "second derivatives"),
+    ],
+)
+def test_modes_that_cannot_give_a_transform_refuse_it(backward, transform, says):
+    T, *_, x = problem()
+    solver = "reversible" if backward == "reversible" else "picard"
+
+    def f(x):
+        eq = jfb.fixed_point(T, x[None], backward=backward, solver=solver, tol=1e-10, latent_shape=(D_STATE,))
+        return eq.value[0].sum()
+
+    with pytest.raises(JfbError, match=says):
+        transform(f)(x[None].expand(2, -1) if transform is vmap else x)
+
+
+def test_regularisers_inside_a_transform_are_refused():
+    T, *_, x = problem()
+    with pytest.raises(JfbError, match=r"do not run inside torch\.func"):
+        jacrev(lambda x: jfb.fixed_point(T, x[None], jacobian_probes=1, latent_shape=(D_STATE,)).value.sum())(x)
