@@ -189,7 +189,10 @@ def solve_equilibrium(
 ) -> Equilibrium:
     """One call: prepare the state, solve, attach the backward mode, regularise (when ``regularize`` and grad)."""
     if transforms.active():
-        _check_transforms(mode, policy, regularize)
+        transforms.refuse_unsupported(
+            mode, BACKWARD_MODES, regularize and bool(policy.jacobian_probes or policy.correction)
+        )
+    transforms.refuse_traced_tolerance(options.tol)
     u0, guessed = initial_state(x, u0, latent_shape)
     check_state(u0, guessed)
     layout = StateLayout(u0)
@@ -216,19 +219,6 @@ def solve_equilibrium(
     if regularized:
         _regularize(result, bound, u_star, iterates or [], layout, policy)
     return result
-
-
-def _check_transforms(mode: BackwardMode, policy: SolvePolicy, regularize: bool) -> None:
-    """JfbError in one line for what cannot run inside the torch.func transforms active now."""
-    able = BACKWARD_MODES.usages(
-        lambda factory: transforms.active_transforms() <= getattr(factory, "transforms", set())
-    )
-    transforms.refuse_unsupported(mode, mode.transforms, list(able))
-    if regularize and (policy.jacobian_probes or policy.correction):
-        raise JfbError(
-            "the Jacobian penalty and the fixed-point correction (jacobian_probes=, correction=) do not run inside "
-            "torch.func transforms; set them to 0 for the transformed calls (layer.eval() turns them off)"
-        )
 
 
 def check_compatible(mode: BackwardMode, options: SolveOptions) -> None:

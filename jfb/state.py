@@ -9,6 +9,7 @@ a tuple is concatenated (one copy per flatten).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ class _Part:
 
     def __init__(self, like: Tensor) -> None:
         self.shape = tuple(like.shape[1:])
-        self.size = int(torch.Size(self.shape).numel())
+        self.size = math.prod(self.shape)  # (no int(): a traced length stays symbolic)
         self.channels_last = (
             like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last)
         )
@@ -48,7 +49,7 @@ class StateLayout:
         tensors = tuple(like) if self.is_tuple else (like,)
         if not tensors or not all(isinstance(t, Tensor) and t.dim() >= 1 for t in tensors):
             raise JfbError(f"a state must be a batch-first tensor or a tuple of them, got {describe(like)}")
-        if len({t.shape[0] for t in tensors}) > 1:
+        if any(t.shape[0] != tensors[0].shape[0] for t in tensors[1:]):  # (no set: a traced batch size is unhashable)
             raise JfbError(f"the tensors of a tuple state must share the batch size, got {describe(like)}")
         self.parts = [_Part(t) for t in tensors]
         self.sizes = [p.size for p in self.parts]

@@ -179,9 +179,27 @@ def differentiated_check(create_graph_counts: bool = True) -> Callable[[], bool]
     return lambda: any(level < own for level in derivative_levels())
 
 
-def refuse_unsupported(mode: object, supported: frozenset[str], able: list[str]) -> None:
-    """JfbError in one line when a transform the backward mode cannot run under is active."""
-    missing = active_transforms() - supported
+def refuse_unsupported(mode: Any, modes: Any, regularized: bool) -> None:
+    """JfbError in one line for what cannot run inside the transforms active now: a backward ``mode`` whose
+    ``transforms`` lack one (naming those of the registry ``modes`` that have them all), or the regularisers."""
+    kinds = active_transforms()
+    missing = kinds - mode.transforms
     if missing:
-        kinds = ", ".join(f"torch.func {kind}" for kind in sorted(missing))
-        raise JfbError(f"backward {mode!r} does not run under {kinds}; use one of {', '.join(able)}")
+        able = modes.usages(lambda factory: kinds <= getattr(factory, "transforms", set()))
+        names = ", ".join(f"torch.func {kind}" for kind in sorted(missing))
+        raise JfbError(f"backward {mode!r} does not run under {names}; use one of {', '.join(able)}")
+    if regularized:
+        raise JfbError(
+            "the Jacobian penalty and the fixed-point correction (jacobian_probes=, correction=) do not run inside "
+            "torch.func transforms; set them to 0 for the transformed calls (layer.eval() turns them off)"
+        )
+
+
+def refuse_traced_tolerance(tol: float | None) -> None:
+    """JfbError in one line when ``torch.export`` traces a solve that stops at a tolerance (its trace would fix
+    the number of iterations of the example it ran on)."""
+    if tol is not None and torch.compiler.is_exporting():
+        raise JfbError(
+            f"torch.export traces a fixed number of iterations, but this solve stops at tol={tol:g}; export "
+            "with tol=None and max_iter=K (jfb.deploy.export_program(model, example, depth=K), jfb export --depth K)"
+        )

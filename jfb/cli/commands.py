@@ -24,6 +24,7 @@ from ..errors import JfbError
 from ..experiments.compare import CompareSettings, run_compare
 from ..experiments.demo import DemoSettings, run_demo
 from ..experiments.diagnose import DiagnoseSettings, diagnose
+from ..experiments.export import ExportSettings, export_checkpoint
 from ..experiments.toy import ToySettings, run_toy
 from ..pretrained import pretrained_path
 from ..reports import Report
@@ -124,6 +125,12 @@ COMMANDS = (
         "Evaluate a checkpoint, or a shipped one by name (mnist-default, prefix-sums, chains, lm).",
         EvalSettings,
         _eval,
+    ),
+    Command(
+        "export",
+        "Export a checkpoint (or a shipped model) as ONNX or a torch.export program, checked against eager.",
+        ExportSettings,
+        export_checkpoint,
     ),
     Command(
         "import-reference",

@@ -39,6 +39,7 @@ class Anderson(Solver):
     beta: float = 1.0
     ridge: float = 1e-4
     name = "anderson"
+    onnx_refusal = "its mixing solves a small linear system at every step, and ONNX has no linear-solve operator"
 
     def __post_init__(self) -> None:
         require_integer("anderson memory", self.memory, 2, hint=" (memory 1 is Picard)")

@@ -31,6 +31,8 @@ class Solver:
 
     name: ClassVar[str] = ""
     returns_best: ClassVar[bool] = True
+    #: why an ONNX file cannot hold this solver's steps (empty: it can; see :func:`jfb.deploy.export_onnx`)
+    onnx_refusal: ClassVar[str] = ""
 
     def init(self, x0: Tensor) -> Any:
         return None

@@ -281,7 +281,9 @@ class Tracker:
         return returned, state
 
     def _status(self) -> Status:
-        if not self.tracking:
+        if not self.tracking:  # traced for torch.compile or torch.export: no read (the output shows a NaN itself)
+            if torch.compiler.is_compiling():
+                return Status.FIXED_DEPTH
             return Status.NON_FINITE if bool(self.non_finite_end) else Status.FIXED_DEPTH
         converged, non_finite, diverged = self._outcome()  # the one synchronisation at the end
         if non_finite:

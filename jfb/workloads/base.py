@@ -77,6 +77,10 @@ class Workload:
     #: the ``parallel`` modes it trains under, and why not the others (its batch does not split)
     parallel: tuple[str, ...] = PARALLEL
     single_process_reason: str = ""
+    #: why ``jfb export`` cannot trace the model (empty: it can)
+    export_refusal: str = ""
+    #: the dimension of the model's logits that holds the classes (predictions are the argmax along it)
+    class_dim: int = 1
 
     def check_parallel(self, mode: str) -> None:
         """JfbError in one line, before any work, for a parallel mode this workload does not train under."""
@@ -222,9 +226,11 @@ def is_workload_checkpoint(checkpoint: dict[str, Any]) -> bool:
     return "workload" in checkpoint
 
 
-def evaluate_saved(path: Path, checkpoint: dict[str, Any], workloads: dict[str, Workload]) -> dict[str, Any]:
-    """Rebuild the workload model of ``checkpoint`` (loaded from ``path``), load its weights and evaluate it
-    again: the metrics now and when saved."""
+def restore_workload(
+    path: Path, checkpoint: dict[str, Any], workloads: dict[str, Workload], engine: EngineFactory | None = None
+) -> tuple[Workload, nn.Module, Any]:
+    """The workload of ``checkpoint`` (loaded from ``path``), its model rebuilt on the CPU with the saved weights
+    (``engine``: another way to solve, e.g. without a tolerance for export), and its configuration."""
     name = checkpoint["workload"]
     if name not in workloads:
         raise JfbError(f"{path}: a checkpoint of workload {name!r}, which this version does not know")
@@ -232,7 +238,26 @@ def evaluate_saved(path: Path, checkpoint: dict[str, Any], workloads: dict[str, 
     fields = {f.name: f for f in dataclasses.fields(workload.config)}
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in checkpoint["config"].items() if k in fields}
     config = dataclasses.replace(workload.config(**values), device="cpu", parallel="none")
-    model = workload.model(config)
+    model = workload.model(config, engine)
     model.load_state_dict(checkpoint["model"])
+    return workload, model, config
+
+
+def evaluate_saved(path: Path, checkpoint: dict[str, Any], workloads: dict[str, Workload]) -> dict[str, Any]:
+    """Rebuild the workload model of ``checkpoint`` (loaded from ``path``), load its weights and evaluate it
+    again: the metrics now and when saved."""
+    workload, model, config = restore_workload(path, checkpoint, workloads)
     metrics, _ = workload.evaluate(model, config)
+    name = workload.name
     return {"workload": name, "checkpoint": str(path), "metrics": metrics, "saved_metrics": checkpoint["metrics"]}
+
+
+class Predictor(nn.Module):
+    """A workload model as a function of its one input tensor: the logits at a fixed ``depth`` (for export)."""
+
+    def __init__(self, model: nn.Module, depth: int) -> None:
+        super().__init__()
+        self.model, self.depth = model, depth
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return self.model(inputs, self.depth)[0]

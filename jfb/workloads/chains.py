@@ -161,4 +161,5 @@ WORKLOAD = Workload(
     smoke=dict(length=10, chains=32, steps=200, lr=2e-2, depth=60, eval_depth=200, test_lengths=(10,)),
     parallel=("none",),
     single_process_reason="a batch is one graph, whose nodes do not split over processes",
+    export_refusal="its graph operator multiplies by a sparse adjacency matrix, which torch.export cannot trace",
 )

@@ -51,10 +51,20 @@ class JfbEngine(nn.Module):
     def forward(self, x: Any, u0: Any, depth: int) -> Solved:
         tol = None if self.training else self.eval_tol
         result = self.layer.solve(x, u0, solve=dict(max_iter=depth, tol=tol, stop_mode="rel"))
+        if tol is None:  # every sample made depth iterations (and a traced program reads no count)
+            return Solved(result.value, float(depth))
         return Solved(result.value, float(result.stats.iterations.float().mean()))
 
 
 EngineFactory = Callable[[Operator], nn.Module]
+
+
+def without_tolerance(model: nn.Module) -> nn.Module:
+    """``model`` with every torch-jfb engine solving to its full depth in eval mode too (for export)."""
+    for module in model.modules():
+        if isinstance(module, JfbEngine):
+            module.eval_tol = None
+    return model
 
 
 def jfb_engine(name: str, eval_tol: float | None = 1e-4) -> EngineFactory:

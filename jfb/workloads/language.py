@@ -205,4 +205,5 @@ WORKLOAD = Workload(
     metric="valid_bits_per_byte",
     smoke=dict(steps=60, width=32, heads=2, context=32, max_bytes=200_000, valid_windows=64),
     higher_is_better=False,
+    class_dim=-1,
 )

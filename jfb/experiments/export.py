@@ -1,0 +1,175 @@
+"""``jfb export CHECKPOINT``: a trained model as an ONNX file or a ``torch.export`` program, checked against eager.
+
+The exported model runs every implicit layer at a fixed depth (see :mod:`jfb.deploy`). An image classifier is
+exported with its input normalisation inside: it takes images as float32 pixel values 0-255, NCHW, and returns
+logits; the check runs the written file on the test set beside the eager model at the same depth. A workload
+model takes its one input tensor (bits, bytes) and returns its logits; the check compares the predictions of
+the file and of the eager model on a fresh batch. Nothing is claimed that the check did not measure.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..data import batches
+from ..deploy import export_onnx, export_program, fixed_depth
+from ..errors import JfbError
+from ..pretrained import pretrained_path
+from ..settings import setting
+from ..train.checkpoint import load_checkpoint
+from ..train.setup import Log, input_normalizer, load_data, restore_model
+from ..workloads import WORKLOADS
+from ..workloads.base import Predictor, is_workload_checkpoint, restore_workload
+from ..workloads.engines import without_tolerance
+
+FORMATS = ("onnx", "pt2")
+Run = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    checkpoint: str = setting(
+        help="a checkpoint written by jfb train (or a workload), or a shipped one by name: mnist-default, "
+        "prefix-sums, lm",
+        positional=True,
+    )
+    format: str = setting("onnx", "onnx (runs in ONNX Runtime) or pt2 (a torch.export program)", choices=FORMATS)
+    depth: int | None = setting(
+        None, "iterations of every implicit layer (default: the checkpoint's evaluation depth where it is fixed)"
+    )
+    solver: str | None = setting(None, "forward solver of every implicit layer (default: the checkpoint's)")
+    out: str | None = setting(None, "the file to write (default: CHECKPOINT-NAME.onnx or .pt2 here)")
+    limit_test: int | None = setting(None, "check an image classifier on the first N test images only")
+
+
+@dataclass
+class Target:
+    """What is exported (``module`` on ``example``, at ``depth``) and how the file is checked against eager."""
+
+    module: nn.Module
+    example: tuple[Tensor, ...]
+    depth: int | None
+    check: Callable[[Run], dict[str, Any]]
+
+
+def export_checkpoint(settings: ExportSettings, progress: bool = True, log: Log = print) -> dict[str, Any]:
+    """Write the file, load it back, run it beside the eager model: the summary of the check."""
+    path = pretrained_path(settings.checkpoint) or Path(settings.checkpoint)
+    checkpoint = load_checkpoint(path)
+    if is_workload_checkpoint(checkpoint):
+        target = _workload_target(path, checkpoint, settings)
+    else:
+        target = _classifier_target(path, settings)
+    out = Path(settings.out or f"{path.stem}.{settings.format}")
+    log(f"exporting {path} as {settings.format} to {out} ...")
+    if settings.format == "onnx":
+        _require_onnx()
+        export_onnx(target.module, target.example, out, target.depth, settings.solver)
+        run = _onnx_runner(out)
+    else:
+        torch.export.save(export_program(target.module, target.example, target.depth, settings.solver), str(out))
+        run = _program_runner(out)
+    with fixed_depth(target.module, target.depth, settings.solver):
+        summary = {"checkpoint": str(path), "format": settings.format, "file": str(out), **target.check(run)}
+    log(", ".join(f"{key} {value}" for key, value in summary.items() if key not in ("checkpoint", "file")))
+    return summary
+
+
+def _classifier_target(path: Path, settings: ExportSettings) -> Target:
+    overrides = {"limit_test": settings.limit_test} if settings.limit_test else {}
+    model, config = restore_model(path, {**overrides, "device": "cpu"})
+    normalizer = input_normalizer(config)
+    module = PixelClassifier(model, normalizer.mean, normalizer.inv_std)
+    data = load_data(config)
+
+    def check(run: Run) -> dict[str, Any]:
+        eager_right = exported_right = agree = 0
+        largest = 0.0
+        for images, labels in batches(data.test, config.batch_size, lambda x: x.float()):
+            with torch.no_grad():
+                eager = module(images)
+            exported = run(images)
+            largest = max(largest, float((eager - exported).abs().max()))
+            eager_right += int((eager.argmax(1) == labels).sum())
+            exported_right += int((exported.argmax(1) == labels).sum())
+            agree += int((eager.argmax(1) == exported.argmax(1)).sum())
+        n = len(data.test)
+        return {
+            "test_images": n,
+            "eager_test_acc": round(100 * eager_right / n, 2),
+            "exported_test_acc": round(100 * exported_right / n, 2),
+            "agreement": round(agree / n, 6),
+            "max_logit_difference": float(f"{largest:.3g}"),
+        }
+
+    return Target(module, (data.test.images[:2].float(),), settings.depth, check)
+
+
+def _workload_target(path: Path, checkpoint: dict[str, Any], settings: ExportSettings) -> Target:
+    workload, model, config = restore_workload(path, checkpoint, WORKLOADS)
+    if workload.export_refusal:
+        raise JfbError(f"workload {workload.name!r} does not export: {workload.export_refusal}")
+    if settings.limit_test is not None:
+        raise JfbError("--limit-test applies to image classifiers; a workload is checked on one fresh batch")
+    depth = settings.depth or getattr(config, "eval_depth", config.depth)
+    module = Predictor(without_tolerance(model), depth)
+    inputs, dim = workload.batches(config), workload.class_dim
+
+    def check(run: Run) -> dict[str, Any]:
+        fresh = inputs(1)[0]
+        with torch.no_grad():
+            eager = module(fresh)
+        exported = run(fresh)
+        return {
+            "depth": depth,
+            "samples": fresh.shape[0],
+            "agreement": round(float((eager.argmax(dim) == exported.argmax(dim)).float().mean()), 6),
+            "max_logit_difference": float(f"{float((eager - exported).abs().max()):.3g}"),
+        }
+
+    return Target(module, (inputs(0)[0][:2],), None, check)
+
+
+class PixelClassifier(nn.Module):
+    """A classifier with its input normalisation: float32 pixel values 0-255 (NCHW) in, logits out."""
+
+    def __init__(self, model: nn.Module, mean: Tensor, inv_std: Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", mean)
+        self.register_buffer("inv_std", inv_std)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model((images - self.mean) * self.inv_std)
+
+
+def _require_onnx() -> None:
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise JfbError(
+            "--format onnx needs onnx, onnxscript and onnxruntime: pip install 'torch-jfb[deploy]'"
+        ) from None
+
+
+def _onnx_runner(path: Path) -> Run:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+
+
+def _program_runner(path: Path) -> Run:
+    with warnings.catch_warnings():  # torch's note about weights stored off the CPU; these are on it
+        warnings.filterwarnings("ignore", message="No complete tensor found")
+        module = torch.export.load(str(path)).module()
+    return lambda x: module(x).detach()

@@ -1,0 +1,102 @@
+"""Export at a fixed depth: programs and ONNX files that match eager, shipped models that keep their accuracy,
+and exports that cannot be faithful refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import jfb
+from jfb.cli.main import main
+from jfb.deploy import export_onnx, export_program, fixed_depth
+from jfb.errors import JfbError
+from jfb.pretrained import index
+
+
+class TinyDeq(nn.Module):
+    """A conv DEQ classifier: the layer solves at a fixed depth in eval mode, to a tolerance in training."""
+
+    def __init__(self, eval_tol: float | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Conv2d(1, 4, 3, padding=1)
+        self.inner = nn.Conv2d(4, 4, 3, padding=1)
+        with torch.no_grad():
+            self.inner.weight.mul_(0.3)
+        evaluation = jfb.SolveOptions(solver="anderson", tol=eval_tol, max_iter=12)
+        self.layer = jfb.ImplicitLayer(lambda u, x: torch.tanh(self.inner(u) + x), eval_options=evaluation)
+        self.head = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, images):
+        return self.head(self.layer(self.embed(images)).flatten(1))
+
+
+def test_an_exported_program_matches_eager_at_another_batch_size():
+    model = TinyDeq().eval()
+    program = export_program(model, (torch.randn(2, 1, 8, 8),))
+    images = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(program.module()(images), model(images))
+
+
+def test_a_depth_overrides_the_layers_own_and_a_tolerance_needs_one():
+    model = TinyDeq(eval_tol=1e-4).eval()
+    with pytest.raises(JfbError, match=r"layer layer solves to tol=0\.0001 in eval mode.*give depth=K"):
+        export_program(model, (torch.randn(2, 1, 8, 8),))
+    program = export_program(model, (torch.randn(2, 1, 8, 8),), depth=7)
+    images = torch.randn(3, 1, 8, 8)
+    with torch.no_grad(), fixed_depth(model, 7):
+        assert torch.equal(program.module()(images), model(images))
+        assert model.layer.last_stats.iterations.tolist() == [7, 7, 7]
+
+
+def test_tracing_a_solve_that_stops_at_a_tolerance_is_refused():
+    model = TinyDeq(eval_tol=1e-4).eval()
+    with torch.no_grad(), pytest.raises(JfbError, match=r"torch\.export traces a fixed number of iterations"):
+        torch.export.export(model, (torch.randn(2, 1, 8, 8),))
+
+
+@pytest.mark.slow
+def test_an_onnx_file_runs_in_onnx_runtime_like_eager(tmp_path):
+    import onnxruntime
+
+    model = TinyDeq()
+    with pytest.raises(JfbError, match=r"solves with 'anderson', which does not export to ONNX: .*solver='picard'"):
+        export_onnx(model, (torch.randn(2, 1, 8, 8),), tmp_path / "tiny.onnx")
+    path = export_onnx(model, (torch.randn(2, 1, 8, 8),), tmp_path / "tiny.onnx", solver="picard")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    images = torch.randn(6, 1, 8, 8)
+    (out,) = session.run(None, {session.get_inputs()[0].name: images.numpy()})
+    with torch.no_grad(), fixed_depth(model, solver="picard"):
+        assert torch.allclose(torch.from_numpy(out), model(images), atol=1e-5)
+
+
+def _export(tmp_path, capsys, *args) -> dict:
+    assert main(["export", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["onnx", "pt2"])
+def test_the_shipped_mnist_model_keeps_its_published_accuracy(tmp_path, capsys, form):
+    summary = _export(tmp_path, capsys, "mnist-default", "--format", form, "--out", str(tmp_path / f"m.{form}"))
+    published = index()["mnist-default"]["value"]
+    assert summary["test_images"] == 10_000
+    assert summary["exported_test_acc"] == summary["eager_test_acc"] == published
+    assert summary["agreement"] == 1.0 and summary["max_logit_difference"] < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["prefix-sums", "lm"])
+def test_shipped_workloads_export_with_the_same_predictions(tmp_path, capsys, name):
+    summary = _export(tmp_path, capsys, name, "--out", str(tmp_path / f"{name}.onnx"))
+    assert summary["agreement"] == 1.0 and summary["max_logit_difference"] < 1e-4
+
+
+def test_a_workload_that_cannot_be_traced_is_refused_before_any_work(tmp_path, capsys):
+    assert main(["export", "chains", "--out", str(tmp_path / "c.onnx")]) != 0
+    assert "workload 'chains' does not export: its graph operator multiplies by a sparse" in capsys.readouterr().err
+    assert not (tmp_path / "c.onnx").exists()
