@@ -84,12 +84,14 @@ def bind(operator: Callable, x: Any, layout: StateLayout, u0: State, guessed: bo
     """
     first_call, dtypes_unchecked = distributed_world_size() == 1, True
     precision = caller_autocast(first_tensor(u0).device.type)
-    call = object()  # what per-call modules (jfb.nn: dropout masks, normalised weights) key their state on
+    # what per-call modules (jfb.nn: dropout masks, normalised weights) key their state on; set only for an operator
+    # that may hold one (a ContextVar is a graph break where dynamo traces)
+    call = object() if reads_current_call(operator) else None
 
     def T(u: Tensor, index: Tensor | None = None) -> Tensor:
         nonlocal first_call, dtypes_unchecked
         state = layout.unflatten(u)
-        token = CURRENT_CALL.set(call)
+        token = None if call is None else CURRENT_CALL.set(call)
         try:
             with precision():
                 out = operator(state, x if index is None else take_rows(x, index))
@@ -99,7 +101,8 @@ def bind(operator: Callable, x: Any, layout: StateLayout, u0: State, guessed: bo
                 raise
             raise JfbError(_first_call_failure(x, u0, guessed, error)) from error
         finally:
-            CURRENT_CALL.reset(token)
+            if token is not None:
+                CURRENT_CALL.reset(token)
         if not layout.matches(out, batch=u.shape[0]):  # broadcasting against x can change the batch
             raise JfbError(
                 f"T(u0) has shape {describe(out)} but u0 has {describe(u0)} (x: {describe(x)}); "
@@ -111,6 +114,14 @@ def bind(operator: Callable, x: Any, layout: StateLayout, u0: State, guessed: bo
         return layout.flatten(out).to(u.dtype)
 
     return T
+
+
+def reads_current_call(operator: Callable) -> bool:
+    """Whether the operator may hold a module that keys its state on :data:`CURRENT_CALL` (one marked
+    ``reads_current_call``; any plain function may call one)."""
+    if not isinstance(operator, nn.Module):
+        return True
+    return any(getattr(module, "reads_current_call", False) for module in operator.modules())
 
 
 def _check_output_dtypes(out: State, u0: State) -> None:

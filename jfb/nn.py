@@ -63,6 +63,8 @@ class VariationalDropout(nn.Module):
         self.p = float(p)
         self._masks = _PerCall()
 
+    reads_current_call = True  # (one mask per layer call, keyed on the call jfb.binding sets)
+
     def mask_shape(self, x: Tensor) -> tuple[int, ...]:
         return tuple(x.shape)
 
@@ -123,6 +125,8 @@ class WeightNorm(_Scale):
 class SpectralNorm(_Scale):
     """Parametrisation ``w = g * W / sigma(W)``, ``sigma`` the largest singular value of ``W`` as a
     ``(out, -1)`` matrix, estimated by power iteration: ``steps`` steps per layer call in training mode."""
+
+    reads_current_call = True  # (one power iteration per layer call, keyed on the call jfb.binding sets)
 
     def __init__(self, weight: Tensor, learnable: bool, clip: float | None, scale: float, steps: int = 1) -> None:
         super().__init__(torch.tensor(float(scale), dtype=weight.dtype, device=weight.device), learnable, clip)

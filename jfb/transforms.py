@@ -31,8 +31,9 @@ _NAMES = {TransformType.Vmap: "vmap", TransformType.Grad: "grad", TransformType.
 
 
 def active() -> bool:
-    """Whether the code runs inside a ``torch.func`` transform."""
-    return functorch.peek_interpreter_stack() is not None
+    """Whether the code runs inside a ``torch.func`` transform (never while dynamo traces: a compiled region
+    sees plain tensors)."""
+    return not torch.compiler.is_compiling() and functorch.peek_interpreter_stack() is not None
 
 
 def active_transforms() -> set[str]:
@@ -161,6 +162,8 @@ def scalar(t: Tensor) -> float:
 
 def derivative_levels() -> list[int]:
     """The levels of the ``grad`` and ``jvp`` transforms active now."""
+    if not active():
+        return []
     return [i.level() for i in functorch.get_interpreter_stack() or () if i.key() != TransformType.Vmap]
 
 

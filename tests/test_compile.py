@@ -72,3 +72,29 @@ def test_a_fixed_depth_training_step_compiles_once_and_never_again():
         for _ in range(5):
             step()
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+
+class _Classifier(torch.nn.Module):
+    """An implicit layer inside a model, as deployed: the operator a module, the evaluation at a fixed depth."""
+
+    def __init__(self, solver: str) -> None:
+        super().__init__()
+        self.embed = torch.nn.Linear(8, 16)
+        self.layer = jfb.ImplicitLayer(
+            TanhOperator(16, 0.6, seed=4, dtype=torch.float32), solver=solver, tol=None, max_iter=12
+        )
+        self.head = torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.layer(self.embed(x)))
+
+
+@pytest.mark.parametrize("solver", ["picard", "anderson"])
+def test_a_fixed_depth_solve_compiles_as_one_graph(solver):
+    """fullgraph=True: no graph break from the solve, its bookkeeping or the layer (dynamo's own count is 0)."""
+    model = _Classifier(solver).eval()
+    x = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch._dynamo.explain(model)(x).graph_break_count == 0
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        assert torch.allclose(compiled(x), model(x), atol=1e-6)

@@ -166,3 +166,23 @@ def test_torchrun_with_nccl_trains_a_few_steps(tmp_path):
     saved = torch.load(tmp_path / "rank0.pt", weights_only=True)
     assert saved["sync_norms"] > 0 and saved["steps"] == 4 and math.isfinite(saved["accuracy"])
     assert saved["moved"] > 1e-4  # the optimiser stepped
+
+
+def test_a_fixed_depth_solve_replays_as_a_cuda_graph():
+    """The fixed-depth solve has no host synchronisation, so it captures into a CUDA graph and replays exactly."""
+    torch.manual_seed(0)
+    layer = jfb.ImplicitLayer(TanhOperator(24, 0.8).cuda(), solver="picard", tol=None, max_iter=20).eval()
+    static_x = torch.randn(6, 24, dtype=torch.float64, device="cuda")
+    with torch.no_grad():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            layer(static_x)  # warm up off the default stream, as capture needs
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = layer(static_x)
+        fresh = torch.randn(6, 24, dtype=torch.float64, device="cuda")
+        static_x.copy_(fresh)
+        graph.replay()
+        assert torch.allclose(static_out, layer(fresh), rtol=0, atol=1e-12)

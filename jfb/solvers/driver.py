@@ -254,9 +254,12 @@ class Tracker:
         pending = torch.gt(self.lowest, self.tol_tensor).nonzero().squeeze(1)
         return None if pending.numel() == self.lowest.numel() else pending
 
-    @torch.no_grad()
     def result(self, x: Tensor, fx: Tensor) -> tuple[Tensor, SolveStats]:
         """The returned point (best or latest ``T(x)``) and the solve's outcome."""
+        with torch.no_grad():  # (a block, not a decorator: dynamo traces it without a graph break)
+            return self._result(x, fx)
+
+    def _result(self, x: Tensor, fx: Tensor) -> tuple[Tensor, SolveStats]:
         returned = fx if self.best is None else self.best
         scale = torch.linalg.vector_norm(self.peel(returned), dim=1).to(self.residual.dtype) + _EPS
         if not self.tracking:
@@ -280,9 +283,12 @@ class Tracker:
         )
         return returned, state
 
+    def _capturing(self) -> bool:
+        return self.residual.is_cuda and torch.cuda.is_current_stream_capturing()
+
     def _status(self) -> Status:
-        if not self.tracking:  # traced for torch.compile or torch.export: no read (the output shows a NaN itself)
-            if torch.compiler.is_compiling():
+        if not self.tracking:  # traced (torch.compile, torch.export) or captured (a CUDA graph): no read; a NaN
+            if torch.compiler.is_compiling() or self._capturing():  # shows in the output itself
                 return Status.FIXED_DEPTH
             return Status.NON_FINITE if bool(self.non_finite_end) else Status.FIXED_DEPTH
         converged, non_finite, diverged = self._outcome()  # the one synchronisation at the end

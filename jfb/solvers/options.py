@@ -100,7 +100,11 @@ class SolveOptions:
 
 
 def option_names() -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(SolveOptions) if f.init)
+    return _OPTION_NAMES
+
+
+#: computed once: reading a dataclass's fields is a graph break where dynamo traces a solve
+_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(SolveOptions) if f.init)
 
 
 def check_names(settings: Mapping[str, Any]) -> None:
