@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
+from ..benchmarks.deploy import DeployBenchSettings, deploy_table
 from ..benchmarks.epoch import EpochBenchSettings, epoch_table
 from ..benchmarks.inference import InferenceBenchSettings, inference_table
 from ..benchmarks.memory import MemoryBenchSettings, memory_table
@@ -189,6 +190,13 @@ COMMANDS = (
         "Validation and test accuracy and time of a trained model's evaluation at several depths.",
         InferenceBenchSettings,
         _without_progress(inference_table),
+        group="bench",
+    ),
+    Command(
+        "deploy",
+        "ms per batch of a classifier eager, compiled, exported and in ONNX Runtime; vmap against a Python loop.",
+        DeployBenchSettings,
+        _without_progress(deploy_table),
         group="bench",
     ),
     Command(

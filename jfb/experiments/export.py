@@ -23,6 +23,7 @@ from ..deploy import export_onnx, export_program, fixed_depth
 from ..errors import JfbError
 from ..pretrained import pretrained_path
 from ..settings import setting
+from ..train import Data
 from ..train.checkpoint import load_checkpoint
 from ..train.setup import Log, input_normalizer, load_data, restore_model
 from ..workloads import WORKLOADS
@@ -72,7 +73,7 @@ def export_checkpoint(settings: ExportSettings, progress: bool = True, log: Log 
     if settings.format == "onnx":
         _require_onnx()
         export_onnx(target.module, target.example, out, target.depth, settings.solver)
-        run = _onnx_runner(out)
+        run = onnx_runner(out)
     else:
         torch.export.save(export_program(target.module, target.example, target.depth, settings.solver), str(out))
         run = _program_runner(out)
@@ -82,17 +83,23 @@ def export_checkpoint(settings: ExportSettings, progress: bool = True, log: Log 
     return summary
 
 
-def _classifier_target(path: Path, settings: ExportSettings) -> Target:
-    overrides = {"limit_test": settings.limit_test} if settings.limit_test else {}
+def classifier_for_export(checkpoint: str, limit_test: int | None = None) -> tuple[PixelClassifier, Data]:
+    """The image classifier of ``checkpoint`` (a path or a shipped name) on the CPU, with its input normalisation
+    inside, and its data."""
+    path = pretrained_path(checkpoint) or Path(checkpoint)
+    overrides = {"limit_test": limit_test} if limit_test else {}
     model, config = restore_model(path, {**overrides, "device": "cpu"})
     normalizer = input_normalizer(config)
-    module = PixelClassifier(model, normalizer.mean, normalizer.inv_std)
-    data = load_data(config)
+    return PixelClassifier(model, normalizer.mean, normalizer.inv_std), load_data(config)
+
+
+def _classifier_target(path: Path, settings: ExportSettings) -> Target:
+    module, data = classifier_for_export(str(path), settings.limit_test)
 
     def check(run: Run) -> dict[str, Any]:
         eager_right = exported_right = agree = 0
         largest = 0.0
-        for images, labels in batches(data.test, config.batch_size, lambda x: x.float()):
+        for images, labels in batches(data.test, 256, lambda x: x.float()):
             with torch.no_grad():
                 eager = module(images)
             exported = run(images)
@@ -160,7 +167,7 @@ def _require_onnx() -> None:
         ) from None
 
 
-def _onnx_runner(path: Path) -> Run:
+def onnx_runner(path: Path) -> Run:
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

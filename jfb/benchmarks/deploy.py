@@ -1,0 +1,147 @@
+"""``jfb bench deploy``: a trained classifier served four ways, and torch.func's vmap against a Python loop.
+
+Inference of the model at each batch size: eager, ``torch.compile(fullgraph=True)``, the ``torch.export``
+program and ONNX Runtime, all at the model's fixed evaluation depth; one call of each way after the other,
+``repeats`` rounds (interleaved), medians in ms; each way's accuracy on the whole test set beside them. Then
+``problems`` small fixed-point problems (10-dimensional, one ``jfb.fixed_point`` each) solved by ``torch.func.vmap``
+and by a Python loop over them, interleaved; and the cost of one solver iteration on one such problem against a
+bare Python loop of the same T.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import jfb
+
+from ..data import batches
+from ..deploy import export_onnx, export_program, fixed_depth
+from ..experiments.export import classifier_for_export, onnx_runner
+from ..files import prepare_run_dir
+from ..reports import Report, markdown_table, write_report
+from ..settings import setting
+
+Call = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DeployBenchSettings:
+    checkpoint: str = setting("mnist-default", "an image classifier's checkpoint, or a shipped one by name")
+    out: str = setting("runs/bench-deploy", "output folder")
+    batch_sizes: tuple[int, ...] = setting((1, 256), "batch sizes, comma-separated")
+    repeats: int = setting(30, "rounds of one call of each way (interleaved; medians)")
+    problems: int = setting(64, "small problems solved by vmap and by a loop")
+
+
+def deploy_table(settings: DeployBenchSettings, log=print) -> Report:
+    out = prepare_run_dir(Path(settings.out))
+    module, data = classifier_for_export(settings.checkpoint)
+    example = (data.test.images[:2].float(),)
+    ways = _ways(module, example, Path(tempfile.mkdtemp()), log)
+    accuracy = {name: _accuracy(call, data) for name, call in ways.items()}
+    rows = []
+    for size in settings.batch_sizes:
+        images = data.test.images[:size].float()
+        calls = {name: (lambda call=call, images=images: call(images)) for name, call in ways.items()}
+        times = _interleaved(calls, settings.repeats)
+        for name in ways:
+            rows.append({"way": name, "batch": size, "ms": times[name], "test_acc": accuracy[name]})
+            log(f"batch {size}, {name}: {times[name]:.3f} ms, test accuracy {accuracy[name]:.2f}%")
+    rows += _vmap_rows(settings)
+    return write_report(out, "deploy", rows, _table(rows, settings))
+
+
+def _ways(module: torch.nn.Module, example: tuple[torch.Tensor, ...], folder: Path, log) -> dict[str, Call]:
+    """The four ways of running ``module`` at its fixed evaluation depth, without grad."""
+    log("exporting and compiling ...")
+    program = export_program(module, example).module()
+    session = onnx_runner(export_onnx(module, example, folder / "model.onnx"))
+    with fixed_depth(module):
+        compiled = torch.compile(module, fullgraph=True)
+
+    def eager(x: torch.Tensor) -> torch.Tensor:
+        with fixed_depth(module):
+            return module(x)
+
+    def compiled_call(x: torch.Tensor) -> torch.Tensor:
+        with fixed_depth(module):
+            return compiled(x)
+
+    ways = {"eager": eager, "torch.compile": compiled_call, "torch.export": program, "ONNX Runtime": session}
+    return {name: torch.no_grad()(call) for name, call in ways.items()}
+
+
+def _interleaved(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median ms of each call, one call of each per round (after one warm-up round)."""
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for round_ in range(repeats + 1):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            if round_:
+                samples[name].append(1e3 * (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _accuracy(call: Call, data) -> float:
+    right = 0
+    for images, labels in batches(data.test, 256, lambda x: x.float()):
+        right += int((call(images).argmax(1) == labels).sum())
+    return round(100 * right / len(data.test), 2)
+
+
+def _vmap_rows(settings: DeployBenchSettings) -> list[dict[str, Any]]:
+    generator = torch.Generator().manual_seed(0)
+    W = 0.5 * torch.linalg.qr(torch.randn(10, 10, generator=generator))[0]
+    xs = torch.randn(settings.problems, 10, generator=generator)
+
+    def T(u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(u @ W.T + x)
+
+    def one(x: torch.Tensor) -> torch.Tensor:
+        return jfb.fixed_point(T, x[None], solver="picard", tol=1e-6, max_iter=100, stop_mode="abs").value[0]
+
+    def bare(x: torch.Tensor) -> torch.Tensor:
+        u = torch.zeros_like(x)
+        for _ in range(iterations):
+            u = T(u, x)
+        return u
+
+    iterations = int(jfb.fixed_point(T, xs[:1], solver="picard", tol=1e-6, stop_mode="abs").stats.iterations)
+    with torch.no_grad():
+        solves = _interleaved(
+            {"vmap": lambda: torch.func.vmap(one)(xs), "loop": lambda: [one(x) for x in xs]}, settings.repeats
+        )
+        single = _interleaved({"fixed_point": lambda: one(xs[0]), "bare": lambda: bare(xs[0])}, settings.repeats)
+    return [
+        {"way": "vmap", "batch": settings.problems, "ms": solves["vmap"], "loop_ms": solves["loop"]},
+        {
+            "way": "iteration",
+            "batch": 1,
+            "ms": single["fixed_point"] / iterations,
+            "bare_ms": single["bare"] / iterations,
+        },
+    ]
+
+
+def _table(rows: list[dict[str, Any]], settings: DeployBenchSettings) -> str:
+    served = [r for r in rows if "test_acc" in r]
+    cells = [[r["way"], r["batch"], f"{r['ms']:.3f}", f"{r['test_acc']:.2f}"] for r in served]
+    text = markdown_table(["way", "batch", "ms per batch (median)", "test acc"], cells)
+    vmap, iteration = rows[-2], rows[-1]
+    text += (
+        f"\n{settings.checkpoint}; medians of {settings.repeats} interleaved rounds\n\n"
+        f"{vmap['batch']} problems: vmap {vmap['ms']:.2f} ms, a Python loop {vmap['loop_ms']:.2f} ms "
+        f"({vmap['loop_ms'] / vmap['ms']:.1f}x)\n\n"
+        f"one iteration of a 10-dimensional problem: jfb.fixed_point {1e3 * iteration['ms']:.1f} us, "
+        f"a bare loop {1e3 * iteration['bare_ms']:.1f} us ({iteration['ms'] / iteration['bare_ms']:.1f}x)\n"
+    )
+    return text
