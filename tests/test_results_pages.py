@@ -35,3 +35,22 @@ def test_the_workloads_table_is_zoo_csv():
 def _rounded_from(shown: str, measured: str, decimals: int) -> bool:
     """``shown`` is ``measured`` rounded to ``decimals`` places (either way at a tie)."""
     return abs(float(shown) - float(measured)) <= 0.5 * 10**-decimals + 1e-9
+
+
+def test_the_deploy_tables_are_their_files():
+    import json
+
+    rows = _table_rows(RESULTS / "deploy.md")
+    served = {(r[0].split(" (")[0].removesuffix(" program"), r[1]): r for r in rows if len(r) == 4 and r[1].isdigit()}
+    measured = [r for r in csv.DictReader((RESULTS / "deploy" / "bench-deploy.csv").open()) if r["test_acc"]]
+    assert len(measured) == len(served) == 8
+    for row in measured:
+        cells = served[row["way"], row["batch"]]
+        assert _rounded_from(cells[2], row["ms"], 3) and float(cells[3]) == float(row["test_acc"])
+    exported = {(r[0], r[1]): r for r in rows if len(r) == 8}
+    for line in (RESULTS / "deploy" / "exports.jsonl").read_text().splitlines():
+        result = json.loads(line)
+        cells = exported[result["checkpoint"], {"onnx": "ONNX", "pt2": "pt2"}[result["format"]]]
+        assert float(cells[6]) == result["agreement"] and float(cells[7]) == result["max_logit_difference"]
+        if "exported_test_acc" in result:
+            assert cells[5] == f"**{result['exported_test_acc']:.2f}%**"

@@ -78,7 +78,7 @@ def export_checkpoint(settings: ExportSettings, progress: bool = True, log: Log 
         torch.export.save(export_program(target.module, target.example, target.depth, settings.solver), str(out))
         run = _program_runner(out)
     with fixed_depth(target.module, target.depth, settings.solver):
-        summary = {"checkpoint": str(path), "format": settings.format, "file": str(out), **target.check(run)}
+        summary = {"checkpoint": settings.checkpoint, "format": settings.format, "file": str(out), **target.check(run)}
     log(", ".join(f"{key} {value}" for key, value in summary.items() if key not in ("checkpoint", "file")))
     return summary
 
