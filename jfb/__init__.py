@@ -20,6 +20,7 @@ from .deprecation import deprecated_attribute
 from .equilibrium import Equilibrium, ImplicitStats, fixed_point
 from .errors import ConvergenceWarning, FixedPointError, JfbError, StorageError
 from .frozen import frozen_running_stats
+from .functional import linear_solve, root_find
 from .layer import ImplicitLayer
 from .solvers import SolveOptions, Solver, SolveStats, register_solver, solve
 from .status import Status
@@ -49,11 +50,13 @@ __all__ = [
     "fixed_point",
     "frozen_running_stats",
     "get_backward",
+    "linear_solve",
     "lipschitz_estimate",
     "nn",
     "register_backward",
     "register_linear_solver",
     "register_solver",
+    "root_find",
     "solve",
     "solvers",
     "spectral_normalize",

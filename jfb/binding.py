@@ -6,6 +6,7 @@ What the solvers and backward modes see is ``T(u_flat)`` on a ``(batch, features
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
@@ -177,3 +178,35 @@ def normalize_latent_shape(shape: Sequence[Any] | None) -> tuple | None:
         return tuple(normalize_latent_shape(part) for part in shape)
     except TypeError:
         raise JfbError(f"latent_shape must be a shape like (64,) or a tuple of shapes, got {shape!r}") from None
+
+
+def _map(f: Callable[[Tensor], Tensor], state: State) -> State:
+    return tuple(f(t) for t in state) if isinstance(state, (tuple, list)) else f(state)
+
+
+def one_problem(
+    operator: Callable[[Any, Any], Any], x: Any, u0: InitialState, latent_shape: Any
+) -> tuple[Callable[[Any, Any], Any], State]:
+    """An unbatched problem as a batch of one: ``T`` and ``u0`` with a leading dimension of 1 (``x`` is passed to
+    ``T`` as it is: shared, never sliced)."""
+    if callable(u0) and not isinstance(u0, Tensor):
+        u0 = u0(x)
+    if isinstance(u0, str):
+        raise JfbError(f"u0={u0!r}: a kind of initial state is drawn per sample; pass a state for one problem")
+    if u0 is None:
+        like = first_tensor(x)
+        shapes = latent_shape if latent_shape is not None else tuple(like.shape)
+        tuple_state = bool(shapes) and not all(isinstance(d, int) for d in shapes)
+        u0 = tuple(like.new_zeros(s) for s in shapes) if tuple_state else like.new_zeros(shapes)
+
+    def batched(u: State, x: Any) -> State:
+        return _map(lambda t: t[None], operator(_map(lambda t: t[0], u), x))
+
+    return batched, _map(lambda t: t[None], u0)
+
+
+def first_problem(result: Any) -> Any:
+    """An :class:`~jfb.Equilibrium` of a batch of one with its states unbatched (statistics stay per sample)."""
+    return dataclasses.replace(
+        result, value=_map(lambda t: t[0], result.value), fixed_point=_map(lambda t: t[0], result.fixed_point)
+    )

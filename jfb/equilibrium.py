@@ -16,9 +16,18 @@ from torch import Tensor
 
 from . import transforms
 from .backward import BACKWARD_MODES, BackwardMode, BackwardStats, FixedPointMap, GradientCheck, get_backward
-from .binding import InitialState, bind, check_state, differentiable_inputs, initial_state, normalize_latent_shape
-from .errors import JfbError, unknown_name
-from .failures import FUNCTION_CALL_SITES_WARNED, FailureReport
+from .binding import (
+    InitialState,
+    bind,
+    check_state,
+    differentiable_inputs,
+    first_problem,
+    initial_state,
+    normalize_latent_shape,
+    one_problem,
+)
+from .errors import JfbError
+from .failures import FUNCTION_CALL_SITES_WARNED, FailureReport, SolvePolicy
 from .frozen import frozen_running_stats
 from .lockstep import all_processes_done, in_lockstep
 from .regularizers import evenly_spaced, jacobian_frobenius
@@ -26,8 +35,6 @@ from .solvers import SolveOptions, SolveStats, solve_flat
 from .state import State, StateLayout
 from .status import Status
 from .transforms import Boundary
-
-ON_FAILURE = ("warn", "raise", "ignore")
 
 
 @dataclass
@@ -109,28 +116,6 @@ class Equilibrium:
         return self.stats.backward.checks
 
 
-@dataclass(frozen=True)
-class SolvePolicy:
-    """How a call treats failures, other processes and the regularisers (see :func:`fixed_point`)."""
-
-    on_failure: str = "warn"
-    lockstep: bool | None = None
-    jacobian_probes: int = 0
-    correction: int = 0
-    #: the call sites already warned about a tolerance not reached (a layer's policy lives as long as the layer)
-    warned: set[tuple[str, int]] = field(default_factory=set, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.on_failure not in ON_FAILURE:
-            raise unknown_name("on_failure", self.on_failure, ON_FAILURE)
-        if self.lockstep not in (None, True, False):
-            raise JfbError(f"lockstep must be True, False or None (decide per call), got {self.lockstep!r}")
-        for name in ("jacobian_probes", "correction"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise JfbError(f"{name} must be an integer >= 0 (probes / iterates; 0 = off), got {value!r}")
-
-
 def fixed_point(
     operator: Callable[[Any, Any], Any],
     x: Any,
@@ -143,6 +128,7 @@ def fixed_point(
     lockstep: bool | None = None,
     jacobian_probes: int = 0,
     correction: int = 0,
+    batched: bool = True,
     **settings: Any,
 ) -> Equilibrium:
     """Solve ``u* = T(u*; x)`` once with ``operator(u, x) -> u`` and attach one backward mode.
@@ -158,6 +144,8 @@ def fixed_point(
         lockstep: make all processes of a distributed run stop together (None: when T holds collectives).
         jacobian_probes: Hutchinson probes of the Jacobian penalty in :class:`Equilibrium` (0: off).
         correction: iterates of the fixed-point correction in :class:`Equilibrium` (0: off).
+        batched: False for one problem without a batch dimension (a state of any shape, a scalar included;
+            ``x`` passed to T as it is, never sliced): solved as a batch of one, the states returned unbatched.
 
     Example::
 
@@ -174,6 +162,9 @@ def fixed_point(
     mode = get_backward(backward)
     check_compatible(mode, options)
     policy = SolvePolicy(on_failure, lockstep, jacobian_probes, correction, warned=FUNCTION_CALL_SITES_WARNED)
+    if not batched:
+        operator, u0 = one_problem(operator, x, u0, normalize_latent_shape(latent_shape))
+        return first_problem(solve_equilibrium(operator, x, u0, options, mode, policy))
     return solve_equilibrium(operator, x, u0, options, mode, policy, normalize_latent_shape(latent_shape))
 
 

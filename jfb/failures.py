@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backward import BackwardStats
-from .errors import ConvergenceWarning, FixedPointError
+from .errors import ConvergenceWarning, FixedPointError, JfbError, unknown_name
 from .solvers import SolveOptions, SolveStats
 from .status import Status
 
 _PACKAGE = str(Path(__file__).resolve().parent)
+ON_FAILURE = ("warn", "raise", "ignore")
 
 
 @dataclass(frozen=True)
@@ -79,3 +80,25 @@ def _caller() -> tuple[int, tuple[str, int]]:
     ):
         frame, level = frame.f_back, level + 1
     return level, ("", 0) if frame is None else (frame.f_code.co_filename, frame.f_lineno)
+
+
+@dataclass(frozen=True)
+class SolvePolicy:
+    """How a call treats failures, other processes and the regularisers (see :func:`fixed_point`)."""
+
+    on_failure: str = "warn"
+    lockstep: bool | None = None
+    jacobian_probes: int = 0
+    correction: int = 0
+    #: the call sites already warned about a tolerance not reached (a layer's policy lives as long as the layer)
+    warned: set[tuple[str, int]] = field(default_factory=set, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.on_failure not in ON_FAILURE:
+            raise unknown_name("on_failure", self.on_failure, ON_FAILURE)
+        if self.lockstep not in (None, True, False):
+            raise JfbError(f"lockstep must be True, False or None (decide per call), got {self.lockstep!r}")
+        for name in ("jacobian_probes", "correction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise JfbError(f"{name} must be an integer >= 0 (probes / iterates; 0 = off), got {value!r}")

@@ -1,0 +1,98 @@
+"""The functional forms of jaxopt / optimistix / lineax, checked against closed forms in float64: one problem
+without a batch dimension (arguments shared, never sliced), a root ``F(u; x) = 0``, a linear system ``A w = b``."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.func import grad, jacrev, vmap
+
+import jfb
+from jfb.errors import JfbError
+
+F64 = torch.float64
+
+
+def test_a_scalar_problem_without_a_batch_dimension():
+    """u = 0.5 cos(u) + theta: du/dtheta = 1 / (1 + 0.5 sin u)."""
+
+    def T(u, theta):
+        return 0.5 * torch.cos(u) + theta
+
+    theta = torch.tensor(0.3, dtype=F64, requires_grad=True)
+    eq = jfb.fixed_point(T, theta, batched=False, backward="ift:tol=1e-13", solver="anderson", tol=1e-13)
+    assert eq.value.shape == () and eq.fixed_point.shape == ()
+    u = float(eq.fixed_point)
+    assert math.isclose(u, 0.5 * math.cos(u) + 0.3, abs_tol=1e-12)
+    (derivative,) = torch.autograd.grad(eq.value, theta)
+    assert math.isclose(float(derivative), 1 / (1 + 0.5 * math.sin(u)), rel_tol=1e-10)
+
+    def solve(theta):
+        return jfb.fixed_point(T, theta, batched=False, backward="ift:tol=1e-13", solver="picard", tol=1e-13).value
+
+    thetas = torch.linspace(-0.5, 0.5, 5, dtype=F64)
+    derivatives = vmap(grad(solve))(thetas)
+    states = vmap(solve)(thetas)
+    assert torch.allclose(derivatives, 1 / (1 + 0.5 * torch.sin(states)), rtol=1e-10)
+
+
+def test_a_shared_matrix_argument_is_passed_whole_and_differentiated():
+    """x = (A, b), one 5-dimensional problem: u = tanh(A u + b); du/dA_ij by dense linear algebra."""
+    g = torch.Generator().manual_seed(0)
+    A = 0.4 * torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=F64))[0]
+    b = torch.randn(5, generator=g, dtype=F64)
+
+    def T(u, args):
+        A, b = args
+        return torch.tanh(A @ u + b)
+
+    def solve(A):
+        eq = jfb.fixed_point(T, (A, b), batched=False, latent_shape=(5,), backward="ift:tol=1e-13", tol=1e-13)
+        return eq.value
+
+    u = solve(A)
+    assert u.shape == (5,)
+    D = torch.diag(1 - u**2)
+    # d u / d A_jk = (I - D A)^{-1} D e_j u_k
+    want = torch.einsum("ij,k->ijk", torch.linalg.solve(torch.eye(5, dtype=F64) - D @ A, D), u)
+    assert float((jacrev(solve)(A) - want).norm() / want.norm()) < 1e-9
+
+
+def test_a_kind_of_initial_state_is_refused_for_one_problem():
+    with pytest.raises(JfbError, match="a kind of initial state is drawn per sample"):
+        jfb.fixed_point(lambda u, x: 0.5 * u + x, torch.ones(3), batched=False, u0="random")
+
+
+@pytest.mark.parametrize("solver", ["picard", "anderson", "broyden"])
+def test_root_find_gives_the_root_and_the_exact_implicit_gradient(solver):
+    """F(u; x) = u + 0.2 u^3 - x: du/dx = 1 / (1 + 0.6 u^2)."""
+    x = torch.linspace(-1, 1, 7, dtype=F64)[:, None].requires_grad_()
+    eq = jfb.root_find(lambda u, x: u + 0.2 * u**3 - x, x, solver=solver, tol=1e-13, backward="ift:tol=1e-13")
+    u = eq.fixed_point
+    assert float((u + 0.2 * u**3 - x).abs().max()) < 1e-12
+    (derivative,) = torch.autograd.grad(eq.value.sum(), x)
+    assert torch.allclose(derivative, 1 / (1 + 0.6 * u**2), rtol=1e-10)
+
+
+def _system(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    M = torch.randn(12, 12, generator=g, dtype=F64)
+    A = torch.eye(12, dtype=F64) + 0.5 * M / torch.linalg.matrix_norm(M, ord=2)  # I - A contracts
+    return A, torch.randn(12, generator=g, dtype=F64)
+
+
+@pytest.mark.parametrize("solver", ["gmres", "cg", "fixed_point"])
+def test_linear_solve_with_each_solver_matches_a_dense_solve(solver):
+    A, b = _system()
+    w, info = jfb.linear_solve(lambda v: A @ v, b, solver=solver, tol=1e-12, max_iter=500)
+    assert info.status == "converged" and info.relative_residual <= 1e-12
+    exact = torch.linalg.solve(A, b)
+    assert float((w - exact).norm() / exact.norm()) < 1e-10
+
+
+def test_linear_solve_reports_a_missed_tolerance():
+    A, b = _system(1)
+    _, info = jfb.linear_solve(lambda v: A @ v, b, solver="gmres", tol=1e-12, max_iter=2)
+    assert info.status == "max_iter" and info.iterations == 2 and info.relative_residual > 1e-12
