@@ -23,6 +23,7 @@ from .frozen import frozen_running_stats
 from .functional import linear_solve, root_find
 from .layer import ImplicitLayer
 from .solvers import SolveOptions, Solver, SolveStats, register_solver, solve
+from .state import Shared
 from .status import Status
 
 __version__ = "0.2.0"
@@ -40,6 +41,7 @@ __all__ = [
     "JfbError",
     "LinearSolver",
     "Neumann",
+    "Shared",
     "SolveOptions",
     "SolveStats",
     "Solver",

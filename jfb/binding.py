@@ -17,7 +17,17 @@ from torch import Tensor, nn
 
 from .errors import JfbError, unknown_name
 from .lockstep import distributed_world_size
-from .state import State, StateLayout, describe, first_tensor, take_rows
+from .state import (
+    Shared,
+    State,
+    StateLayout,
+    describe,
+    first_tensor,
+    map_state,
+    state_leaves,
+    take_rows,
+    without_shared,
+)
 
 #: what a state may hold: the solvers' norms, mixing and least squares are real floating-point arithmetic
 STATE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -42,7 +52,7 @@ def initial_state(x: Any, u0: InitialState, latent_shape: tuple | None) -> tuple
     if callable(u0) and not isinstance(u0, Tensor):
         u0 = u0(x)
     if u0 is not None and not isinstance(u0, str):
-        return (tuple(u0) if isinstance(u0, list) else u0), False
+        return (map_state(lambda t: t, u0) if isinstance(u0, list) else u0), False
     kind = u0 or "zeros"
     if kind not in INITIAL_STATES:
         raise unknown_name("kind of initial state u0 =", kind, INITIAL_STATES)
@@ -65,10 +75,12 @@ def check_state(state: State, guessed: bool) -> None:
     """JfbError naming the argument unless the initial state is one or more floating-point, batch-first tensors
     with at least one sample and one feature each."""
     name = "x (the state starts as zeros shaped like it; pass u0= or latent_shape= otherwise)" if guessed else "u0"
-    tensors = state if isinstance(state, tuple) else (state,)
-    for t in tensors:
+    for t in state_leaves(state):
         if not isinstance(t, Tensor) or t.dim() < 1:
-            raise JfbError(f"{name}: a state must be a batch-first tensor or a tuple of them, got {describe(state)}")
+            raise JfbError(
+                f"{name}: a state must be a batch-first tensor, or such tensors in tuples and dicts, "
+                f"got {describe(state)}"
+            )
         if t.dtype not in STATE_DTYPES:
             choices = ", ".join(str(d).removeprefix("torch.") for d in STATE_DTYPES)
             raise JfbError(f"{name} must be floating point ({choices}), got {str(t.dtype).removeprefix('torch.')}")
@@ -88,6 +100,7 @@ def bind(operator: Callable, x: Any, layout: StateLayout, u0: State, guessed: bo
     # what per-call modules (jfb.nn: dropout masks, normalised weights) key their state on; set only for an operator
     # that may hold one (a ContextVar is a graph break where dynamo traces)
     call = object() if reads_current_call(operator) else None
+    unshare = without_shared if _holds_shared(x) else _unchanged
 
     def T(u: Tensor, index: Tensor | None = None) -> Tensor:
         nonlocal first_call, dtypes_unchecked
@@ -95,7 +108,7 @@ def bind(operator: Callable, x: Any, layout: StateLayout, u0: State, guessed: bo
         token = None if call is None else CURRENT_CALL.set(call)
         try:
             with precision():
-                out = operator(state, x if index is None else take_rows(x, index))
+                out = operator(state, unshare(x if index is None else take_rows(x, index)))
         except Exception as error:
             if not first_call:
                 error.add_note(f"jfb: raised by the operator on u {describe(state)}, x {describe(x)}")
@@ -117,6 +130,18 @@ def bind(operator: Callable, x: Any, layout: StateLayout, u0: State, guessed: bo
     return T
 
 
+def _holds_shared(x: Any) -> bool:
+    if isinstance(x, (tuple, list)):
+        return any(_holds_shared(item) for item in x)
+    if isinstance(x, dict):
+        return any(_holds_shared(item) for item in x.values())
+    return isinstance(x, Shared)
+
+
+def _unchanged(x: Any) -> Any:
+    return x
+
+
 def reads_current_call(operator: Callable) -> bool:
     """Whether the operator may hold a module that keys its state on :data:`CURRENT_CALL` (one marked
     ``reads_current_call``; any plain function may call one)."""
@@ -127,7 +152,7 @@ def reads_current_call(operator: Callable) -> bool:
 
 def _check_output_dtypes(out: State, u0: State) -> None:
     """T may compute in lower precision (autocast), never in complex or integer numbers: those would be cast."""
-    for t in out if isinstance(out, tuple) else (out,):
+    for t in state_leaves(out):
         if t.dtype not in STATE_DTYPES:
             raise JfbError(
                 f"T(u0) returned {str(t.dtype).removeprefix('torch.')} values for a state of "
@@ -164,6 +189,7 @@ def caller_autocast(device_type: str) -> Callable[[], AbstractContextManager]:
 def differentiable_inputs(operator: Callable, x: Any) -> list[Tensor]:
     """The operator's parameters and the tensors of ``x`` that require grad."""
     parameters = operator.parameters() if isinstance(operator, nn.Module) else ()
+    x = without_shared(x)
     tensors = x.values() if isinstance(x, dict) else x if isinstance(x, (tuple, list)) else (x,)
     return [t for t in (*parameters, *tensors) if isinstance(t, Tensor) and t.requires_grad]
 
@@ -178,10 +204,6 @@ def normalize_latent_shape(shape: Sequence[Any] | None) -> tuple | None:
         return tuple(normalize_latent_shape(part) for part in shape)
     except TypeError:
         raise JfbError(f"latent_shape must be a shape like (64,) or a tuple of shapes, got {shape!r}") from None
-
-
-def _map(f: Callable[[Tensor], Tensor], state: State) -> State:
-    return tuple(f(t) for t in state) if isinstance(state, (tuple, list)) else f(state)
 
 
 def one_problem(
@@ -200,13 +222,13 @@ def one_problem(
         u0 = tuple(like.new_zeros(s) for s in shapes) if tuple_state else like.new_zeros(shapes)
 
     def batched(u: State, x: Any) -> State:
-        return _map(lambda t: t[None], operator(_map(lambda t: t[0], u), x))
+        return map_state(lambda t: t[None], operator(map_state(lambda t: t[0], u), x))
 
-    return batched, _map(lambda t: t[None], u0)
+    return batched, map_state(lambda t: t[None], u0)
 
 
 def first_problem(result: Any) -> Any:
     """An :class:`~jfb.Equilibrium` of a batch of one with its states unbatched (statistics stay per sample)."""
     return dataclasses.replace(
-        result, value=_map(lambda t: t[0], result.value), fixed_point=_map(lambda t: t[0], result.fixed_point)
+        result, value=map_state(lambda t: t[0], result.value), fixed_point=map_state(lambda t: t[0], result.fixed_point)
     )

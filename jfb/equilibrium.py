@@ -134,7 +134,8 @@ def fixed_point(
     """Solve ``u* = T(u*; x)`` once with ``operator(u, x) -> u`` and attach one backward mode.
 
     Args:
-        operator: an nn.Module or any callable ``(u, x) -> u``; ``u`` a batch-first tensor or a tuple of them.
+        operator: an nn.Module or any callable ``(u, x) -> u``; ``u`` a batch-first tensor, or such
+            tensors nested in tuples and dicts.
         x: the input: a tensor, or a tuple, list or dict of batch-first tensors.
         u0: the initial state (or a function ``x -> state``); default zeros of ``latent_shape``, else like ``x``.
         options: a :class:`~jfb.SolveOptions`, or its fields as keywords (``solver="anderson", tol=1e-4``).

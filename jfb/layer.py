@@ -39,7 +39,7 @@ class ImplicitLayer(LastCallAttributes, nn.Module):
 
     Args:
         operator: an nn.Module or any callable ``(u, x) -> u``; ``u`` is a batch-first tensor or a
-            tuple of them, and T must return the same structure and shapes.
+            tuple or dict of them (nested too), and T must return the same structure and shapes.
         backward: ``"jfb"`` (default), ``"neumann:K"``, ``"phantom:K"``, ``"ift"`` (fixed-point linear solve),
             ``"ift:cg"`` (the paper's CG), ``"ift:gmres"``, ``"unroll"``, ``"auto"``, options as
             ``"ift:cg:tol=1e-8"``, a name added with :func:`jfb.register_backward`, or a

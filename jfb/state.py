@@ -10,7 +10,8 @@ a tuple is concatenated (one copy per flatten).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,7 +19,8 @@ from torch import Tensor
 
 from .errors import JfbError
 
-State = Tensor | tuple[Tensor, ...]
+#: a batch-first tensor, or such tensors nested in tuples and dicts
+State = Tensor | tuple[Any, ...] | dict[str, Any]
 
 
 class _Part:
@@ -41,18 +43,62 @@ class _Part:
         return flat.view(-1, *self.shape)
 
 
+def state_leaves(state: Any) -> list[Any]:
+    """The leaves of a state nested in tuples, lists and dicts (a dict's in its key order), in order."""
+    if isinstance(state, (tuple, list)):
+        return [leaf for item in state for leaf in state_leaves(item)]
+    if isinstance(state, dict):
+        return [leaf for key in state for leaf in state_leaves(state[key])]
+    return [state]
+
+
+def map_state(f: Callable[[Tensor], Tensor], state: Any) -> Any:
+    """``f`` applied to every tensor of a nested state, the structure kept (lists become tuples)."""
+    if isinstance(state, (tuple, list)):
+        return tuple(map_state(f, item) for item in state)
+    if isinstance(state, dict):
+        return {key: map_state(f, value) for key, value in state.items()}
+    return f(state)
+
+
+def _structure(state: Any) -> Any:
+    """What a state's nesting is, comparable with ``==`` (tuples and lists alike; dicts by their keys)."""
+    if isinstance(state, (tuple, list)):
+        return ("tuple", tuple(_structure(item) for item in state))
+    if isinstance(state, dict):
+        return ("dict", tuple((key, _structure(value)) for key, value in state.items()))
+    return None
+
+
+def _rebuild(structure: Any, leaves: Iterator[Tensor]) -> Any:
+    if structure is None:
+        return next(leaves)
+    kind, items = structure
+    if kind == "tuple":
+        return tuple(_rebuild(item, leaves) for item in items)
+    return {key: _rebuild(item, leaves) for key, item in items}
+
+
 class StateLayout:
-    """Flattens states shaped like ``like`` to ``(batch, features)`` and back; checks shapes."""
+    """Flattens states shaped like ``like`` (a tensor, or tensors nested in tuples and dicts) to
+    ``(batch, features)`` and back; checks shapes."""
 
     def __init__(self, like: State) -> None:
-        self.is_tuple = isinstance(like, (tuple, list))
-        tensors = tuple(like) if self.is_tuple else (like,)
+        self.structure = _structure(like)
+        tensors = state_leaves(like)
         if not tensors or not all(isinstance(t, Tensor) and t.dim() >= 1 for t in tensors):
-            raise JfbError(f"a state must be a batch-first tensor or a tuple of them, got {describe(like)}")
+            raise JfbError(
+                f"a state must be a batch-first tensor, or such tensors in tuples and dicts, got {describe(like)}"
+            )
         if any(t.shape[0] != tensors[0].shape[0] for t in tensors[1:]):  # (no set: a traced batch size is unhashable)
-            raise JfbError(f"the tensors of a tuple state must share the batch size, got {describe(like)}")
+            raise JfbError(f"the tensors of a state must share the batch size, got {describe(like)}")
         self.parts = [_Part(t) for t in tensors]
         self.sizes = [p.size for p in self.parts]
+
+    @property
+    def is_tuple(self) -> bool:
+        """Whether the state is more than one tensor (nested in tuples or dicts)."""
+        return self.structure is not None
 
     @property
     def features(self) -> int:
@@ -61,21 +107,21 @@ class StateLayout:
     def flatten(self, state: State) -> Tensor:
         if not self.is_tuple:
             return self.parts[0].flatten(state)
-        return torch.cat([p.flatten(t) for p, t in zip(self.parts, state)], dim=1)
+        return torch.cat([p.flatten(t) for p, t in zip(self.parts, state_leaves(state))], dim=1)
 
     def unflatten(self, flat: Tensor) -> State:
         if not self.is_tuple:
             return self.parts[0].unflatten(flat)
-        return tuple(p.unflatten(chunk) for p, chunk in zip(self.parts, flat.split(self.sizes, dim=1)))
+        chunks = (p.unflatten(chunk) for p, chunk in zip(self.parts, flat.split(self.sizes, dim=1)))
+        return _rebuild(self.structure, chunks)
 
     def matches(self, state: Any, batch: int | None = None) -> bool:
         """Whether ``state`` has this structure and these per-sample shapes (and ``batch`` samples, when given)."""
-        tensors = state if self.is_tuple and isinstance(state, (tuple, list)) else (state,)
-        if self.is_tuple != isinstance(state, (tuple, list)) or len(tensors) != len(self.parts):
+        if _structure(state) != self.structure:
             return False
         return all(
             isinstance(t, Tensor) and tuple(t.shape[1:]) == p.shape and (batch is None or t.shape[0] == batch)
-            for p, t in zip(self.parts, tensors)
+            for p, t in zip(self.parts, state_leaves(state))
         )
 
 
@@ -101,8 +147,28 @@ def first_tensor(x: Any) -> Tensor:
     raise JfbError(f"x must be a tensor, or a tuple or dict of batch-first tensors, got {describe(x)}")
 
 
+@dataclass(frozen=True)
+class Shared:
+    """An argument in ``x`` shared by every sample (a matrix, a table): T receives ``value`` itself, never sliced
+    to the samples still iterating (``freeze_converged``) and never taken for the batch: ``jfb.Shared(A)``."""
+
+    value: Any
+
+
+def without_shared(x: Any) -> Any:
+    """``x`` as T receives it: every :class:`Shared` replaced by its value."""
+    if isinstance(x, Shared):
+        return x.value
+    if isinstance(x, (tuple, list)):
+        return type(x)(without_shared(item) for item in x)
+    if isinstance(x, dict):
+        return {key: without_shared(item) for key, item in x.items()}
+    return x
+
+
 def take_rows(x: Any, index: Tensor) -> Any:
-    """The samples ``index`` of an input: every tensor inside tuples, lists and dicts is indexed."""
+    """The samples ``index`` of an input: every tensor inside tuples, lists and dicts is indexed (a
+    :class:`Shared` argument is not)."""
     if isinstance(x, Tensor):
         return x[index]
     if isinstance(x, (tuple, list)):

@@ -96,3 +96,55 @@ def test_linear_solve_reports_a_missed_tolerance():
     A, b = _system(1)
     _, info = jfb.linear_solve(lambda v: A @ v, b, solver="gmres", tol=1e-12, max_iter=2)
     assert info.status == "max_iter" and info.iterations == 2 and info.relative_residual > 1e-12
+
+
+def _nested_problem():
+    g = torch.Generator().manual_seed(2)
+    A, B = (0.3 * torch.randn(n, n, generator=g, dtype=F64) for n in (4, 3))
+
+    def T(u, x):
+        first, second = u["pair"]
+        return {"a": torch.tanh(u["a"] @ A.T + x), "pair": (torch.tanh(first @ B.T + u["a"][:, :3]), 0.5 * second)}
+
+    u0 = {"a": torch.zeros(2, 4, dtype=F64), "pair": (torch.zeros(2, 3, dtype=F64), torch.ones(2, 2, 2, dtype=F64))}
+    return T, u0, torch.randn(2, 4, generator=g, dtype=F64)
+
+
+def test_a_state_nested_in_tuples_and_dicts_keeps_its_structure_and_exact_gradients():
+    T, u0, x = _nested_problem()
+    gradients = []
+    for backward, solver in (("ift:tol=1e-13", "anderson"), ("unroll", "picard")):
+        x_ = x.clone().requires_grad_()
+        eq = jfb.fixed_point(T, x_, u0=u0, backward=backward, solver=solver, tol=1e-13, max_iter=300)
+        assert list(eq.value) == ["a", "pair"] and eq.value["pair"][1].shape == (2, 2, 2)
+        assert float(eq.fixed_point["pair"][1].abs().max()) < 1e-12  # 0.5^k -> 0
+        gradients.append(torch.autograd.grad(eq.value["pair"][0].sum(), x_)[0])
+    assert torch.allclose(gradients[0], gradients[1], rtol=1e-9, atol=1e-12) and float(gradients[0].norm()) > 0.1
+
+
+def test_a_nested_state_of_another_structure_is_named():
+    T, u0, x = _nested_problem()
+    with pytest.raises(JfbError, match="T must return a state of u's shape"):
+        jfb.fixed_point(lambda u, x: {"a": T(u, x)["a"]}, x, u0=u0)
+
+
+def test_a_shared_argument_of_a_batched_problem_is_never_sliced():
+    """x = (inputs, jfb.Shared(A)); samples converge at different iterations and freeze (their rows of inputs are
+    sliced away), A reaches T whole; d(sum u*)/dA against dense linear algebra, sample by sample."""
+    g = torch.Generator().manual_seed(3)
+    A = (0.5 * torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=F64))[0]).requires_grad_()
+    inputs = torch.randn(6, 5, generator=g, dtype=F64) * torch.logspace(-3, 0, 6, dtype=F64)[:, None]
+
+    def T(u, x):
+        inputs, A = x
+        return torch.tanh(u @ A.T + inputs)
+
+    eq = jfb.fixed_point(T, (inputs, jfb.Shared(A)), backward="ift:tol=1e-13", tol=1e-12, freeze_converged=True)
+    assert len(set(eq.stats.iterations.tolist())) > 1  # the samples did stop at different iterations
+    (got,) = torch.autograd.grad(eq.value.sum(), A)
+    want = torch.zeros(5, 5, dtype=F64)
+    for u in eq.fixed_point:
+        D = torch.diag(1 - u**2)
+        w = torch.linalg.solve((torch.eye(5, dtype=F64) - D @ A.detach()).T, torch.ones(5, dtype=F64))
+        want += torch.outer(D @ w, u)
+    assert float((got - want).norm() / want.norm()) < 1e-9
