@@ -28,7 +28,7 @@ from .binding import (
 )
 from .errors import JfbError
 from .failures import FUNCTION_CALL_SITES_WARNED, FailureReport, SolvePolicy
-from .frozen import frozen_running_stats
+from .frozen import as_in_forward, call_state, frozen_running_stats
 from .lockstep import all_processes_done, in_lockstep
 from .regularizers import evenly_spaced, jacobian_frobenius
 from .solvers import SolveOptions, SolveStats, solve_flat
@@ -198,9 +198,10 @@ def solve_equilibrium(
     if not torch.is_grad_enabled():
         return Equilibrium(layout.unflatten(u_star), layout.unflatten(u_star), stats)
     stats.attached = True
+    state = call_state(operator)
     bound = FixedPointMap(
         lambda u: T(u, None),
-        lambda: frozen_running_stats(operator),
+        lambda: as_in_forward(operator, state),
         options.max_iter,
         report.backward,
         lambda: differentiable_inputs(operator, x),

@@ -18,13 +18,14 @@ run, by a global forward pre-hook that lives only for the duration of the contex
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.nn.utils import parametrize
+from torch.nn.utils.stateless import _reparametrize_module
 
 
 class _Freezer:
@@ -84,3 +85,22 @@ def frozen_running_stats(operator: Any) -> Iterator[Callable[[], None]]:
     finally:
         settle()
         freezer.restore()
+
+
+def call_state(operator: Any) -> dict[str, Tensor]:
+    """The parameters and buffers an ``nn.Module`` operator computes with now (during ``torch.func.functional_call``
+    those passed to it); empty for a plain function."""
+    if not isinstance(operator, nn.Module):
+        return {}
+    return {**dict(operator.named_parameters(remove_duplicate=False)), **dict(operator.named_buffers())}
+
+
+@contextmanager
+def as_in_forward(operator: Any, state: dict[str, Tensor]) -> Iterator[None]:
+    """The operator with the parameters and buffers of :func:`call_state` at its forward call, and its running
+    statistics frozen: what a backward pass that applies T again must see. After ``functional_call`` has returned
+    the module holds its own parameters again; without this, IFT's and Neumann's J products would use those."""
+    current = call_state(operator)
+    swapped = any(current.get(name) is not tensor for name, tensor in state.items())
+    with frozen_running_stats(operator), _reparametrize_module(operator, state) if swapped else nullcontext():
+        yield

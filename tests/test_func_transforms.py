@@ -204,3 +204,37 @@ def test_regularisers_inside_a_transform_are_refused():
     T, *_, x = problem()
     with pytest.raises(JfbError, match=r"do not run inside torch\.func"):
         jacrev(lambda x: jfb.fixed_point(T, x[None], jacobian_probes=1, latent_shape=(D_STATE,)).value.sum())(x)
+
+
+@pytest.mark.parametrize("backward", ["ift:tol=1e-13", "neumann:3", "ift:cg:tol=1e-13"])
+def test_the_backward_pass_applies_t_with_the_parameters_of_the_forward_call(backward):
+    """torch.func.functional_call swaps a module's parameters for the call only; IFT's and Neumann's backward
+    passes apply T again after it returned, and must use the swapped-in tensors, not the module's own."""
+    layer = jfb.ImplicitLayer(Affine(), backward=backward, solver="picard", tol=TOL, max_iter=300)
+    other = {name: (p.detach() + 0.1 * torch.randn_like(p)).requires_grad_() for name, p in layer.named_parameters()}
+    x = torch.randn(3, D_STATE)
+    out = functional_call(layer, other, (x,))
+    got = torch.autograd.grad(out.square().sum(), list(other.values()))
+    twin = jfb.ImplicitLayer(Affine(), backward=backward, solver="picard", tol=TOL, max_iter=300)
+    twin.load_state_dict({name: t.detach() for name, t in other.items()})
+    want = torch.autograd.grad(twin(x).square().sum(), list(twin.parameters()))
+    for g, w in zip(got, want, strict=True):
+        assert rel(g, w) < 1e-10
+
+
+def test_vmap_over_stacked_parameters_gives_each_models_own_gradient():
+    """An ensemble: torch.func.stack_module_state + vmap(grad(functional_call)) against each model's autograd."""
+    torch.manual_seed(1)
+    layers = [jfb.ImplicitLayer(Affine(), backward="ift:tol=1e-13", solver="anderson", tol=TOL) for _ in range(3)]
+    params, buffers = torch.func.stack_module_state(layers)
+    x = torch.randn(2, D_STATE)
+
+    def loss(params, buffers):
+        return functional_call(layers[0], (params, buffers), (x,)).square().sum()
+
+    gradients = vmap(grad(loss))(params, buffers)
+    for i, layer in enumerate(layers):
+        layer.zero_grad()
+        layer(x).square().sum().backward()
+        for name, p in layer.named_parameters():
+            assert rel(gradients[name][i], p.grad) < 1e-10
