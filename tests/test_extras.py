@@ -1,6 +1,6 @@
 """Each extra installs what the command that documents it needs: a fresh virtual environment with torch and
 only ``.[EXTRA]``, then that command (the documentation site for ``.[docs]``, a training's curves for ``.[plot]``,
-its TensorBoard events for ``.[tensorboard]``).
+its TensorBoard events for ``.[tensorboard]``, an ONNX file run in ONNX Runtime for ``.[deploy]``).
 
 torch is installed once, into an environment the others borrow it from (a ``.pth`` file pointing at its
 site-packages, where pip sees it installed), so each extra's environment holds the package, its core
@@ -10,6 +10,7 @@ dependencies and that extra only. The packages come from the package index this 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -77,3 +78,13 @@ def test_the_tensorboard_extra_writes_a_trainings_events(tmp_path, torch_site):
     assert list((tmp_path / "run").rglob("events.out.tfevents.*")), sorted(p.name for p in (tmp_path / "run").iterdir())
     missing = _run(str(bin_ / "python"), "-c", "import matplotlib")  # the extras stay apart: no matplotlib here
     assert missing.returncode != 0 and sys.executable != str(bin_ / "python")
+
+
+def test_the_deploy_extra_exports_a_model_that_onnx_runtime_runs(tmp_path, torch_site):
+    bin_ = _with_extra(tmp_path, torch_site, "deploy")
+    out = tmp_path / "mnist.onnx"
+    exported = _run(str(bin_ / "jfb"), "export", "mnist-default", "--limit-test", "500", "--out", str(out), "--json")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    summary = json.loads(exported.stdout.strip().splitlines()[-1])
+    assert summary["test_images"] == 500 and summary["agreement"] == 1.0
+    assert summary["exported_test_acc"] == summary["eager_test_acc"] and out.stat().st_size > 10_000

@@ -148,3 +148,26 @@ def test_a_shared_argument_of_a_batched_problem_is_never_sliced():
         w = torch.linalg.solve((torch.eye(5, dtype=F64) - D @ A.detach()).T, torch.ones(5, dtype=F64))
         want += torch.outer(D @ w, u)
     assert float((got - want).norm() / want.norm()) < 1e-9
+
+
+def test_a_solution_computed_elsewhere_gets_its_implicit_gradient():
+    """jaxopt's custom_root: u* found by another solver (here dense Newton), differentiated by IFT through one
+    application of T from it (max_iter=1; the linear solve's own cap given, since it follows max_iter otherwise)."""
+    g = torch.Generator().manual_seed(4)
+    W = 0.5 * torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=F64))[0]
+    x = torch.randn(1, 5, generator=g, dtype=F64, requires_grad=True)
+
+    def T(u, x):
+        return torch.tanh(u @ W.T + x)
+
+    u = torch.zeros(5, dtype=F64)
+    for _ in range(30):  # Newton on u - T(u) = 0, elsewhere
+        residual = u - T(u[None], x.detach())[0]
+        jacobian = torch.eye(5, dtype=F64) - torch.diag(1 - T(u[None], x.detach())[0] ** 2) @ W
+        u = u - torch.linalg.solve(jacobian, residual)
+    eq = jfb.fixed_point(T, x, u0=u[None], solver="picard", tol=None, max_iter=1, backward="ift:tol=1e-13:max_iter=100")
+    assert float(eq.stats.abs_residual) < 1e-14  # it was a fixed point
+    (got,) = torch.autograd.grad(eq.value.sum(), x)
+    D = torch.diag(1 - u**2)
+    want = torch.linalg.solve((torch.eye(5, dtype=F64) - D @ W).T, torch.ones(5, dtype=F64)) @ D
+    assert float((got[0] - want).norm() / want.norm()) < 1e-12
