@@ -98,8 +98,8 @@ def bind(operator: Callable, x: Any, layout: StateLayout, u0: State, guessed: bo
     first_call, dtypes_unchecked = distributed_world_size() == 1, True
     precision = caller_autocast(first_tensor(u0).device.type)
     # what per-call modules (jfb.nn: dropout masks, normalised weights) key their state on; set only for an operator
-    # that may hold one (a ContextVar is a graph break where dynamo traces)
-    call = object() if reads_current_call(operator) else None
+    # that may hold one, and not in an export (eval mode, where they keep no state; dynamo cannot trace a ContextVar)
+    call = object() if reads_current_call(operator) and not torch.compiler.is_exporting() else None
     unshare = without_shared if _holds_shared(x) else _unchanged
 
     def T(u: Tensor, index: Tensor | None = None) -> Tensor:
@@ -117,14 +117,16 @@ def bind(operator: Callable, x: Any, layout: StateLayout, u0: State, guessed: bo
         finally:
             if token is not None:
                 CURRENT_CALL.reset(token)
-        if not layout.matches(out, batch=u.shape[0]):  # broadcasting against x can change the batch
+        checked = first_call or not torch.compiler.is_compiling()  # (a traced loop body: checked on the first call)
+        if checked and not layout.matches(out, batch=u.shape[0]):  # broadcasting against x can change the batch
             raise JfbError(
                 f"T(u0) has shape {describe(out)} but u0 has {describe(u0)} (x: {describe(x)}); "
                 "T must return a state of u's shape: pass u0= or latent_shape= when the state is not shaped like x"
             )
         if dtypes_unchecked:
             _check_output_dtypes(out, u0)
-        first_call = dtypes_unchecked = False
+        if first_call or dtypes_unchecked:  # (once: a traced loop body may not change the closure)
+            first_call = dtypes_unchecked = False
         return layout.flatten(out).to(u.dtype)
 
     return T

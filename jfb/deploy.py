@@ -1,10 +1,10 @@
-"""A trained implicit model out of Python: ``torch.export`` programs and ONNX files at a fixed depth.
+"""A trained implicit model out of Python: ``torch.export`` programs and ONNX files.
 
-An exported program is a static graph: it cannot stop a solve when a tolerance is met (the stop is a
-data-dependent decision, and ONNX has no loop that ``torch.export`` can lower to it). Exporting therefore
-unrolls every :class:`~jfb.ImplicitLayer` of the model to a fixed number of iterations: ``depth``, or the
-layer's own evaluation depth where it already solves at one (``tol=None``, as the shipped MNIST model does).
-A layer asked to export with a tolerance is refused in one line. The batch dimension stays dynamic.
+Every :class:`~jfb.ImplicitLayer` of the model is exported as it solves in eval mode, or at a fixed ``depth``:
+a fixed depth is unrolled into the program; a tolerance becomes a loop inside it (``torch.while_loop``, an
+ONNX ``Loop``: Picard iterations until the batch's largest residual meets it, see
+:mod:`jfb.solvers.traced`), so the program stops where the eager model does. The batch dimension (and others
+the model allows) stays dynamic.
 """
 
 from __future__ import annotations
@@ -29,25 +29,18 @@ def implicit_layers(model: nn.Module) -> list[tuple[str, ImplicitLayer]]:
 
 
 @contextmanager
-def fixed_depth(model: nn.Module, depth: int | None = None, solver: str | None = None) -> Iterator[nn.Module]:
-    """Every implicit layer of ``model`` solves with ``depth`` iterations and no tolerance inside the block
-    (``depth=None``: each layer's own evaluation depth, which must be fixed already), with ``solver`` if given."""
+def exported_solves(model: nn.Module, depth: int | None = None, solver: str | None = None) -> Iterator[nn.Module]:
+    """Every implicit layer of ``model`` solves inside the block as it will in the exported program: ``depth``
+    iterations and no tolerance when ``depth`` is given, else as in eval mode (a fixed depth, or Picard to the
+    tolerance: a loop inside the program); with ``solver`` when given."""
     layers = implicit_layers(model)
     if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
         raise JfbError(f"depth must be an integer >= 1 (iterations of every implicit layer), got {depth!r}")
     with ExitStack() as stack:
-        for name, layer in layers:
-            if depth is None:
-                options = layer.eval_options or layer.options
-                if options.tol is not None:
-                    raise JfbError(
-                        f"layer {name} solves to tol={options.tol:g} in eval mode; an exported program runs a fixed "
-                        "number of iterations: give depth=K (jfb export --depth K)"
-                    )
-                continue
-            stack.enter_context(layer.solving(tol=None, max_iter=depth))
-        if solver is not None:
-            for _, layer in layers:
+        for _, layer in layers:
+            if depth is not None:
+                stack.enter_context(layer.solving(tol=None, max_iter=depth))
+            if solver is not None:
                 stack.enter_context(layer.solving(solver=solver))
         yield model
 
@@ -82,12 +75,13 @@ def _dynamic(example: tuple[Tensor, ...]) -> tuple[dict[int, Any], ...]:
 def export_program(
     model: nn.Module, example: tuple[Tensor, ...], depth: int | None = None, solver: str | None = None
 ) -> torch.export.ExportedProgram:
-    """``torch.export.export`` of ``model`` in eval mode, without grad, its implicit layers at a fixed ``depth``.
+    """``torch.export.export`` of ``model`` in eval mode, without grad, its implicit layers as :func:`exported_solves`
+    sets them.
 
     Dimensions stay dynamic where the model allows (the batch; a sequence or string length): give an example with
     at least 2 along each (a size of 1 is specialised). The model is left in eval mode."""
     model.eval()
-    with torch.no_grad(), fixed_depth(model, depth, solver), _quiet("torch._export"):
+    with torch.no_grad(), exported_solves(model, depth, solver), _quiet("torch._export"):
         return torch.export.export(model, example, dynamic_shapes=_dynamic(example))
 
 
@@ -99,7 +93,7 @@ def export_onnx(
     ``solver="picard"``). The model is left in eval mode."""
     model.eval()
     path = Path(path)
-    with torch.no_grad(), fixed_depth(model, depth, solver), warnings.catch_warnings(), _quiet("torch.onnx"):
+    with torch.no_grad(), exported_solves(model, depth, solver), warnings.catch_warnings(), _quiet("torch.onnx"):
         _refuse_onnx_solvers(model)
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # torch's own deprecation, inside the exporter
         program = torch.onnx.export(model, example, dynamo=True, verbose=False, dynamic_shapes=_dynamic(example))

@@ -32,6 +32,7 @@ from .frozen import as_in_forward, call_state, frozen_running_stats
 from .lockstep import all_processes_done, in_lockstep
 from .regularizers import evenly_spaced, jacobian_frobenius
 from .solvers import SolveOptions, SolveStats, solve_flat
+from .solvers.traced import solve_traced
 from .state import State, StateLayout
 from .status import Status
 from .transforms import Boundary
@@ -184,7 +185,6 @@ def solve_equilibrium(
         transforms.refuse_unsupported(
             mode, BACKWARD_MODES, regularize and bool(policy.jacobian_probes or policy.correction)
         )
-    transforms.refuse_traced_tolerance(options.tol)
     u0, guessed = initial_state(x, u0, latent_shape)
     check_state(u0, guessed)
     layout = StateLayout(u0)
@@ -241,6 +241,8 @@ def _solve(
         agree = all_processes_done(x0.device) if lockstep else None
         observe = None if iterates is None else iterates.append
         F = _settling(T, settle)
+        if torch.compiler.is_exporting() and options.tol is not None:  # the stop becomes part of the program
+            return (*solve_traced(F, x0.detach(), options), None)
         if boundary is None:
             return mode.solve(F, x0 if records_graph else x0.detach(), options, agree, observe)
         if records_graph:  # unroll differentiates its iterations: they stay wrapped, the bookkeeping reads through

@@ -11,7 +11,8 @@ class Status(StrEnum):
     Worst first: ``non_finite`` > ``diverged`` > ``max_iter`` > ``fixed_depth`` / ``converged``; the first three
     are failures (``status.failed``), reported through ``on_failure``.
     ``fixed_depth`` means exactly ``max_iter`` evaluations were asked for (``tol=None``) and run;
-    ``not_run`` is a backward pass that has not happened yet.
+    ``not_run`` is a backward pass that has not happened yet; ``traced``, a solve traced into a program
+    (``torch.export``) that stops at its tolerance when the program runs (its outcome is not known before).
     """
 
     CONVERGED = "converged"
@@ -20,6 +21,7 @@ class Status(StrEnum):
     DIVERGED = "diverged"
     NON_FINITE = "non_finite"
     NOT_RUN = "not_run"
+    TRACED = "traced"
 
     @property
     def failed(self) -> bool:

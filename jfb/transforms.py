@@ -196,13 +196,3 @@ def refuse_unsupported(mode: Any, modes: Any, regularized: bool) -> None:
             "the Jacobian penalty and the fixed-point correction (jacobian_probes=, correction=) do not run inside "
             "torch.func transforms; set them to 0 for the transformed calls (layer.eval() turns them off)"
         )
-
-
-def refuse_traced_tolerance(tol: float | None) -> None:
-    """JfbError in one line when ``torch.export`` traces a solve that stops at a tolerance (its trace would fix
-    the number of iterations of the example it ran on)."""
-    if tol is not None and torch.compiler.is_exporting():
-        raise JfbError(
-            f"torch.export traces a fixed number of iterations, but this solve stops at tol={tol:g}; export "
-            "with tol=None and max_iter=K (jfb.deploy.export_program(model, example, depth=K), jfb export --depth K)"
-        )

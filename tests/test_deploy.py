@@ -11,7 +11,7 @@ from torch import nn
 
 import jfb
 from jfb.cli.main import main
-from jfb.deploy import export_onnx, export_program, fixed_depth
+from jfb.deploy import export_onnx, export_program, exported_solves
 from jfb.errors import JfbError
 from jfb.pretrained import index
 
@@ -42,21 +42,40 @@ def test_an_exported_program_matches_eager_at_another_batch_size():
         assert torch.equal(program.module()(images), model(images))
 
 
-def test_a_depth_overrides_the_layers_own_and_a_tolerance_needs_one():
+def test_a_depth_overrides_the_layers_own():
     model = TinyDeq(eval_tol=1e-4).eval()
-    with pytest.raises(JfbError, match=r"layer layer solves to tol=0\.0001 in eval mode.*give depth=K"):
-        export_program(model, (torch.randn(2, 1, 8, 8),))
     program = export_program(model, (torch.randn(2, 1, 8, 8),), depth=7)
     images = torch.randn(3, 1, 8, 8)
-    with torch.no_grad(), fixed_depth(model, 7):
+    with torch.no_grad(), exported_solves(model, 7):
         assert torch.equal(program.module()(images), model(images))
         assert model.layer.last_stats.iterations.tolist() == [7, 7, 7]
 
 
-def test_tracing_a_solve_that_stops_at_a_tolerance_is_refused():
-    model = TinyDeq(eval_tol=1e-4).eval()
-    with torch.no_grad(), pytest.raises(JfbError, match=r"torch\.export traces a fixed number of iterations"):
-        torch.export.export(model, (torch.randn(2, 1, 8, 8),))
+def _picard_to_tolerance() -> TinyDeq:
+    model = TinyDeq(eval_tol=1e-5)
+    model.layer.eval_options = model.layer.eval_options.replace(solver="picard", max_iter=60)
+    return model.eval()
+
+
+def test_a_tolerance_is_exported_as_a_loop_that_stops_where_eager_does():
+    """Picard to tol=1e-5 inside the program: inputs of other scales take other numbers of iterations, and the
+    program takes the same ones (a traced depth would be wrong for all but the example)."""
+    model = _picard_to_tolerance()
+    program = export_program(model, (torch.randn(2, 1, 8, 8),)).module()
+    iterations = set()
+    for scale in (0.01, 1.0, 5.0):
+        images = scale * torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(int(10 * scale)))
+        with torch.no_grad():
+            eager = model(images)
+            iterations.add(int(model.layer.last_stats.iterations.max()))
+            assert torch.allclose(program(images), eager, atol=1e-6)
+    assert len(iterations) > 1
+
+
+def test_a_traced_tolerance_with_another_solver_is_refused():
+    model = TinyDeq(eval_tol=1e-4).eval()  # Anderson to a tolerance
+    with pytest.raises(JfbError, match=r"a traced solve that stops at a tolerance runs Picard iterations, not"):
+        export_program(model, (torch.randn(2, 1, 8, 8),))
 
 
 @pytest.mark.slow
@@ -70,8 +89,22 @@ def test_an_onnx_file_runs_in_onnx_runtime_like_eager(tmp_path):
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     images = torch.randn(6, 1, 8, 8)
     (out,) = session.run(None, {session.get_inputs()[0].name: images.numpy()})
-    with torch.no_grad(), fixed_depth(model, solver="picard"):
+    with torch.no_grad(), exported_solves(model, solver="picard"):
         assert torch.allclose(torch.from_numpy(out), model(images), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_an_onnx_file_stops_at_the_tolerance_in_onnx_runtime(tmp_path):
+    import onnxruntime
+
+    model = _picard_to_tolerance()
+    path = export_onnx(model, (torch.randn(2, 1, 8, 8),), tmp_path / "tol.onnx")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for scale in (0.01, 5.0):
+        images = scale * torch.randn(3, 1, 8, 8)
+        (out,) = session.run(None, {session.get_inputs()[0].name: images.numpy()})
+        with torch.no_grad():
+            assert torch.allclose(torch.from_numpy(out), model(images), atol=1e-5)
 
 
 def _export(tmp_path, capsys, *args) -> dict:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch.func import jacfwd, jacrev, vmap
 
 import jfb
-from jfb.deploy import export_program, fixed_depth
+from jfb.deploy import export_program, exported_solves
 from jfb.errors import JfbError
 
 EXAMPLES = int(os.environ.get("JFB_FUZZ_EXAMPLES", "30"))
@@ -86,7 +86,7 @@ def test_an_export_matches_eager_at_its_depth_or_refuses_in_one_line(depth, eval
         assert (eval_tol is not None and depth is None) or (depth is not None and depth < 1)
         return
     x = torch.randn(batch, 3)
-    with torch.no_grad(), fixed_depth(model, depth):
+    with torch.no_grad(), exported_solves(model, depth):
         assert torch.equal(program.module()(x), model(x))
 
 

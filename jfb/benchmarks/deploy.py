@@ -23,7 +23,7 @@ import torch
 import jfb
 
 from ..data import batches
-from ..deploy import export_onnx, export_program, fixed_depth
+from ..deploy import export_onnx, export_program, exported_solves
 from ..experiments.export import classifier_for_export, onnx_runner
 from ..files import prepare_run_dir
 from ..reports import Report, markdown_table, write_report
@@ -64,15 +64,15 @@ def _ways(module: torch.nn.Module, example: tuple[torch.Tensor, ...], folder: Pa
     log("exporting and compiling ...")
     program = export_program(module, example).module()
     session = onnx_runner(export_onnx(module, example, folder / "model.onnx"))
-    with fixed_depth(module):
+    with exported_solves(module):
         compiled = torch.compile(module, fullgraph=True)
 
     def eager(x: torch.Tensor) -> torch.Tensor:
-        with fixed_depth(module):
+        with exported_solves(module):
             return module(x)
 
     def compiled_call(x: torch.Tensor) -> torch.Tensor:
-        with fixed_depth(module):
+        with exported_solves(module):
             return compiled(x)
 
     ways = {"eager": eager, "torch.compile": compiled_call, "torch.export": program, "ONNX Runtime": session}

@@ -1,8 +1,9 @@
 """``jfb export CHECKPOINT``: a trained model as an ONNX file or a ``torch.export`` program, checked against eager.
 
-The exported model runs every implicit layer at a fixed depth (see :mod:`jfb.deploy`). An image classifier is
+The exported model solves every implicit layer as the checkpoint does in eval mode (a fixed depth unrolled, a
+tolerance as a loop inside the program), or at ``--depth`` (see :mod:`jfb.deploy`). An image classifier is
 exported with its input normalisation inside: it takes images as float32 pixel values 0-255, NCHW, and returns
-logits; the check runs the written file on the test set beside the eager model at the same depth. A workload
+logits; the check runs the written file on the test set beside the eager model solving the same way. A workload
 model takes its one input tensor (bits, bytes) and returns its logits; the check compares the predictions of
 the file and of the eager model on a fresh batch. Nothing is claimed that the check did not measure.
 """
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data import batches
-from ..deploy import export_onnx, export_program, fixed_depth
+from ..deploy import export_onnx, export_program, exported_solves
 from ..errors import JfbError
 from ..pretrained import pretrained_path
 from ..settings import setting
@@ -43,7 +44,9 @@ class ExportSettings:
     )
     format: str = setting("onnx", "onnx (runs in ONNX Runtime) or pt2 (a torch.export program)", choices=FORMATS)
     depth: int | None = setting(
-        None, "iterations of every implicit layer (default: the checkpoint's evaluation depth where it is fixed)"
+        None,
+        "iterations of every implicit layer (default: as the checkpoint solves in eval mode; a workload: its "
+        "eval depth)",
     )
     solver: str | None = setting(None, "forward solver of every implicit layer (default: the checkpoint's)")
     out: str | None = setting(None, "the file to write (default: CHECKPOINT-NAME.onnx or .pt2 here)")
@@ -77,7 +80,7 @@ def export_checkpoint(settings: ExportSettings, progress: bool = True, log: Log 
     else:
         torch.export.save(export_program(target.module, target.example, target.depth, settings.solver), str(out))
         run = _program_runner(out)
-    with fixed_depth(target.module, target.depth, settings.solver):
+    with exported_solves(target.module, target.depth, settings.solver):
         summary = {"checkpoint": settings.checkpoint, "format": settings.format, "file": str(out), **target.check(run)}
     log(", ".join(f"{key} {value}" for key, value in summary.items() if key not in ("checkpoint", "file")))
     return summary
