@@ -9,6 +9,7 @@ the model allows) stays dynamic.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from collections.abc import Iterator
@@ -67,9 +68,12 @@ def _quiet(logger: str) -> Iterator[None]:
         log.setLevel(level)
 
 
-def _dynamic(example: tuple[Tensor, ...]) -> tuple[dict[int, Any], ...]:
-    """Every dimension may stay dynamic (``Dim.AUTO``): those the model fixes are specialised by the trace."""
-    return tuple({dim: torch.export.Dim.AUTO for dim in range(t.dim())} for t in example)
+def _dynamic(model: nn.Module, example: tuple[Tensor, ...]) -> tuple[Any, ...]:
+    """Every dimension may stay dynamic (``Dim.AUTO``): those the model fixes are specialised by the trace. (A
+    ``forward(*inputs)`` takes the specification of its inputs as one tuple.)"""
+    shapes = tuple({dim: torch.export.Dim.AUTO for dim in range(t.dim())} for t in example)
+    parameters = inspect.signature(model.forward).parameters.values()
+    return (shapes,) if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters) else shapes
 
 
 def export_program(
@@ -82,7 +86,7 @@ def export_program(
     at least 2 along each (a size of 1 is specialised). The model is left in eval mode."""
     model.eval()
     with torch.no_grad(), exported_solves(model, depth, solver), _quiet("torch._export"):
-        return torch.export.export(model, example, dynamic_shapes=_dynamic(example))
+        return torch.export.export(model, example, dynamic_shapes=_dynamic(model, example))
 
 
 def export_onnx(
@@ -96,6 +100,6 @@ def export_onnx(
     with torch.no_grad(), exported_solves(model, depth, solver), warnings.catch_warnings(), _quiet("torch.onnx"):
         _refuse_onnx_solvers(model)
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # torch's own deprecation, inside the exporter
-        program = torch.onnx.export(model, example, dynamo=True, verbose=False, dynamic_shapes=_dynamic(example))
+        program = torch.onnx.export(model, example, dynamo=True, verbose=False, dynamic_shapes=_dynamic(model, example))
     program.save(str(path))
     return path

@@ -28,18 +28,18 @@ from ..train import Data
 from ..train.checkpoint import load_checkpoint
 from ..train.setup import Log, input_normalizer, load_data, restore_model
 from ..workloads import WORKLOADS
-from ..workloads.base import Predictor, is_workload_checkpoint, restore_workload
+from ..workloads.base import Predictor, is_workload_checkpoint, model_inputs, restore_workload
 from ..workloads.engines import without_tolerance
 
 FORMATS = ("onnx", "pt2")
-Run = Callable[[Tensor], Tensor]
+Run = Callable[..., Tensor]  # the file's model, called on input tensors
 
 
 @dataclass(frozen=True)
 class ExportSettings:
     checkpoint: str = setting(
         help="a checkpoint written by jfb train (or a workload), or a shipped one by name: mnist-default, "
-        "prefix-sums, lm",
+        "prefix-sums, chains, lm",
         positional=True,
     )
     format: str = setting("onnx", "onnx (runs in ONNX Runtime) or pt2 (a torch.export program)", choices=FORMATS)
@@ -124,27 +124,25 @@ def _classifier_target(path: Path, settings: ExportSettings) -> Target:
 
 def _workload_target(path: Path, checkpoint: dict[str, Any], settings: ExportSettings) -> Target:
     workload, model, config = restore_workload(path, checkpoint, WORKLOADS)
-    if workload.export_refusal:
-        raise JfbError(f"workload {workload.name!r} does not export: {workload.export_refusal}")
     if settings.limit_test is not None:
         raise JfbError("--limit-test applies to image classifiers; a workload is checked on one fresh batch")
     depth = settings.depth or getattr(config, "eval_depth", config.depth)
     module = Predictor(without_tolerance(model), depth)
-    inputs, dim = workload.batches(config), workload.class_dim
+    batches, dim = workload.batches(config), workload.class_dim
 
     def check(run: Run) -> dict[str, Any]:
-        fresh = inputs(1)[0]
+        fresh = model_inputs(batches(1))
         with torch.no_grad():
-            eager = module(fresh)
-        exported = run(fresh)
+            eager = module(*fresh)
+        exported = run(*fresh)
         return {
             "depth": depth,
-            "samples": fresh.shape[0],
+            "samples": fresh[0].shape[0],
             "agreement": round(float((eager.argmax(dim) == exported.argmax(dim)).float().mean()), 6),
             "max_logit_difference": float(f"{float((eager - exported).abs().max()):.3g}"),
         }
 
-    return Target(module, (inputs(0)[0][:2],), None, check)
+    return Target(module, model_inputs(batches(0)), None, check)
 
 
 class PixelClassifier(nn.Module):
@@ -174,12 +172,16 @@ def onnx_runner(path: Path) -> Run:
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+    names = [i.name for i in session.get_inputs()]
+
+    def run(*inputs: Tensor) -> Tensor:
+        return torch.from_numpy(session.run(None, {n: t.numpy() for n, t in zip(names, inputs, strict=True)})[0])
+
+    return run
 
 
 def _program_runner(path: Path) -> Run:
     with warnings.catch_warnings():  # torch's note about weights stored off the CPU; these are on it
         warnings.filterwarnings("ignore", message="No complete tensor found")
         module = torch.export.load(str(path)).module()
-    return lambda x: module(x).detach()
+    return lambda *inputs: module(*inputs).detach()

@@ -77,8 +77,6 @@ class Workload:
     #: the ``parallel`` modes it trains under, and why not the others (its batch does not split)
     parallel: tuple[str, ...] = PARALLEL
     single_process_reason: str = ""
-    #: why ``jfb export`` cannot trace the model (empty: it can)
-    export_refusal: str = ""
     #: the dimension of the model's logits that holds the classes (predictions are the argmax along it)
     class_dim: int = 1
 
@@ -253,11 +251,17 @@ def evaluate_saved(path: Path, checkpoint: dict[str, Any], workloads: dict[str, 
 
 
 class Predictor(nn.Module):
-    """A workload model as a function of its one input tensor: the logits at a fixed ``depth`` (for export)."""
+    """A workload model as a function of its input tensors: the logits at ``depth`` iterations (for export)."""
 
     def __init__(self, model: nn.Module, depth: int) -> None:
         super().__init__()
         self.model, self.depth = model, depth
 
-    def forward(self, inputs: Tensor) -> Tensor:
-        return self.model(inputs, self.depth)[0]
+    def forward(self, *inputs: Tensor) -> Tensor:
+        return self.model(*inputs, self.depth)[0]
+
+
+def model_inputs(batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """A workload batch's inputs (all but its targets, the last), a sparse one made dense (``torch.export`` traces
+    dense tensors only: the exported program takes chains' adjacency matrix dense)."""
+    return tuple(t.to_dense() if t.is_sparse else t for t in batch[:-1])
