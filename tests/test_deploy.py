@@ -113,7 +113,7 @@ def _export(tmp_path, capsys, *args) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("form", ["onnx", "pt2"])
+@pytest.mark.parametrize("form", ["onnx"])  # pt2: docs/results/deploy/exports.jsonl (the guide's command runs it)
 def test_the_shipped_mnist_model_keeps_its_published_accuracy(tmp_path, capsys, form):
     summary = _export(tmp_path, capsys, "mnist-default", "--format", form, "--out", str(tmp_path / f"m.{form}"))
     published = index()["mnist-default"]["value"]

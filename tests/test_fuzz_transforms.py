@@ -69,7 +69,7 @@ def test_a_transformed_call_gives_the_loops_answer_or_refuses_in_one_line(backwa
 
 
 @pytest.mark.slow
-@settings(max_examples=max(EXAMPLES // 3, 5), deadline=None)
+@settings(max_examples=max(EXAMPLES // 6, 3), deadline=None)  # (each example is an export: seconds)
 @given(
     depth=st.one_of(st.none(), st.integers(-1, 12)),
     eval_tol=st.sampled_from([None, 1e-6]),
