@@ -26,6 +26,7 @@ from ..experiments.compare import CompareSettings, run_compare
 from ..experiments.demo import DemoSettings, run_demo
 from ..experiments.diagnose import DiagnoseSettings, diagnose
 from ..experiments.export import ExportSettings, export_checkpoint
+from ..experiments.generate import GenerateSettings, run_generate
 from ..experiments.toy import ToySettings, run_toy
 from ..pretrained import pretrained_path
 from ..reports import Report
@@ -132,6 +133,12 @@ COMMANDS = (
         "Export a checkpoint (or a shipped model) as ONNX or a torch.export program, checked against eager.",
         ExportSettings,
         export_checkpoint,
+    ),
+    Command(
+        "generate",
+        "Continue text with a DEQ language model (shipped: lm), one cached fixed-point solve per byte.",
+        GenerateSettings,
+        run_generate,
     ),
     Command(
         "import-reference",

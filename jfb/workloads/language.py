@@ -15,7 +15,7 @@ import functools
 import hashlib
 import math
 import sysconfig
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.wikitext import is_wikitext_archive, read_wikitext
+from ..decoding import Generation, KVCache, generate
 from ..errors import JfbError
 from ..settings import setting
 from ..train.engine import Loss
@@ -95,16 +96,34 @@ class TransformerBlock(nn.Module):
         self.project = nn.Linear(width, width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
 
-    def attention(self, h: Tensor) -> Tensor:
+    def queries_keys_values(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(batch, heads, length, head_dim)`` each, of the normalised ``h = u + x``."""
         batch, length, width = h.shape
-        q, k, v = self.qkv(h).view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        out = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.project(out.transpose(1, 2).reshape(batch, length, width))
+        qkv = self.qkv(self.norm_attention(h)).view(batch, length, 3, self.heads, width // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def attention_and_mlp(self, h: Tensor, attended: Tensor) -> Tensor:
+        batch, length, width = h.shape
+        h = h + self.project(attended.transpose(1, 2).reshape(batch, length, width))
+        return self.norm_out(h + self.mlp(self.norm_mlp(h)))
 
     def forward(self, u: Tensor, x: Tensor) -> Tensor:
         h = u + x
-        h = h + self.attention(self.norm_attention(h))
-        return self.norm_out(h + self.mlp(self.norm_mlp(h)))
+        q, k, v = self.queries_keys_values(h)
+        return self.attention_and_mlp(h, nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+    def token_forward(self, u: Tensor, inputs: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+        """``T`` at one new position per row (``u``, ``x``: ``(rows, 1, width)``), attending to the cached keys
+        and values of the earlier positions' equilibria (``held`` masks the positions a row has) and its own."""
+        x, keys, values, held = inputs
+        h = u + x
+        q, k, v = self.queries_keys_values(h)
+        mask = torch.cat([held, held.new_ones(held.shape[0], 1)], 1)[:, None, None, :]
+        attended = nn.functional.scaled_dot_product_attention(
+            q, torch.cat([keys, k], 2), torch.cat([values, v], 2), attn_mask=mask
+        )
+        return self.attention_and_mlp(h, attended)
 
 
 class DeqLanguageModel(nn.Module):
@@ -120,10 +139,46 @@ class DeqLanguageModel(nn.Module):
         self.head = nn.Linear(width, VOCAB)
         self.engine = engine(self.block)
 
+    @property
+    def context(self) -> int:
+        """The most positions the model attends to (its position embeddings)."""
+        return self.position.shape[0]
+
+    def inject(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        return self.embed(tokens) + self.position[positions]
+
     def forward(self, tokens: Tensor, depth: int) -> tuple[Tensor, float]:
-        x = self.embed(tokens) + self.position[: tokens.shape[1]]
+        x = self.inject(tokens, torch.arange(tokens.shape[1], device=tokens.device))
         solved = self.engine(x, torch.zeros_like(x), depth)
         return self.head(solved.value), solved.iterations
+
+    # decoding (jfb.decoding.CausalDeq): the cache holds the keys and values of each position's equilibrium
+    def prompt_problem(self, tokens: Tensor) -> tuple[Callable[[Tensor, Tensor], Tensor], Tensor]:
+        return self.block, self.inject(tokens, torch.arange(tokens.shape[1], device=tokens.device))
+
+    def new_cache(self, batch: int, like: Tensor) -> KVCache:
+        width = self.position.shape[1]
+        return KVCache.empty(batch, self.block.heads, self.context, width // self.block.heads, like)
+
+    def store(self, cache: KVCache, rows: Tensor, u: Tensor, x: Tensor) -> None:
+        _, keys, values = self.block.queries_keys_values(u + x)
+        cache.put(rows, keys, values)
+
+    def token_problem(self, cache: KVCache, rows: Tensor, tokens: Tensor) -> tuple[Callable, tuple[Tensor, ...]]:
+        x = self.inject(tokens[:, None], cache.lengths[rows, None])
+        return self.block.token_forward, (x, *cache.view(rows))
+
+    def append(self, cache: KVCache, rows: Tensor, u: Tensor, x: tuple[Tensor, ...]) -> None:
+        _, keys, values = self.block.queries_keys_values(u + x[0])
+        cache.append(rows, keys, values)
+
+    def read_out(self, u: Tensor) -> Tensor:
+        return self.head(u)
+
+    def generate(self, prompts: Sequence[Tensor | bytes | str], **options: Any) -> Generation:
+        """:func:`jfb.decoding.generate` on this model (``options``: the fields of
+        :class:`~jfb.decoding.DecodeOptions`)."""
+        return generate(self, prompts, **options)
 
 
 @dataclass(frozen=True)
