@@ -241,10 +241,7 @@ class _Decoder:
         for row, token in enumerate(tokens):
             self.sequences[row] = torch.cat([self.sequences[row], token.view(1)])
         batch = len(self.sequences)
-        if self.options.cache:
-            full = (self.cache.lengths >= context).cpu()
-        else:
-            full = torch.ones(batch, dtype=torch.bool)
+        full = (self.cache.lengths >= context).cpu() if self.options.cache else torch.ones(batch, dtype=torch.bool)
         stats = [torch.empty(batch, dtype=dtype) for dtype in (torch.long, torch.float64, torch.bool)]
         refill, step = full.nonzero().flatten(), (~full).nonzero().flatten()
         if len(refill):

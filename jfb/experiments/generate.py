@@ -14,8 +14,8 @@ from typing import Any
 
 from ..decoding import Generation, generate
 from ..errors import JfbError
-from ..settings import setting
 from ..pretrained import pretrained_path
+from ..settings import setting
 from ..train.checkpoint import load_checkpoint
 from ..train.setup import Log
 from ..workloads import WORKLOADS
@@ -68,9 +68,7 @@ def run_generate(settings: GenerateSettings, progress: bool = True, log: Log = p
     summary = generation.summary()
     log("--- " + ", ".join(f"{key} {value}" for key, value in summary.items()))
     if generation.cropped_prompts:
-        log(
-            f"note: {generation.cropped_prompts} prompt(s) longer than the context ({model.context} bytes) kept their end"
-        )
+        log(f"note: {generation.cropped_prompts} prompt(s) over the context ({model.context} bytes): kept their end")
     return {"model": settings.model, "prompts": prompts, "texts": texts, **summary, **_per_token(generation)}
 
 
