@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from jfb.cli.main import main
-from jfb.pretrained import index, pretrained_path
+from jfb.errors import JfbError
+from jfb.pretrained import FOLDER, from_pretrained, index, pretrained_path
+from jfb.train.checkpoint import load_checkpoint
 from jfb.workloads import WORKLOADS
 
 ENTRIES = index()
@@ -21,9 +26,56 @@ def _eval(name: str, capsys, *flags: str) -> dict:
 def test_every_workload_and_the_default_mnist_recipe_ship_small_files():
     assert set(ENTRIES) == {"mnist-default", *WORKLOADS}
     for name, entry in ENTRIES.items():
-        assert pretrained_path(name).stat().st_size < 3 * 2**20, name
+        assert (pretrained_path(name) / "model.safetensors").stat().st_size < 3 * 2**20, name
         assert {"file", "metric", "value", "command", "cpu", "date"} <= entry.keys()
     assert pretrained_path("nope") is None
+
+
+def test_every_shipped_model_is_safetensors_and_json_and_nothing_pickled():
+    """The safetensors package reads every weight file itself; config.json says what they are and their SHA-256."""
+    assert not [p.name for p in FOLDER.rglob("*") if p.suffix in (".pt", ".pth", ".pkl", ".bin")]
+    for name in ENTRIES:
+        folder = pretrained_path(name)
+        weights = load_file(folder / "model.safetensors")
+        description = json.loads((folder / "config.json").read_text())
+        assert description["format"] == "torch-jfb-pretrained/1"
+        assert description["weights_sha256"] == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+        assert ENTRIES[name]["metric"] in description["metrics"], name
+        model, _ = from_pretrained(name)
+        state = model.state_dict()
+        assert weights.keys() == state.keys() and all(torch.equal(weights[k], state[k]) for k in weights), name
+
+
+def test_shipped_models_load_and_evaluate_without_torch_load(monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.load was called")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    assert _eval("chains", capsys)["metrics"]["far_end_accuracy"] == pytest.approx(ENTRIES["chains"]["value"])
+    assert main(["generate", "lm", "--prompt", "import ", "--max-bytes", "4", "--no-progress"]) == 0
+
+
+def test_a_checkpoint_saved_as_safetensors_reloads_and_a_damaged_one_is_refused(tmp_path, capsys):
+    trained = tmp_path / "run"
+    WORKLOADS["chains"].run(WORKLOADS["chains"].config(steps=3), trained, progress=False)
+    folder = tmp_path / "saved"
+    assert main(["export", str(trained / "model.pt"), "--format", "safetensors", "--out", str(folder)]) == 0
+    assert "weights_identical True" in capsys.readouterr().out
+    original, saved = load_checkpoint(trained / "model.pt"), load_checkpoint(folder)
+    assert saved["workload"] == "chains" and saved["config"] == original["config"]
+    assert all(torch.equal(saved["model"][k], original["model"][k]) for k in original["model"])
+    with (folder / "model.safetensors").open("r+b") as f:  # one byte of the weights changed
+        f.seek(-3, 2)
+        byte = f.read(1)
+        f.seek(-3, 2)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(JfbError, match="checksum mismatch"):
+        load_checkpoint(folder)
+    (folder / "config.json").unlink()
+    with pytest.raises(JfbError, match=r"not a saved model folder \(no config.json\)"):
+        load_checkpoint(folder)
+    assert main(["export", "chains", "--format", "safetensors", "--depth", "3"]) == 2
+    assert "--depth: options of onnx and pt2 exports" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", sorted(WORKLOADS))

@@ -29,7 +29,12 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs(tmp_path):
     wheel = next(dist.glob("torch_jfb-*.whl"))
     assert next(dist.glob("torch_jfb-*.tar.gz"))
     names = zipfile.ZipFile(wheel).namelist()
-    for packaged in ("jfb/configs/mnist.toml", "jfb/pretrained/index.json", "jfb/pretrained/lm.pt"):
+    for packaged in (
+        "jfb/configs/mnist.toml",
+        "jfb/pretrained/index.json",
+        "jfb/pretrained/lm/model.safetensors",
+        "jfb/pretrained/lm/config.json",
+    ):
         assert packaged in names
     assert not [n for n in names if n.startswith("tests/")]
     env_dir = tmp_path / "env"

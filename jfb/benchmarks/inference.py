@@ -17,6 +17,7 @@ from ..errors import JfbError
 from ..files import prepare_run_dir
 from ..models import ImplicitClassifier
 from ..precision import check_precision, resolve
+from ..pretrained import checkpoint_path
 from ..reports import Report, markdown_table, write_report
 from ..settings import setting
 from ..train import Data, TrainConfig, evaluate, load_data, restore_model
@@ -24,7 +25,9 @@ from ..train import Data, TrainConfig, evaluate, load_data, restore_model
 
 @dataclass(frozen=True)
 class InferenceBenchSettings:
-    checkpoint: str = setting(help="a checkpoint of an implicit model", positional=True)
+    checkpoint: str = setting(
+        help="a checkpoint of an implicit model, or a shipped one by name (mnist-default)", positional=True
+    )
     out: str = setting("runs/bench-inference", "output folder")
     depths: tuple[int, ...] = setting((8, 6, 4, 3, 2), "evaluation depths, comma-separated")
     precisions: tuple[str, ...] = setting(
@@ -37,7 +40,7 @@ class InferenceBenchSettings:
 
 def inference_table(settings: InferenceBenchSettings, log=print) -> Report:
     out = prepare_run_dir(Path(settings.out))
-    model, config = restore_model(Path(settings.checkpoint))
+    model, config = restore_model(checkpoint_path(settings.checkpoint))
     if not isinstance(model, ImplicitClassifier):
         raise JfbError(f"{settings.checkpoint}: bench inference needs an implicit model, not {config.model!r}")
     for precision in settings.precisions:

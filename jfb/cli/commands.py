@@ -28,7 +28,7 @@ from ..experiments.diagnose import DiagnoseSettings, diagnose
 from ..experiments.export import ExportSettings, export_checkpoint
 from ..experiments.generate import GenerateSettings, run_generate
 from ..experiments.toy import ToySettings, run_toy
-from ..pretrained import pretrained_path
+from ..pretrained import checkpoint_path
 from ..reports import Report
 from ..settings import setting
 from ..train import EvalSettings, ImportSettings, TrainConfig, evaluate_checkpoint, import_reference, train
@@ -73,7 +73,7 @@ def _train(settings: TrainSettings, overrides: dict[str, Any], progress: bool, l
 
 def _eval(settings: EvalSettings, progress: bool, log: Log) -> dict[str, Any]:
     """``jfb eval PATH|NAME``: a shipped checkpoint by name, a workload's checkpoint, or an MNIST-family one."""
-    path = pretrained_path(settings.checkpoint) or Path(settings.checkpoint)
+    path = checkpoint_path(settings.checkpoint)
     checkpoint = load_checkpoint(path)
     if not is_workload_checkpoint(checkpoint):
         return evaluate_checkpoint(dataclasses.replace(settings, checkpoint=str(path)), progress, log)

@@ -22,16 +22,16 @@ from torch import Tensor, nn
 from ..data import batches
 from ..deploy import export_onnx, export_program, exported_solves
 from ..errors import JfbError
-from ..pretrained import pretrained_path
+from ..pretrained import checkpoint_path
 from ..settings import setting
 from ..train import Data
-from ..train.checkpoint import load_checkpoint
+from ..train.checkpoint import evaluated_weights, load_checkpoint, save_pretrained
 from ..train.setup import Log, input_normalizer, load_data, restore_model
 from ..workloads import WORKLOADS
 from ..workloads.base import Predictor, is_workload_checkpoint, model_inputs, restore_workload
 from ..workloads.engines import without_tolerance
 
-FORMATS = ("onnx", "pt2")
+FORMATS = ("onnx", "pt2", "safetensors")
 Run = Callable[..., Tensor]  # the file's model, called on input tensors
 
 
@@ -42,14 +42,21 @@ class ExportSettings:
         "prefix-sums, chains, lm",
         positional=True,
     )
-    format: str = setting("onnx", "onnx (runs in ONNX Runtime) or pt2 (a torch.export program)", choices=FORMATS)
+    format: str = setting(
+        "onnx",
+        "onnx (runs in ONNX Runtime), pt2 (a torch.export program) or safetensors (the weights and a config.json, "
+        "for jfb eval / jfb generate / jfb.pretrained.from_pretrained)",
+        choices=FORMATS,
+    )
     depth: int | None = setting(
         None,
         "iterations of every implicit layer (default: as the checkpoint solves in eval mode; a workload: its "
         "eval depth)",
     )
     solver: str | None = setting(None, "forward solver of every implicit layer (default: the checkpoint's)")
-    out: str | None = setting(None, "the file to write (default: CHECKPOINT-NAME.onnx or .pt2 here)")
+    out: str | None = setting(
+        None, "the file to write (default: CHECKPOINT-NAME.onnx or .pt2 here; the folder CHECKPOINT-NAME-pretrained)"
+    )
     limit_test: int | None = setting(None, "check an image classifier on the first N test images only")
 
 
@@ -65,8 +72,10 @@ class Target:
 
 def export_checkpoint(settings: ExportSettings, progress: bool = True, log: Log = print) -> dict[str, Any]:
     """Write the file, load it back, run it beside the eager model: the summary of the check."""
-    path = pretrained_path(settings.checkpoint) or Path(settings.checkpoint)
+    path = checkpoint_path(settings.checkpoint)
     checkpoint = load_checkpoint(path)
+    if settings.format == "safetensors":
+        return _save_weights(path, checkpoint, settings, log)
     if is_workload_checkpoint(checkpoint):
         target = _workload_target(path, checkpoint, settings)
     else:
@@ -86,10 +95,25 @@ def export_checkpoint(settings: ExportSettings, progress: bool = True, log: Log 
     return summary
 
 
+def _save_weights(path: Path, checkpoint: dict[str, Any], settings: ExportSettings, log: Log) -> dict[str, Any]:
+    """``--format safetensors``: the evaluated weights and a config.json in a folder, read back and compared."""
+    given = [f"--{name.replace('_', '-')}" for name in ("depth", "solver", "limit_test") if getattr(settings, name)]
+    if given:
+        raise JfbError(f"{', '.join(given)}: options of onnx and pt2 exports (safetensors holds the weights only)")
+    out = Path(settings.out or f"{path.stem}-pretrained")
+    log(f"saving the weights of {path} as safetensors in {out}/ ...")
+    save_pretrained(out, checkpoint)
+    saved, original = load_checkpoint(out)["model"], evaluated_weights(checkpoint)
+    identical = saved.keys() == original.keys() and all(torch.equal(saved[k], original[k].cpu()) for k in saved)
+    summary = {"tensors": len(saved), "weights_identical": identical}
+    log(", ".join(f"{key} {value}" for key, value in summary.items()))
+    return {"checkpoint": settings.checkpoint, "format": "safetensors", "file": str(out), **summary}
+
+
 def classifier_for_export(checkpoint: str, limit_test: int | None = None) -> tuple[PixelClassifier, Data]:
     """The image classifier of ``checkpoint`` (a path or a shipped name) on the CPU, with its input normalisation
     inside, and its data."""
-    path = pretrained_path(checkpoint) or Path(checkpoint)
+    path = checkpoint_path(checkpoint)
     overrides = {"limit_test": limit_test} if limit_test else {}
     model, config = restore_model(path, {**overrides, "device": "cpu"})
     normalizer = input_normalizer(config)

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..decoding import Generation, generate
 from ..errors import JfbError
-from ..pretrained import pretrained_path
+from ..pretrained import checkpoint_path
 from ..settings import setting
 from ..train.checkpoint import load_checkpoint
 from ..train.setup import Log
@@ -41,7 +41,7 @@ class GenerateSettings:
 
 def run_generate(settings: GenerateSettings, progress: bool = True, log: Log = print) -> dict[str, Any]:
     """Load the model, continue the prompts, print them: the texts and the per-byte statistics."""
-    path = pretrained_path(settings.model) or Path(settings.model)
+    path = checkpoint_path(settings.model)
     checkpoint = load_checkpoint(path)
     kind = f"a {checkpoint['workload']!r} model" if is_workload_checkpoint(checkpoint) else "an image classifier"
     if checkpoint.get("workload") != "lm":

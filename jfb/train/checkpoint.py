@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from ..errors import JfbError
-from ..files import atomic_write
+from ..files import atomic_write, atomic_write_text
 from ..safe_load import check_archive
 
 #: /1: torch.save of the checkpoint; /2: wrapped with its SHA-256; /3 (torch-jfb 0.2): the same wrapping, the
@@ -71,9 +72,11 @@ def save_checkpoint(path: Path, payload: dict[str, Any], keep_previous: bool = F
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load one of our checkpoints; never executes pickled code. JfbError when it is missing,
-    truncated, corrupted (checksum) or not ours."""
+    """Load one of our checkpoints, or a :func:`save_pretrained` folder; never executes pickled code. JfbError when
+    it is missing, truncated, corrupted (checksum) or not ours."""
     path = Path(path)
+    if path.is_dir():
+        return load_pretrained(path)
     if not path.is_file():
         raise JfbError(f"{path}: no such checkpoint file")
     outer = _load(path, path.read_bytes())
@@ -136,3 +139,67 @@ def load_resumable(path: Path, log=print) -> tuple[dict[str, Any], Path]:
         moved = f" ({path.name} moved to {unreadable_path(path).name})"
     log(f"warning: {problem}; resuming from the previous checkpoint {previous}{moved}")
     return checkpoint, previous
+
+
+#: a folder of weights in safetensors (no pickle: nothing in it can run) beside a config.json that says what they are
+PRETRAINED_FORMAT = "torch-jfb-pretrained/1"
+WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
+DESCRIBED = ("workload", "config", "metrics")  # what config.json keeps of a checkpoint (besides the format)
+
+
+def evaluated_weights(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The weights a checkpoint's metrics were measured with: the average when the run kept one."""
+    return checkpoint.get("average", checkpoint["model"])
+
+
+def save_pretrained(directory: Path, checkpoint: dict[str, Any]) -> Path:
+    """A checkpoint's evaluated weights as ``model.safetensors`` and what rebuilds its model (the workload or the
+    training configuration, the metrics measured, the weights' SHA-256) as ``config.json``, the layout of the
+    Hugging Face ecosystem's ``save_pretrained`` (without the transformers package). Optimiser state and history
+    are left out: a training checkpoint keeps its own format."""
+    from safetensors.torch import save
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = {name: t.detach().cpu().contiguous() for name, t in evaluated_weights(checkpoint).items()}
+    blob = save(weights, metadata={"format": "pt"})
+    description = {"format": PRETRAINED_FORMAT, **{k: checkpoint[k] for k in DESCRIBED if k in checkpoint}}
+    description.setdefault("metrics", _classifier_metrics(checkpoint))
+    description["weights_sha256"] = hashlib.sha256(blob).hexdigest()
+    atomic_write(directory / WEIGHTS_FILE, lambda f: f.write(blob), binary=True)
+    atomic_write_text(directory / CONFIG_FILE, json.dumps(description, indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def _classifier_metrics(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """An image classifier's last test accuracy and best validation accuracy, where its history has them."""
+    tested = [r for r in checkpoint.get("records", []) if r.get("test_acc") == r.get("test_acc")]  # not NaN
+    metrics = {"test_acc": tested[-1]["test_acc"]} if tested else {}
+    return {**metrics, **({"best_val_acc": checkpoint["best_val_acc"]} if "best_val_acc" in checkpoint else {})}
+
+
+def load_pretrained(directory: Path) -> dict[str, Any]:
+    """A :func:`save_pretrained` folder as a checkpoint (``model``: the weights, and what config.json holds).
+    JfbError when a file is missing, the weights do not match their checksum or the format is not ours."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    directory = Path(directory)
+    missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (directory / name).is_file()]
+    if missing:
+        raise JfbError(f"{directory}: not a saved model folder (no {', '.join(missing)})")
+    try:
+        description = json.loads((directory / CONFIG_FILE).read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise JfbError(f"{directory / CONFIG_FILE}: not readable JSON ({exc})") from None
+    if not isinstance(description, dict) or description.get("format") != PRETRAINED_FORMAT:
+        found = description.get("format") if isinstance(description, dict) else None
+        raise JfbError(f"{directory}: format {found!r}, this version reads {PRETRAINED_FORMAT}")
+    blob = (directory / WEIGHTS_FILE).read_bytes()
+    if hashlib.sha256(blob).hexdigest() != description.get("weights_sha256"):
+        raise JfbError(f"{directory / WEIGHTS_FILE}: checksum mismatch (the file is corrupted or was replaced)")
+    try:
+        weights = load(blob)
+    except SafetensorError as exc:
+        raise JfbError(f"{directory / WEIGHTS_FILE}: cannot load ({exc})") from None
+    return {"format": FORMAT, **{k: description[k] for k in DESCRIBED if k in description}, "model": weights}

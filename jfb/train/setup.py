@@ -21,7 +21,7 @@ from ..files import prepare_run_dir
 from ..models import architecture, build_model, count_parameters
 from ..precision import grad_scaler
 from .averaging import WeightAverage
-from .checkpoint import load_checkpoint, load_resumable, previous_path, save_checkpoint
+from .checkpoint import evaluated_weights, load_checkpoint, load_resumable, previous_path, save_checkpoint
 from .config import TrainConfig
 from .distributed import Processes, synchronize_batch_norm
 from .metrics import MetricsLog
@@ -84,11 +84,6 @@ def restore_model(path: Path, overrides: dict[str, Any] | None = None) -> tuple[
     model = build_from_config(config)
     model.load_state_dict(evaluated_weights(checkpoint))
     return model, config
-
-
-def evaluated_weights(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The weights a checkpoint's metrics were measured with: the average when the run kept one."""
-    return checkpoint.get("average", checkpoint["model"])
 
 
 def make_optimization(config: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Optimization:

@@ -1,131 +1,20 @@
-"""Token-by-token decoding of a causal DEQ language model, with a key/value cache of the equilibria.
-
-For a causal operator the equilibrium of position ``t`` depends only on the equilibria of the earlier positions:
-the fixed point of a prefix is the prefix of the fixed point. So :func:`generate` solves the prompt once (one
-batched solve per prompt length), keeps what the later positions read of each equilibrium (an attention
-block's keys and values: :class:`KVCache`), and for every new token solves only the new position's
-equilibrium, warm-started from the previous position's, to a per-token tolerance and iteration cap (the
-test-time compute per token). Greedy decoding this way gives the tokens that re-solving the whole sequence at
-every step gives (``cache=False``, the reference), at a cost per token that does not grow with the length.
-
-A model generates when it offers the six methods of :class:`CausalDeq` (the byte-level language model of
-``jfb train lm`` does: :class:`jfb.workloads.language.DeqLanguageModel`); an operator that is not causal is
-refused in one line before any token is made. The model attends to at most ``context`` positions: when a row's
-cache is full, its last ``context // 2`` tokens are solved again as a new prompt (a window slide), so
-beyond ``context`` tokens the cached and the re-solving decoders see different windows.
-"""
+"""The decoding loop: the prompts solved (one batched solve per length), then one solve per new token against
+the cache, or the row's window solved afresh (a full cache, or no cache); per-token statistics."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .equilibrium import fixed_point
-from .errors import JfbError
-from .settings import setting
-
-Operator = Callable[[Any, Any], Any]
-
-
-@dataclass
-class KVCache:
-    """Keys and values of the equilibria of each row's positions so far: ``(batch, heads, context, head_dim)``
-    each, and ``lengths`` (per row, the positions held; the rest is masked)."""
-
-    keys: Tensor
-    values: Tensor
-    lengths: Tensor
-
-    @classmethod
-    def empty(cls, batch: int, heads: int, context: int, head_dim: int, like: Tensor) -> KVCache:
-        keys = like.new_zeros(batch, heads, context, head_dim)
-        return cls(keys, torch.zeros_like(keys), torch.zeros(batch, dtype=torch.long, device=like.device))
-
-    @property
-    def context(self) -> int:
-        return self.keys.shape[2]
-
-    def view(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The rows' keys, values and mask of held positions (``(rows, context)``, True where held)."""
-        held = torch.arange(self.context, device=self.lengths.device) < self.lengths[rows, None]
-        return self.keys[rows], self.values[rows], held
-
-    def put(self, rows: Tensor, keys: Tensor, values: Tensor) -> None:
-        """The rows' cache becomes ``keys``/``values`` of positions ``0 .. L-1`` (a solved prompt)."""
-        length = keys.shape[2]
-        self.keys[rows, :, :length], self.values[rows, :, :length] = keys, values
-        self.lengths[rows] = length
-
-    def append(self, rows: Tensor, keys: Tensor, values: Tensor) -> None:
-        """Add one position (``keys``/``values`` of shape ``(rows, heads, 1, head_dim)``) to each of the rows."""
-        at = self.lengths[rows]
-        self.keys[rows, :, at], self.values[rows, :, at] = keys[:, :, 0], values[:, :, 0]
-        self.lengths[rows] = at + 1
-
-
-@runtime_checkable
-class CausalDeq(Protocol):
-    """What :func:`generate` needs of a model whose states are ``(batch, positions, ...)``.
-
-    ``prompt_problem(tokens)``: ``(T, x)`` of the whole causal solve of ``tokens`` ``(rows, L)`` at positions
-    ``0 .. L-1`` (the state starts at zeros like ``x``'s first tensor); ``new_cache(batch, like)``: an empty
-    cache with a ``lengths`` tensor (a :class:`KVCache`); ``store(cache, rows, u, x)``: the rows' cache from
-    their prompt's equilibrium; ``token_problem(cache, rows, tokens)``: ``(T, x)`` of one new position per row
-    (``x`` batch-first, the cache's rows inside it: converged rows are sliced off as the solve goes);
-    ``append(cache, rows, u, x)``: add the new position's equilibrium; ``read_out(u)``: logits from states.
-    """
-
-    context: int
-
-    def prompt_problem(self, tokens: Tensor) -> tuple[Operator, Any]: ...
-
-    def new_cache(self, batch: int, like: Tensor) -> Any: ...
-
-    def store(self, cache: Any, rows: Tensor, u: Tensor, x: Any) -> None: ...
-
-    def token_problem(self, cache: Any, rows: Tensor, tokens: Tensor) -> tuple[Operator, Any]: ...
-
-    def append(self, cache: Any, rows: Tensor, u: Tensor, x: Any) -> None: ...
-
-    def read_out(self, u: Tensor) -> Tensor: ...
-
-
-CAUSAL_DEQ_METHODS = ("prompt_problem", "new_cache", "store", "token_problem", "append", "read_out")
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    """How :func:`generate` picks and solves each token (the names of Hugging Face's ``generate`` where they
-    exist)."""
-
-    max_new_tokens: int = setting(64, "tokens to generate per prompt")
-    do_sample: bool = setting(False, "sample (with temperature, top-k, top-p); without it: greedy")
-    temperature: float = setting(1.0, "divides the logits before sampling")
-    top_k: int = setting(0, "sample among the k most likely tokens (0: all)")
-    top_p: float = setting(1.0, "sample among the most likely tokens whose probabilities sum to top_p")
-    seed: int = setting(0, "seed of the sampling")
-    tol: float = setting(1e-3, "relative residual at which each token's solve stops")
-    max_iter: int = setting(30, "most iterations per token (test-time compute)")
-    warm_start: bool = setting(True, "start each token's solve from the previous position's equilibrium")
-    cache: bool = setting(True, "keep the equilibria's keys and values; without it, re-solve the window per token")
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1 or self.max_iter < 1:
-            raise JfbError(f"max_new_tokens and max_iter must be >= 1, got {self.max_new_tokens}, {self.max_iter}")
-        if not self.tol > 0:
-            raise JfbError(f"tol must be > 0, got {self.tol}")
-        if not self.do_sample and (self.temperature != 1.0 or self.top_k or self.top_p != 1.0):
-            raise JfbError("temperature, top_k and top_p shape sampling: pass do_sample=True (--sample) with them")
-        if not self.temperature > 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise JfbError(
-                f"temperature must be > 0, top_k >= 0 and top_p in (0, 1]; got {self.temperature}, "
-                f"{self.top_k}, {self.top_p}"
-            )
+from ..equilibrium import fixed_point
+from ..errors import JfbError
+from .model import CAUSAL_DEQ_METHODS, CausalDeq, Operator, check_causal
+from .sampling import DecodeOptions, next_tokens
 
 
 @dataclass
@@ -259,41 +148,6 @@ class _Decoder:
 def _stats(solved: Any) -> tuple[Tensor, Tensor, Tensor]:
     s = solved.stats
     return s.iterations.cpu().long(), s.rel_residual.cpu().double(), s.converged.cpu().bool()
-
-
-def check_causal(operator: Operator, x: Any, like: Tensor) -> None:
-    """JfbError unless ``T(u; x)`` at positions ``0 .. L-2`` is independent of ``u`` at position ``L-1``
-    (checked with one vector-Jacobian product at a random state): a cache of earlier equilibria is exact only
-    for a causal operator."""
-    with torch.enable_grad():
-        u = torch.randn_like(like).requires_grad_(True)
-        out = operator(u, x)
-        (grad,) = torch.autograd.grad(out[:, :-1].sum(), u)
-    leak, scale = grad[:, -1].abs().max().item(), grad.abs().max().item()
-    if leak > 1e-6 * max(scale, 1e-30):
-        raise JfbError(
-            f"generate needs a causal operator: T's output at earlier positions depends on the last position's "
-            f"state (|dT/du| up to {leak:.2e}), so a cache of earlier equilibria would be wrong"
-        )
-
-
-def next_tokens(logits: Tensor, options: DecodeOptions, generator: torch.Generator) -> Tensor:
-    """The next token of each row: the argmax, or a sample from the logits divided by the temperature, kept to
-    the ``top_k`` most likely and to the smallest set whose probabilities reach ``top_p``."""
-    if not options.do_sample:
-        return logits.argmax(-1)
-    logits = logits / options.temperature
-    if options.top_k and options.top_k < logits.shape[-1]:
-        kth = logits.topk(options.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if options.top_p < 1.0:
-        ordered, order = logits.sort(dim=-1, descending=True)
-        probabilities = ordered.softmax(-1)
-        before = probabilities.cumsum(-1) - probabilities  # the mass of the more likely tokens
-        ordered = ordered.masked_fill(before >= options.top_p, float("-inf"))  # the most likely always stays
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, ordered)
-    choice = torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator)
-    return choice.flatten().to(logits.device)
 
 
 def generate(
