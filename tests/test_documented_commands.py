@@ -46,6 +46,7 @@ def _smoke_flags(name: str) -> list[str]:
 TINY = {
     **{f"train {name}": _smoke_flags(name) for name in WORKLOADS},
     "bench zoo": ["--smoke", "--steps", "4"],
+    "bench generate": ["--lengths", "8", "--repeats", "1", "--long-context", "32"],
     "export mnist-default": ["--limit-test", "200"],
 }
 

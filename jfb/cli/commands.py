@@ -16,6 +16,7 @@ from typing import Any
 
 from ..benchmarks.deploy import DeployBenchSettings, deploy_table
 from ..benchmarks.epoch import EpochBenchSettings, epoch_table
+from ..benchmarks.generate import GenerateBenchSettings, generate_table
 from ..benchmarks.inference import InferenceBenchSettings, inference_table
 from ..benchmarks.memory import MemoryBenchSettings, memory_table
 from ..benchmarks.solvers import SolverBenchSettings, solver_table
@@ -204,6 +205,13 @@ COMMANDS = (
         "ms per batch of a classifier eager, compiled, exported and in ONNX Runtime; vmap against a Python loop.",
         DeployBenchSettings,
         _without_progress(deploy_table),
+        group="bench",
+    ),
+    Command(
+        "generate",
+        "Bytes per second of cached decoding against re-solving the window per byte; iterations with a warm start.",
+        GenerateBenchSettings,
+        _without_progress(generate_table),
         group="bench",
     ),
     Command(
