@@ -54,3 +54,19 @@ def test_the_deploy_tables_are_their_files():
         assert float(cells[6]) == result["agreement"] and float(cells[7]) == result["max_logit_difference"]
         if "exported_test_acc" in result:
             assert cells[5] == f"**{result['exported_test_acc']:.2f}%**"
+
+
+def test_the_generation_tables_are_their_files():
+    import json
+
+    rows = {(r[0], r[1], r[2]): r for r in _table_rows(RESULTS / "generate.md") if len(r) == 7 and r[1].isdigit()}
+    measured = list(csv.DictReader((RESULTS / "generate" / "generate.csv").open()))
+    assert len(measured) == len(rows) == 18
+    for row in measured:
+        cells = rows[row["model"], row["bytes"], row["way"]]
+        assert float(cells[3]) == float(row["bytes_per_s"]) and float(cells[5]) == float(row["iterations_per_byte"])
+    page = (RESULTS / "generate.md").read_text()
+    for line in (RESULTS / "generate" / "samples.jsonl").read_text().splitlines():
+        sample = json.loads(line)
+        assert f"```text\n{sample['prompts'][0]}{sample['texts'][0]}\n```" in page
+        assert f"{sample['iterations_mean']} iterations per byte on average" in page

@@ -3,6 +3,7 @@
 - ``prefix-sums``: algorithmic reasoning with test-time compute (:mod:`jfb.workloads.prefix_sums`).
 - ``chains``: an implicit graph network on long-range dependencies (:mod:`jfb.workloads.chains`).
 - ``lm``: a byte-level DEQ transformer language model (:mod:`jfb.workloads.language`).
+- ``state-tracking``: running products of permutations, S5 by default (:mod:`jfb.workloads.state_tracking`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from .base import Workload
 from .chains import WORKLOAD as CHAINS
 from .language import WORKLOAD as LANGUAGE_MODEL
 from .prefix_sums import WORKLOAD as PREFIX_SUMS
+from .state_tracking import WORKLOAD as STATE_TRACKING
 
-WORKLOADS: dict[str, Workload] = {w.name: w for w in (PREFIX_SUMS, CHAINS, LANGUAGE_MODEL)}
+WORKLOADS: dict[str, Workload] = {w.name: w for w in (PREFIX_SUMS, CHAINS, LANGUAGE_MODEL, STATE_TRACKING)}
 
 
 def get_workload(name: str) -> Workload:

@@ -9,6 +9,7 @@ mode a tolerance may stop the solve earlier.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import unknown_name
+from ..errors import JfbError, unknown_name
 from ..layer import ImplicitLayer
 
 Operator = Callable[[Any, Any], Any]
@@ -67,10 +68,34 @@ def without_tolerance(model: nn.Module) -> nn.Module:
     return model
 
 
+class StackEngine(nn.Module):
+    """The explicit baseline of a fixed depth without tied weights: ``blocks`` copies of the operator (the first
+    the model's own, the others freshly initialised), each applied once; ``depth`` does not change it."""
+
+    def __init__(self, operator: nn.Module, blocks: int) -> None:
+        super().__init__()
+        copies = [copy.deepcopy(operator) for _ in range(blocks - 1)]
+        for module in (m for c in copies for m in c.modules()):
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        self.blocks = nn.ModuleList([operator, *copies])
+
+    def forward(self, x: Any, u0: Any, depth: int) -> Solved:
+        u = u0
+        for block in self.blocks:
+            u = block(u, x)
+        return Solved(u, float(len(self.blocks)))
+
+
 def jfb_engine(name: str, eval_tol: float | None = 1e-4) -> EngineFactory:
-    """The factory of a named torch-jfb engine (``jfb``, ``ift`` or ``unroll``)."""
+    """The factory of a named torch-jfb engine (``jfb``, ``ift`` or ``unroll``), or ``stack:K``."""
+    if name.startswith("stack:"):
+        blocks = name.removeprefix("stack:")
+        if not blocks.isdigit() or int(blocks) < 1:
+            raise JfbError(f"engine {name!r}: stack:K takes a number of blocks K >= 1")
+        return lambda operator: StackEngine(operator, int(blocks))
     if name not in JFB_ENGINES:
-        raise unknown_name("engine", name, JFB_ENGINES)
+        raise unknown_name("engine", name, [*JFB_ENGINES, "stack:K"])
     return lambda operator: JfbEngine(operator, JFB_ENGINES[name], eval_tol)
 
 
