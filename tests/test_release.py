@@ -52,3 +52,8 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs(tmp_path):
     )
     where, status = _run(str(python), "-c", code, cwd=tmp_path).split()
     assert where.startswith(str(env_dir)) and status == "converged"
+    # the shipped language model generates from the installed wheel (safetensors, no download)
+    generated = _run(
+        str(env_dir / "bin" / "jfb"), "generate", "lm", "--prompt", "import", "--max-bytes", "8", cwd=tmp_path
+    )
+    assert generated.startswith("--- 'import'\nimport") and "new_tokens 8" in generated
