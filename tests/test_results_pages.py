@@ -70,3 +70,15 @@ def test_the_generation_tables_are_their_files():
         sample = json.loads(line)
         assert f"```text\n{sample['prompts'][0]}{sample['texts'][0]}\n```" in page
         assert f"{sample['iterations_mean']} iterations per byte on average" in page
+
+
+def test_the_state_tracking_table_is_its_file():
+    rows = list(csv.DictReader((RESULTS / "state-tracking" / "s3.csv").open()))
+    page = {r[0]: r for r in _table_rows(RESULTS / "state-tracking.md") if len(r) == 8 and r[1].isdigit()}
+    names = {"jfb": "DEQ, JFB", "ift": "DEQ, IFT", "unroll": "same block unrolled (16)"}
+    names.update({f"stack:{k}": f"{k} {'untied blocks' if k > 1 else 'block'}" for k in (1, 2, 4)})
+    assert len(page) == 6
+    for row in (r for r in rows if r["max_iter"] == "128"):
+        cells = page[names[row["engine"]]]
+        assert cells[1] == row["width"] and cells[2] == row["parameters"]
+        assert float(cells[{"8": 3, "16": 4, "32": 5}[row["length"]]]) == float(row["accuracy"])

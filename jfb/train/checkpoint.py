@@ -147,6 +147,29 @@ WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 DESCRIBED = ("workload", "config", "metrics")  # what config.json keeps of a checkpoint (besides the format)
 
 
+def _check_description(path: Path, description: dict[str, Any]) -> None:
+    """JfbError in one line unless config.json has a ``config`` table and, where present, a ``workload`` name and
+    a ``metrics`` table."""
+    kinds = {"config": dict, "workload": str, "metrics": dict}
+    if "config" not in description:
+        raise JfbError(f"{path}: no 'config' (what rebuilds the model)")
+    for key, kind in kinds.items():
+        if key in description and not isinstance(description[key], kind):
+            found = type(description[key]).__name__
+            raise JfbError(f"{path}: {key!r} must be a {kind.__name__ if kind is str else 'table'}, not {found}")
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, Any], path: Path) -> None:
+    """``model.load_state_dict(weights)``, or JfbError in one line when they do not fit (missing, unexpected or
+    misshapen tensors: the weights of another model, or a configuration that builds another)."""
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else (first[0] if first else "")
+        raise JfbError(f"{path}: the weights do not fit the model its configuration builds ({detail[:300]})") from None
+
+
 def evaluated_weights(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The weights a checkpoint's metrics were measured with: the average when the run kept one."""
     return checkpoint.get("average", checkpoint["model"])
@@ -195,6 +218,7 @@ def load_pretrained(directory: Path) -> dict[str, Any]:
     if not isinstance(description, dict) or description.get("format") != PRETRAINED_FORMAT:
         found = description.get("format") if isinstance(description, dict) else None
         raise JfbError(f"{directory}: format {found!r}, this version reads {PRETRAINED_FORMAT}")
+    _check_description(directory / CONFIG_FILE, description)
     blob = (directory / WEIGHTS_FILE).read_bytes()
     if hashlib.sha256(blob).hexdigest() != description.get("weights_sha256"):
         raise JfbError(f"{directory / WEIGHTS_FILE}: checksum mismatch (the file is corrupted or was replaced)")

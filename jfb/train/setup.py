@@ -21,7 +21,7 @@ from ..files import prepare_run_dir
 from ..models import architecture, build_model, count_parameters
 from ..precision import grad_scaler
 from .averaging import WeightAverage
-from .checkpoint import evaluated_weights, load_checkpoint, load_resumable, previous_path, save_checkpoint
+from .checkpoint import evaluated_weights, load_checkpoint, load_resumable, load_weights, previous_path, save_checkpoint
 from .config import TrainConfig
 from .distributed import Processes, synchronize_batch_norm
 from .metrics import MetricsLog
@@ -82,7 +82,7 @@ def restore_model(path: Path, overrides: dict[str, Any] | None = None) -> tuple[
     values = merge_settings(migrate_legacy_keys(checkpoint["config"]), overrides or {})
     config = TrainConfig.from_dict(values, source=str(path))
     model = build_from_config(config)
-    model.load_state_dict(evaluated_weights(checkpoint))
+    load_weights(model, evaluated_weights(checkpoint), path)
     return model, config
 
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..errors import JfbError
 from ..reports import Report, key_value_table, write_report
 from ..settings import setting
-from ..train.checkpoint import save_checkpoint
+from ..train.checkpoint import load_weights, save_checkpoint
 from ..train.distributed import Processes, launched_rank, start_processes, stop_processes
 from ..train.engine import FitResult, Loss, StepSettings, Training
 from ..train.run_folder import claimed_run_folder
@@ -237,7 +237,7 @@ def restore_workload(
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in checkpoint["config"].items() if k in fields}
     config = dataclasses.replace(workload.config(**values), device="cpu", parallel="none")
     model = workload.model(config, engine)
-    model.load_state_dict(checkpoint["model"])
+    load_weights(model, checkpoint["model"], path)
     return workload, model, config
 
 
