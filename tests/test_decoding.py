@@ -93,6 +93,15 @@ def test_per_token_statistics_are_those_of_each_solve():
     assert summary["not_converged"] == 12 and summary["iterations_max"] == 3 and summary["new_tokens"] == 12
 
 
+def test_generate_leaves_the_global_random_state_alone():
+    model = _model()
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    generate(model, [b"abc"], max_new_tokens=4, do_sample=True, **TIGHT)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_sampling_is_reproducible_from_its_seed_and_top_k_1_is_greedy():
     model = _model()
     options = dict(max_new_tokens=25, do_sample=True, **TIGHT)
@@ -159,8 +168,9 @@ class _Bidirectional(DeqLanguageModel):
 def test_a_non_causal_operator_and_a_model_without_a_cache_are_refused():
     torch.manual_seed(0)
     model = _Bidirectional(32, 4, 48, jfb_engine("jfb")).double()
-    with pytest.raises(JfbError, match="causal"):
-        generate(model, [b"abc"], max_new_tokens=2)
+    for prompts in ([b"abc"], [b"a"]):  # a one-token prompt too (checked on two positions of it)
+        with pytest.raises(JfbError, match="causal"):
+            generate(model, prompts, max_new_tokens=2)
     with pytest.raises(JfbError, match="cannot generate: it lacks context, prompt_problem"):
         generate(nn.Linear(2, 2), [b"abc"])
 

@@ -65,7 +65,6 @@ class _Decoder:
     logits: Tensor | None = None
     stats: list[tuple[Tensor, Tensor, Tensor]] = field(default_factory=list)
     slides: int = 0
-    causal_checked: bool = False
 
     def solve(self, operator: Operator, x: Any, u0: Any) -> Any:
         with torch.no_grad():
@@ -88,11 +87,7 @@ class _Decoder:
             group = [i for i, w in enumerate(windows) if len(w) == length]
             tokens = torch.stack([windows[i] for i in group])
             operator, x = self.model.prompt_problem(tokens)
-            first = x[0] if isinstance(x, (tuple, list)) else x
-            if not self.causal_checked and length > 1:
-                check_causal(operator, x, first)
-                self.causal_checked = True
-            solved = self.solve(operator, x, torch.zeros_like(first))
+            solved = self.solve(operator, x, torch.zeros_like(_first(x)))
             self.allocate(solved.fixed_point, x)
             if self.options.cache:
                 self.model.store(self.cache, rows[group], solved.fixed_point, x)
@@ -115,8 +110,7 @@ class _Decoder:
     def step_cached(self, rows: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Solve the new position of each row against its cache; append it."""
         operator, x = self.model.token_problem(self.cache, rows, tokens)
-        first = x[0] if isinstance(x, (tuple, list)) else x
-        u0 = self.last_state[rows] if self.options.warm_start else torch.zeros_like(first)
+        u0 = self.last_state[rows] if self.options.warm_start else torch.zeros_like(_first(x))
         solved = self.solve(operator, x, u0)
         self.model.append(self.cache, rows, solved.fixed_point, x)
         self.last_state[rows] = solved.fixed_point
@@ -143,6 +137,11 @@ class _Decoder:
             for target, value in zip(stats, self.step_cached(step, tokens[step])):
                 target[step] = value
         self.stats.append(tuple(stats))
+
+
+def _first(x: Any) -> Tensor:
+    """The state-shaped tensor of a problem's input: ``x``, or its first tensor."""
+    return x[0] if isinstance(x, (tuple, list)) else x
 
 
 def _stats(solved: Any) -> tuple[Tensor, Tensor, Tensor]:
@@ -175,6 +174,9 @@ def generate(
     cropped = sum(length > model.context for length in lengths)
     sequences = [s[-model.context :] for s in sequences]
     model.eval()
+    two = sequences[0].repeat(2)[:2]  # two positions (a prompt of one token repeated) to check causality on
+    operator, x = model.prompt_problem(two[None])
+    check_causal(operator, x, _first(x))
     start = time.perf_counter()
     decoder = _Decoder(model, options, sequences)
     decoder.stats.append(decoder.solve_windows(torch.arange(len(sequences)), sequences))  # the prompts

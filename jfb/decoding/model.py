@@ -83,12 +83,18 @@ CAUSAL_DEQ_METHODS = ("prompt_problem", "new_cache", "store", "token_problem", "
 
 def check_causal(operator: Operator, x: Any, like: Tensor) -> None:
     """JfbError unless ``T(u; x)`` at positions ``0 .. L-2`` is independent of ``u`` at position ``L-1``
-    (checked with one vector-Jacobian product at a random state): a cache of earlier equilibria is exact only
-    for a causal operator."""
+    (one vector-Jacobian product: a random vector at a random state, from a generator of its own, so the global
+    random state is untouched): a cache of earlier equilibria is exact only for a causal operator."""
+    generator = torch.Generator(device=like.device).manual_seed(0)
+
+    def draw(shape: torch.Size) -> Tensor:
+        return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
+
     with torch.enable_grad():
-        u = torch.randn_like(like).requires_grad_(True)
-        out = operator(u, x)
-        (grad,) = torch.autograd.grad(out[:, :-1].sum(), u)
+        u = draw(like.shape).requires_grad_(True)
+        earlier = operator(u, x)[:, :-1]
+        # a random cotangent: a sum would vanish through a final LayerNorm (its outputs sum to a constant)
+        (grad,) = torch.autograd.grad(earlier, u, draw(earlier.shape))
     leak, scale = grad[:, -1].abs().max().item(), grad.abs().max().item()
     if leak > 1e-6 * max(scale, 1e-30):
         raise JfbError(
