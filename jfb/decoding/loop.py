@@ -21,7 +21,8 @@ from .sampling import DecodeOptions, next_tokens
 class Generation:
     """What :func:`generate` made: the new tokens ``(rows, N)``, and per token the iterations of its solve, the
     relative residual it stopped at and whether it reached ``tol`` (for the first token, and after a window
-    slide, those of the solve of the whole window); ``slides``: window slides; ``seconds``: wall time."""
+    slide, those of the solve of the whole window); each prompt's length (``cropped_prompts``: those longer than the
+    context); ``slides``: window slides; ``seconds``: wall time; ``cache``: the cache at the end (None without)."""
 
     tokens: Tensor
     iterations: Tensor
