@@ -230,3 +230,34 @@ def test_a_users_own_causal_operator_decodes_through_the_same_loop():
     cached = generate(model, prompts, max_new_tokens=20, **TIGHT)
     resolved = generate(model, prompts, max_new_tokens=20, cache=False, **TIGHT)
     assert torch.equal(cached.tokens, resolved.tokens) and cached.converged.all()
+
+
+def test_the_command_line_continues_every_line_of_a_prompts_file_and_re_solves_without_a_cache(tmp_path, capsys):
+    """``--prompts-file``: one batch of its lines; ``--no-cache`` gives the cached greedy bytes while they fit the
+    context (here 2-9 prompt bytes + 6 new ones, context 64)."""
+    import json
+
+    from jfb.cli.main import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("import os\n\ndef f\n")  # the empty line is skipped
+    outputs = []
+    for flags in ([], ["--no-cache"]):
+        argv = [
+            "generate",
+            "lm",
+            "--prompts-file",
+            str(prompts),
+            "--max-bytes",
+            "6",
+            "--tol",
+            "1e-6",
+            "--max-iter",
+            "200",
+        ]
+        argv += ["--json", "--no-progress"]  # a tight tolerance: no near-tie decided by the solve's error
+        assert main([*argv, *flags]) == 0
+        outputs.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    cached, resolved = outputs
+    assert cached["prompts"] == ["import os", "def f"] and cached["rows"] == 2 and cached["new_tokens"] == 6
+    assert cached["texts"] == resolved["texts"] and resolved["window_slides"] == 0
