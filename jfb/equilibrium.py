@@ -8,6 +8,7 @@ top to bottom: prepare the state, solve, attach the backward mode, regularise, r
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -237,7 +238,7 @@ def _solve(
     boundary = Boundary.current()
     if options.freeze_converged and (records_graph or lockstep or boundary):
         options = options.replace(freeze_converged=False)
-    with frozen_running_stats(operator) as settle, torch.set_grad_enabled(records_graph):
+    with frozen_running_stats(operator) as settle, torch.set_grad_enabled(records_graph), _outside_autocast(x0):
         agree = all_processes_done(x0.device) if lockstep else None
         observe = None if iterates is None else iterates.append
         F = _settling(T, settle)
@@ -249,6 +250,13 @@ def _solve(
             u_star, stats = solve_flat(F, x0, options, agree, observe, peel=boundary.peel)
             return u_star, stats, None
         return boundary.solve_outside(lambda G, u0, seen: mode.solve(G, u0, options, agree, seen), F, x0, observe)
+
+
+def _outside_autocast(x0: Tensor) -> AbstractContextManager:
+    """The solver's arithmetic (mixing, least squares, residuals) in the state's dtype: T itself re-enters the
+    caller's autocast region (:func:`jfb.binding.caller_autocast`), the steps between its calls leave it."""
+    device = x0.device.type
+    return torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else nullcontext()
 
 
 def _settling(T: Callable, settle: Callable[[], None]) -> Callable:

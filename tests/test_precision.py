@@ -110,6 +110,29 @@ def test_the_ift_gradient_under_bf16_matches_a_dense_solve():
     assert float((low - dense).norm() / dense.norm()) < 0.02
 
 
+@pytest.mark.parametrize("solver", ["anderson", "broyden"])
+@pytest.mark.parametrize("batch", [2, 40])  # (the host and the device bookkeeping)
+def test_the_solvers_steps_stay_in_float32_under_autocast(solver, batch, monkeypatch):
+    """Only T runs in bf16: Anderson's mixing once ran in the caller's autocast region and rounded every iterate
+    to bf16, which the returned best iterate hid by promotion on large batches and not on small ones."""
+    method = jfb.SolveOptions(solver=solver).method
+    seen, update = [], type(method).update
+
+    def spy(self, state, x, fx):
+        seen.append(x.dtype)
+        out = update(self, state, x, fx)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(type(method), "update", spy)
+    op, x = ConvOperator(), torch.randn(batch, 4, 6, 6, generator=torch.Generator().manual_seed(1))
+    layer = jfb.ImplicitLayer(op, solver=solver, max_iter=8, tol=1e-9, on_failure="ignore")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        result = layer.solve(x)
+    assert set(seen) == {torch.float32} and len(seen) == 14
+    assert result.fixed_point.dtype == torch.float32
+
+
 def test_the_layer_outside_autocast_is_untouched_by_an_earlier_autocast_call():
     op, x = ConvOperator(), torch.randn(2, 4, 6, 6)
     layer = jfb.ImplicitLayer(op, max_iter=5)
