@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from typing import Any
 
@@ -101,14 +101,18 @@ def bind(operator: Callable, x: Any, layout: StateLayout, u0: State, guessed: bo
     # that may hold one, and not in an export (eval mode, where they keep no state; dynamo cannot trace a ContextVar)
     call = object() if reads_current_call(operator) and not torch.compiler.is_exporting() else None
     unshare = without_shared if _holds_shared(x) else _unchanged
+    flat = layout.is_flat  # one (batch, features) tensor: T's input and output are the flat states themselves
 
     def T(u: Tensor, index: Tensor | None = None) -> Tensor:
         nonlocal first_call, dtypes_unchecked
-        state = layout.unflatten(u)
+        state = u if flat else layout.unflatten(u)
         token = None if call is None else CURRENT_CALL.set(call)
         try:
-            with precision():
+            if precision is None:
                 out = operator(state, unshare(x if index is None else take_rows(x, index)))
+            else:
+                with precision():
+                    out = operator(state, unshare(x if index is None else take_rows(x, index)))
         except Exception as error:
             if not first_call:
                 error.add_note(f"jfb: raised by the operator on u {describe(state)}, x {describe(x)}")
@@ -118,7 +122,9 @@ def bind(operator: Callable, x: Any, layout: StateLayout, u0: State, guessed: bo
             if token is not None:
                 CURRENT_CALL.reset(token)
         checked = first_call or not torch.compiler.is_compiling()  # (a traced loop body: checked on the first call)
-        if checked and not layout.matches(out, batch=u.shape[0]):  # broadcasting against x can change the batch
+        if checked and not (  # broadcasting against x can change the batch
+            isinstance(out, Tensor) and out.shape == u.shape if flat else layout.matches(out, batch=u.shape[0])
+        ):
             raise JfbError(
                 f"T(u0) has shape {describe(out)} but u0 has {describe(u0)} (x: {describe(x)}); "
                 "T must return a state of u's shape: pass u0= or latent_shape= when the state is not shaped like x"
@@ -127,7 +133,8 @@ def bind(operator: Callable, x: Any, layout: StateLayout, u0: State, guessed: bo
             _check_output_dtypes(out, u0)
         if first_call or dtypes_unchecked:  # (once: a traced loop body may not change the closure)
             first_call = dtypes_unchecked = False
-        return layout.flatten(out).to(u.dtype)
+        out = out if flat else layout.flatten(out)
+        return out if out.dtype == u.dtype else out.to(u.dtype)
 
     return T
 
@@ -175,7 +182,7 @@ def _first_call_failure(x: Any, u0: State, guessed: bool, error: Exception) -> s
     )
 
 
-def caller_autocast(device_type: str) -> Callable[[], AbstractContextManager]:
+def caller_autocast(device_type: str) -> Callable[[], AbstractContextManager] | None:
     """The autocast region the solve is called in, to re-enter around every application of T.
 
     Under ``torch.autocast`` T runs in low precision while the state stays in its own dtype (float32):
@@ -183,7 +190,7 @@ def caller_autocast(device_type: str) -> Callable[[], AbstractContextManager]:
     outside the caller's region, applies T in the same precision as the forward pass did.
     """
     if not torch.is_autocast_enabled(device_type):
-        return nullcontext
+        return None
     dtype, cache = torch.get_autocast_dtype(device_type), torch.is_autocast_cache_enabled()
     return lambda: torch.autocast(device_type, dtype=dtype, cache_enabled=cache)
 

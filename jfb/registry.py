@@ -12,6 +12,7 @@ built, with the same did-you-mean errors for every kind.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -87,8 +88,10 @@ def _value(text: str) -> Any:
 def _check_signature(what: str, factory: Callable, args: list[Any], keywords: dict[str, Any], usage: str) -> None:
     """Unknown keywords (with the closest valid one) and too many positional arguments, before the call."""
     try:
-        parameters = list(inspect.signature(factory).parameters.values())
-    except (TypeError, ValueError):  # a builtin without a signature: the call itself will say
+        parameters = _parameters(factory)
+    except TypeError:  # an unhashable callable object
+        parameters = _parameters.__wrapped__(factory)
+    if parameters is None:  # a builtin without a signature: the call itself will say
         return
     if any(p.kind is p.VAR_KEYWORD for p in parameters):
         return
@@ -101,3 +104,12 @@ def _check_signature(what: str, factory: Callable, args: list[Any], keywords: di
     positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if len(args) > len(positional) and not any(p.kind is p.VAR_POSITIONAL for p in parameters):
         raise JfbError(f"{what} takes at most {len(positional)} positional options, got {args}; write it as {usage}")
+
+
+@functools.lru_cache(maxsize=256)
+def _parameters(factory: Callable) -> tuple[inspect.Parameter, ...] | None:
+    """The factory's parameters, read once: ``inspect.signature`` costs more than a small solve's iterations."""
+    try:
+        return tuple(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):
+        return None

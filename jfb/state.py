@@ -32,11 +32,16 @@ class _Part:
         self.channels_last = (
             like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last)
         )
+        self.flat = len(self.shape) == 1  # (batch, features) already: both directions are the tensor itself
 
     def flatten(self, t: Tensor) -> Tensor:
+        if self.flat and t.dim() == 2:
+            return t
         return (t.permute(0, 2, 3, 1) if self.channels_last else t).reshape(t.shape[0], -1)
 
     def unflatten(self, flat: Tensor) -> Tensor:
+        if self.flat:
+            return flat
         if self.channels_last:
             channels, height, width = self.shape
             return flat.view(-1, height, width, channels).permute(0, 3, 1, 2)
@@ -96,6 +101,11 @@ class StateLayout:
         self.sizes = [p.size for p in self.parts]
 
     @property
+    def is_flat(self) -> bool:
+        """Whether states are single ``(batch, features)`` tensors, which flatten to themselves."""
+        return self.structure is None and self.parts[0].flat
+
+    @property
     def is_tuple(self) -> bool:
         """Whether the state is more than one tensor (nested in tuples or dicts)."""
         return self.structure is not None
@@ -117,6 +127,14 @@ class StateLayout:
 
     def matches(self, state: Any, batch: int | None = None) -> bool:
         """Whether ``state`` has this structure and these per-sample shapes (and ``batch`` samples, when given)."""
+        if self.structure is None:  # (the common case, checked on every evaluation of T: kept short)
+            shape = self.parts[0].shape
+            return (
+                isinstance(state, Tensor)
+                and state.dim() == len(shape) + 1
+                and state.shape[1:] == shape
+                and (batch is None or state.shape[0] == batch)
+            )
         if _structure(state) != self.structure:
             return False
         return all(

@@ -23,6 +23,15 @@ class Status(StrEnum):
     NOT_RUN = "not_run"
     TRACED = "traced"
 
+    @classmethod
+    def of_outcome(cls, converged: bool, non_finite: bool, diverged: bool) -> Status:
+        """A tracked solve's status from what its bookkeeping saw, the worst first."""
+        if non_finite:
+            return cls.NON_FINITE
+        if diverged:
+            return cls.DIVERGED
+        return cls.CONVERGED if converged else cls.MAX_ITER
+
     @property
     def failed(self) -> bool:
         """The solve did not do what it was asked: a tolerance not reached (``max_iter``), diverged or non-finite.

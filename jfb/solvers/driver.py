@@ -2,9 +2,10 @@
 owns stopping, per-sample freezing, best iterates, divergence and non-finite detection, evaluation
 counts and the agreement between processes.
 
-All per-sample bookkeeping stays in tensors on the state's device. The host learns about it only
-when deciding whether to stop, once every ``check_every`` iterations (one synchronisation, two
-with freezing); a fixed depth (``tol=None``) makes none inside the loop.
+All per-sample bookkeeping stays in tensors on the state's device (:class:`Tracker`; on small CPU batches in
+Python numbers, :class:`~jfb.solvers.host_tracker.HostTracker`). The host learns about it only when deciding
+whether to stop, once every ``check_every`` iterations (one synchronisation, two with freezing); a fixed depth
+(``tol=None``) makes none inside the loop.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import Tensor
 from ..state import State, StateLayout
 from ..status import Status
 from .base import History, SolveStats
+from .host_tracker import HostTracker, host_trackable
 from .options import SolveOptions
 
 #: ``F(x, index)``: T on the flat rows ``index`` of the batch (all rows when None)
@@ -53,8 +55,8 @@ def solve_flat(
     the iterations when called with grad enabled (no freezing; how ``unroll`` records the solve).
     ``observe(T(x))`` sees every iterate (fixed-point correction keeps some). ``peel``: inside torch.func
     transforms, the bookkeeping reads the plain values under the iterates (:class:`jfb.transforms.Boundary`)."""
-    solver = options.method
-    tracker = Tracker(x0, options, track_best=solver.returns_best, peel=peel)
+    solver, host = options.method, peel is None and host_trackable(x0, options)
+    tracker = HostTracker(x0, options, solver.returns_best) if host else Tracker(x0, options, solver.returns_best, peel)
     state = solver.init(x0)
     x, fx, active = x0, x0, None
     for step in range(1, options.max_iter + 1):
@@ -291,9 +293,4 @@ class Tracker:
             if torch.compiler.is_compiling() or self._capturing():  # shows in the output itself
                 return Status.FIXED_DEPTH
             return Status.NON_FINITE if bool(self.non_finite_end) else Status.FIXED_DEPTH
-        converged, non_finite, diverged = self._outcome()  # the one synchronisation at the end
-        if non_finite:
-            return Status.NON_FINITE
-        if diverged:
-            return Status.DIVERGED
-        return Status.CONVERGED if converged else Status.MAX_ITER
+        return Status.of_outcome(*self._outcome())  # the one synchronisation at the end
