@@ -7,6 +7,7 @@ What the solvers and backward modes see is ``T(u_flat)`` on a ``(batch, features
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
@@ -84,7 +85,7 @@ def check_state(state: State, guessed: bool) -> None:
         if t.dtype not in STATE_DTYPES:
             choices = ", ".join(str(d).removeprefix("torch.") for d in STATE_DTYPES)
             raise JfbError(f"{name} must be floating point ({choices}), got {str(t.dtype).removeprefix('torch.')}")
-        if t.shape[0] == 0 or t[0].numel() == 0:
+        if t.shape[0] == 0 or math.prod(t.shape[1:]) == 0:
             raise JfbError(f"{name} needs at least one sample and one feature per sample, got shape {describe(t)}")
 
 

@@ -28,6 +28,7 @@ class Registry(Generic[Item]):
     def __init__(self, kind: str, base: type[Item]) -> None:
         self.kind, self.base = kind, base
         self._factories: dict[str, tuple[Callable[..., Item], str]] = {}
+        self.version = 0  # counts registrations: what a cache of built objects keys on
 
     def register(self, name: str, factory: Callable[..., Item], usage: str = "", *, replace: bool = False) -> None:
         """Make ``factory(*args, **options)`` available as ``"name[:arg...][:key=value...]"``.
@@ -38,6 +39,7 @@ class Registry(Generic[Item]):
         if not callable(factory):
             raise JfbError(f"a {self.kind} factory must be callable (a class or a function), got {factory!r}")
         self._factories[name] = (factory, usage or name)
+        self.version += 1
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._factories)

@@ -68,13 +68,15 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("solver", ["picard", "anderson"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("freeze", [False, True])
+@pytest.mark.parametrize("freeze", [False, True, "fixed depth"])
 def test_host_and_device_trackers_report_the_same_solve(case, solver, dtype, freeze, monkeypatch):
     make_T, make_x, extra = CASES[case]
     torch.manual_seed(0)
     x = make_x(dtype)
     extra = {k: v.to(dtype) if isinstance(v, torch.Tensor) else v for k, v in extra.items()}
-    settings = dict(solver=solver, tol=1e-6, max_iter=60, freeze_converged=freeze) | extra
+    settings = dict(solver=solver, tol=1e-6, max_iter=60, freeze_converged=freeze is True) | extra
+    if freeze == "fixed depth":
+        settings |= dict(tol=None, max_iter=min(settings["max_iter"], 12))
     host, device = (_solve(make_T(), x, flag, monkeypatch, **settings) for flag in (False, True))
     assert host.stats.status == device.stats.status != "", case
     assert host.stats.t_evals == device.stats.t_evals
@@ -124,4 +126,5 @@ def test_the_driver_keeps_the_bookkeeping_on_the_host_only_where_a_read_is_free(
     assert _tracker_kind(monkeypatch, small, tol=1e-6, stop_mode="rel") == "device"
     assert _tracker_kind(monkeypatch, small, tol=1e-6, check_every=2) == "device"
     assert _tracker_kind(monkeypatch, small, tol=1e-6, keep_history=True) == "device"
-    assert _tracker_kind(monkeypatch, small, tol=None, max_iter=5) == "device"
+    assert _tracker_kind(monkeypatch, small, tol=None, max_iter=5, stop_mode="rel") == "host"  # (nothing to check)
+    assert _tracker_kind(monkeypatch, large, tol=None, max_iter=5) == "device"

@@ -4,15 +4,12 @@ Inference of the model at each batch size: eager, ``torch.compile(fullgraph=True
 program and ONNX Runtime, all at the model's fixed evaluation depth; one call of each way after the other,
 ``repeats`` rounds (interleaved), medians in ms; each way's accuracy on the whole test set beside them. Then
 ``problems`` small fixed-point problems (10-dimensional, one ``jfb.fixed_point`` each) solved by ``torch.func.vmap``
-and by a Python loop over them, interleaved; and the cost of one solver iteration on one such problem against a
-bare Python loop of the same T.
+and by a Python loop over them, interleaved (the cost of an iteration against a bare loop: ``jfb bench overhead``).
 """
 
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +25,7 @@ from ..experiments.export import classifier_for_export, onnx_runner
 from ..files import prepare_run_dir
 from ..reports import Report, markdown_table, write_report
 from ..settings import setting
+from .overhead import median_ms_interleaved, tanh_problem
 
 Call = Callable[[torch.Tensor], torch.Tensor]
 
@@ -51,7 +49,7 @@ def deploy_table(settings: DeployBenchSettings, log=print) -> Report:
     for size in settings.batch_sizes:
         images = data.test.images[:size].float()
         calls = {name: (lambda call=call, images=images: call(images)) for name, call in ways.items()}
-        times = _interleaved(calls, settings.repeats)
+        times = median_ms_interleaved(calls, settings.repeats)
         for name in ways:
             rows.append({"way": name, "batch": size, "ms": times[name], "test_acc": accuracy[name]})
             log(f"batch {size}, {name}: {times[name]:.3f} ms, test accuracy {accuracy[name]:.2f}%")
@@ -79,18 +77,6 @@ def _ways(module: torch.nn.Module, example: tuple[torch.Tensor, ...], folder: Pa
     return {name: torch.no_grad()(call) for name, call in ways.items()}
 
 
-def _interleaved(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Median ms of each call, one call of each per round (after one warm-up round)."""
-    samples: dict[str, list[float]] = {name: [] for name in calls}
-    for round_ in range(repeats + 1):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            if round_:
-                samples[name].append(1e3 * (time.perf_counter() - start))
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
 def _accuracy(call: Call, data) -> float:
     right = 0
     for images, labels in batches(data.test, 256, lambda x: x.float()):
@@ -99,49 +85,26 @@ def _accuracy(call: Call, data) -> float:
 
 
 def _vmap_rows(settings: DeployBenchSettings) -> list[dict[str, Any]]:
-    generator = torch.Generator().manual_seed(0)
-    W = 0.5 * torch.linalg.qr(torch.randn(10, 10, generator=generator))[0]
-    xs = torch.randn(settings.problems, 10, generator=generator)
-
-    def T(u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(u @ W.T + x)
+    T, xs = tanh_problem(10, settings.problems)
 
     def one(x: torch.Tensor) -> torch.Tensor:
         return jfb.fixed_point(T, x[None], solver="picard", tol=1e-6, max_iter=100, stop_mode="abs").value[0]
 
-    def bare(x: torch.Tensor) -> torch.Tensor:
-        u = torch.zeros_like(x)
-        for _ in range(iterations):
-            u = T(u, x)
-        return u
-
-    iterations = int(jfb.fixed_point(T, xs[:1], solver="picard", tol=1e-6, stop_mode="abs").stats.iterations)
     with torch.no_grad():
-        solves = _interleaved(
+        solves = median_ms_interleaved(
             {"vmap": lambda: torch.func.vmap(one)(xs), "loop": lambda: [one(x) for x in xs]}, settings.repeats
         )
-        single = _interleaved({"fixed_point": lambda: one(xs[0]), "bare": lambda: bare(xs[0])}, settings.repeats)
-    return [
-        {"way": "vmap", "batch": settings.problems, "ms": solves["vmap"], "loop_ms": solves["loop"]},
-        {
-            "way": "iteration",
-            "batch": 1,
-            "ms": single["fixed_point"] / iterations,
-            "bare_ms": single["bare"] / iterations,
-        },
-    ]
+    return [{"way": "vmap", "batch": settings.problems, "ms": solves["vmap"], "loop_ms": solves["loop"]}]
 
 
 def _table(rows: list[dict[str, Any]], settings: DeployBenchSettings) -> str:
     served = [r for r in rows if "test_acc" in r]
     cells = [[r["way"], r["batch"], f"{r['ms']:.3f}", f"{r['test_acc']:.2f}"] for r in served]
     text = markdown_table(["way", "batch", "ms per batch (median)", "test acc"], cells)
-    vmap, iteration = rows[-2], rows[-1]
+    vmap = rows[-1]
     text += (
         f"\n{settings.checkpoint}; medians of {settings.repeats} interleaved rounds\n\n"
         f"{vmap['batch']} problems: vmap {vmap['ms']:.2f} ms, a Python loop {vmap['loop_ms']:.2f} ms "
-        f"({vmap['loop_ms'] / vmap['ms']:.1f}x)\n\n"
-        f"one iteration of a 10-dimensional problem: jfb.fixed_point {1e3 * iteration['ms']:.1f} us, "
-        f"a bare loop {1e3 * iteration['bare_ms']:.1f} us ({iteration['ms'] / iteration['bare_ms']:.1f}x)\n"
+        f"({vmap['loop_ms'] / vmap['ms']:.1f}x)\n"
     )
     return text

@@ -19,6 +19,7 @@ from ..benchmarks.epoch import EpochBenchSettings, epoch_table
 from ..benchmarks.generate import GenerateBenchSettings, generate_table
 from ..benchmarks.inference import InferenceBenchSettings, inference_table
 from ..benchmarks.memory import MemoryBenchSettings, memory_table
+from ..benchmarks.overhead import OverheadBenchSettings, overhead_table
 from ..benchmarks.solvers import SolverBenchSettings, solver_table
 from ..benchmarks.step import StepBenchSettings, step_table
 from ..benchmarks.zoo import ZooBenchSettings, zoo_table
@@ -205,6 +206,13 @@ COMMANDS = (
         "ms per batch of a classifier eager, compiled, exported and in ONNX Runtime; vmap against a Python loop.",
         DeployBenchSettings,
         _without_progress(deploy_table),
+        group="bench",
+    ),
+    Command(
+        "overhead",
+        "us per iteration of jfb.fixed_point against a bare loop and a hand-checked loop of the same T, interleaved.",
+        OverheadBenchSettings,
+        _without_progress(overhead_table),
         group="bench",
     ),
     Command(

@@ -6,8 +6,8 @@ Here an iteration computes the residuals (two tensor operations), reads them (on
 device tracker reads its two scalars anyway) and keeps the rest in Python floats: the same outcome,
 decisions and statistics as the device tracker (``tests/test_host_tracker.py`` runs both on the same
 solves), at a fraction of the cost. The driver picks it only where a host read is free: a CPU tensor, a
-batch of at most :data:`HOST_BATCH` samples, a check every iteration in abs mode, no history, outside
-``torch.compile`` and ``torch.func`` transforms.
+batch of at most :data:`HOST_BATCH` samples, a fixed depth or a check every iteration in abs mode, no history,
+outside ``torch.compile`` and ``torch.func`` transforms.
 """
 
 from __future__ import annotations
@@ -23,20 +23,20 @@ from ..status import Status
 from .base import SolveStats
 from .options import SolveOptions
 
-#: the largest batch kept on the host (measured: past it the Python loops over samples cost more than the
-#: device tracker's tensor operations; docs/results/deploy.md)
-HOST_BATCH = 16
+#: the largest batch kept on the host. Measured (docs/results/overhead.md): a tolerance solve of 10- and
+#: 100-dimensional problems took 0.51-0.63x the device tracker's time at 8-16 samples, 0.68-0.78x at 64, 0.85-0.90x
+#: at 128 and 1.02-1.09x at 256 (2-core AVX2-only EPYC); 64 keeps a margin for CPU kinds whose Python is slower
+HOST_BATCH = 64
 _EPS = 1e-12
 
 
 def host_trackable(x0: Tensor, options: SolveOptions) -> bool:
     """Whether a solve from ``x0`` with these options may keep its bookkeeping on the host."""
+    kept = options.tol is None or (options.stop_mode == "abs" and options.check_every == 1)  # (a fixed depth: none)
     return (
-        options.tol is not None
+        kept
         and x0.device.type == "cpu"
         and x0.shape[0] <= HOST_BATCH
-        and options.stop_mode == "abs"
-        and options.check_every == 1
         and not options.keep_history
         and not torch.compiler.is_compiling()
     )
@@ -47,16 +47,17 @@ class HostTracker:
     numbers: the lowest residuals, evaluations before convergence and the divergence excess per sample."""
 
     def __init__(self, x0: Tensor, options: SolveOptions, track_best: bool) -> None:
-        batch = x0.shape[0]
+        self.batch = batch = x0.shape[0]
         self.options, self.max_iter, self.ratio = options, options.max_iter, options.divergence_ratio
-        self.dtype = torch.promote_types(x0.dtype, torch.float32)
-        self.eps = torch.finfo(self.dtype).eps
-        self.numpy_dtype = np.float64 if self.dtype == torch.float64 else np.float32
-        self.tol = float(self.numpy_dtype(options.tol))  # compared as the device tracker compares
+        wide = x0.dtype == torch.float64  # (the device tracker's dtype: the state's, at least float32)
+        self.dtype, self.numpy_dtype = (torch.float64, np.float64) if wide else (torch.float32, np.float32)
+        self.eps = float(np.finfo(self.numpy_dtype).eps)
+        self.tracking = options.tol is not None  # (a fixed depth measures the last step's residual only)
+        self.tol = float(self.numpy_dtype(options.tol)) if self.tracking else 0.0  # compared as the device tracker does
         self.residual, self.lowest = [math.inf] * batch, [math.inf] * batch
         self.elapsed = [0] * batch
         self.excess = -math.inf
-        self.best: Tensor | None = x0.detach() if track_best else None
+        self.best: Tensor | None = x0.detach() if track_best and self.tracking else None
         self.last: tuple[list[int] | None, list[float], Tensor] | None = None
         self.last_step, self.t_evals = 0, 0
 
@@ -64,26 +65,33 @@ class HostTracker:
         self.t_evals += 1
 
     def checks(self, step: int) -> bool:
-        return True
+        return self.tracking
 
     def record(self, x: Tensor, fx: Tensor, step: int, index: Tensor | None) -> None:
         """Account for ``fx = T(x)`` at iteration ``step`` (rows ``index`` only when given)."""
         self.t_evals += 1
+        if not self.tracking:
+            return
         if torch.is_grad_enabled():  # a solve recorded for unroll: the bookkeeping records nothing
             with torch.no_grad():
                 return self._record(x, fx, step, index)
         self._record(x, fx, step, index)
 
     def _record(self, x: Tensor, fx: Tensor, step: int, index: Tensor | None) -> None:
-        rows = None if index is None else index.tolist()
-        x, fx = (x, fx) if index is None else (x[index], fx[index])
-        measure = [torch.dist(fx, x).item()] if len(fx) == 1 else torch.linalg.vector_norm(fx - x, dim=1).tolist()
+        if index is None:
+            rows, single = None, self.batch == 1
+        else:
+            rows, x, fx = index.tolist(), x[index], fx[index]
+            single = len(rows) == 1
+        measure = _norms(fx, x, single)
         if self.best is not None:
             self._keep_best(rows, index, fx, measure)
         stride, self.last_step = step - self.last_step, step
-        places = range(len(measure)) if rows is None else rows
         tol, ratio, lowest, elapsed, excess = self.tol, self.ratio, self.lowest, self.elapsed, -math.inf
-        for value, i in zip(measure, places):
+        residual = self.residual if self.best is None else None  # (with best iterates: written by _keep_best)
+        for value, i in zip(measure, range(len(measure)) if rows is None else rows):
+            if residual is not None:
+                residual[i] = value
             if lowest[i] > tol:
                 elapsed[i] += stride
             if value < lowest[i]:  # (False for NaN: the lowest residual skips it)
@@ -91,9 +99,6 @@ class HostTracker:
             gap = value - ratio * (lowest[i] if lowest[i] > tol else tol)
             if gap > excess or gap != gap:  # the largest gap; a NaN one stays
                 excess = gap
-        if self.best is None:
-            for value, i in zip(measure, places):
-                self.residual[i] = value
         self.excess = excess  # every iteration is checked: this one's is the running maximum
         self.last = (rows, measure, fx)
 
@@ -141,18 +146,33 @@ class HostTracker:
     def result(self, x: Tensor, fx: Tensor) -> tuple[Tensor, SolveStats]:
         """The returned point (best or latest ``T(x)``) and the solve's outcome."""
         returned = fx if self.best is None else self.best
-        with torch.no_grad():
-            scale = torch.linalg.vector_norm(returned, dim=1).tolist()
+        measured = returned
+        if torch.is_grad_enabled():  # (an unrolled solve: the norms are no part of its graph)
+            measured, fx, x = returned.detach(), fx.detach(), x.detach()
+        scale = _norms(measured)
+        if not self.tracking:
+            self.residual = _norms(fx, x)
         done = [lowest <= self.tol for lowest in self.lowest]
         stats = SolveStats(  # (tensors made through numpy: torch.tensor of a list costs several times more)
             iterations=_tensor([e if d else self.max_iter for e, d in zip(self.elapsed, done)], np.int64),
             abs_residual=_tensor(self.residual, self.numpy_dtype),
             rel_residual=_tensor([r / (s + _EPS) for r, s in zip(self.residual, scale)], self.numpy_dtype),
             converged=_tensor(done, np.bool_),
-            status=Status.of_outcome(*self._outcome()),
+            status=Status.of_outcome(*self._outcome()) if self.tracking else self._depth_status(),
             t_evals=self.t_evals,
         )
         return returned, stats
+
+    def _depth_status(self) -> Status:
+        finite = all(math.isfinite(r) for r in self.residual)
+        return Status.FIXED_DEPTH if finite else Status.NON_FINITE
+
+
+def _norms(a: Tensor, b: Tensor | None = None, single: bool | None = None) -> list[float]:
+    """The rows' norms of ``a - b`` (of ``a`` without ``b``): one operation and one read for a single row."""
+    if single if single is not None else a.shape[0] == 1:
+        return [(torch.linalg.vector_norm(a) if b is None else torch.dist(a, b)).item()]
+    return torch.linalg.vector_norm(a if b is None else a - b, dim=1).tolist()
 
 
 def _tensor(values: list, dtype: type) -> Tensor:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import JfbError, unknown_name
 from ..settings import setting
-from .base import Solver, make_solver, require_integer, require_number
+from .base import SOLVERS, Solver, make_solver, require_integer, require_number
 
 STOP_MODES = ("abs", "rel")
 
@@ -94,9 +95,17 @@ class SolveOptions:
 
     @classmethod
     def from_settings(cls, **settings: Any) -> SolveOptions:
-        """``SolveOptions(**settings)`` with unknown names reported as a JfbError naming the valid ones."""
+        """``SolveOptions(**settings)`` with unknown names reported as a JfbError naming the valid ones.
+
+        Options are immutable and a solver keeps its per-solve state in ``init``, so equal settings may share one
+        instance: :func:`jfb.fixed_point` called in a loop builds and validates them once (the validation and the
+        solver's construction cost as much as a few iterations of a small problem)."""
         check_names(settings)
-        return cls(**settings)
+        try:
+            key = tuple((name, type(value), value) for name, value in settings.items())  # (True == 1: types too)
+            return _cached_options(key, SOLVERS.version)
+        except TypeError:  # an unhashable setting (solver_options, a Solver instance without __hash__)
+            return cls(**settings)
 
 
 def option_names() -> tuple[str, ...]:
@@ -111,3 +120,8 @@ def check_names(settings: Mapping[str, Any]) -> None:
     for name in settings:
         if name not in option_names():
             raise unknown_name("solve option", name, option_names())
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_options(settings: tuple[tuple[str, type, Any], ...], solvers_version: int) -> SolveOptions:
+    return SolveOptions(**{name: value for name, _, value in settings})
