@@ -23,9 +23,10 @@ from ..status import Status
 from .base import SolveStats
 from .options import SolveOptions
 
-#: the largest batch kept on the host. Measured (docs/results/overhead.md): a tolerance solve of 10- and
-#: 100-dimensional problems took 0.51-0.63x the device tracker's time at 8-16 samples, 0.68-0.78x at 64, 0.85-0.90x
-#: at 128 and 1.02-1.09x at 256 (2-core AVX2-only EPYC); 64 keeps a margin for CPU kinds whose Python is slower
+#: the largest batch kept on the host. Measured (scripts/host-batch-threshold.py; docs/results/performance.md): a
+#: tolerance solve of 10- and 100-dimensional problems took 0.45x the device tracker's time at 1 sample, 0.51-0.62x at
+#: 8-16, 0.68-0.79x at 64, 0.83-0.90x at 128 and 1.05-1.08x at 256 (2-core AVX2-only EPYC); 64 keeps a margin for
+#: CPU kinds whose Python is slower against their tensor operations
 HOST_BATCH = 64
 _EPS = 1e-12
 
@@ -73,11 +74,7 @@ class HostTracker:
         if not self.tracking:
             return
         if torch.is_grad_enabled():  # a solve recorded for unroll: the bookkeeping records nothing
-            with torch.no_grad():
-                return self._record(x, fx, step, index)
-        self._record(x, fx, step, index)
-
-    def _record(self, x: Tensor, fx: Tensor, step: int, index: Tensor | None) -> None:
+            x, fx = x.detach(), fx.detach()
         if index is None:
             rows, single = None, self.batch == 1
         else:
@@ -135,8 +132,11 @@ class HostTracker:
         return max(self.lowest) <= self.tol, math.isnan(excess) or excess == math.inf, excess > 0
 
     def finished(self, agree: Any) -> bool:
-        converged, non_finite, diverged = self._outcome()
-        done = converged or non_finite or diverged
+        if self.excess <= 0:  # (the common case, every iteration: no failure, nothing to settle)
+            done = max(self.lowest) <= self.tol
+        else:
+            converged, non_finite, diverged = self._outcome()
+            done = converged or non_finite or diverged
         return done if agree is None else agree(done)
 
     def pending_rows(self) -> Tensor | None:
