@@ -9,6 +9,7 @@ import torch
 
 import jfb
 from jfb.benchmarks.overhead import (
+    MARGINAL_WAYS,
     WAYS,
     OverheadBenchSettings,
     _ways,
@@ -38,13 +39,21 @@ def test_interleaved_timing_warms_up_once_and_times_each_call_in_groups():
 
 
 def test_the_report_has_every_way_of_every_size_against_its_own_bare_loop(tmp_path):
-    settings = OverheadBenchSettings(out=str(tmp_path / "o"), sizes=("10x1", "6x3"), repeats=2, calls=1)
+    settings = OverheadBenchSettings(out=str(tmp_path / "o"), sizes=("10x1", "6x3"), repeats=2, calls=1, depths=(2, 5))
     report = overhead_table(settings, log=lambda *_: None)
     rows = list(csv.DictReader((tmp_path / "o" / "overhead.csv").open()))
-    assert [(r["size"], r["way"]) for r in rows] == [(s, w) for s in ("10x1", "6x3") for w in WAYS]
-    assert all(float(r["vs_bare"]) == 1.0 for r in rows if r["way"] == "bare_loop")
-    assert len({r["iterations"] for r in rows if r["size"] == "10x1"}) == 1
+    ways = [*WAYS, *(f"{w}, one more iteration" for w in MARGINAL_WAYS)]
+    assert [(r["size"], r["way"]) for r in rows] == [(s, w) for s in ("10x1", "6x3") for w in ways]
+    assert all(float(r["vs_bare"]) == 1.0 for r in rows if r["way"].startswith("bare_loop"))
+    assert {r["iterations"] for r in rows if r["size"] == "10x1" and "more" in r["way"]} == {"2-5"}
+    assert len({r["iterations"] for r in rows if r["size"] == "10x1" and "more" not in r["way"]}) == 1
     assert "| 10x1 | fixed_point |" in report.markdown
+
+
+@pytest.mark.parametrize("depths", [(5,), (5, 5), (0, 3), (6, 2)])
+def test_depths_that_give_no_slope_are_refused(depths):
+    with pytest.raises(jfb.JfbError, match="--depths"):
+        OverheadBenchSettings(depths=depths)
 
 
 @pytest.mark.parametrize("size", ["10", "0x3", "ax2", "3x4x5"])

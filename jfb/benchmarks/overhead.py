@@ -5,6 +5,7 @@ per round (interleaved), medians: ``jfb.fixed_point`` to a tolerance (Picard, ab
 (``tol=None``), a hand-written loop that checks every sample's residual each iteration and stops at the tolerance
 (the least work a tolerance-based solve does), and a bare loop of the same number of iterations without any check.
 Each way's time is divided by the solve's iteration count: the cost of an iteration, the call's own set-up included.
+Then the cost of one more iteration without the set-up: the slope of each way's time between two depths.
 Only the public API is used, so the same file measures any version of the library side by side.
 """
 
@@ -26,6 +27,7 @@ from ..reports import Report, markdown_table, write_report
 from ..settings import setting
 
 WAYS = ("fixed_point", "fixed_depth", "checked_loop", "bare_loop")
+MARGINAL_WAYS = ("fixed_point", "fixed_depth", "bare_loop")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,11 @@ class OverheadBenchSettings:
     tol: float = setting(1e-6, "the tolerance of the solves (abs residual per sample)")
     repeats: int = setting(30, "rounds of one call of each way (interleaved; medians)")
     calls: int = setting(20, "calls per timing (short calls are timed in groups)")
+    depths: tuple[int, ...] = setting((10, 60), "two depths whose time difference gives one more iteration's cost")
+
+    def __post_init__(self) -> None:
+        if len(self.depths) != 2 or not 0 < self.depths[0] < self.depths[1]:
+            raise jfb.JfbError(f"--depths: two increasing positive depths, e.g. 10,60; got {self.depths}")
 
 
 def median_ms_interleaved(calls: dict[str, Callable[[], Any]], repeats: int, group: int = 1) -> dict[str, float]:
@@ -99,6 +106,29 @@ def _size_rows(size: str, settings: OverheadBenchSettings, log) -> list[dict[str
         ratio = ms[way] / ms["bare_loop"]
         rows.append(dict(size=size, way=way, iterations=evaluations, us_per_iteration=per_iteration, vs_bare=ratio))
         log(f"{size}, {way}: {per_iteration:.1f} us per iteration ({ratio:.2f}x a bare loop)")
+    return rows + _marginal_rows(size, T, x, settings, group, log)
+
+
+def _marginal_rows(size: str, T: Callable, x: torch.Tensor, settings: OverheadBenchSettings, group: int, log):
+    """The cost of one more iteration, the call's set-up left out: the slope of the time between two depths, with
+    the tolerance checked every iteration and never met (``fixed_point``), at a fixed depth, and in a bare loop."""
+    short, long = settings.depths
+    calls = {}
+    for depth in (short, long):
+        ways = _ways(T, x, settings.tol, depth)
+        calls[f"fixed_point {depth}"] = lambda depth=depth: jfb.fixed_point(
+            T, x, solver="picard", tol=1e-30, max_iter=depth, stop_mode="abs", on_failure="ignore"
+        )
+        calls[f"fixed_depth {depth}"], calls[f"bare_loop {depth}"] = ways["fixed_depth"], ways["bare_loop"]
+    with torch.no_grad():
+        ms = median_ms_interleaved(calls, settings.repeats, group)
+    slope = {way: 1e3 * (ms[f"{way} {long}"] - ms[f"{way} {short}"]) / (long - short) for way in MARGINAL_WAYS}
+    rows = []
+    for way in MARGINAL_WAYS:
+        ratio = slope[way] / slope["bare_loop"]
+        name, span = f"{way}, one more iteration", f"{short}-{long}"
+        rows.append(dict(size=size, way=name, iterations=span, us_per_iteration=slope[way], vs_bare=ratio))
+        log(f"{size}, {name}: {slope[way]:.1f} us ({ratio:.2f}x a bare loop's)")
     return rows
 
 
@@ -113,5 +143,8 @@ def overhead_table(settings: OverheadBenchSettings, log=print) -> Report:
         [r["size"], r["way"], r["iterations"], f"{r['us_per_iteration']:.1f}", f"{r['vs_bare']:.2f}"] for r in rows
     ]
     text = markdown_table(["dim x batch", "way", "T evaluations", "us per iteration (median)", "x bare loop"], cells)
-    text += f"\ntol {settings.tol:g}; medians of {settings.repeats} interleaved rounds\n"
+    text += (
+        f"\ntol {settings.tol:g}; medians of {settings.repeats} interleaved rounds; 'one more iteration': the time "
+        f"difference between depths {settings.depths[0]} and {settings.depths[1]}, per iteration\n"
+    )
     return write_report(out, "overhead", rows, text)
