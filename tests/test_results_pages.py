@@ -82,3 +82,22 @@ def test_the_state_tracking_table_is_its_file():
         cells = page[names[row["engine"]]]
         assert cells[1] == row["width"] and cells[2] == row["parameters"]
         assert float(cells[{"8": 3, "16": 4, "32": 5}[row["length"]]]) == float(row["accuracy"])
+
+
+def test_the_iteration_cost_tables_are_their_files():
+    rows = _table_rows(RESULTS / "performance.md")
+    ab = {(r[0], r[1]): r for r in rows if len(r) == 6 and "x" in r[0] and r[0][0].isdigit()}
+    measured = list(csv.DictReader((RESULTS / "overhead" / "ab" / "ab.csv").open()))
+    assert len(measured) == 2 * len(ab) == 42
+    column = {"base": 2, "head": 4}
+    for row in measured:
+        cells = ab[row["size"], row["way"]]
+        assert _rounded_from(cells[column[row["side"]]], row["us_per_iteration"], 1), (row["size"], row["way"])
+        assert _rounded_from(cells[column[row["side"]] + 1], row["vs_bare"], 2), (row["size"], row["way"])
+    batches = {(r[0], r[1]): r for r in rows if len(r) == 5 and r[0] in ("10", "100") and r[1].isdigit()}
+    measured = list(csv.DictReader((RESULTS / "overhead" / "host-batch.csv").open()))
+    assert len(measured) == len(batches) == 14
+    for row in measured:
+        cells = batches[row["dim"], row["batch"]]
+        for cell, key, decimals in ((2, "host_ms", 3), (3, "device_ms", 3), (4, "host_over_device", 2)):
+            assert _rounded_from(cells[cell], row[key], decimals), (row["dim"], row["batch"], key)
