@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import backward, contraction, nn, solvers
+from . import backward, contraction, looped, nn, solvers
 from .backward import (
     IFT,
     BackwardMode,
@@ -54,6 +54,7 @@ __all__ = [
     "get_backward",
     "linear_solve",
     "lipschitz_estimate",
+    "looped",
     "nn",
     "register_backward",
     "register_linear_solver",

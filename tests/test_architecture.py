@@ -20,6 +20,7 @@ CORE = [
     "safe_load.py",
     "solvers",
     "backward",
+    "looped",
 ]
 SHARED = ["files.py", "reports.py", "settings.py", "state.py", "status.py", "errors.py"]  # helpers any room may use
 OUTER = ("models", "data", "train", "workloads", "cli", "experiments", "benchmarks")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jfb
 import jfb.backward
+import jfb.looped
 import jfb.nn
 import jfb.solvers
 
@@ -16,7 +17,7 @@ API = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
 def test_every_exported_name_is_documented():
     missing = [
         f"{module.__name__}.{name}"
-        for module in (jfb, jfb.solvers, jfb.backward, jfb.nn)
+        for module in (jfb, jfb.solvers, jfb.backward, jfb.nn, jfb.looped)
         for name in module.__all__
         if not re.search(rf"\b{name}\b", API)
     ]

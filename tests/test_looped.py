@@ -1,0 +1,133 @@
+"""jfb.looped: multi-start picks each sample's best start; the path-independence score tells one attractor from two."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import jfb
+from jfb.looped import OTHER_SAMPLE, multi_start, path_independence
+
+F64 = dict(dtype=torch.float64)
+
+
+def _contraction(dim: int = 8):
+    W = torch.randn(dim, dim, generator=torch.Generator().manual_seed(0), **F64)
+    W = 0.5 * W / torch.linalg.matrix_norm(W, ord=2)
+    return lambda u, x: torch.tanh(u @ W.T + x)
+
+
+def _two_attractors(u, x):  # per coordinate, stable fixed points near -1 and +1 (slope 3 at 0: repelling)
+    return torch.tanh(3 * u + x)
+
+
+def _x(batch: int = 6, dim: int = 8, scale: float = 1.0) -> torch.Tensor:
+    return scale * torch.randn(batch, dim, generator=torch.Generator().manual_seed(1), **F64)
+
+
+SOLVE = dict(solver="picard", tol=1e-12, max_iter=400)
+
+
+def test_a_contraction_is_path_independent():
+    torch.manual_seed(0)
+    result = path_independence(_contraction(), _x(), **SOLVE)
+    assert result.alignment.shape == (2, 6) and result.starts == [OTHER_SAMPLE, "random"]
+    assert bool(result.converged.all())
+    assert float(result.score.min()) > 1 - 1e-12
+
+
+def test_a_map_with_two_attractors_per_coordinate_is_not():
+    torch.manual_seed(0)
+    x = _x(batch=32, dim=16, scale=0.1)
+    result = path_independence(_two_attractors, x, **SOLVE)
+    assert bool(result.converged.all())  # every start reached a fixed point: they differ, the solves did not fail
+    assert float(result.score.max()) < 0.9 and float(result.score.mean()) < 0.3
+    other = result.alignment[0]  # the paper's start: another sample's fixed point, here of other signs
+    assert float(other.mean()) < 0.5
+
+
+def test_path_independence_of_a_layer_with_a_tuple_state():
+    torch.manual_seed(0)
+    contraction = _contraction(4)
+
+    class Pair(torch.nn.Module):
+        def forward(self, u, x):
+            a, b = u
+            return contraction(a, x), 0.5 * b + x.sum(1, keepdim=True)
+
+    layer = jfb.ImplicitLayer(Pair(), latent_shape=((4,), (1,)), **SOLVE)
+    result = path_independence(layer, _x(dim=4), starts=["random", "mixed"])
+    assert float(result.score.min()) > 1 - 1e-10 and result.residuals.shape == (3, 6)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: path_independence(_two_attractors, _x(), starts=[]), "at least one start"),
+        (lambda: path_independence(_two_attractors, _x(batch=1)), "batch of 2"),
+        (lambda: path_independence(jfb.ImplicitLayer(_two_attractors), _x(), tol=1e-3), "own settings"),
+        (lambda: multi_start(_two_attractors, _x(), starts=0), "at least 1"),
+        (lambda: multi_start(_two_attractors, _x(), starts="random"), "number of starts or a list"),
+        (lambda: multi_start(_two_attractors, _x(), score=lambda u, x: u), "one number per row"),
+    ],
+)
+def test_bad_arguments_are_refused_in_one_line(call, message):
+    with pytest.raises(jfb.JfbError, match=message):
+        call()
+
+
+def _separate(T, x, state, **settings):
+    return jfb.fixed_point(T, x, u0=state, **settings)
+
+
+def test_multi_start_keeps_each_samples_start_of_lowest_residual():
+    """Three iterations from four starts: the residuals differ by start; each sample gets the start whose own
+    solve (alone) ends lowest, and exactly that solve's state."""
+    torch.manual_seed(0)
+    x = _x(scale=0.1)
+    starts = [torch.randn(6, 8, generator=torch.Generator().manual_seed(s), **F64) for s in range(4)]
+    settings = dict(solver="picard", tol=1e-12, max_iter=3, on_failure="ignore")
+    with torch.no_grad():
+        result = multi_start(_two_attractors, x, starts, **settings)
+        alone = [_separate(_two_attractors, x, s, **settings) for s in starts]
+    residuals = torch.stack([a.stats.abs_residual for a in alone])
+    assert torch.allclose(result.residuals, residuals, rtol=1e-12)
+    assert torch.equal(result.choice, residuals.argmin(0)) and len(set(result.choice.tolist())) > 1
+    chosen = torch.stack([alone[int(k)].value[i] for i, k in enumerate(result.choice)])
+    assert torch.equal(result.value, chosen)
+
+
+def test_a_learned_score_chooses_instead_of_the_residual():
+    torch.manual_seed(0)
+    result = multi_start(_two_attractors, _x(scale=0.1), 5, score=lambda u, x: -u.sum(1), **SOLVE)
+    assert torch.equal(result.choice, (-result.scores).argmax(0))
+    assert torch.allclose(result.value.sum(1), -result.scores.min(0).values)
+
+
+def test_only_the_chosen_solves_receive_gradient():
+    """The gradient of the chosen states equals that of one solve from the chosen starts (JFB and IFT)."""
+    for backward in ("jfb", "ift"):
+        torch.manual_seed(0)
+        x = _x(scale=0.1).requires_grad_()
+        starts = [torch.randn(6, 8, generator=torch.Generator().manual_seed(s), **F64) for s in range(3)]
+        result = multi_start(_two_attractors, x, starts, backward=backward, **SOLVE)
+        (grad,) = torch.autograd.grad(result.value.square().sum(), x)
+        chosen = torch.stack([starts[int(k)][i] for i, k in enumerate(result.choice)])
+        reference = _separate(_two_attractors, x, chosen, backward=backward, **SOLVE).value
+        (expected,) = torch.autograd.grad(reference.square().sum(), x)
+        assert torch.allclose(grad, expected, atol=1e-9), backward
+
+
+def test_starts_by_kind_tensor_and_function_with_a_shared_argument():
+    torch.manual_seed(0)
+    A = jfb.Shared(0.4 * torch.eye(8, **F64))
+
+    def T(u, x):
+        inputs, matrix = x
+        return torch.tanh(u @ matrix + inputs)
+
+    x = (_x(), A)
+    learned = lambda x: torch.full_like(x[0], 0.3)  # noqa: E731
+    result = multi_start(T, x, ["zeros", "mixed", torch.ones(6, 8, **F64), learned], **SOLVE)
+    assert result.scores.shape == (4, 6) and result.equilibrium.value.shape == (24, 8)
+    assert float(result.residuals.max()) <= 1e-12  # a contraction: every start converges
