@@ -131,3 +131,41 @@ def test_starts_by_kind_tensor_and_function_with_a_shared_argument():
     result = multi_start(T, x, ["zeros", "mixed", torch.ones(6, 8, **F64), learned], **SOLVE)
     assert result.scores.shape == (4, 6) and result.equilibrium.value.shape == (24, 8)
     assert float(result.residuals.max()) <= 1e-12  # a contraction: every start converges
+
+
+def test_deep_supervision_gradients_are_those_of_the_segments_by_hand():
+    """Three segments of depth 4 under JFB: each segment's parameter gradient and output equal a hand-written one
+    (4 applications without grad from the previous output, detached; one with grad; the loss)."""
+    torch.manual_seed(0)
+    W = torch.nn.Parameter(0.3 * torch.randn(6, 6, **F64))
+    x, target = _x(batch=5, dim=6), torch.randn(5, 6, **F64)
+
+    def T(u, x):
+        return torch.tanh(u @ W.T + x)
+
+    found = []
+    for segment in jfb.looped.segments(T, x, 3, solver="picard", tol=None, max_iter=4):
+        (grad,) = torch.autograd.grad((segment.value - target).square().sum(), W)
+        found.append((segment.value.detach(), grad))
+    u = torch.zeros(5, 6, **F64)
+    for value, grad in found:
+        with torch.no_grad():
+            for _ in range(4):
+                u = T(u, x)
+        out = T(u, x)
+        (expected,) = torch.autograd.grad((out - target).square().sum(), W)
+        assert torch.allclose(value, out.detach(), atol=1e-14) and torch.allclose(grad, expected, atol=1e-12)
+        u = out.detach()
+    assert not torch.allclose(found[0][1], found[2][1])  # the segments differ: the state carried over
+
+
+def test_segments_of_a_layer_can_stop_early_and_refuse_a_bad_count():
+    layer = jfb.ImplicitLayer(_contraction(), solver="picard", tol=1e-10, max_iter=100)
+    iterations = []
+    for segment in jfb.looped.segments(layer, _x(), 10):
+        iterations.append(int(segment.stats.iterations.max()))
+        if len(iterations) == 2:
+            break
+    assert iterations[0] > 10 and iterations[1] <= 1  # the second segment starts at the fixed point
+    with pytest.raises(jfb.JfbError, match="count"):
+        next(jfb.looped.segments(layer, _x(), 0))
