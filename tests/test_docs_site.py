@@ -80,10 +80,12 @@ def test_the_browser_check_sees_console_errors_and_passes_on_the_site(site, tmp_
 
 def test_every_public_name_has_a_reference_entry():
     import jfb
+    import jfb.looped
     import jfb.nn
 
     pages = "".join(p.read_text() for p in (ROOT / "docs" / "reference").glob("*.md"))
-    modules = {"backward", "contraction", "nn", "solvers"}  # documented through their names
+    modules = {"backward", "contraction", "looped", "nn", "solvers"}  # documented through their names
     missing = [n for n in jfb.__all__ if n not in modules and f"::: jfb.{n}\n" not in pages]
     missing += [n for n in jfb.nn.__all__ if f"::: jfb.nn.{n}\n" not in pages]
+    missing += [n for n in jfb.looped.__all__ if n != "OTHER_SAMPLE" and f"::: jfb.looped.{n}\n" not in pages]
     assert not missing

@@ -169,3 +169,43 @@ def test_segments_of_a_layer_can_stop_early_and_refuse_a_bad_count():
     assert iterations[0] > 10 and iterations[1] <= 1  # the second segment starts at the fixed point
     with pytest.raises(jfb.JfbError, match="count"):
         next(jfb.looped.segments(layer, _x(), 0))
+
+
+def test_halting_stops_each_sample_at_its_own_segment_and_solves_only_the_rest():
+    """u <- 0.5 u + x, one step per segment: after m segments u = 2x(1 - 2^-m). The head says done once the first
+    feature passes 1: x = 1 halts after 2 segments, x = 0.6 after 3, x = 0.3 never (its limit is 0.6)."""
+    rows_solved = []
+
+    def T(u, x):
+        rows_solved.append(u.shape[0])
+        return 0.5 * u + x
+
+    x = torch.tensor([[1.0, 0.0], [0.6, 0.0], [0.3, 0.0]], **F64)
+    head = lambda state: 100 * (state[:, 0] - 1.0)  # noqa: E731
+    result = jfb.looped.halted_solve(T, x, head, 6, solver="picard", tol=None, max_iter=1)
+    assert result.segments.tolist() == [2, 3, 6] and result.halted.tolist() == [True, True, False]
+    by_hand = [2 * x[i] * (1 - 0.5 ** int(m)) for i, m in enumerate(result.segments)]
+    assert torch.allclose(result.value, torch.stack(by_hand), atol=1e-14)
+    assert rows_solved == [3, 3, 2, 1, 1, 1] and result.saved == pytest.approx(1 - 11 / 18)
+
+
+def test_the_halting_head_learns_when_the_answer_is_right():
+    """TRM's halting loss on a head over the state: trained on states labelled right or wrong, it separates them."""
+    torch.manual_seed(0)
+    head = jfb.looped.HaltingHead(4)
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.1)
+    states = torch.randn(256, 4)
+    right = states[:, 0] > 0.3
+    for _ in range(200):
+        loss = jfb.looped.halting_loss(head(states), right)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    accuracy = float(((head(states) > 0) == right).float().mean())
+    assert accuracy > 0.97 and float(loss) < 0.15
+
+
+@pytest.mark.parametrize(("count", "threshold"), [(0, 0.5), (3, 1.0), (3, 0.0)])
+def test_halting_refuses_a_bad_count_or_threshold(count, threshold):
+    with pytest.raises(jfb.JfbError, match=r"count|threshold"):
+        jfb.looped.halted_solve(_two_attractors, _x(), lambda s: s[:, 0], count, threshold=threshold)
