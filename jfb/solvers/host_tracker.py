@@ -33,14 +33,10 @@ _EPS = 1e-12
 
 def host_trackable(x0: Tensor, options: SolveOptions) -> bool:
     """Whether a solve from ``x0`` with these options may keep its bookkeeping on the host."""
+    if torch.compiler.is_compiling():  # first: comparing a traced batch size would specialise the program to it
+        return False
     kept = options.tol is None or (options.stop_mode == "abs" and options.check_every == 1)  # (a fixed depth: none)
-    return (
-        kept
-        and x0.device.type == "cpu"
-        and x0.shape[0] <= HOST_BATCH
-        and not options.keep_history
-        and not torch.compiler.is_compiling()
-    )
+    return kept and x0.device.type == "cpu" and not options.keep_history and x0.shape[0] <= HOST_BATCH
 
 
 class HostTracker:
