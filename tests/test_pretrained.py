@@ -99,3 +99,25 @@ def test_the_shipped_mnist_recipe_reproduces_its_test_accuracy(capsys):
 def test_options_of_image_checkpoints_are_refused_for_a_workload(capsys):
     assert main(["eval", "chains", "--max-iter", "3"]) == 2
     assert "holds a workload" in capsys.readouterr().err
+
+
+def test_a_workloads_evaluation_settings_change_by_flag_and_its_rows_are_written(capsys, tmp_path):
+    """``--set`` gives a test-time compute curve at other sizes and budgets; ``--out`` writes its rows."""
+    flags = ["--set", "test_bits=16,40 test_depths=4,30 test_strings=25", "--out", str(tmp_path / "curve")]
+    result = _eval("prefix-sums", capsys, *flags)
+    assert result["changes"] == {"test_bits": [16, 40], "test_depths": [4, 30], "test_strings": 25}
+    rows = (tmp_path / "curve" / "eval.csv").read_text().splitlines()
+    assert rows[0].startswith("bits,max_iter,accuracy") and len(rows) == 1 + 4
+    by_budget = {tuple(line.split(",")[:2]): float(line.split(",")[2]) for line in rows[1:]}
+    assert by_budget[("16", "30")] == 1.0 and by_budget[("40", "4")] < by_budget[("40", "30")]  # more iterations help
+    assert set(result["metrics"]) == {"accuracy_16_bits", "accuracy_40_bits", "hardest_accuracy"}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("test_bitz=16", "did you mean 'test_bits'"), ("test_bits", "KEY=VALUE"), ("test_strings=many", "test_strings")],
+)
+def test_a_bad_evaluation_setting_is_refused_in_one_line(value, message, capsys):
+    assert main(["eval", "prefix-sums", "--set", value]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

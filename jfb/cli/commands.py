@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, fields, make_dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from ..benchmarks.overhead import OverheadBenchSettings, overhead_table
 from ..benchmarks.solvers import SolverBenchSettings, solver_table
 from ..benchmarks.step import StepBenchSettings, step_table
 from ..benchmarks.zoo import ZooBenchSettings, zoo_table
-from ..errors import JfbError
+from ..errors import JfbError, unknown_name
 from ..experiments.compare import CompareSettings, run_compare
 from ..experiments.demo import DemoSettings, run_demo
 from ..experiments.diagnose import DiagnoseSettings, diagnose
@@ -38,7 +39,7 @@ from ..train.checkpoint import load_checkpoint
 from ..train.setup import Log
 from ..workloads import WORKLOADS, Workload
 from ..workloads.base import evaluate_saved, is_workload_checkpoint
-from .flags import values_of
+from .flags import parse_value, values_of
 from .train_settings import OVERWRITE_HELP, TrainSettings
 
 
@@ -82,12 +83,34 @@ def _eval(settings: EvalSettings, progress: bool, log: Log) -> dict[str, Any]:
     given = [name for name, value in settings.overrides().items() if name != "device" and value is not None]
     if given:
         raise JfbError(f"{', '.join(given)}: options of image-classifier checkpoints; {path} holds a workload")
-    result = evaluate_saved(path, checkpoint, WORKLOADS)
+    changes = _evaluation_changes(settings.set, checkpoint)
+    result = evaluate_saved(path, checkpoint, WORKLOADS, changes, Path(settings.out) if settings.out else None)
     for name, value in result["metrics"].items():
         log(f"{name}: {value} (when saved: {result['saved_metrics'].get(name)})")
     if result["metrics"].get("corpus_sha256", "") != result["saved_metrics"].get("corpus_sha256", ""):
         log("note: the corpus differs from the one the metric was saved with (another Python's standard library?)")
     return result
+
+
+def _evaluation_changes(text: str, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """``--set KEY=VALUE ...`` as changes of the workload's configuration, each value parsed as its flag would be."""
+    config = WORKLOADS[checkpoint["workload"]].config if checkpoint["workload"] in WORKLOADS else None
+    if not text.strip() or config is None:
+        return {}
+    hints = typing.get_type_hints(config)
+    kinds = {f.name: hints[f.name] for f in fields(config) if f.init}
+    changes = {}
+    for pair in text.split():
+        key, sep, value = pair.partition("=")
+        if not sep or not value:
+            raise JfbError(f"--set: expected KEY=VALUE pairs separated by spaces, got {pair!r}")
+        if key not in kinds:
+            raise unknown_name(f"--set: setting of workload {checkpoint['workload']!r}", key, list(kinds))
+        try:
+            changes[key] = parse_value(kinds[key], value)
+        except (ValueError, TypeError):
+            raise JfbError(f"--set {key}: cannot read {value!r} as {kinds[key]}") from None
+    return changes
 
 
 def _bench_epoch(settings: EpochBenchSettings, overrides: dict[str, Any], progress: bool, log: Log) -> Report:

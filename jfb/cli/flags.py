@@ -123,6 +123,14 @@ def _parser(kind: Any) -> Callable[[str], Any]:
     return kind if kind in (int, float, str) else str
 
 
+def parse_value(kind: Any, text: str) -> Any:
+    """``text`` read as a flag of type ``kind`` reads it (``none`` for an optional one)."""
+    inner = _without_none(kind)
+    if inner is not kind and text.lower() == "none":
+        return None
+    return _parser(inner)(text)
+
+
 def key_values(text: str) -> dict[str, Any]:
     """``memory=3,beta=0.9`` -> ``{"memory": 3, "beta": 0.9}`` (numbers parsed as TOML would)."""
     try:

@@ -40,6 +40,12 @@ class EvalSettings:
         "autocast precision; auto: bf16 where the device runs it natively (default: the checkpoint's)",
         choices=CHOICES,
     )
+    set: str = setting(
+        "",
+        "a workload checkpoint's evaluation settings to change, KEY=VALUE separated by spaces "
+        "(e.g. 'test_bits=32,512 test_depths=30,1920'): test sizes and iterations, for test-time compute curves",
+    )
+    out: str | None = setting(None, "a workload checkpoint: write the evaluation's per-case rows (eval.csv) here")
 
     def overrides(self) -> dict[str, Any]:
         """The configuration fields these settings change (``tol`` sets the evaluation tolerance)."""

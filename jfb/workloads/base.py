@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import JfbError
+from ..files import prepare_run_dir
 from ..reports import Report, key_value_table, write_report
 from ..settings import setting
 from ..train.checkpoint import load_weights, save_checkpoint
@@ -241,13 +242,27 @@ def restore_workload(
     return workload, model, config
 
 
-def evaluate_saved(path: Path, checkpoint: dict[str, Any], workloads: dict[str, Workload]) -> dict[str, Any]:
+def evaluate_saved(
+    path: Path,
+    checkpoint: dict[str, Any],
+    workloads: dict[str, Workload],
+    changes: dict[str, Any] | None = None,
+    out: Path | None = None,
+) -> dict[str, Any]:
     """Rebuild the workload model of ``checkpoint`` (loaded from ``path``), load its weights and evaluate it
-    again: the metrics now and when saved."""
+    again, with ``changes`` to its configuration (test sizes, iterations): the metrics now and when saved. With
+    ``out``, the per-case rows are written there (``eval.csv``, ``eval.md``, and the workload's plot)."""
     workload, model, config = restore_workload(path, checkpoint, workloads)
-    metrics, _ = workload.evaluate(model, config)
-    name = workload.name
-    return {"workload": name, "checkpoint": str(path), "metrics": metrics, "saved_metrics": checkpoint["metrics"]}
+    if changes:
+        config = dataclasses.replace(config, **changes)
+    metrics, rows = workload.evaluate(model, config)
+    result = {"workload": workload.name, "checkpoint": str(path), "metrics": metrics}
+    result |= {"saved_metrics": checkpoint["metrics"], "changes": dict(changes or {})}
+    if out is not None:
+        plot = None if workload.plot is None else (lambda plt, file: workload.plot(plt, file, rows))
+        write_report(prepare_run_dir(out), "eval", rows, key_value_table(metrics), plot=plot)
+        result["out"] = str(out)
+    return result
 
 
 class Predictor(nn.Module):
