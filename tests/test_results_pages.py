@@ -101,3 +101,30 @@ def test_the_iteration_cost_tables_are_their_files():
         cells = batches[row["dim"], row["batch"]]
         for cell, key, decimals in ((2, "host_ms", 3), (3, "device_ms", 3), (4, "host_over_device", 2)):
             assert _rounded_from(cells[cell], row[key], decimals), (row["dim"], row["batch"], key)
+
+
+def test_the_looped_reasoning_tables_are_their_files():
+    import statistics
+
+    rows = _table_rows(RESULTS / "looped.md")
+    curve = {r[0]: r for r in rows if len(r) == 8 and r[0].isdigit()}
+    measured = list(csv.DictReader((RESULTS / "looped" / "prefix-sums-512" / "eval.csv").open()))
+    depths = sorted({int(r["max_iter"]) for r in measured})
+    assert [cell for cell in next(r for r in rows if r[0] == "bits" and len(r) == 8)[1:]] == [str(d) for d in depths]
+    for row in measured:
+        cell = curve[row["bits"]][1 + depths.index(int(row["max_iter"]))]
+        assert cell == f"{float(row['accuracy']):.2f} ({float(row['iterations']):.0f})", (row["bits"], row["max_iter"])
+    scores = list(csv.DictReader((RESULTS / "looped" / "prefix-sums-path-independence.csv").open()))
+    table = {r[0]: r for r in rows if len(r) == 7 and r[0].isdigit()}
+    assert len(table) == 5
+    for bits, cells in table.items():
+        mine = [r for r in scores if r["bits"] == bits]
+        values = [float(r["score"]) for r in mine]
+        assert cells[1:] == [
+            mine[0]["max_iter"],
+            str(len(mine)),
+            f"{min(values):.6f}",
+            f"{statistics.mean(values):.6f}",
+            str(sum(int(r["right"]) for r in mine)),
+            str(sum(int(r["converged"]) for r in mine)),
+        ]
