@@ -18,7 +18,7 @@ from ..binding import InitialState, initial_state, normalize_latent_shape
 from ..equilibrium import Equilibrium, fixed_point
 from ..errors import JfbError
 from ..layer import ImplicitLayer
-from ..state import Shared, State, first_tensor, map_state
+from ..state import State, StateLayout, first_tensor, take_rows
 
 #: ``solve(x, u0) -> Equilibrium``: one call of a layer or of :func:`jfb.fixed_point` with fixed settings
 Solve = Callable[[Any, State], Equilibrium]
@@ -72,16 +72,9 @@ def concat_states(states: list[State]) -> State:
 
 
 def repeated(x: Any, k: int) -> Any:
-    """The input of K * B rows: every batch-first tensor repeated K times along the batch; Shared ones kept."""
-    if isinstance(x, Shared):
-        return x
-    if isinstance(x, Tensor):
-        return x.repeat(k, *[1] * (x.dim() - 1))
-    if isinstance(x, (tuple, list)):
-        return type(x)(repeated(item, k) for item in x)
-    if isinstance(x, dict):
-        return {key: repeated(item, k) for key, item in x.items()}
-    return x
+    """The input of K * B rows: the batch taken K times over (:func:`jfb.state.take_rows`; Shared ones kept)."""
+    like = first_tensor(x)
+    return take_rows(x, torch.arange(like.shape[0], device=like.device).repeat(k))
 
 
 def batch_size(x: Any) -> int:
@@ -94,7 +87,5 @@ def per_start(t: Tensor, k: int) -> Tensor:
 
 
 def flat_rows(state: State) -> Tensor:
-    """Each row of a state as one vector (its leaves flattened and concatenated)."""
-    leaves: list[Tensor] = []
-    map_state(leaves.append, state)
-    return torch.cat([leaf.reshape(leaf.shape[0], -1) for leaf in leaves], dim=1)
+    """Each row of a state as one vector (:class:`jfb.state.StateLayout`'s flattening)."""
+    return StateLayout(state).flatten(state)
