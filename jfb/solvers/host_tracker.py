@@ -45,7 +45,7 @@ class HostTracker:
 
     def __init__(self, x0: Tensor, options: SolveOptions, track_best: bool) -> None:
         self.batch = batch = x0.shape[0]
-        self.options, self.max_iter, self.ratio = options, options.max_iter, options.divergence_ratio
+        self.max_iter, self.ratio = options.max_iter, options.divergence_ratio
         wide = x0.dtype == torch.float64  # (the device tracker's dtype: the state's, at least float32)
         self.dtype, self.numpy_dtype = (torch.float64, np.float64) if wide else (torch.float32, np.float32)
         self.eps = float(np.finfo(self.numpy_dtype).eps)
@@ -57,9 +57,6 @@ class HostTracker:
         self.best: Tensor | None = x0.detach() if track_best and self.tracking else None
         self.last: tuple[list[int] | None, list[float], Tensor] | None = None
         self.last_step, self.t_evals = 0, 0
-
-    def count(self) -> None:
-        self.t_evals += 1
 
     def checks(self, step: int) -> bool:
         return self.tracking
