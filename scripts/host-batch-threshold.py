@@ -10,13 +10,14 @@ measures the ratio of the two trackers' times that the constant was chosen from.
 
 from __future__ import annotations
 
-import csv
 import sys
+from pathlib import Path
 
 import torch
 
 import jfb
 from jfb.benchmarks.overhead import median_ms_interleaved, tanh_problem
+from jfb.reports import csv_text
 from jfb.solvers import host_tracker
 
 
@@ -38,10 +39,7 @@ def main() -> None:
                              host_over_device=f"{ms['host'] / ms['device']:.3f}"))  # fmt: skip
             print(rows[-1], flush=True)
     host_tracker.HOST_BATCH = chosen
-    with open(out, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    Path(out).write_text(csv_text(rows))
 
 
 if __name__ == "__main__":

@@ -10,14 +10,15 @@ of the strings right; K = 1 (zeros), 2, 4, 8; starts after zeros alternate "rand
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import sys
+from pathlib import Path
 
 import torch
 
 import jfb
 import jfb.pretrained
+from jfb.reports import csv_text
 from jfb.workloads.prefix_sums import _test_strings
 
 BUDGETS = {128: 120, 256: 240, 512: 480}  # the budget per length (from docs/results/looped.md: 0.72, 0.51, 0.38)
@@ -41,10 +42,7 @@ def main() -> None:
             rows.append(dict(bits=bits, max_iter=depth, starts=k, accuracy=f"{float(right.float().mean()):.3f}",
                              chose_zeros=f"{chosen_zeros:.3f}"))  # fmt: skip
             print(rows[-1], flush=True)
-    with open(out, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    Path(out).write_text(csv_text(rows))
 
 
 if __name__ == "__main__":

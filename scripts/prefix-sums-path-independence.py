@@ -9,14 +9,15 @@ usage: scripts/prefix-sums-path-independence.py OUT_CSV [STRINGS]
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import sys
+from pathlib import Path
 
 import torch
 
 import jfb
 import jfb.pretrained
+from jfb.reports import csv_text
 from jfb.workloads.prefix_sums import _test_strings
 
 ITERATIONS_PER_BIT = 4
@@ -42,10 +43,7 @@ def main() -> None:
                              converged=int(result.converged[:, i].all())))  # fmt: skip
         print(bits, f"right {float(right.float().mean()):.3f}", f"score mean {float(result.score.mean()):.4f}",
               f"min {float(result.score.min()):.4f}", flush=True)  # fmt: skip
-    with open(out, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    Path(out).write_text(csv_text(rows))
 
 
 if __name__ == "__main__":
