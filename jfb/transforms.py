@@ -167,6 +167,41 @@ def derivative_levels() -> list[int]:
     return [i.level() for i in functorch.get_interpreter_stack() or () if i.key() != TransformType.Vmap]
 
 
+def forward_over_reverse() -> bool:
+    """Whether the innermost derivative transform is a ``grad`` with exactly one ``jvp`` outside it and no other
+    ``grad``: the second derivative of ``torch.func.hessian`` (``jacfwd`` of ``jacrev``)."""
+    if not active():
+        return False
+    kinds = [i.key() for i in sorted(functorch.get_interpreter_stack(), key=lambda i: i.level()) if i.key() in _NAMES]
+    derivatives = [kind for kind in kinds if kind != TransformType.Vmap]
+    return derivatives == [TransformType.Jvp, TransformType.Grad] and kinds[-1] == TransformType.Grad
+
+
+def reverse_detached(t: Tensor) -> Tensor:
+    """``t`` without its history at the innermost transform, a ``grad`` (its reverse-mode derivative), with its
+    tangents at the transforms outside kept (a ``jvp``'s: forward-over-reverse second derivatives)."""
+    level = functorch.peek_interpreter_stack().level()
+    with pyfunctorch.temporarily_pop_interpreter_stack():
+        inner = functorch._unwrap_for_grad(t, level)
+    return functorch._wrap_for_grad(inner, level)
+
+
+class InnerLayers:
+    """The transforms active where it is made, to be put back inside a rule that functorch runs at a lower level
+    (a ``jvp`` rule runs below the ``grad`` levels inside it, where tensors wrapped at those levels may not be used)."""
+
+    def __init__(self) -> None:
+        with pyfunctorch.temporarily_clear_interpreter_stack() as layers:
+            self.layers = layers  # innermost first; a transform's level is its depth in the stack
+
+    @contextmanager
+    def restored(self) -> Iterator[None]:
+        top = functorch.peek_interpreter_stack()
+        depth = 0 if top is None else top.level()
+        with pyfunctorch.temporarily_restore_interpreter_stack(self.layers[: len(self.layers) - depth]):
+            yield
+
+
 def differentiated_check(create_graph_counts: bool = True) -> Callable[[], bool]:
     """Made where a custom derivative rule is attached; called inside the rule (a backward pass, a tangent): whether
     what the rule computes is itself differentiated (a second derivative).

@@ -122,7 +122,23 @@ def test_vmap_of_a_batched_layer_folds_the_vmapped_problems_into_its_batch():
         assert rel(value, dense(T, W, U, x)[0]) < 1e-10
 
 
-@pytest.mark.parametrize("backward", ["ift:tol=1e-13", "unroll"])
+def test_forward_mode_over_a_vmap_inside_it():  # functorch once lost the tangent rule's saved tensors here
+    T, W, U, _ = problem(2)
+    xs = torch.randn(3, D_INPUT, generator=torch.Generator().manual_seed(3))
+    v = torch.randn(3, D_INPUT, generator=torch.Generator().manual_seed(4))
+    f = solve_one(T, "ift:tol=1e-13")
+    _, tangents = jvp(vmap(f), (xs,), (v,))
+    jacobians = jacfwd(vmap(f))(xs)  # (problem, state, problem, input)
+    for i, x in enumerate(xs):
+        G = dense(T, W, U, x)[2]
+        assert rel(tangents[i], G @ v[i]) < 1e-8
+        assert rel(jacobians[i, :, i], G) < 1e-8
+
+
+HESSIAN_MODES = ["ift:tol=1e-13", "ift:gmres:tol=1e-13", "ift:cg:tol=1e-13", "unroll"]
+
+
+@pytest.mark.parametrize("backward", HESSIAN_MODES)
 def test_hessian_matches_the_second_derivative_of_the_fixed_point(backward):
     T, W, U, x = problem(4)
     u, J, G, A = dense(T, W, U, x)
@@ -137,11 +153,40 @@ def test_hessian_matches_the_second_derivative_of_the_fixed_point(backward):
     )  # (state, j, k)
     want = second.sum(0)
     f = solve_one(T, backward)
-    if backward == "unroll":
-        got = hessian(lambda x: f(x).sum())(x)
-    else:  # torch.func second derivatives through ift are refused; torch.autograd's are exact
-        got = torch.autograd.functional.hessian(lambda x: f(x).sum(), x)
-    assert rel(got, want) < 1e-8
+    assert rel(hessian(lambda x: f(x).sum())(x), want) < 1e-8
+    assert rel(torch.autograd.functional.hessian(lambda x: f(x).sum(), x), want) < 1e-8
+
+
+def test_vmap_of_hessians_through_ift():
+    T, W, U, _ = problem(6)
+    xs = torch.randn(3, D_INPUT, generator=torch.Generator().manual_seed(7))
+    f = solve_one(T, "ift:tol=1e-13")
+    for x, got in zip(xs, vmap(hessian(lambda x: f(x).sum()))(xs)):
+        u, J, G, A = dense(T, W, U, x)
+        r = torch.linalg.solve((torch.eye(D_STATE) - J).T, torch.ones(D_STATE))  # 1^T (I - J)^{-1} = r^T
+        assert rel(got, torch.einsum("s,sj,sk->jk", -2 * u * r, A, G)) < 1e-8
+
+
+@pytest.mark.parametrize("backward", ["ift:tol=1e-13", "unroll"])
+def test_hessian_with_respect_to_the_parameters_matches_torch_autograd(backward):
+    """The mixed terms through the parameters (their tangents reach J and T's partials); torch.autograd's second
+    derivative through ift is itself checked against a dense Hessian (tests/test_second_order.py)."""
+    torch.manual_seed(0)
+    layer = jfb.ImplicitLayer(Affine(), backward=backward, solver="picard", tol=TOL, max_iter=300)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    x = torch.randn(2, D_STATE, generator=torch.Generator().manual_seed(1))
+    sizes = [p.numel() for p in params.values()]
+
+    def loss(p):
+        return functional_call(layer, p, (x,)).square().sum()
+
+    def loss_of_flat(flat):
+        return loss({k: part.reshape(v.shape) for (k, v), part in zip(params.items(), flat.split(sizes))})
+
+    got = hessian(loss)(params)
+    got = torch.cat([torch.cat([got[a][b].reshape(params[a].numel(), -1) for b in params], 1) for a in params])
+    want = torch.autograd.functional.hessian(loss_of_flat, torch.cat([v.reshape(-1) for v in params.values()]))
+    assert rel(got.detach(), want) < 1e-9
 
 
 def test_jfb_hessian_is_the_one_step_one():
@@ -184,7 +229,8 @@ class Affine(torch.nn.Module):
     [
         ("auto", vmap, "does not run under torch.func vmap; use one of jfb"),
         ("reversible", jacrev, "does not run under torch.func grad"),
-        ("ift", hessian, "torch.func second derivatives"),
+        ("ift", lambda f: jacrev(jacrev(f)), "only torch.func.hessian"),
+        ("ift", lambda f: jacfwd(jacfwd(f)), "only torch.func.hessian"),
         ("neumann:3", hessian, "second derivatives"),
     ],
 )

@@ -205,6 +205,7 @@ class GradientOverride(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
         ctx.gradients, ctx.tangent = inputs[0], inputs[1]
         ctx.save_for_backward(output)
+        ctx.save_for_forward(output)  # unused by the tangent; a vmap inside a jvp expects the saved tensors there
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:

@@ -9,7 +9,15 @@ from torch import Tensor
 
 from ..errors import JfbError
 from ..solvers.base import require_integer, require_number
-from ..transforms import TRANSFORMS, active, derivative_levels, differentiated_check
+from ..transforms import (
+    TRANSFORMS,
+    InnerLayers,
+    active,
+    derivative_levels,
+    differentiated_check,
+    forward_over_reverse,
+    reverse_detached,
+)
 from .base import BackwardMode, BackwardStats, FixedPointMap, GradientOverride, tensors_with_grad
 from .jacobian import JacobianProducts, TransposedProducts, with_products
 from .linear import LINEAR_SOLVERS, LinearSolver
@@ -58,6 +66,10 @@ class IFT(BackwardMode):
         if not out.requires_grad and not derivative_levels():  # (forward mode's tangents show no requires_grad)
             return out
         max_iter = self.max_iter or T.forward_max_iter
+        if len(derivative_levels()) > 1 and not forward_over_reverse():
+            self._refuse_func_second_order()  # before functorch's own rules fail less clearly
+        if forward_over_reverse():
+            return self._attach_forward_over_reverse(T, u_star, out, stats, max_iter)
         inputs = tensors_with_grad(out, T.inputs())
         differentiated, tangent_differentiated = differentiated_check(), differentiated_check(False)
 
@@ -80,12 +92,45 @@ class IFT(BackwardMode):
 
         return GradientOverride.apply(implicit_gradient, implicit_tangent, out, *inputs)
 
+    def _attach_forward_over_reverse(
+        self, T: FixedPointMap, u_star: Tensor, out: Tensor, stats: BackwardStats, max_iter: int
+    ) -> Tensor:
+        """The attachment for ``torch.func.hessian`` (a ``jvp`` over the ``grad`` that called the layer).
+
+        ``out`` is ``T(u*)``. ``u`` is ``u*`` carrying its implicit tangent ``(I - J)^{-1} (dT/dx) dx`` at the
+        ``jvp`` level but no reverse-mode history, so ``T(u)`` has the tangent ``J du* + (dT/dx) dx = du*`` (the
+        fixed point's own) and its recorded graph holds every mixed second-order term of T. The backward pass
+        replaces the incoming ``g`` by ``w = (I - J^T)^{-1} g``, attached as the fixed point of ``J(u)^T w + g``
+        so that its tangent is ``(I - J^T)^{-1} (dJ^T w + dg)``.
+        """
+        layers = InnerLayers()
+
+        def u_star_tangent(tangent: Tensor) -> Tensor:
+            with layers.restored():  # T's inputs are wrapped at the grad level, which a jvp rule runs below
+                return self._linear_solve(T, u_star, tangent, max_iter, stats, transposed=True)
+
+        u = reverse_detached(GradientOverride.apply(_no_gradient, u_star_tangent, out))
+        out, transposed_products = torch.func.vjp(T, u)  # now, while T's parameters are those the caller passed
+        stats.t_evals += 1
+
+        def implicit_gradient(grad: Tensor, value: Tensor) -> tuple[Tensor]:
+            w = self._linear_solve(T, u_star, grad, max_iter, stats)
+            (jt_w,) = transposed_products(w)
+            stats.j_matvecs += 1
+
+            def w_tangent(tangent: Tensor) -> Tensor:
+                return self._linear_solve(T, u_star, tangent, max_iter, stats)
+
+            return (GradientOverride.apply(_no_gradient, w_tangent, jt_w + grad),)
+
+        return GradientOverride.apply(implicit_gradient, _same, out)
+
     def _refuse_func_second_order(self) -> None:
         if active():
             raise JfbError(
-                f"torch.func second derivatives (hessian, jacfwd or jacrev of a derivative) through backward "
-                f"{self.name!r} are not supported; take them with torch.autograd (torch.autograd.grad with "
-                "create_graph=True, torch.autograd.functional.hessian), or use backward 'unroll', 'phantom:K' or 'jfb'"
+                f"of the torch.func second derivatives through backward {self.name!r} only torch.func.hessian (jacfwd "
+                "of jacrev) is supported, not jacrev of jacrev or jacfwd of jacfwd; or take them with torch.autograd "
+                "(create_graph=True, torch.autograd.functional.hessian), or use backward 'unroll', 'phantom:K' or 'jfb'"
             )
 
     def _linear_solve(
@@ -139,6 +184,14 @@ class IFT(BackwardMode):
     def __repr__(self) -> str:
         extra = "" if self.tol == 1e-6 else f":tol={self.tol:g}"
         return self.name + extra + ("" if self.max_iter is None else f":max_iter={self.max_iter}")
+
+
+def _no_gradient(grad: Tensor, value: Tensor) -> tuple[None]:
+    raise JfbError("third derivatives through backward 'ift' under torch.func are not supported")
+
+
+def _same(tangent: Tensor) -> Tensor:
+    return tangent
 
 
 def _partials(T: FixedPointMap, u: Tensor, w: Tensor, inputs: list[Tensor]) -> list[Tensor | None]:
