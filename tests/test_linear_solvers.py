@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import pytest
 import torch
 
-from jfb.backward.linear import fixed_point
+import jfb
+from jfb.backward.linear import LinearSolver, fixed_point, register_linear_solver
+from jfb.errors import JfbError
 from jfb.status import Status
 
 
@@ -35,3 +40,114 @@ def test_a_diverging_fixed_point_iteration_returns_its_best_iterate_not_the_last
     for _ in range(40):
         last = J.T @ last + b
     assert last.norm() > 1e6 * b.norm()
+
+
+# --- the backward-solve levers of ift (issue: exact gradients near JFB's price) ---
+
+
+def _tanh_problem(radius: float, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(30, 30, generator=g, dtype=torch.float64)
+    W = radius * W / torch.linalg.matrix_norm(W, ord=2)
+    U = torch.randn(30, 4, generator=g, dtype=torch.float64)
+    x = torch.randn(8, 4, generator=g, dtype=torch.float64)
+    return (lambda u, x: torch.tanh(u @ W.T + x @ U.T)), W, U, x
+
+
+def _dense_gradient(T, W, U, x):
+    """d/dx sum(u*^2) per sample by dense linear algebra: G^T 2u* with G = (I - D W)^{-1} D U."""
+    u = torch.zeros(x.shape[0], 30, dtype=torch.float64)
+    for _ in range(2000):
+        u = T(u, x)
+    rows = []
+    for ui in u:
+        D = torch.diag(1 - ui**2)
+        G = torch.linalg.solve(torch.eye(30, dtype=torch.float64) - D @ W, D @ U)
+        rows.append(G.T @ (2 * ui))
+    return torch.stack(rows)
+
+
+def _gradient(T, x, backward, **settings):
+    layer = jfb.ImplicitLayer(T, backward=backward, solver="anderson", tol=1e-12, max_iter=300, latent_shape=(30,))
+    x = x.clone().requires_grad_()
+    (layer(x) ** 2).sum().backward()
+    return x.grad, layer.last_stats.backward, layer
+
+
+@pytest.mark.parametrize("solver", ["fixed_point", "anderson", "broyden", "gmres", "cg"])
+def test_every_linear_solver_gives_the_dense_implicit_gradient(solver):
+    T, W, U, x = _tanh_problem(1.6)
+    grad, stats, _ = _gradient(T, x, f"ift:{solver}:tol=1e-12")
+    want = _dense_gradient(T, W, U, x)
+    assert stats.status == "converged"
+    assert float((grad - want).norm() / want.norm()) < 1e-9
+
+
+def test_anderson_and_gmres_take_fewer_products_than_the_fixed_point_iteration_on_a_slow_contraction():
+    T, _, _, x = _tanh_problem(1.6)
+    solvers = ("fixed_point", "anderson", "gmres")
+    products = {solver: _gradient(T, x, f"ift:{solver}:tol=1e-10")[1].j_matvecs for solver in solvers}
+    assert products["anderson"] < 0.8 * products["fixed_point"]
+    assert products["gmres"] < 0.8 * products["fixed_point"]
+
+
+def _cos_gradient(backward: str):
+    """u = cos(u) + pi/2: J = -sin(u*) = -1 at u* = pi/2, so w <- J w + g oscillates; du*/dtheta = 1/(1 - J) = 1/2."""
+    theta = torch.tensor([[math.pi / 2]], dtype=torch.float64, requires_grad=True)
+    layer = jfb.ImplicitLayer(lambda u, x: torch.cos(u) + x, backward=backward, tol=1e-10, max_iter=200)
+    layer(theta).sum().backward()
+    return float(theta.grad), layer.last_stats.backward
+
+
+def test_the_fixed_point_iteration_hands_a_solve_without_progress_to_gmres():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing missed, nothing to warn about
+        gradient, stats = _cos_gradient("ift")
+    assert gradient == pytest.approx(0.5, abs=1e-8)
+    assert (stats.status, stats.fallback) == ("converged", "gmres")
+    assert stats.iterations < 20  # 10 iterations without progress, then GMRES
+    with pytest.warns(jfb.ConvergenceWarning, match="backward linear solve"):
+        gradient, stats = _cos_gradient("ift:fixed_point:fallback=none")
+    assert abs(gradient - 0.5) > 0.1  # what the default returned before the fallback (1.0 here)
+    assert (stats.status, stats.fallback) == ("max_iter", "")
+
+
+def test_the_fallback_leaves_a_contraction_alone():
+    T, _, _, x = _tanh_problem(0.9)
+    grad, stats, _ = _gradient(T, x, "ift:tol=1e-10")
+    plain, plain_stats, _ = _gradient(T, x, "ift:fixed_point:fallback=none:tol=1e-10")
+    assert torch.equal(grad, plain)
+    assert (stats.j_matvecs, stats.fallback) == (plain_stats.j_matvecs, "")
+
+
+@pytest.mark.parametrize("solver", ["fixed_point", "anderson", "gmres"])
+def test_a_warm_start_begins_at_the_previous_solution_and_restarts_cold_on_a_new_shape(solver):
+    T, W, U, x = _tanh_problem(1.6)
+    backward = f"ift:{solver}:tol=1e-10:warm_start=1"
+    layer = jfb.ImplicitLayer(T, backward=backward, solver="anderson", tol=1e-12, max_iter=300, latent_shape=(30,))
+
+    def backward_iterations(x):
+        x = x.clone().requires_grad_()
+        (layer(x) ** 2).sum().backward()
+        return layer.last_stats.backward.iterations, x.grad
+
+    cold, _ = backward_iterations(x)
+    warm, grad = backward_iterations(x)  # the same system again: the previous solution already solves it
+    assert cold >= 10 and warm <= 2
+    assert float((grad - _dense_gradient(T, W, U, x)).norm()) < 1e-8 * float(grad.norm()) * 100
+    other_shape, _ = backward_iterations(x[:5])
+    assert other_shape >= 10  # a batch of another size starts cold
+    assert repr(layer.backward).endswith(":warm_start=1")
+
+
+def test_a_warm_start_needs_a_solver_that_takes_an_initial_guess():
+    class Plain(LinearSolver):
+        name = "plain"
+
+        def solve(self, products, b, tol, max_iter, w0=None):
+            return fixed_point(products.vjp, b, tol, max_iter)
+
+    register_linear_solver("plain_test_only", Plain, replace=True)
+    jfb.get_backward("ift:plain_test_only")  # fine cold
+    with pytest.raises(JfbError, match="takes no initial guess"):
+        jfb.get_backward("ift:plain_test_only:warm_start=1")

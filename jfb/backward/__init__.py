@@ -26,6 +26,7 @@ from .linear import (
     NormalCG,
     register_linear_solver,
 )
+from .linear_accelerated import ForwardSolverIteration
 from .neumann import Neumann
 from .phantom import Phantom
 from .reversible import Reversible, ReversibleStats
@@ -72,6 +73,7 @@ __all__ = [
     "BackwardStats",
     "FixedPointIteration",
     "FixedPointMap",
+    "ForwardSolverIteration",
     "GradientCheck",
     "LinearSolveInfo",
     "LinearSolver",

@@ -58,6 +58,9 @@ class BackwardStats:
     iterations: int = 0
     relative_residual: float = float("nan")
     status: Status = Status.NOT_RUN
+    #: the linear solver that finished a backward solve its first one gave up on (``ift``'s fixed-point iteration
+    #: hands a solve that makes no progress to ``gmres``); empty when none did
+    fallback: str = ""
     #: T evaluations of the forward solve (set by the layer; ``unroll`` backpropagates through them)
     forward_evals: int = 0
     #: T evaluations made by the backward pass itself (the linearisation for J products)

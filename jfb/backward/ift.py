@@ -40,7 +40,10 @@ class IFT(BackwardMode):
     keywords are its options (``"ift:gmres:restart=20"``). ``tol`` is relative to ``||dl/du*||``.
     ``max_iter=None`` means "the forward solve's max_iter" (the paper's setting), read at every call, so it
     follows later changes of the layer's options. A solve that misses ``tol`` follows the layer's
-    ``on_failure``. By name: ``"ift"``, ``"ift:cg"``, ``"ift:cg:tol=1e-8:max_iter=100"``.
+    ``on_failure``. ``warm_start=True`` starts each backward solve from the previous call's solution when it has
+    the same shape (a layer keeps its mode, so the previous call is the layer's; calls under torch.func transforms
+    and second derivatives start cold). By name: ``"ift"``, ``"ift:cg"``, ``"ift:cg:tol=1e-8:max_iter=100"``,
+    ``"ift:anderson:warm_start=1"``.
     """
 
     supports_second_order = True
@@ -52,9 +55,13 @@ class IFT(BackwardMode):
         linear_solver: str | LinearSolver = DEFAULT_LINEAR_SOLVER,
         tol: float = 1e-6,
         max_iter: int | None = None,
+        warm_start: bool = False,
         **linear_options: Any,
     ) -> None:
         self.linear_solver = LINEAR_SOLVERS.build(linear_solver, **linear_options)
+        if warm_start and not self.linear_solver.takes_initial_guess:
+            raise JfbError(f"IFT warm_start: linear solver {self.linear_solver!r} takes no initial guess")
+        self.warm_start, self.previous = bool(warm_start), None
         require_number("IFT tol", tol, 0)
         if max_iter is not None:
             require_integer("IFT max_iter", max_iter, 1, hint=" or None (the forward max_iter)")
@@ -77,7 +84,7 @@ class IFT(BackwardMode):
             second = differentiated()
             if second:
                 self._refuse_func_second_order()
-            w = self._linear_solve(T, u_star, grad, max_iter, stats)
+            w = self._linear_solve(T, u_star, grad, max_iter, stats, warm=not second)
             if not second:  # backpropagate w through the output's application of T
                 return (w, *(None,) * len(inputs))
             u = value - (value - u_star).detach()  # u*, with its implicit derivative (this node's)
@@ -134,22 +141,38 @@ class IFT(BackwardMode):
             )
 
     def _linear_solve(
-        self, T: FixedPointMap, u_star: Tensor, b: Tensor, max_iter: int, stats: BackwardStats, transposed: bool = False
+        self,
+        T: FixedPointMap,
+        u_star: Tensor,
+        b: Tensor,
+        max_iter: int,
+        stats: BackwardStats,
+        transposed: bool = False,
+        warm: bool = False,
     ) -> Tensor:
-        """``(I - J^T)^{-1} b`` (``transposed``: ``(I - J)^{-1} b``) at ``u*``."""
+        """``(I - J^T)^{-1} b`` (``transposed``: ``(I - J)^{-1} b``) at ``u*``; ``warm``: the gradient's own solve,
+        which a warm start may start from the previous one."""
+        warm = warm and self.warm_start and not active()
 
         def solve(products: JacobianProducts, rhs: Tensor) -> Tensor:
-            return self._solve(TransposedProducts(products) if transposed else products, rhs, max_iter, T, stats)
+            w0 = self.previous if warm and _same_kind(self.previous, rhs) else None
+            w = self._solve(TransposedProducts(products) if transposed else products, rhs, max_iter, T, stats, w0)
+            self.previous = w.detach() if warm else self.previous
+            return w
 
         return with_products(T, u_star, b, solve)
 
-    def _solve(self, products: Any, b: Tensor, max_iter: int, T: FixedPointMap, stats: BackwardStats) -> Tensor:
+    def _solve(
+        self, products: Any, b: Tensor, max_iter: int, T: FixedPointMap, stats: BackwardStats, w0: Tensor | None = None
+    ) -> Tensor:
         """The linear solve (``(I - J^T) w = b``, or with transposed products ``(I - J) v = b``), counted."""
         stats.t_evals += 1
         with torch.no_grad():
-            w, info = self.linear_solver.solve(products, b, self.tol, max_iter)
+            guess = {} if w0 is None else {"w0": w0}
+            w, info = self.linear_solver.solve(products, b, self.tol, max_iter, **guess)
         stats.j_matvecs += products.count
         stats.iterations, stats.relative_residual, stats.status = info.iterations, info.relative_residual, info.status
+        stats.fallback = info.fallback
         T.report(f"backward linear solve ({self.name})", stats, f", relative residual {stats.relative_residual:.3g}")
         return w
 
@@ -183,7 +206,13 @@ class IFT(BackwardMode):
 
     def __repr__(self) -> str:
         extra = "" if self.tol == 1e-6 else f":tol={self.tol:g}"
+        extra += ":warm_start=1" if self.warm_start else ""
         return self.name + extra + ("" if self.max_iter is None else f":max_iter={self.max_iter}")
+
+
+def _same_kind(previous: Tensor | None, b: Tensor) -> bool:
+    """Whether a previous solution can start the solve for ``b`` (same shape, dtype and device)."""
+    return previous is not None and (previous.shape, previous.dtype, previous.device) == (b.shape, b.dtype, b.device)
 
 
 def _no_gradient(grad: Tensor, value: Tensor) -> tuple[None]:

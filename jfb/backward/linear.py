@@ -10,12 +10,13 @@ training mode) couples the samples. A :class:`LinearSolver` gets the counted Jac
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Protocol
 
 import torch
 from torch import Tensor
 
+from ..errors import JfbError
 from ..registry import Registry
 from ..solvers.base import require_integer
 from ..status import Status
@@ -24,11 +25,17 @@ from ..transforms import scalar
 MatVec = Callable[[Tensor], Tensor]
 
 
+#: the fixed-point iteration has made no progress when its residual has not halved in this many iterations
+STALL_ITERATIONS = 10
+
+
 @dataclass
 class LinearSolveInfo:
     iterations: int
     relative_residual: float
-    status: Status  # converged, max_iter or non_finite
+    status: Status  # converged, max_iter, non_finite, or diverged (a fixed-point iteration that made no progress)
+    #: the solver that finished the solve after the first one gave up (the fixed-point iteration's GMRES)
+    fallback: str = ""
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
@@ -42,13 +49,15 @@ def _info(iterations: int, residual_norm: Tensor, b_norm: Tensor, tol: float) ->
     return LinearSolveInfo(iterations, rel, Status.CONVERGED if rel <= tol else Status.MAX_ITER)
 
 
-def cg_normal(A: MatVec, At: MatVec, b: Tensor, tol: float, max_iter: int) -> tuple[Tensor, LinearSolveInfo]:
+def cg_normal(
+    A: MatVec, At: MatVec, b: Tensor, tol: float, max_iter: int, w0: Tensor | None = None
+) -> tuple[Tensor, LinearSolveInfo]:
     """Conjugate gradient on the normal equations ``A^T A w = A^T b`` (CGNR), as in the paper.
 
-    Products: one ``A^T`` to start, then one ``A`` and one ``A^T`` per iteration.
+    Products: one ``A^T`` to start, then one ``A`` and one ``A^T`` per iteration (one ``A`` more from ``w0``).
     """
-    w = torch.zeros_like(b)
-    r = b.clone()
+    w = torch.zeros_like(b) if w0 is None else w0
+    r = b.clone() if w0 is None else b - A(w0)
     b_norm = b.norm()
     s = At(r)
     p = s
@@ -69,38 +78,48 @@ def cg_normal(A: MatVec, At: MatVec, b: Tensor, tol: float, max_iter: int) -> tu
     return w, _info(iterations, r.norm(), b_norm, tol)
 
 
-def fixed_point(Jt: MatVec, b: Tensor, tol: float, max_iter: int) -> tuple[Tensor, LinearSolveInfo]:
-    """Iterate ``w <- J^T w + b``; converges when the spectral radius of J is below 1.
+def fixed_point(
+    Jt: MatVec, b: Tensor, tol: float, max_iter: int, w0: Tensor | None = None, stall: int | None = None
+) -> tuple[Tensor, LinearSolveInfo]:
+    """Iterate ``w <- J^T w + b`` from ``w0`` (default ``b``, one free step from 0); converges when the spectral radius
+    of J is below 1.
 
     One ``J^T`` product per iteration; ``w_{k+1} - w_k`` is exactly the residual of ``w_k``. Returns the
     last iterate while the residuals keep falling, else the iterate of the smallest residual seen: where
     the iteration diverges (J's spectral radius reaches 1, as a DEQ that learns to carry information
-    across a whole sequence does) the last iterate would be a gradient of arbitrary size.
+    across a whole sequence does) the last iterate would be a gradient of arbitrary size. With ``stall``, it
+    stops (status ``diverged``) once ``stall`` iterations have not halved the first residual.
     """
-    w = b.clone()
+    w = b.clone() if w0 is None else w0
     b_norm = b.norm()
-    res_norm, best, best_norm = b_norm, w, float("inf")
+    res_norm, best, best_norm, first = b_norm, w, float("inf"), None
     iterations = 0
     while iterations < max_iter:
         w_next = Jt(w) + b
         res_norm = (w_next - w).norm()
         res = scalar(res_norm)
+        first = res if first is None else first
         if res < best_norm:
             best, best_norm = w, res
         w = w_next
         iterations += 1
         if res <= tol * scalar(b_norm):
             break
+        if stall is not None and iterations >= stall and not best_norm <= 0.5 * first:
+            return best, LinearSolveInfo(iterations, best_norm / max(scalar(b_norm), 1e-300), Status.DIVERGED)
     if scalar(res_norm) > best_norm:  # the residuals rose at the end: the best iterate seen
         return best, _info(iterations, torch.tensor(best_norm, dtype=b_norm.dtype), b_norm, tol)
     return w, _info(iterations, res_norm, b_norm, tol)
 
 
-def gmres(A: MatVec, b: Tensor, tol: float, max_iter: int, restart: int = 30) -> tuple[Tensor, LinearSolveInfo]:
-    """Restarted GMRES; one ``A`` product per Arnoldi step plus one per cycle for the true residual."""
-    w = torch.zeros_like(b)
+def gmres(
+    A: MatVec, b: Tensor, tol: float, max_iter: int, restart: int = 30, w0: Tensor | None = None
+) -> tuple[Tensor, LinearSolveInfo]:
+    """Restarted GMRES from ``w0`` (default 0); one ``A`` product per Arnoldi step plus one per cycle for the true
+    residual (and one for the first, from ``w0``)."""
+    w = torch.zeros_like(b) if w0 is None else w0
     b_norm = b.norm()
-    r = b.clone()
+    r = b.clone() if w0 is None else b - A(w0)
     iterations = 0
     while iterations < max_iter and scalar(r.norm()) > tol * scalar(b_norm):
         correction, used = _gmres_cycle(A, r, min(restart, max_iter - iterations), tol * scalar(b_norm))
@@ -141,11 +160,17 @@ class JacobianMatVecs(Protocol):
 
 
 class LinearSolver:
-    """Solves ``(I - J^T) w = b``; subclasses set ``name`` and implement :meth:`solve`."""
+    """Solves ``(I - J^T) w = b``; subclasses set ``name`` and implement :meth:`solve`.
+
+    ``solve(products, b, tol, max_iter, w0=None)``: ``w0`` is an initial guess (a warm start, SHINE's estimate), passed
+    only to a solver whose ``takes_initial_guess`` flag is set."""
 
     name: ClassVar[str] = ""
+    takes_initial_guess: ClassVar[bool] = False
 
-    def solve(self, products: JacobianMatVecs, b: Tensor, tol: float, max_iter: int) -> tuple[Tensor, LinearSolveInfo]:
+    def solve(
+        self, products: JacobianMatVecs, b: Tensor, tol: float, max_iter: int, w0: Tensor | None = None
+    ) -> tuple[Tensor, LinearSolveInfo]:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -153,34 +178,64 @@ class LinearSolver:
 
 
 class FixedPointIteration(LinearSolver):
-    """``w <- J^T w + b``: one ``J^T`` product per iteration; needs a spectral radius of J below 1."""
+    """``w <- J^T w + b``: one ``J^T`` product per iteration; needs a spectral radius of J below 1.
+
+    ``fallback="gmres"`` (default): when the iteration makes no progress (its first residual not halved in
+    :data:`STALL_ITERATIONS` iterations: an eigenvalue of J on or outside the unit circle) GMRES finishes the solve
+    from its best iterate with the iterations left; ``"none"`` returns the best iterate (reported as missed)."""
 
     name = "fixed_point"
+    takes_initial_guess = True
 
-    def solve(self, products: JacobianMatVecs, b: Tensor, tol: float, max_iter: int) -> tuple[Tensor, LinearSolveInfo]:
-        return fixed_point(products.vjp, b, tol, max_iter)
+    def __init__(self, fallback: str = "gmres") -> None:
+        if fallback not in ("gmres", "none"):
+            raise JfbError(f"fixed_point fallback must be 'gmres' or 'none', got {fallback!r}")
+        self.fallback = fallback
+
+    def solve(
+        self, products: JacobianMatVecs, b: Tensor, tol: float, max_iter: int, w0: Tensor | None = None
+    ) -> tuple[Tensor, LinearSolveInfo]:
+        stall = STALL_ITERATIONS if self.fallback == "gmres" else None
+        w, info = fixed_point(products.vjp, b, tol, max_iter, w0, stall)
+        if info.status != Status.DIVERGED:
+            return w, info
+        if self.fallback == "none":
+            return w, replace(info, status=Status.MAX_ITER)
+        start = w if bool(torch.isfinite(w).all()) else None
+        left = max(max_iter - info.iterations, 1)
+        w, rest = gmres(lambda v: v - products.vjp(v), b, tol, left, 30, start)
+        return w, replace(rest, iterations=info.iterations + rest.iterations, fallback="gmres")
+
+    def __repr__(self) -> str:
+        return self.name + ("" if self.fallback == "gmres" else f":fallback={self.fallback}")
 
 
 class NormalCG(LinearSolver):
     """Conjugate gradient on the normal equations (the paper's choice): ``J`` and ``J^T`` products."""
 
     name = "cg"
+    takes_initial_guess = True
 
-    def solve(self, products: JacobianMatVecs, b: Tensor, tol: float, max_iter: int) -> tuple[Tensor, LinearSolveInfo]:
-        return cg_normal(lambda v: v - products.vjp(v), lambda v: v - products.jvp(v), b, tol, max_iter)
+    def solve(
+        self, products: JacobianMatVecs, b: Tensor, tol: float, max_iter: int, w0: Tensor | None = None
+    ) -> tuple[Tensor, LinearSolveInfo]:
+        return cg_normal(lambda v: v - products.vjp(v), lambda v: v - products.jvp(v), b, tol, max_iter, w0)
 
 
 class GMRES(LinearSolver):
     """Restarted GMRES (``restart`` Krylov vectors kept): needs no contraction; ``J^T`` products only."""
 
     name = "gmres"
+    takes_initial_guess = True
 
     def __init__(self, restart: int = 30) -> None:
         require_integer("gmres restart", restart, 1)
         self.restart = restart
 
-    def solve(self, products: JacobianMatVecs, b: Tensor, tol: float, max_iter: int) -> tuple[Tensor, LinearSolveInfo]:
-        return gmres(lambda v: v - products.vjp(v), b, tol, max_iter, self.restart)
+    def solve(
+        self, products: JacobianMatVecs, b: Tensor, tol: float, max_iter: int, w0: Tensor | None = None
+    ) -> tuple[Tensor, LinearSolveInfo]:
+        return gmres(lambda v: v - products.vjp(v), b, tol, max_iter, self.restart, w0)
 
     def __repr__(self) -> str:
         return self.name + ("" if self.restart == 30 else f":restart={self.restart}")
@@ -197,5 +252,5 @@ def register_linear_solver(
 
 
 register_linear_solver("cg", NormalCG)
-register_linear_solver("fixed_point", FixedPointIteration)
+register_linear_solver("fixed_point", FixedPointIteration, "fixed_point[:fallback=gmres|none]")
 register_linear_solver("gmres", GMRES, "gmres[:restart=N]")
