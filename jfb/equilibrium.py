@@ -219,7 +219,7 @@ def check_compatible(mode: BackwardMode, options: SolveOptions) -> None:
     """JfbError when the backward mode cannot run after this solve."""
     if mode.forward_solver is not None and options.solver_name != mode.forward_solver:
         raise JfbError(
-            f"backward {mode.name!r} backpropagates through the iterations of solver {mode.forward_solver!r}; "
+            f"backward {mode.name!r} uses the iterations of solver {mode.forward_solver!r}; "
             f"pass solver={mode.forward_solver!r}, not {options.solver_name!r}"
         )
 

@@ -246,7 +246,7 @@ def test_a_mode_registered_from_outside_uses_every_capability_flag(monkeypatch):
         (reference,) = torch.autograd.grad(unrolled(x).square().sum(), x, create_graph=True)
         assert torch.allclose(ours, reference, rtol=0, atol=1e-12) and ours.requires_grad  # supports_second_order
         assert layer.last_stats.backward.traces == [("steps", 30)]  # stats_type, and the trace of solve
-        with pytest.raises(jfb.JfbError, match="backpropagates through the iterations of solver 'picard'"):
+        with pytest.raises(jfb.JfbError, match="uses the iterations of solver 'picard'"):
             _tanh_layer(solver="anderson", backward="test-recorded")[0](x)  # forward_solver
         with pytest.raises(jfb.JfbError, match=r"use one of .*test-recorded"):  # supports_second_order offers it
             neumann, _ = _tanh_layer(solver="picard", backward="neumann:2", tol=None, max_iter=30)

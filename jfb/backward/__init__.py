@@ -30,6 +30,7 @@ from .linear_accelerated import ForwardSolverIteration
 from .neumann import Neumann
 from .phantom import Phantom
 from .reversible import Reversible, ReversibleStats
+from .shine import Shine, ShineStats
 from .unroll import Unroll
 
 
@@ -59,6 +60,7 @@ register_backward("ift", IFT, f"ift[:{'|'.join(LINEAR_SOLVERS.names())}][:tol=T]
 register_backward("phantom", Phantom, "phantom:K[:tau=T]")
 register_backward("unroll", Unroll)
 register_backward("reversible", Reversible)
+register_backward("shine", Shine, "shine[:refine=K][:linear_solver=NAME][:tol=T]")
 register_backward("auto", Autopilot, "auto[:every=N][:threshold=C][:recover=C][:patience=M][:k=K][:linear_solver=NAME]")
 
 __all__ = [
@@ -82,6 +84,8 @@ __all__ = [
     "Phantom",
     "Reversible",
     "ReversibleStats",
+    "Shine",
+    "ShineStats",
     "Unroll",
     "backward_names",
     "get_backward",

@@ -60,6 +60,12 @@ class Broyden(Solver):
         return state.u - _matvec(state.U, state.V, state.g)
 
 
+def inverse_transpose_product(memory: _Memory, x: Tensor) -> Tensor:
+    """``B^T x`` per sample, with ``B ~ (J - I)^{-1}`` the inverse-Jacobian estimate of ``g(u) = T(u) - u`` that
+    ``memory`` holds at the end of a solve (SHINE's backward pass, :mod:`jfb.backward.shine`)."""
+    return _rmatvec(memory.U, memory.V, x.to(memory.U.dtype)).to(x.dtype)
+
+
 def _matvec(U: Tensor, V: Tensor, x: Tensor) -> Tensor:
     """``B x`` for ``B = -I + U V^T``."""
     return -x + torch.einsum("bnm,bm->bn", U, torch.einsum("bmn,bn->bm", V, x))
