@@ -136,6 +136,29 @@ def test_unknown_engine_is_one_line(capsys):
     assert "unknown engine 'nope'" in capsys.readouterr().err
 
 
+def test_any_backward_mode_by_name_is_an_engine():
+    """``--engine ift:gmres:...`` trains with that mode (its gradient is ift's to the tolerance); ``shine`` brings
+    the Broyden forward solve it needs; a name that is neither an engine nor a mode is one line naming both."""
+    from jfb.workloads.engines import jfb_engine
+
+    workload = get_workload("prefix-sums")
+    config = workload.config(width=8, train_bits=8, depth=30)
+    grads = {}
+    for engine in ("ift:tol=1e-10:max_iter=200", "ift:gmres:tol=1e-10:max_iter=200"):
+        torch.manual_seed(0)
+        model = workload.model(config, jfb_engine(engine))
+        loss, _ = workload.loss(config)(model, prefix_sum_batch(8, 8, seed=0))
+        loss.backward()
+        grads[engine] = torch.cat([p.grad.flatten() for p in model.parameters()])
+        assert repr(model.engine.layer.backward).startswith(engine.split(":tol")[0])
+    a, b = grads.values()
+    assert float((a - b).norm() / b.norm()) < 1e-6
+    model = workload.model(config, jfb_engine("shine:refine=5"))
+    assert model.engine.layer.options.solver == "broyden"
+    with pytest.raises(JfbError, match=r"unknown engine 'ift:nope'.*a backward mode by name"):
+        jfb_engine("ift:nope")
+
+
 def test_every_workload_is_registered_with_its_metric():
     for name, workload in WORKLOADS.items():
         assert workload.name == name

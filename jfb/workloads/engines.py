@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..backward import get_backward
 from ..errors import JfbError, unknown_name
 from ..layer import ImplicitLayer
 
@@ -31,22 +32,23 @@ class Solved:
     iterations: float
 
 
-#: what each workload's ``--engine`` may name: torch-jfb's backward modes at a fixed training depth; IFT's
-#: linear solve runs at most 40 iterations, as torchdeq's does by default (the side-by-side runs compare alike)
+#: the named engines of every workload's ``--engine``: torch-jfb's backward modes at a fixed training depth; IFT's
+#: linear solve runs at most 40 iterations, as torchdeq's does by default (the side-by-side runs compare alike).
+#: Any other backward mode by name is an engine too (``ift:anderson:tol=1e-3``, ``shine:refine=5``)
 JFB_ENGINES = {"jfb": "jfb", "ift": "ift:max_iter=40", "unroll": "unroll"}
 
 
 class JfbEngine(nn.Module):
-    """torch-jfb: Picard at a fixed depth in training; in eval, Picard stopped at ``eval_tol`` (relative).
+    """torch-jfb: Picard (or the solver the backward mode needs: Broyden for ``shine``) at a fixed depth in
+    training; in eval, stopped at ``eval_tol`` (relative).
 
     A backward linear solve that misses its tolerance does not warn at each step: the training loop counts
     the steps where one did (``FitResult.backward_misses``) and warns once at the end."""
 
     def __init__(self, operator: Operator, backward: str = "jfb", eval_tol: float | None = 1e-4) -> None:
         super().__init__()
-        if backward not in JFB_ENGINES.values():
-            raise unknown_name("engine", backward, JFB_ENGINES)
-        self.layer = ImplicitLayer(operator, backward, solver="picard", tol=None, max_iter=1, on_failure="ignore")
+        solver = get_backward(backward).forward_solver or "picard"
+        self.layer = ImplicitLayer(operator, backward, solver=solver, tol=None, max_iter=1, on_failure="ignore")
         self.eval_tol = eval_tol
 
     def forward(self, x: Any, u0: Any, depth: int) -> Solved:
@@ -88,15 +90,19 @@ class StackEngine(nn.Module):
 
 
 def jfb_engine(name: str, eval_tol: float | None = 1e-4) -> EngineFactory:
-    """The factory of a named torch-jfb engine (``jfb``, ``ift`` or ``unroll``), or ``stack:K``."""
+    """The factory of a named torch-jfb engine (``jfb``, ``ift`` or ``unroll``), ``stack:K``, or any backward mode
+    by name (``ift:gmres:tol=1e-3``)."""
     if name.startswith("stack:"):
         blocks = name.removeprefix("stack:")
         if not blocks.isdigit() or int(blocks) < 1:
             raise JfbError(f"engine {name!r}: stack:K takes a number of blocks K >= 1")
         return lambda operator: StackEngine(operator, int(blocks))
-    if name not in JFB_ENGINES:
-        raise unknown_name("engine", name, [*JFB_ENGINES, "stack:K"])
-    return lambda operator: JfbEngine(operator, JFB_ENGINES[name], eval_tol)
+    backward = JFB_ENGINES.get(name, name)
+    try:
+        get_backward(backward)
+    except JfbError:
+        raise unknown_name("engine", name, [*JFB_ENGINES, "stack:K", "a backward mode by name"]) from None
+    return lambda operator: JfbEngine(operator, backward, eval_tol)
 
 
 def zeros_like_state(x: Tensor, width: int) -> Tensor:
