@@ -26,9 +26,10 @@ LEVERS = [
     "jfb",
     "ift:max_iter=40",
     "ift:max_iter=40:tol=1e-3",
+    "ift:fixed_point:per_sample=1:max_iter=40",
+    "ift:fixed_point:fallback=gmres:max_iter=40",
     "ift:anderson:max_iter=40",
     "ift:gmres:max_iter=40",
-    "ift:gmres:max_iter=40:tol=1e-3",
 ]
 
 

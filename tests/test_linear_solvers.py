@@ -151,3 +151,23 @@ def test_a_warm_start_needs_a_solver_that_takes_an_initial_guess():
     jfb.get_backward("ift:plain_test_only")  # fine cold
     with pytest.raises(JfbError, match="takes no initial guess"):
         jfb.get_backward("ift:plain_test_only:warm_start=1")
+
+
+def test_per_sample_best_iterates_keep_a_diverging_sample_from_spoiling_the_others():
+    """Two decoupled samples, one contracting (radius 0.5) and one diverging (1.5): per sample, the first is solved
+    to tolerance and the second keeps an early iterate; over the whole batch the diverging one decides for both."""
+    from jfb.backward.linear import fixed_point_per_sample
+
+    J_good, b_good = _system(0.5)
+    J_bad, b_bad = _system(1.5)
+    b = torch.stack([b_good, b_bad])
+
+    def Jt(w):
+        return torch.stack([J_good.T @ w[0], J_bad.T @ w[1]])
+
+    w, info = fixed_point_per_sample(Jt, b, 1e-10, 60)
+    exact_good = torch.linalg.solve(torch.eye(6, dtype=b.dtype) - J_good.T, b_good)
+    assert torch.allclose(w[0], exact_good, atol=1e-8)
+    assert w[1].norm() < 10 * b_bad.norm() and info.status == Status.MAX_ITER
+    whole, _ = fixed_point(Jt, b, 1e-10, 60)
+    assert float((whole[0] - exact_good).norm()) > 1e-3  # the batch's best iterate is an early one for both
