@@ -19,12 +19,7 @@ D_STATE, D_INPUT = 5, 3
 TOL = 1e-12
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def problem(seed: int = 0):
