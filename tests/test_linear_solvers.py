@@ -171,3 +171,31 @@ def test_per_sample_best_iterates_keep_a_diverging_sample_from_spoiling_the_othe
     assert w[1].norm() < 10 * b_bad.norm() and info.status == Status.MAX_ITER
     whole, _ = fixed_point(Jt, b, 1e-10, 60)
     assert float((whole[0] - exact_good).norm()) > 1e-3  # the batch's best iterate is an early one for both
+
+
+def test_ift_takes_the_jacobian_at_the_output_of_a_solve_stopped_short():
+    """A fixed depth of 3 stops far from the fixed point: u* = u_3 and the output is T(u_3); the gradient is
+    T_x(u_3)^T (I - J(T(u_3))^T)^{-1} dl/dout, with J at the output the layer reports (torchdeq's point), not at u_3."""
+    g = torch.Generator().manual_seed(1)
+    W = 0.9 * torch.randn(5, 5, generator=g, dtype=torch.float64) / 5**0.5
+    x = torch.randn(1, 5, generator=g, dtype=torch.float64)
+
+    def T(u, x):
+        return torch.tanh(u @ W.T + x)
+
+    layer = jfb.ImplicitLayer(T, backward="ift:gmres:tol=1e-13:max_iter=50", solver="picard", tol=None, max_iter=3)
+    xg = x.clone().requires_grad_()
+    out = layer(xg)
+    (out**2).sum().backward()
+    u = torch.zeros(1, 5, dtype=torch.float64)
+    for _ in range(3):  # u* = u_3 (three Picard evaluations); the output is T(u_3)
+        u = T(u, x)
+    o = T(u, x)
+    points = (("out", o), ("u", u))
+    J_at = {name: torch.autograd.functional.jacobian(lambda v: T(v, x), p)[0, :, 0, :] for name, p in points}
+    T_x = torch.autograd.functional.jacobian(lambda y: T(u, y), x)[0, :, 0, :]
+    eye = torch.eye(5, dtype=torch.float64)
+    want = {name: T_x.T @ torch.linalg.solve(eye - J.T, 2 * o[0]) for name, J in J_at.items()}
+    assert torch.allclose(out, o, atol=1e-14)
+    assert torch.allclose(xg.grad[0], want["out"], rtol=1e-10)
+    assert float((want["out"] - want["u"]).norm()) > 1e-3 * float(want["out"].norm())  # the two points differ

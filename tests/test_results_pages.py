@@ -139,3 +139,24 @@ def test_the_multi_start_table_is_its_file():
         assert cells[1] == row["max_iter"] and cells[1 + int(row["starts"]).bit_length()] == row["accuracy"]
         if row["starts"] == "8":
             assert cells[6] == row["chose_zeros"]
+
+
+def test_the_exact_gradients_table_is_its_summary_of_the_three_seeds():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "summary", RESULTS.parents[1] / "scripts" / "exact-gradients-summary.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder = RESULTS / "exact-gradients"
+    recomputed = module.summary([folder / f"lm-seed{seed}" for seed in range(3)])
+    committed = list(csv.DictReader((folder / "lm-summary.csv").open()))
+    assert [r["engine"] for r in committed] == [r["engine"] for r in recomputed]
+    for mine, theirs in zip(committed, recomputed, strict=True):
+        assert float(mine["mean"]) == theirs["mean"] and float(mine["ms_per_step"]) == theirs["ms_per_step"]
+    rows = {r[1].strip("`"): r for r in _table_rows(RESULTS / "exact-gradients.md") if len(r) == 8 and r[0] == "lm"}
+    for row in committed:
+        cells = rows[row["engine"]]
+        assert _rounded_from(cells[3], row["mean"], 3) and float(cells[5]) == float(row["ms_per_step"])
+        assert cells[4] == f"{float(row['min']):.3f}-{float(row['max']):.3f}"
