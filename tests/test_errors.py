@@ -16,12 +16,14 @@ OP = lambda u, x: 0.5 * u + x  # noqa: E731
         (dict(solver="newton"), r"unknown solver 'newton'; choose one of picard, anderson, broyden"),
         (
             dict(backward="adjoint"),
-            r"unknown backward mode 'adjoint'; choose one of jfb, neumann:K, ift\[:cg\|fixed_point\|gmres\]",
+            r"unknown backward mode 'adjoint'; choose one of jfb, neumann:K, "
+            r"ift\[:cg\|fixed_point\|gmres\|anderson\|broyden\]",
         ),
         (dict(backward="neumann:-1"), r"bad backward mode 'neumann:-1': Neumann order k must be an integer >= 0"),
         (
             dict(backward="ift:lsqr"),
-            r"bad backward mode 'ift:lsqr': unknown IFT linear solver 'lsqr'; choose one of cg, fixed_point, gmres",
+            r"bad backward mode 'ift:lsqr': unknown IFT linear solver 'lsqr'; choose one of cg, "
+            r"fixed_point\[:fallback=gmres\|none\]\[:per_sample=1\], gmres",
         ),
         (dict(tol=0), r'tol must be a number > 0, or None \("none" in TOML and flags\) for a fixed depth, got 0'),
         (
