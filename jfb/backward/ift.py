@@ -78,10 +78,10 @@ class IFT(BackwardMode):
         if not out.requires_grad and not derivative_levels():  # (forward mode's tangents show no requires_grad)
             return out
         max_iter = self.max_iter or T.forward_max_iter
-        if len(derivative_levels()) > 1 and not forward_over_reverse():
-            self._refuse_func_second_order()  # before functorch's own rules fail less clearly
         if forward_over_reverse():
             return self._attach_forward_over_reverse(T, point, out, stats, max_iter)
+        if len(derivative_levels()) > 1:
+            self._refuse_func_second_order()  # before functorch's own rules fail less clearly
         inputs = tensors_with_grad(out, T.inputs())
         differentiated, tangent_differentiated = differentiated_check(), differentiated_check(False)
 
@@ -149,15 +149,15 @@ class IFT(BackwardMode):
     def _linear_solve(
         self,
         T: FixedPointMap,
-        u_star: Tensor,
+        point: Tensor,
         b: Tensor,
         max_iter: int,
         stats: BackwardStats,
         transposed: bool = False,
         warm: bool = False,
     ) -> Tensor:
-        """``(I - J^T)^{-1} b`` (``transposed``: ``(I - J)^{-1} b``) at ``u*``; ``warm``: the gradient's own solve,
-        which a warm start may start from the previous one."""
+        """``(I - J^T)^{-1} b`` (``transposed``: ``(I - J)^{-1} b``) with J at ``point``; ``warm``: the gradient's own
+        solve, which a warm start may start from the previous one."""
         warm = warm and self.warm_start and not active()
 
         def solve(products: JacobianProducts, rhs: Tensor) -> Tensor:
@@ -166,7 +166,7 @@ class IFT(BackwardMode):
             self.previous = w.detach() if warm else self.previous
             return w
 
-        return with_products(T, u_star, b, solve)
+        return with_products(T, point, b, solve)
 
     def _solve(
         self, products: Any, b: Tensor, max_iter: int, T: FixedPointMap, stats: BackwardStats, w0: Tensor | None = None

@@ -230,10 +230,8 @@ class FixedPointIteration(LinearSolver):
             return fixed_point_per_sample(products.vjp, b, tol, max_iter, w0)
         stall = STALL_ITERATIONS if self.fallback == "gmres" else None
         w, info = fixed_point(products.vjp, b, tol, max_iter, w0, stall)
-        if info.status != Status.DIVERGED:
+        if info.status != Status.DIVERGED:  # (only a stall check, the fallback's, reports diverged)
             return w, info
-        if self.fallback == "none":
-            return w, replace(info, status=Status.MAX_ITER)
         start = w if bool(torch.isfinite(w).all()) else None
         left = max(max_iter - info.iterations, 1)
         w, rest = gmres(lambda v: v - products.vjp(v), b, tol, left, 30, start)

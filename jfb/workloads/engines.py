@@ -47,8 +47,9 @@ class JfbEngine(nn.Module):
 
     def __init__(self, operator: Operator, backward: str = "jfb", eval_tol: float | None = 1e-4) -> None:
         super().__init__()
-        solver = get_backward(backward).forward_solver or "picard"
-        self.layer = ImplicitLayer(operator, backward, solver=solver, tol=None, max_iter=1, on_failure="ignore")
+        mode = get_backward(backward)
+        solver = mode.forward_solver or "picard"
+        self.layer = ImplicitLayer(operator, mode, solver=solver, tol=None, max_iter=1, on_failure="ignore")
         self.eval_tol = eval_tol
 
     def forward(self, x: Any, u0: Any, depth: int) -> Solved:
