@@ -70,3 +70,18 @@ def test_shine_needs_broyden_and_refuses_what_it_cannot_differentiate():
         torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
     with pytest.raises(JfbError, match=r"does not run under torch\.func"):
         torch.func.jacrev(lambda x: layer(x).sum())(x)
+
+
+def test_a_refinement_needs_a_solver_that_takes_an_initial_guess():
+    from jfb.backward.linear import LinearSolver, fixed_point, register_linear_solver
+
+    class Plain(LinearSolver):
+        name = "plain"
+
+        def solve(self, products, b, tol, max_iter):
+            return fixed_point(products.vjp, b, tol, max_iter)
+
+    register_linear_solver("plain_shine_test_only", Plain, replace=True)
+    jfb.get_backward("shine:linear_solver=plain_shine_test_only")  # no refinement: the solver is never called
+    with pytest.raises(JfbError, match="takes no initial guess"):
+        jfb.get_backward("shine:refine=2:linear_solver=plain_shine_test_only")

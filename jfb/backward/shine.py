@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import JfbError
 from ..solvers import SolveOptions, SolveStats, solve_flat
 from ..solvers.base import require_integer
 from ..solvers.broyden import Broyden, inverse_transpose_product
@@ -62,6 +63,8 @@ class Shine(BackwardMode):
         require_integer("shine refine", refine, 0)
         self.refine, self.tol = refine, tol
         self.linear_solver = LINEAR_SOLVERS.build(linear_solver)
+        if refine and not self.linear_solver.takes_initial_guess:
+            raise JfbError(f"shine refine: linear solver {self.linear_solver!r} takes no initial guess")
         self.name = "shine" + (f":refine={refine}" if refine else "")
 
     def solve(
