@@ -52,7 +52,8 @@ class Shine(BackwardMode):
     ``refine=K`` (default 0) runs K iterations of ``linear_solver`` (default the fixed-point iteration) from the
     estimate toward ``tol``; with 0 the backward pass costs one J^T product (the estimate's residual, reported as
     ``stats.backward.estimate_residual``) plus the output's. An approximate gradient by design: a refinement that
-    stops short of ``tol`` is not reported as a failure. By name: ``"shine"``, ``"shine:refine=5"``.
+    stops short of ``tol`` is not reported as a failure. The refinement (and the estimate's residual) takes J at the
+    output ``T(u*)``, as ``ift`` does. By name: ``"shine"``, ``"shine:refine=5"``.
     """
 
     forward_solver = "broyden"
@@ -84,11 +85,12 @@ class Shine(BackwardMode):
         if not out.requires_grad:
             return out
         memory, differentiated = T.trace, differentiated_check()
+        point = out.detach()  # J at the output T(u*), as ift takes it (the same at a fixed point)
 
         def gradient(grad: Tensor, value: Tensor) -> tuple[Tensor]:
             refuse_second_order(self.name, differentiated())
             estimate = -inverse_transpose_product(memory, grad)
-            return (with_products(T, u_star, grad, lambda products, g: self._refined(products, g, estimate, stats)),)
+            return (with_products(T, point, grad, lambda products, g: self._refined(products, g, estimate, stats)),)
 
         return GradientOverride.apply(gradient, None, out)
 
