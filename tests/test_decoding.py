@@ -14,9 +14,9 @@ from jfb.errors import JfbError
 from jfb.pretrained import pretrained_path
 from jfb.train.checkpoint import load_checkpoint
 from jfb.workloads import WORKLOADS
-from jfb.workloads.base import restore_workload
 from jfb.workloads.engines import jfb_engine
 from jfb.workloads.language import DeqLanguageModel
+from jfb.workloads.saved import restore_workload
 
 TIGHT = dict(tol=1e-11, max_iter=300)
 

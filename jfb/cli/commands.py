@@ -38,7 +38,7 @@ from ..train import EvalSettings, ImportSettings, TrainConfig, evaluate_checkpoi
 from ..train.checkpoint import load_checkpoint
 from ..train.setup import Log
 from ..workloads import WORKLOADS, Workload
-from ..workloads.base import evaluate_saved, is_workload_checkpoint
+from ..workloads.saved import evaluate_saved, is_workload_checkpoint
 from .flags import parse_value, values_of
 from .train_settings import OVERWRITE_HELP, TrainSettings
 

@@ -28,8 +28,8 @@ from ..train import Data
 from ..train.checkpoint import evaluated_weights, load_checkpoint, save_pretrained
 from ..train.setup import Log, input_normalizer, load_data, restore_model
 from ..workloads import WORKLOADS
-from ..workloads.base import Predictor, is_workload_checkpoint, model_inputs, restore_workload
 from ..workloads.engines import without_tolerance
+from ..workloads.saved import Predictor, is_workload_checkpoint, model_inputs, restore_workload
 
 FORMATS = ("onnx", "pt2", "safetensors")
 Run = Callable[..., Tensor]  # the file's model, called on input tensors

@@ -19,7 +19,7 @@ from ..settings import setting
 from ..train.checkpoint import load_checkpoint
 from ..train.setup import Log
 from ..workloads import WORKLOADS
-from ..workloads.base import is_workload_checkpoint, restore_workload
+from ..workloads.saved import is_workload_checkpoint, restore_workload
 
 
 @dataclass(frozen=True)

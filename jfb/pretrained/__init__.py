@@ -51,7 +51,7 @@ def from_pretrained(checkpoint: str | Path) -> tuple[nn.Module, Any]:
     from ..train.checkpoint import load_checkpoint
     from ..train.setup import restore_model
     from ..workloads import WORKLOADS
-    from ..workloads.base import is_workload_checkpoint, restore_workload
+    from ..workloads.saved import is_workload_checkpoint, restore_workload
 
     path = checkpoint_path(checkpoint)
     saved = load_checkpoint(path)

@@ -11,6 +11,7 @@ Under torchrun every process steps together; process 0 writes.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 import time
@@ -37,8 +38,10 @@ from .optimization import (
     named_optimizer,
 )
 from .preemption import Watch, signal_numbers
+from .supervision import DeepSupervision
 
-#: ``loss(model, batch) -> (loss, mean forward iterations)``
+#: ``loss(model, batch) -> (loss, mean forward iterations)`` (or a :class:`~jfb.train.supervision.DeepSupervision`:
+#: several segments per batch, each with its optimiser step)
 Loss = Callable[[nn.Module, object], tuple[Tensor, float]]
 
 
@@ -144,7 +147,7 @@ class Training:
         self,
         model: nn.Module,
         batch: Callable[[int], object],
-        loss: Loss,
+        loss: Loss | DeepSupervision,
         steps: int,
         lr: float,
         settings: StepSettings | None = None,
@@ -163,7 +166,9 @@ class Training:
         """The optimiser, schedule and clipping ``settings`` name (a training given its own takes that)."""
         settings = self.settings
         optimizer = named_optimizer(settings.optimizer, self.model, lr, settings.weight_decay)
-        return Optimization(optimizer, make_schedule(settings.schedule, optimizer, self.steps), clip=settings.clip)
+        segments = self.loss.count if isinstance(self.loss, DeepSupervision) else 1  # an optimiser step each
+        schedule = make_schedule(settings.schedule, optimizer, self.steps * segments)
+        return Optimization(optimizer, schedule, clip=settings.clip)
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -174,36 +179,58 @@ class Training:
         return self.optimization.schedule
 
     def step(self, index: int, watch: Watch | None = None) -> Stepped:
-        """Train on batch ``index``. A non-finite loss (on any process) raises, or skips the step
-        (``bad_batches``); ``watch``: the preemption signals, read once the step's forward pass is done."""
+        """Train on batch ``index`` (under deep supervision, one optimiser step per segment). A non-finite loss (on
+        any process) raises, or skips the step (``bad_batches``; the batch's later segments too); ``watch``: the
+        preemption signals, read once each segment's forward pass is done."""
         self.model.train()
         start = time.perf_counter()
+        segments = self._segments(self.batch(index))
         measuring = len(self.measured.losses) < SAVED_MEASURED_STEPS  # later steps skip the hooks
         with saved_tensor_bytes() if measuring else nullcontext([0]) as total:
-            value, forward_iterations = self.loss(self.model, self.batch(index))
-        loss = value.item()
+            first = next(segments)  # one segment's graph: the memory of a step whatever the number of segments
         self.next_step = index + 1
-        signalled = watch is not None and watch.received is not None
-        bad, stop = self.processes.any_of([not math.isfinite(loss), signalled])  # one collective for both
-        measured = self.measured
-        if bad:
-            self.optimization.skip()
-            measured.skipped += 1
-            policy, what = self.settings.bad_batches, f"a non-finite loss ({loss})"
-            measured.consecutive_bad = count_bad_batch(
-                measured.consecutive_bad, policy, MAX_BAD_BATCHES, what, f"step {index}"
-            )
-            return Stepped({"loss": f"{loss:.3f}"}, stop)
-        measured.consecutive_bad = 0
-        self.optimization.apply(value, self.model)
+        loss, iterations, stop = math.nan, 0.0, False
+        for value, forward_iterations in itertools.chain([first], segments):
+            loss = value.item()
+            signalled = watch is not None and watch.received is not None
+            bad, stopping = self.processes.any_of([not math.isfinite(loss), signalled])  # one collective for both
+            stop = stop or stopping
+            if bad:
+                return self._skip(index, loss, stop)
+            self.optimization.apply(value, self.model)
+            iterations += forward_iterations
+        self.measured.consecutive_bad = 0
         if self.cuda:
             torch.cuda.synchronize()
-        measured.seconds.append(time.perf_counter() - start)
+        self._measure(time.perf_counter() - start, loss, iterations, total[0])
+        return Stepped({"loss": f"{loss:.3f}", "iters": f"{iterations:.1f}"}, stop)
+
+    def _segments(self, batch: object) -> Iterator[tuple[Tensor, float]]:
+        """The step's segments, each computed when asked for (one, without deep supervision)."""
+        if isinstance(self.loss, DeepSupervision):
+            yield from self.loss(self.model, batch)
+        else:
+            yield self.loss(self.model, batch)
+
+    def _skip(self, index: int, loss: float, stop: bool) -> Stepped:
+        """No optimiser step on a bad batch: counted, and raised or skipped per ``bad_batches``."""
+        self.optimization.skip()
+        measured = self.measured
+        measured.skipped += 1
+        policy, what = self.settings.bad_batches, f"a non-finite loss ({loss})"
+        where = f"step {index}"
+        measured.consecutive_bad = count_bad_batch(measured.consecutive_bad, policy, MAX_BAD_BATCHES, what, where)
+        return Stepped({"loss": f"{loss:.3f}"}, stop)
+
+    def _measure(self, seconds: float, loss: float, iterations: float, saved: int) -> None:
+        """One trained step's measurements: its time, its (last segment's) loss, the forward iterations of all its
+        segments, the bytes autograd saved, and whether a backward solve missed."""
+        measured = self.measured
+        measured.seconds.append(seconds)
         measured.losses.append(loss)
-        measured.iterations.append(forward_iterations)
-        measured.saved = max(measured.saved, total[0])
+        measured.iterations.append(iterations)
+        measured.saved = max(measured.saved, saved)
         measured.backward_misses += backward_missed(self.model)
-        return Stepped({"loss": f"{loss:.3f}", "iters": f"{forward_iterations:.1f}"}, stop)
 
     def result(self, warmup: int = 3) -> FitResult:
         """The summary so far; the first ``warmup`` steps are left out of the time."""

@@ -15,14 +15,14 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import JfbError
-from ..files import prepare_run_dir
 from ..reports import Report, key_value_table, write_report
-from ..settings import setting
-from ..train.checkpoint import load_weights, save_checkpoint
+from ..settings import check_ranges, setting
+from ..train.checkpoint import save_checkpoint
 from ..train.distributed import Processes, launched_rank, start_processes, stop_processes
 from ..train.engine import FitResult, Loss, StepSettings, Training
 from ..train.run_folder import claimed_run_folder
 from ..train.steps import StepRun, run_steps
+from ..train.supervision import DeepSupervision, SegmentLoss
 from .engines import EngineFactory, jfb_engine
 from .parallel import PARALLEL, full_state, parallel_batches, torchrun_needed, wrap_parallel
 
@@ -34,6 +34,11 @@ class Placement(StepSettings):
 
     device: str = setting("cpu", "where the model trains", choices=("cpu", "cuda"))
     parallel: str = setting("none", "none, or under torchrun: ddp, fsdp", choices=PARALLEL)
+    segments: int = setting(1, "deep supervision (HRM, TRM): solves per batch, each from the last one's state")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges(self, [(self.segments >= 1, "segments", "an integer >= 1")])
 
 
 def to_device(batch: Any, device: str) -> Any:
@@ -62,7 +67,9 @@ class Workload:
     """``build(config, engine) -> model``; ``batches(config) -> (step -> batch)`` (seeded, fresh data each step);
     ``loss(config) -> (model, batch) -> (loss, iterations)``; ``evaluate(model, config) -> (metrics, rows)``:
     the headline metrics (``metric`` names the one a table leads with) and per-case rows for a table or plot;
-    ``smoke``: the config changes that make a run take seconds (they still learn; see the tests)."""
+    ``smoke``: the config changes that make a run take seconds (they still learn; see the tests);
+    ``segment_loss(config) -> (model, batch, state) -> (loss, iterations, state reached)``: the loss from a given
+    start, for deep supervision (``--segments N``; None: the workload's model takes no start)."""
 
     name: str
     help: str
@@ -80,14 +87,18 @@ class Workload:
     single_process_reason: str = ""
     #: the dimension of the model's logits that holds the classes (predictions are the argmax along it)
     class_dim: int = 1
+    segment_loss: Callable[[Any], SegmentLoss] | None = None
 
-    def check_parallel(self, mode: str) -> None:
-        """JfbError in one line, before any work, for a parallel mode this workload does not train under."""
-        if mode not in self.parallel:
+    def check(self, config: Any) -> None:
+        """JfbError in one line, before any work, for a parallel mode this workload does not train under or deep
+        supervision of a model that takes no start."""
+        if config.parallel not in self.parallel:
             raise JfbError(
-                f"workload {self.name!r} does not train under --parallel {mode} ({self.single_process_reason}); "
-                f"it takes --parallel {' or '.join(self.parallel)}"
+                f"workload {self.name!r} does not train under --parallel {config.parallel} "
+                f"({self.single_process_reason}); it takes --parallel {' or '.join(self.parallel)}"
             )
+        if config.segments > 1 and self.segment_loss is None:
+            raise JfbError(f"workload {self.name!r} takes --segments 1 only (its model takes no start state)")
 
     def model(self, config: Any, engine: EngineFactory | None = None) -> nn.Module:
         """The model of ``config`` built from ``config.seed`` (the same weights whatever the engine)."""
@@ -109,8 +120,12 @@ class Workload:
     ) -> Training:
         """The step object of ``config`` (its optimiser, schedule, clipping and bad-batch policy) on ``processes``
         (which decide together to skip a step or stop)."""
+        self.check(config)
         batches = batches or self.batches_on_device(config)
-        return Training(model, batches, self.loss(config), config.steps, config.lr, config, processes)
+        loss = self.loss(config)
+        if config.segments > 1:
+            loss = DeepSupervision(self.segment_loss(config), config.segments)
+        return Training(model, batches, loss, config.steps, config.lr, config, processes)
 
     def train(
         self,
@@ -125,7 +140,7 @@ class Workload:
         """Build, train (on the processes torchrun started when ``config.parallel`` asks) and evaluate; with
         ``out`` (held for the run, :mod:`jfb.train.run_folder`), checkpoints and metrics go there, ``resume``
         continues from its ``last.pt`` and ``overwrite`` replaces a run it holds."""
-        self.check_parallel(config.parallel)
+        self.check(config)
         torchrun_needed(config.parallel)
         if out is None:
             return self._train_in(None, config, engine, progress, resume, log)
@@ -219,64 +234,3 @@ def saved_workload(workload: Workload, config: Any, trained: Trained) -> dict[st
     """What a workload's ``model.pt`` holds: its name, config, whole weights and the metrics measured."""
     plain = plain_config(config)
     return {"workload": workload.name, "config": plain, "model": trained.state, "metrics": trained.metrics}
-
-
-def is_workload_checkpoint(checkpoint: dict[str, Any]) -> bool:
-    return "workload" in checkpoint
-
-
-def restore_workload(
-    path: Path, checkpoint: dict[str, Any], workloads: dict[str, Workload], engine: EngineFactory | None = None
-) -> tuple[Workload, nn.Module, Any]:
-    """The workload of ``checkpoint`` (loaded from ``path``), its model rebuilt on the CPU with the saved weights
-    (``engine``: another way to solve, e.g. without a tolerance for export), and its configuration."""
-    name = checkpoint["workload"]
-    if name not in workloads:
-        raise JfbError(f"{path}: a checkpoint of workload {name!r}, which this version does not know")
-    workload = workloads[name]
-    fields = {f.name: f for f in dataclasses.fields(workload.config)}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in checkpoint["config"].items() if k in fields}
-    config = dataclasses.replace(workload.config(**values), device="cpu", parallel="none")
-    model = workload.model(config, engine)
-    load_weights(model, checkpoint["model"], path)
-    return workload, model, config
-
-
-def evaluate_saved(
-    path: Path,
-    checkpoint: dict[str, Any],
-    workloads: dict[str, Workload],
-    changes: dict[str, Any] | None = None,
-    out: Path | None = None,
-) -> dict[str, Any]:
-    """Rebuild the workload model of ``checkpoint`` (loaded from ``path``), load its weights and evaluate it
-    again, with ``changes`` to its configuration (test sizes, iterations): the metrics now and when saved. With
-    ``out``, the per-case rows are written there (``eval.csv``, ``eval.md``, and the workload's plot)."""
-    workload, model, config = restore_workload(path, checkpoint, workloads)
-    if changes:
-        config = dataclasses.replace(config, **changes)
-    metrics, rows = workload.evaluate(model, config)
-    result = {"workload": workload.name, "checkpoint": str(path), "metrics": metrics}
-    result |= {"saved_metrics": checkpoint["metrics"], "changes": dict(changes or {})}
-    if out is not None:
-        plot = None if workload.plot is None else (lambda plt, file: workload.plot(plt, file, rows))
-        write_report(prepare_run_dir(out), "eval", rows, key_value_table(metrics), plot=plot)
-        result["out"] = str(out)
-    return result
-
-
-class Predictor(nn.Module):
-    """A workload model as a function of its input tensors: the logits at ``depth`` iterations (for export)."""
-
-    def __init__(self, model: nn.Module, depth: int) -> None:
-        super().__init__()
-        self.model, self.depth = model, depth
-
-    def forward(self, *inputs: Tensor) -> Tensor:
-        return self.model(*inputs, self.depth)[0]
-
-
-def model_inputs(batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    """A workload batch's inputs (all but its targets, the last), a sparse one made dense (``torch.export`` traces
-    dense tensors only: the exported program takes chains' adjacency matrix dense)."""
-    return tuple(t.to_dense() if t.is_sparse else t for t in batch[:-1])

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..data.easy_to_hard import read_prefix_sums
 from ..settings import setting
 from ..train.engine import Loss
+from ..train.supervision import SegmentLoss, from_start
 from .base import Placement, Workload, to_device
 from .engines import EngineFactory, zeros_like_state
 
@@ -118,13 +119,17 @@ def _test_strings(config: PrefixSumsConfig, bits: int) -> tuple[Tensor, Tensor]:
     return strings[: config.test_strings], targets[: config.test_strings]
 
 
-def _loss(config: PrefixSumsConfig) -> Loss:
-    def loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, float]:
+def _segment_loss(config: PrefixSumsConfig) -> SegmentLoss:
+    def loss(model: nn.Module, batch: tuple[Tensor, Tensor], u0: Tensor | None) -> tuple[Tensor, float, Tensor]:
         bits, targets = batch
-        logits, iterations, _ = model(bits, config.depth)
-        return nn.functional.cross_entropy(logits, targets), iterations
+        logits, iterations, reached = model(bits, config.depth, u0)
+        return nn.functional.cross_entropy(logits, targets), iterations, reached
 
     return loss
+
+
+def _loss(config: PrefixSumsConfig) -> Loss:
+    return from_start(_segment_loss(config))
 
 
 @torch.no_grad()
@@ -175,4 +180,5 @@ WORKLOAD = Workload(
     metric="hardest_accuracy",
     smoke=dict(width=32, train_bits=16, depth=16, steps=150, test_bits=(32,), test_depths=(16, 64)),
     plot=plot_extrapolation,
+    segment_loss=_segment_loss,
 )

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from ..errors import JfbError, unknown_name
 from ..settings import setting
 from ..train.engine import Loss
+from ..train.supervision import SegmentLoss, from_start
 from .base import Placement, Workload, to_device
 from .engines import EngineFactory
 from .language import TransformerBlock
@@ -143,13 +144,17 @@ def _batches(config: StateTrackingConfig) -> Callable[[int], tuple[Tensor, Tenso
     return lambda step: word_batch(table, config.batch_size, config.train_length, config.seed * 1_000_003 + step)
 
 
-def _loss(config: StateTrackingConfig) -> Loss:
-    def loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, float]:
+def _segment_loss(config: StateTrackingConfig) -> SegmentLoss:
+    def loss(model: nn.Module, batch: tuple[Tensor, Tensor], u0: Tensor | None) -> tuple[Tensor, float, Tensor]:
         words, states = batch
-        logits, iterations, _ = model(words, config.depth)
-        return nn.functional.cross_entropy(logits.flatten(0, 1), states.flatten()), iterations
+        logits, iterations, reached = model(words, config.depth, u0)
+        return nn.functional.cross_entropy(logits.flatten(0, 1), states.flatten()), iterations, reached
 
     return loss
+
+
+def _loss(config: StateTrackingConfig) -> Loss:
+    return from_start(_segment_loss(config))
 
 
 @torch.no_grad()
@@ -236,4 +241,5 @@ WORKLOAD = Workload(
     ),
     plot=plot_lengths,
     class_dim=-1,
+    segment_loss=_segment_loss,
 )
