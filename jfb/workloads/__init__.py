@@ -4,6 +4,7 @@
 - ``chains``: an implicit graph network on long-range dependencies (:mod:`jfb.workloads.chains`).
 - ``lm``: a byte-level DEQ transformer language model (:mod:`jfb.workloads.language`).
 - ``state-tracking``: running products of permutations, S5 by default (:mod:`jfb.workloads.state_tracking`).
+- ``mazes``: the path through a perfect maze, trained small, tested 3x larger (:mod:`jfb.workloads.mazes`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from ..errors import unknown_name
 from .base import Workload
 from .chains import WORKLOAD as CHAINS
 from .language import WORKLOAD as LANGUAGE_MODEL
+from .mazes import WORKLOAD as MAZES
 from .prefix_sums import WORKLOAD as PREFIX_SUMS
 from .state_tracking import WORKLOAD as STATE_TRACKING
 
-WORKLOADS: dict[str, Workload] = {w.name: w for w in (PREFIX_SUMS, CHAINS, LANGUAGE_MODEL, STATE_TRACKING)}
+WORKLOADS: dict[str, Workload] = {w.name: w for w in (PREFIX_SUMS, CHAINS, LANGUAGE_MODEL, STATE_TRACKING, MAZES)}
 
 
 def get_workload(name: str) -> Workload:

@@ -27,6 +27,7 @@ from ..settings import setting
 from ..train.engine import Loss
 from ..train.supervision import SegmentLoss, from_start
 from .base import Placement, Workload, to_device
+from .curves import accuracy_over_budgets, plot_budget_curves
 from .engines import EngineFactory, zeros_like_state
 
 TEST_SEED_OFFSET = 10_000  # test strings come from seed + this: never the training strings
@@ -39,14 +40,15 @@ def prefix_sum_batch(batch: int, bits: int, seed: int) -> tuple[Tensor, Tensor]:
     return strings[:, None].float(), strings.cumsum(1) % 2
 
 
-class PrefixSumsBlock(nn.Module):
-    """``T(u, e) = tanh(W2 * relu(W1 * u + e))``: two width-3 convolutions, so one iteration carries
-    information two positions along the string."""
+class RecurrentConvBlock(nn.Module):
+    """``T(u, e) = tanh(W2 * relu(W1 * u + e))``: two width-3 convolutions (``dims``: 1 along a string, 2 over an
+    image), so one iteration carries information two positions."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, dims: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv1d(width, width, 3, padding=1)
-        self.conv2 = nn.Conv1d(width, width, 3, padding=1)
+        conv = nn.Conv1d if dims == 1 else nn.Conv2d
+        self.conv1 = conv(width, width, 3, padding=1)
+        self.conv2 = conv(width, width, 3, padding=1)
 
     def forward(self, u: Tensor, e: Tensor) -> Tensor:
         return torch.tanh(self.conv2(torch.relu(self.conv1(u) + e)))
@@ -59,7 +61,7 @@ class PrefixSumsNet(nn.Module):
         super().__init__()
         self.width = width
         self.inject = nn.Conv1d(1, width, 3, padding=1)
-        self.block = PrefixSumsBlock(width)
+        self.block = RecurrentConvBlock(width)
         self.head = nn.Conv1d(width, 2, 1)
         self.engine = engine(self.block)
 
@@ -132,24 +134,14 @@ def _loss(config: PrefixSumsConfig) -> Loss:
     return from_start(_segment_loss(config))
 
 
-@torch.no_grad()
 def extrapolation(model: nn.Module, config: PrefixSumsConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Per-string accuracy and mean iterations for every test length and test-time iteration budget; the
-    metrics: accuracy at the most iterations, per length, and ``hardest_accuracy`` (the longest strings).
-
-    The budgets are visited in increasing order, each continuing from the state the previous one reached
-    (the same Picard iterates as a fresh solve of that many iterations; a solve that met the tolerance
-    stops at once), so the whole curve costs one solve of the largest budget."""
+    metrics: accuracy at the most iterations, per length, and ``hardest_accuracy`` (the longest strings)."""
     model.eval()
     rows = []
     for bits in config.test_bits:
         strings, targets = to_device(_test_strings(config, bits), config.device)
-        state, done, iterations = None, 0, 0.0
-        for depth in sorted(set(config.test_depths)):  # each budget continues the previous solve: Picard's path is one
-            logits, more, state = model(strings, depth - done, state)
-            done, iterations = depth, iterations + more
-            correct = (logits.argmax(1) == targets).all(1).float().mean().item()
-            rows.append({"bits": bits, "max_iter": depth, "accuracy": correct, "iterations": round(iterations, 1)})
+        rows += [{"bits": bits, **row} for row in accuracy_over_budgets(model, strings, targets, config.test_depths)]
     deepest = [r for r in rows if r["max_iter"] == max(config.test_depths)]
     metrics = {f"accuracy_{r['bits']}_bits": r["accuracy"] for r in deepest}
     metrics["hardest_accuracy"] = deepest[-1]["accuracy"]
@@ -158,15 +150,7 @@ def extrapolation(model: nn.Module, config: PrefixSumsConfig) -> tuple[dict[str,
 
 def plot_extrapolation(plt, path: Path, rows: list[dict[str, Any]], label: str = "") -> None:
     """Accuracy against test-time iterations, one line per string length."""
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for bits in sorted({r["bits"] for r in rows}):
-        mine = [r for r in rows if r["bits"] == bits]
-        ax.plot([r["max_iter"] for r in mine], [r["accuracy"] for r in mine], marker="o", label=f"{bits} bits")
-    ax.set_xscale("log"), ax.set_xlabel("most iterations at test time"), ax.set_ylabel("strings all right")
-    ax.set_title(label or "prefix sums, trained on short strings"), ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plot_budget_curves(plt, path, rows, "bits", "bits", label or "prefix sums, trained on short strings")
 
 
 WORKLOAD = Workload(
