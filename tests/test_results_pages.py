@@ -5,12 +5,15 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
+
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 
 
-def _table_rows(page: Path) -> list[list[str]]:
+def _table_rows(page: Path | str) -> list[list[str]]:
+    """The rows of every table of a page (or of a page's text)."""
     rows = []
-    for line in page.read_text().splitlines():
+    for line in (page.read_text() if isinstance(page, Path) else page).splitlines():
         if line.startswith("|") and not line.startswith("|---"):
             rows.append([cell.strip() for cell in line.strip("|").split("|")])
     return rows
@@ -141,7 +144,14 @@ def test_the_multi_start_table_is_its_file():
             assert cells[6] == row["chose_zeros"]
 
 
-def test_the_exact_gradients_table_is_its_summary_of_the_three_seeds():
+@pytest.mark.parametrize(
+    ("runs", "summary_file", "section"),
+    [
+        ("lm-output-seed", "lm-output-summary.csv", "## Three seeds, the Jacobian at the output"),
+        ("lm-seed", "lm-summary.csv", "## Three seeds, the Jacobian at u*"),
+    ],
+)
+def test_the_exact_gradients_tables_are_their_summaries_of_three_seeds(runs, summary_file, section):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -150,13 +160,24 @@ def test_the_exact_gradients_table_is_its_summary_of_the_three_seeds():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     folder = RESULTS / "exact-gradients"
-    recomputed = module.summary([folder / f"lm-seed{seed}" for seed in range(3)])
-    committed = list(csv.DictReader((folder / "lm-summary.csv").open()))
+    recomputed = module.summary([folder / f"{runs}{seed}" for seed in range(3)])
+    committed = list(csv.DictReader((folder / summary_file).open()))
     assert [r["engine"] for r in committed] == [r["engine"] for r in recomputed]
     for mine, theirs in zip(committed, recomputed, strict=True):
         assert float(mine["mean"]) == theirs["mean"] and float(mine["ms_per_step"]) == theirs["ms_per_step"]
-    rows = {r[1].strip("`"): r for r in _table_rows(RESULTS / "exact-gradients.md") if len(r) == 8 and r[0] == "lm"}
+    text = (RESULTS / "exact-gradients.md").read_text().split(section, 1)[1].split("\n## ", 1)[0]
+    rows = {r[1].strip("`"): r for r in _table_rows(text) if len(r) == 8 and r[0] == "lm"}
     for row in committed:
         cells = rows[row["engine"]]
         assert _rounded_from(cells[3], row["mean"], 3) and float(cells[5]) == float(row["ms_per_step"])
         assert cells[4] == f"{float(row['min']):.3f}-{float(row['max']):.3f}"
+
+
+def test_the_mazes_table_is_its_file():
+    rows = {r[0]: r for r in _table_rows(RESULTS / "looped.md") if r[0].endswith(" x " + r[0].split(" x ")[0])}
+    measured = list(csv.DictReader((RESULTS / "looped" / "mazes-default" / "mazes.csv").open()))
+    depths = sorted({int(r["max_iter"]) for r in measured})
+    assert len(rows) == 3 and len(measured) == 3 * len(depths)
+    for row in measured:
+        cell = rows[f"{row['cells']} x {row['cells']}"][1 + depths.index(int(row["max_iter"]))]
+        assert cell == f"{float(row['accuracy']):.2f} ({float(row['iterations']):.0f})", (row["cells"], row["max_iter"])
