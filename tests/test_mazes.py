@@ -70,6 +70,7 @@ def test_easy_to_hard_maze_files_are_read_and_checked(tmp_path):
         read_mazes(tmp_path / "pickled", 3, train=True)
 
 
+@pytest.mark.slow  # 600 steps: about 20 s
 def test_the_maze_model_learns_to_mark_the_path():
     workload = get_workload("mazes")
     trained = workload.train(workload.config(**workload.smoke))

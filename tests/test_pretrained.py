@@ -78,7 +78,13 @@ def test_a_checkpoint_saved_as_safetensors_reloads_and_a_damaged_one_is_refused(
     assert "--depth: options of onnx and pt2 exports" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", sorted(WORKLOADS))
+#: shipped workloads whose evaluation takes most of a minute (mazes: 100 mazes a size, up to 960 iterations)
+SLOW_EVALUATIONS = {"mazes"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_EVALUATIONS else n for n in sorted(WORKLOADS)]
+)
 def test_a_shipped_workload_reproduces_its_metric(name, capsys):
     entry = ENTRIES[name]
     result = _eval(name, capsys)

@@ -148,7 +148,7 @@ def test_the_multi_start_table_is_its_file():
     ("runs", "summary_file", "section"),
     [
         ("lm-output-seed", "lm-output-summary.csv", "## Three seeds, the Jacobian at the output"),
-        ("lm-seed", "lm-summary.csv", "## Three seeds, the Jacobian at u*"),
+        ("lm-seed", "lm-summary.csv", "## Three seeds, the Jacobian at `u*`"),
     ],
 )
 def test_the_exact_gradients_tables_are_their_summaries_of_three_seeds(runs, summary_file, section):

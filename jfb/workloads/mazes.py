@@ -136,7 +136,9 @@ WORKLOAD = Workload(
     loss=_loss,
     evaluate=solved_mazes,
     metric="hardest_accuracy",
-    smoke=dict(train_size=3, depth=12, steps=600, schedule="constant", test_sizes=(3,), test_depths=(12, 48), test_mazes=32),
+    smoke=dict(
+        train_size=3, depth=12, steps=600, schedule="constant", test_sizes=(3,), test_depths=(12, 48), test_mazes=32
+    ),
     plot=plot_mazes,
     segment_loss=_segment_loss,
 )
