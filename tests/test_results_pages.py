@@ -174,10 +174,21 @@ def test_the_exact_gradients_tables_are_their_summaries_of_three_seeds(runs, sum
 
 
 def test_the_mazes_table_is_its_file():
-    rows = {r[0]: r for r in _table_rows(RESULTS / "looped.md") if r[0].endswith(" x " + r[0].split(" x ")[0])}
+    table = _table_rows(RESULTS / "looped.md")
+    rows = {r[0]: r for r in table if len(r) == 7 and r[0].endswith(" x " + r[0].split(" x ")[0])}
     measured = list(csv.DictReader((RESULTS / "looped" / "mazes-default" / "mazes.csv").open()))
     depths = sorted({int(r["max_iter"]) for r in measured})
     assert len(rows) == 3 and len(measured) == 3 * len(depths)
     for row in measured:
         cell = rows[f"{row['cells']} x {row['cells']}"][1 + depths.index(int(row["max_iter"]))]
         assert cell == f"{float(row['accuracy']):.2f} ({float(row['iterations']):.0f})", (row["cells"], row["max_iter"])
+    scores = list(csv.DictReader((RESULTS / "looped" / "mazes-path-independence.csv").open()))
+    aligned = {r[0]: r for r in table if len(r) == 8 and r[0].endswith(" x " + r[0].split(" x ")[0])}
+    assert len(aligned) == 3
+    for cells, row in aligned.items():
+        mine = [r for r in scores if f"{r['cells']} x {r['cells']}" == cells]
+        by_answer = [[float(r["score"]) for r in mine if r["right"] == flag] for flag in ("1", "0")]
+        means = [f"{sum(v) / len(v):.4f}" if v else "-" for v in by_answer]
+        lowest = f"{min(float(r['score']) for r in mine):.4f}"
+        converged = str(sum(int(r["converged"]) for r in mine))
+        assert row[1:] == [mine[0]["max_iter"], str(len(mine)), str(len(by_answer[0])), *means, lowest, converged]
