@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import pytest
@@ -173,17 +174,34 @@ def test_the_exact_gradients_tables_are_their_summaries_of_three_seeds(runs, sum
         assert cells[4] == f"{float(row['min']):.3f}-{float(row['max']):.3f}"
 
 
-def test_the_mazes_table_is_its_file():
-    table = _table_rows(RESULTS / "looped.md")
-    rows = {r[0]: r for r in table if len(r) == 7 and r[0].endswith(" x " + r[0].split(" x ")[0])}
-    measured = list(csv.DictReader((RESULTS / "looped" / "mazes-default" / "mazes.csv").open()))
+def _section(page: Path, heading: str) -> str:
+    """The text of a page from ``heading`` to the next heading of its level or above."""
+    text = page.read_text().split(heading, 1)[1]
+    return re.split(r"\n#{1,3} ", text, maxsplit=1)[0]
+
+
+def _maze_rows(text: str, cells: int) -> dict[str, list[str]]:
+    """The rows of a section's tables of ``cells`` cells whose first cell is a maze size such as ``4 x 4``."""
+    return {r[0]: r for r in _table_rows(text) if len(r) == cells and r[0].endswith(" x " + r[0].split(" x ")[0])}
+
+
+@pytest.mark.parametrize(
+    ("heading", "folder"),
+    [("### Mazes: trained on 4 x 4 cells", "mazes-default"), ("### Mazes with deep supervision", "mazes-segments-3")],
+)
+def test_the_mazes_tables_are_their_files(heading, folder):
+    rows = _maze_rows(_section(RESULTS / "looped.md", heading), 7)
+    measured = list(csv.DictReader((RESULTS / "looped" / folder / "mazes.csv").open()))
     depths = sorted({int(r["max_iter"]) for r in measured})
     assert len(rows) == 3 and len(measured) == 3 * len(depths)
     for row in measured:
         cell = rows[f"{row['cells']} x {row['cells']}"][1 + depths.index(int(row["max_iter"]))]
         assert cell == f"{float(row['accuracy']):.2f} ({float(row['iterations']):.0f})", (row["cells"], row["max_iter"])
+
+
+def test_the_mazes_path_independence_table_is_its_file():
+    aligned = _maze_rows(_section(RESULTS / "looped.md", "### Path independence of a model that does not"), 8)
     scores = list(csv.DictReader((RESULTS / "looped" / "mazes-path-independence.csv").open()))
-    aligned = {r[0]: r for r in table if len(r) == 8 and r[0].endswith(" x " + r[0].split(" x ")[0])}
     assert len(aligned) == 3
     for cells, row in aligned.items():
         mine = [r for r in scores if f"{r['cells']} x {r['cells']}" == cells]
