@@ -1,4 +1,6 @@
-"""Test-time compute curves: accuracy against the iteration budget, one solve per test set for all budgets."""
+"""Looped models called as ``model(inputs, depth, u0) -> (logits, iterations, state reached)`` (prefix sums, mazes):
+their deep-supervision loss and their test-time compute curves (accuracy against the iteration budget, one solve per
+test set for all budgets)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,20 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from ..train.supervision import SegmentLoss
+
+
+def cross_entropy_segments(depth: int) -> SegmentLoss:
+    """The segment loss of such a model: ``depth`` iterations from ``u0``, cross-entropy of the logits (classes at
+    dim 1) against the targets, the state reached handed on."""
+
+    def loss(model: nn.Module, batch: tuple[Tensor, Tensor], u0: Tensor | None) -> tuple[Tensor, float, Tensor]:
+        inputs, targets = batch
+        logits, iterations, reached = model(inputs, depth, u0)
+        return nn.functional.cross_entropy(logits, targets), iterations, reached
+
+    return loss
 
 
 @torch.no_grad()

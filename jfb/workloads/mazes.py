@@ -25,7 +25,7 @@ from ..settings import setting
 from ..train.engine import Loss
 from ..train.supervision import SegmentLoss, from_start
 from .base import Placement, Workload, to_device
-from .curves import accuracy_over_budgets, plot_budget_curves
+from .curves import accuracy_over_budgets, cross_entropy_segments, plot_budget_curves
 from .engines import EngineFactory, zeros_like_state
 from .prefix_sums import RecurrentConvBlock
 
@@ -97,12 +97,7 @@ def _test_mazes(config: MazesConfig, size: int) -> tuple[Tensor, Tensor]:
 
 
 def _segment_loss(config: MazesConfig) -> SegmentLoss:
-    def loss(model: nn.Module, batch: tuple[Tensor, Tensor], u0: Tensor | None) -> tuple[Tensor, float, Tensor]:
-        images, paths = batch
-        logits, iterations, reached = model(images, config.depth, u0)
-        return nn.functional.cross_entropy(logits, paths), iterations, reached
-
-    return loss
+    return cross_entropy_segments(config.depth)
 
 
 def _loss(config: MazesConfig) -> Loss:

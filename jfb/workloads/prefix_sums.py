@@ -27,7 +27,7 @@ from ..settings import setting
 from ..train.engine import Loss
 from ..train.supervision import SegmentLoss, from_start
 from .base import Placement, Workload, to_device
-from .curves import accuracy_over_budgets, plot_budget_curves
+from .curves import accuracy_over_budgets, cross_entropy_segments, plot_budget_curves
 from .engines import EngineFactory, zeros_like_state
 
 TEST_SEED_OFFSET = 10_000  # test strings come from seed + this: never the training strings
@@ -122,12 +122,7 @@ def _test_strings(config: PrefixSumsConfig, bits: int) -> tuple[Tensor, Tensor]:
 
 
 def _segment_loss(config: PrefixSumsConfig) -> SegmentLoss:
-    def loss(model: nn.Module, batch: tuple[Tensor, Tensor], u0: Tensor | None) -> tuple[Tensor, float, Tensor]:
-        bits, targets = batch
-        logits, iterations, reached = model(bits, config.depth, u0)
-        return nn.functional.cross_entropy(logits, targets), iterations, reached
-
-    return loss
+    return cross_entropy_segments(config.depth)
 
 
 def _loss(config: PrefixSumsConfig) -> Loss:
