@@ -140,6 +140,35 @@ def test_a_warm_start_begins_at_the_previous_solution_and_restarts_cold_on_a_new
     assert repr(layer.backward).endswith(":warm_start=1")
 
 
+def test_a_tolerance_schedule_tightens_geometrically_over_the_gradient_solves_and_then_holds():
+    T, W, U, x = _tanh_problem(0.9)
+    backward = "ift:tol=1e-2:tol_end=1e-8:tol_solves=4"
+    layer = jfb.ImplicitLayer(T, backward=backward, solver="anderson", tol=1e-12, max_iter=300, latent_shape=(30,))
+    assert repr(layer.backward) == "ift:fixed_point:tol=0.01:tol_end=1e-08:tol_solves=4"
+    tolerances, residuals, iterations = [], [], []
+    for _ in range(6):
+        tolerances.append(layer.backward.current_tol())
+        xg = x.clone().requires_grad_()
+        (layer(xg) ** 2).sum().backward()
+        stats = layer.last_stats.backward
+        residuals.append(stats.relative_residual)
+        iterations.append(stats.iterations)
+    expected = [10 ** (-2 - 1.5 * k) for k in range(4)] + [1e-8, 1e-8]
+    assert tolerances == pytest.approx(expected, rel=1e-12)
+    assert all(r <= t for r, t in zip(residuals, tolerances))
+    assert iterations[0] < iterations[2] < iterations[4] == iterations[5]  # looser early, fewer products
+    assert float((xg.grad - _dense_gradient(T, W, U, x)).norm()) < 1e-6 * float(xg.grad.norm())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [(":tol_end=1e-6", "give both tol_end and tol_solves"), (":tol_end=0:tol_solves=5", "tol_end must be a number")],
+)
+def test_a_tolerance_schedule_needs_a_positive_end_and_a_number_of_solves(options, message):
+    with pytest.raises(JfbError, match=message):
+        jfb.get_backward("ift" + options)
+
+
 def test_a_warm_start_needs_a_solver_that_takes_an_initial_guess():
     class Plain(LinearSolver):
         name = "plain"

@@ -155,8 +155,10 @@ def test_any_backward_mode_by_name_is_an_engine():
     assert float((a - b).norm() / b.norm()) < 1e-6
     model = workload.model(config, jfb_engine("shine:refine=5"))
     assert model.engine.layer.options.solver == "broyden"
-    with pytest.raises(JfbError, match=r"unknown engine 'ift:nope'.*a backward mode by name"):
-        jfb_engine("ift:nope")
+    with pytest.raises(JfbError, match=r"engine 'ift:nope'.*unknown IFT linear solver 'nope'"):
+        jfb_engine("ift:nope")  # a known mode with a bad option names the option
+    with pytest.raises(JfbError, match=r"unknown engine 'nope:3'.*a backward mode by name"):
+        jfb_engine("nope:3")
 
 
 def test_every_workload_is_registered_with_its_metric():

@@ -56,7 +56,11 @@ def get_backward(spec: str | BackwardMode, **options: Any) -> BackwardMode:
 
 register_backward("jfb", JFB)
 register_backward("neumann", Neumann, "neumann:K")
-register_backward("ift", IFT, f"ift[:{'|'.join(LINEAR_SOLVERS.names())}][:tol=T][:max_iter=N]")
+register_backward(
+    "ift",
+    IFT,
+    f"ift[:{'|'.join(LINEAR_SOLVERS.names())}][:tol=T][:max_iter=N][:warm_start=1][:tol_end=T:tol_solves=N]",
+)
 register_backward("phantom", Phantom, "phantom:K[:tau=T]")
 register_backward("unroll", Unroll)
 register_backward("reversible", Reversible)

@@ -45,9 +45,12 @@ class IFT(BackwardMode):
     gradient then belongs to the point the layer reports (on the language-model workload: 2.963 bits per byte
     against 3.079 at ``u*``, docs/results/exact-gradients.md). ``warm_start=True`` starts each backward solve
     from the previous call's solution when it has the same shape (a layer keeps its mode, so the previous call is
-    the layer's; calls under torch.func transforms and second derivatives start cold). By name: ``"ift"``,
-    ``"ift:cg"``, ``"ift:cg:tol=1e-8:max_iter=100"``,
-    ``"ift:anderson:warm_start=1"``.
+    the layer's; calls under torch.func transforms and second derivatives start cold). ``tol_end`` with
+    ``tol_solves=N`` is a tolerance schedule, loose early and tight late: the k-th gradient solve of this mode
+    (one per training step for a layer called once a step) uses ``tol * (tol_end / tol) ** (min(k, N) / N)``,
+    ``tol`` at the first and ``tol_end`` from the N-th on; other solves (tangents, second derivatives) use the
+    current one. By name: ``"ift"``, ``"ift:cg"``, ``"ift:cg:tol=1e-8:max_iter=100"``,
+    ``"ift:anderson:warm_start=1"``, ``"ift:tol=1e-2:tol_end=1e-6:tol_solves=600"``.
     """
 
     supports_second_order = True
@@ -60,6 +63,8 @@ class IFT(BackwardMode):
         tol: float = 1e-6,
         max_iter: int | None = None,
         warm_start: bool = False,
+        tol_end: float | None = None,
+        tol_solves: int | None = None,
         **linear_options: Any,
     ) -> None:
         self.linear_solver = LINEAR_SOLVERS.build(linear_solver, **linear_options)
@@ -70,7 +75,16 @@ class IFT(BackwardMode):
         if max_iter is not None:
             require_integer("IFT max_iter", max_iter, 1, hint=" or None (the forward max_iter)")
         self.tol, self.max_iter = tol, max_iter
+        self.tol_end, self.tol_solves = _tolerance_schedule(tol_end, tol_solves), tol_solves
+        self.gradient_solves = 0  # the gradient solves made so far, which the tolerance schedule counts
         self.name = f"ift:{self.linear_solver!r}"
+
+    def current_tol(self) -> float:
+        """The tolerance of the next gradient solve (``tol`` without a schedule)."""
+        if self.tol_end is None:
+            return self.tol
+        fraction = min(self.gradient_solves, self.tol_solves) / self.tol_solves
+        return self.tol * (self.tol_end / self.tol) ** fraction
 
     def attach(self, T: FixedPointMap, u_star: Tensor, stats: BackwardStats) -> Tensor:
         out = T(u_star.detach())
@@ -157,25 +171,34 @@ class IFT(BackwardMode):
         warm: bool = False,
     ) -> Tensor:
         """``(I - J^T)^{-1} b`` (``transposed``: ``(I - J)^{-1} b``) with J at ``point``; ``warm``: the gradient's own
-        solve, which a warm start may start from the previous one."""
+        solve, which a warm start may start from the previous one and which advances the tolerance schedule."""
+        tol = self.current_tol()
+        self.gradient_solves += int(warm)
         warm = warm and self.warm_start and not active()
 
         def solve(products: JacobianProducts, rhs: Tensor) -> Tensor:
             w0 = self.previous if warm and _same_kind(self.previous, rhs) else None
-            w = self._solve(TransposedProducts(products) if transposed else products, rhs, max_iter, T, stats, w0)
+            w = self._solve(TransposedProducts(products) if transposed else products, rhs, max_iter, T, stats, tol, w0)
             self.previous = w.detach() if warm else self.previous
             return w
 
         return with_products(T, point, b, solve)
 
     def _solve(
-        self, products: Any, b: Tensor, max_iter: int, T: FixedPointMap, stats: BackwardStats, w0: Tensor | None = None
+        self,
+        products: Any,
+        b: Tensor,
+        max_iter: int,
+        T: FixedPointMap,
+        stats: BackwardStats,
+        tol: float,
+        w0: Tensor | None = None,
     ) -> Tensor:
         """The linear solve (``(I - J^T) w = b``, or with transposed products ``(I - J) v = b``), counted."""
         stats.t_evals += 1
         with torch.no_grad():
             guess = {} if w0 is None else {"w0": w0}
-            w, info = self.linear_solver.solve(products, b, self.tol, max_iter, **guess)
+            w, info = self.linear_solver.solve(products, b, tol, max_iter, **guess)
         stats.j_matvecs += products.count
         stats.iterations, stats.relative_residual, stats.status = info.iterations, info.relative_residual, info.status
         stats.fallback = info.fallback
@@ -204,7 +227,8 @@ class IFT(BackwardMode):
                     f"third derivatives through backward {self.name!r} are not supported "
                     "(the backward pass of a second derivative ran with create_graph=True)"
                 )
-            return self._solve(TransposedProducts(JacobianProducts(*T.linearization(u))), v, max_iter, T, stats)
+            products = TransposedProducts(JacobianProducts(*T.linearization(u)))
+            return self._solve(products, v, max_iter, T, stats, self.current_tol())
 
         if attached.requires_grad:
             attached.register_hook(inverse_transpose)
@@ -212,8 +236,22 @@ class IFT(BackwardMode):
 
     def __repr__(self) -> str:
         extra = "" if self.tol == 1e-6 else f":tol={self.tol:g}"
+        extra += "" if self.tol_end is None else f":tol_end={self.tol_end:g}:tol_solves={self.tol_solves}"
         extra += ":warm_start=1" if self.warm_start else ""
         return self.name + extra + ("" if self.max_iter is None else f":max_iter={self.max_iter}")
+
+
+def _tolerance_schedule(tol_end: float | None, tol_solves: int | None) -> float | None:
+    """``tol_end`` checked: positive, over a positive number of solves (or neither option given)."""
+    if tol_end is None and tol_solves is None:
+        return None
+    if tol_end is None or tol_solves is None:
+        raise JfbError(
+            "IFT tolerance schedule: give both tol_end and tol_solves (e.g. ift:tol=1e-2:tol_end=1e-6:tol_solves=600)"
+        )
+    require_number("IFT tol_end", tol_end, 0)
+    require_integer("IFT tol_solves", tol_solves, 1)
+    return float(tol_end)
 
 
 def _same_kind(previous: Tensor | None, b: Tensor) -> bool:

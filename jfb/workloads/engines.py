@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..backward import get_backward
+from ..backward import BACKWARD_MODES, get_backward
 from ..errors import JfbError, unknown_name
 from ..layer import ImplicitLayer
 
@@ -101,7 +101,9 @@ def jfb_engine(name: str, eval_tol: float | None = 1e-4) -> EngineFactory:
     backward = JFB_ENGINES.get(name, name)
     try:
         get_backward(backward)
-    except JfbError:
+    except JfbError as error:
+        if backward.split(":")[0] in BACKWARD_MODES.names():  # a known mode with a bad option: say which
+            raise JfbError(f"engine {name!r}: {error}") from None
         raise unknown_name("engine", name, [*JFB_ENGINES, "stack:K", "a backward mode by name"]) from None
     return lambda operator: JfbEngine(operator, backward, eval_tol)
 
