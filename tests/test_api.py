@@ -418,6 +418,7 @@ def test_eval_mode_with_grad_attaches_the_backward_mode_and_no_grad_returns_u_st
         attached.sum().backward()
 
 
+@pytest.mark.slow
 def test_the_default_ift_backward_runs_under_torch_compile():
     """The default linear solve needs only J^T products (no double backward), so compiled models train."""
     torch.manual_seed(0)

@@ -90,6 +90,7 @@ class _Classifier(torch.nn.Module):
 
 
 @pytest.mark.parametrize("solver", ["picard", "anderson"])
+@pytest.mark.slow
 def test_a_fixed_depth_solve_compiles_as_one_graph(solver):
     """fullgraph=True: no graph break from the solve, its bookkeeping or the layer (dynamo's own count is 0)."""
     model = _Classifier(solver).eval()

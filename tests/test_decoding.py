@@ -102,6 +102,7 @@ def test_generate_leaves_the_global_random_state_alone():
     assert torch.equal(torch.rand(3), expected)
 
 
+@pytest.mark.slow
 def test_sampling_is_reproducible_from_its_seed_and_top_k_1_is_greedy():
     model = _model()
     options = dict(max_new_tokens=25, do_sample=True, **TIGHT)

@@ -36,6 +36,7 @@ class TinyDeq(nn.Module):
 
 
 @pytest.mark.parametrize("batch", [5, HOST_BATCH + 1])  # (the solve's bookkeeping changes kind at HOST_BATCH)
+@pytest.mark.slow
 def test_an_exported_program_matches_eager_at_another_batch_size(batch):
     """Exported at batch 2, run at 5 and past the host bookkeeping's batch limit: the trace keeps no guard on it."""
     model = TinyDeq().eval()
@@ -45,6 +46,7 @@ def test_an_exported_program_matches_eager_at_another_batch_size(batch):
         assert torch.allclose(program.module()(images), model(images), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_depth_overrides_the_layers_own():
     model = TinyDeq(eval_tol=1e-4).eval()
     program = export_program(model, (torch.randn(2, 1, 8, 8),), depth=7)
@@ -60,6 +62,7 @@ def _picard_to_tolerance() -> TinyDeq:
     return model.eval()
 
 
+@pytest.mark.slow
 def test_a_tolerance_is_exported_as_a_loop_that_stops_where_eager_does():
     """Picard to tol=1e-5 inside the program: inputs of other scales take other numbers of iterations, and the
     program takes the same ones (a traced depth would be wrong for all but the example)."""

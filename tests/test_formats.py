@@ -54,6 +54,7 @@ def _equal(a, b) -> bool:
 
 
 @pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.slow
 def test_a_fixture_resumes_its_exact_state_and_ends_within_the_cross_cpu_spread(tmp_path, version):
     """What holds on every CPU: the run continues from the recorded position with the recorded weights, optimiser
     state, schedule and RNG, exactly; after its last epoch its weights are within the spread measured across CPU

@@ -97,6 +97,7 @@ def _refused_in_one_line(argv: list[str], capsys, run_dir: Path) -> None:
 
 @FUZZ
 @given(config=configs)
+@pytest.mark.slow
 def test_fuzzed_toml_files_are_accepted_or_refused_in_one_line(tmp_path, capsys, no_training, config):
     path = tmp_path / "fuzzed.toml"
     path.write_text(_toml(config))
@@ -115,6 +116,7 @@ def _train_flags() -> list[str]:
 
 @FUZZ
 @given(flag=st.sampled_from(_train_flags()), value=st.one_of(scalars.map(str), st.sampled_from(["-1", "1e309"])))
+@pytest.mark.slow
 def test_fuzzed_flag_values_are_accepted_or_refused_in_one_line(tmp_path, capsys, no_training, flag, value):
     argv = ["train", "mnist", flag, value, "--out", str(tmp_path / "run")]
     try:
@@ -195,6 +197,7 @@ def test_zip_members_missing_extra_or_naming_code_are_handled_without_running_it
     assert "\n" not in str(refused.value) and not CODE_RAN.exists()
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_over_many_fuzzed_files(tmp_path):
     """Peak RSS growth of one process loading 200 flipped or truncated copies of a 0.7 MB checkpoint."""
     script = (

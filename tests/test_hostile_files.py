@@ -61,6 +61,7 @@ def test_a_decompression_bomb_is_refused(tmp_path, loader) -> None:
         loader(path)
 
 
+@pytest.mark.slow
 def test_a_decompression_bomb_costs_no_memory(tmp_path) -> None:
     """Peak RSS growth while both loaders refuse a 0.25 MB file that expands to 256 MB: under 16 MB."""
     path = _bomb(tmp_path / "bomb.pt", 256)

@@ -78,8 +78,9 @@ def test_a_checkpoint_saved_as_safetensors_reloads_and_a_damaged_one_is_refused(
     assert "--depth: options of onnx and pt2 exports" in capsys.readouterr().err
 
 
-#: shipped workloads whose evaluation takes most of a minute (mazes: 100 mazes a size, up to 960 iterations)
-SLOW_EVALUATIONS = {"mazes"}
+#: shipped workloads whose evaluation takes seconds, not milliseconds (mazes: most of a minute, 100 mazes a size, up to
+#: 960 iterations; prefix sums 12 s, state tracking 2 s): the full suite runs them, the fast loop does not
+SLOW_EVALUATIONS = {"mazes", "prefix-sums", "state-tracking"}
 
 
 @pytest.mark.parametrize(

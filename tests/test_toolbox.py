@@ -79,6 +79,7 @@ def _dense_penalty(op, u_star, x) -> torch.Tensor:
     return total / u_star.shape[0]
 
 
+@pytest.mark.slow
 def test_the_jacobian_penalty_is_an_unbiased_differentiable_estimate_of_the_frobenius_norm():
     op, x, _ = tanh_problem(dim=10, contraction=0.8, seed=3)
     layer = jfb.ImplicitLayer(op, jacobian_probes=1, **TIGHT)

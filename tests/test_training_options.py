@@ -48,6 +48,7 @@ def test_the_weight_average_follows_its_recurrence():
     assert torch.allclose(model[0].weight, start + 1.0)
 
 
+@pytest.mark.slow
 def test_the_average_is_what_is_evaluated_saved_and_resumed_exactly(tmp_path):
     config = config_of(**SMALL, epochs=2, max_iter=4, ema_decay=0.9, label_smoothing=0.1, checkpoint_every=0)
     whole = train(config, tmp_path / "whole", progress=False, log=lambda m: None)

@@ -37,6 +37,7 @@ def test_prefix_sum_targets_are_running_parities():
     assert torch.equal(prefix_sum_batch(4, 9, seed=3)[0], strings)  # seeded
 
 
+@pytest.mark.slow
 def test_prefix_sums_trained_on_16_bits_solves_32_bits_given_more_iterations():
     """Easy to hard: 150 steps on 16-bit strings; at 32 bits the model needs more than its training depth."""
     _, result, metrics, rows = _train("prefix-sums", **get_workload("prefix-sums").smoke)
@@ -74,6 +75,7 @@ def test_graph_block_weight_stays_in_the_infinity_norm_ball():
     assert torch.equal(small.constrained_weight(), small.weight)
 
 
+@pytest.mark.slow
 def test_implicit_graph_network_reaches_the_far_end_where_a_shallow_gnn_cannot():
     smoke = get_workload("chains").smoke
     _, _, implicit, _ = _train("chains", **smoke)
@@ -211,6 +213,7 @@ def _easy_to_hard_folder(root, lengths=(16, 32), strings=300):
     return root
 
 
+@pytest.mark.slow
 def test_prefix_sums_train_and_test_on_the_easy_to_hard_files(tmp_path):
     from jfb.data.easy_to_hard import prefix_sums_files, read_prefix_sums
 
