@@ -205,6 +205,18 @@ def test_the_halting_head_learns_when_the_answer_is_right():
     assert accuracy > 0.97 and float(loss) < 0.15
 
 
+def test_a_pooled_halting_head_reads_states_of_any_size_by_channel_mean_and_maximum():
+    head = jfb.looped.HaltingHead(3, pooled=True)
+    with torch.no_grad():
+        head.linear.weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0, 2.0, 0.0]]))
+        head.linear.bias.zero_()
+    small, large = torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 9, 7)
+    small[0, 0], large[1, 1, 8, 6] = 0.5, 3.0  # sample 0: channel 0's mean 0.5; sample 1: channel 1's maximum 3
+    assert head(small).tolist() == [0.5, 0.0] and head(large).tolist() == [0.0, 6.0]
+    with pytest.raises(jfb.JfbError, match="pooled=True"):
+        head(torch.zeros(2, 3))
+
+
 @pytest.mark.parametrize(("count", "threshold"), [(0, 0.5), (3, 1.0), (3, 0.0)])
 def test_halting_refuses_a_bad_count_or_threshold(count, threshold):
     with pytest.raises(jfb.JfbError, match=r"count|threshold"):

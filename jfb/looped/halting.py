@@ -24,14 +24,27 @@ from .starts import batch_size, flat_rows, latent_shape_of, solve_function
 
 
 class HaltingHead(nn.Module):
-    """``done`` logits per sample from the state: one linear unit on the flattened state (``features`` of them)."""
+    """``done`` logits per sample from the state: one linear unit on the flattened state (``features`` values), or,
+    with ``pooled=True``, on each channel's mean and maximum over the trailing dimensions of a ``(B, features, ...)``
+    state, so that one head reads states whose size varies with the problem (mazes of any size, strings of any
+    length)."""
 
-    def __init__(self, features: int) -> None:
+    def __init__(self, features: int, pooled: bool = False) -> None:
         super().__init__()
-        self.linear = nn.Linear(features, 1)
+        self.pooled = pooled
+        self.linear = nn.Linear(2 * features if pooled else features, 1)
+
+    def features(self, state: State) -> Tensor:
+        """What the linear unit reads: ``(B, features)``, or ``(B, 2 * features)`` pooled."""
+        if not self.pooled:
+            return flat_rows(state)
+        if not isinstance(state, Tensor) or state.dim() < 3:
+            raise JfbError("HaltingHead(pooled=True) reads a (B, channels, ...) tensor state; use pooled=False")
+        channels = state.flatten(2)
+        return torch.cat([channels.mean(2), channels.amax(2)], 1)
 
     def forward(self, state: State) -> Tensor:
-        return self.linear(flat_rows(state)).squeeze(-1)
+        return self.linear(self.features(state)).squeeze(-1)
 
 
 def halting_loss(logits: Tensor, correct: Tensor) -> Tensor:
