@@ -96,10 +96,11 @@ if [ ${#RECIPE[@]} -gt 0 ]; then
 fi
 step "CIFAR-10-shaped epoch, synthetic data" jfb bench epoch cifar10 --device "$DEVICE" "${CIFAR[@]}" --out "$WORK/epoch"
 step "peak memory vs depth" jfb bench memory --device "$DEVICE" "${MEMORY[@]}" --out "$WORK/memory"
-for workload in prefix-sums chains lm state-tracking mazes; do
+for workload in prefix-sums chains lm state-tracking mazes sudoku; do
   SIZE=("${ZOO[@]}")
-  # mazes' own 6000 steps under five engines would pass the step's time limit: a tenth of them
+  # mazes' own 6000 steps (sudoku's 3000) under five engines would pass the step's time limit: a tenth of them
   [ "$workload" = mazes ] && [ "$DRY" != 1 ] && SIZE=(--steps 600)
+  [ "$workload" = sudoku ] && [ "$DRY" != 1 ] && SIZE=(--steps 300)
   step "workload $workload, engines $ENGINES" jfb bench zoo --device "$DEVICE" --workloads "$workload" \
     --engines "$ENGINES" "${SIZE[@]}" --out "$WORK/zoo-$workload"
 done
@@ -109,7 +110,7 @@ for kind in small large precision compile; do
 done
 table "One epoch on synthetic CIFAR-10-shaped data" "$WORK/epoch/epoch.md"
 table "Peak memory of a training step vs depth" "$WORK/memory/memory.md"
-for workload in prefix-sums chains lm state-tracking mazes; do
+for workload in prefix-sums chains lm state-tracking mazes sudoku; do
   table "Workload $workload, side by side (jfb bench zoo)" "$WORK/zoo-$workload/zoo.md"
 done
 "$PY" - "$WORK" "$OUT" "$TABLES" <<'PYTHON'
@@ -129,7 +130,7 @@ for name in ("epoch", "memory"):
     source = work / name / f"{name}.csv"
     if source.exists():
         (out / f"{name}.csv").write_text(source.read_text())
-zoo = [row for w in ("prefix-sums", "chains", "lm", "state-tracking", "mazes") if (work / f"zoo-{w}" / "zoo.csv").exists()
+zoo = [row for w in ("prefix-sums", "chains", "lm", "state-tracking", "mazes", "sudoku") if (work / f"zoo-{w}" / "zoo.csv").exists()
        for row in csv.DictReader((work / f"zoo-{w}" / "zoo.csv").open())]
 if zoo:
     with (out / "zoo.csv").open("w", newline="") as f:

@@ -29,9 +29,9 @@ def test_the_device_check_dry_run_completes_and_writes_what_the_device_tool_brin
         "summary.md",
         "zoo.csv",
     ]
-    assert len(files) <= 8 and summary.count("| ok |") == 13 and "failed" not in summary
+    assert len(files) <= 8 and summary.count("| ok |") == 14 and "failed" not in summary
     headings = ("Training step vs the floor", "synthetic CIFAR-10-shaped data", "Peak memory", "MNIST training")
-    workloads = ("prefix-sums", "chains", "lm", "state-tracking", "mazes")
+    workloads = ("prefix-sums", "chains", "lm", "state-tracking", "mazes", "sudoku")
     for heading in (*headings, *(f"Workload {w}, side by side" for w in workloads), "nvidia-smi"):
         assert heading in summary
     step_rows = (tmp_path / "out" / "step.csv").read_text().splitlines()
@@ -39,4 +39,4 @@ def test_the_device_check_dry_run_completes_and_writes_what_the_device_tool_brin
         step_rows[0].startswith("K,backward,operator,solve,batch,device,precision") and len(step_rows) == 1 + 7
     )  # small (module and function operators, fixed and tolerance solves), large, fp32 + bf16
     zoo_rows = (tmp_path / "out" / "zoo.csv").read_text().splitlines()
-    assert zoo_rows[0].startswith("workload,engine,metric,value") and len(zoo_rows) == 1 + 5 * 5  # torchdeq too
+    assert zoo_rows[0].startswith("workload,engine,metric,value") and len(zoo_rows) == 1 + 6 * 5  # torchdeq too

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 WORKER = Path(__file__).with_name("workload_worker.py")
 #: steps of a matrix cell: enough to move the weights, few enough for CI
-CELL_STEPS = {"lm": 20, "prefix-sums": 10, "state-tracking": 10, "mazes": 10}
+CELL_STEPS = {"lm": 20, "prefix-sums": 10, "state-tracking": 10, "mazes": 10, "sudoku": 10}
 
 
 def _run(out: Path, name: str, mode: str, **options) -> dict:

@@ -5,6 +5,7 @@
 - ``lm``: a byte-level DEQ transformer language model (:mod:`jfb.workloads.language`).
 - ``state-tracking``: running products of permutations, S5 by default (:mod:`jfb.workloads.state_tracking`).
 - ``mazes``: the path through a perfect maze, trained small, tested 3x larger (:mod:`jfb.workloads.mazes`).
+- ``sudoku``: 9x9 puzzles, a relational DEQ over the cells, scored by whole boards (:mod:`jfb.workloads.sudoku`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from .language import WORKLOAD as LANGUAGE_MODEL
 from .mazes import WORKLOAD as MAZES
 from .prefix_sums import WORKLOAD as PREFIX_SUMS
 from .state_tracking import WORKLOAD as STATE_TRACKING
+from .sudoku import WORKLOAD as SUDOKU
 
-WORKLOADS: dict[str, Workload] = {w.name: w for w in (PREFIX_SUMS, CHAINS, LANGUAGE_MODEL, STATE_TRACKING, MAZES)}
+WORKLOADS: dict[str, Workload] = {
+    w.name: w for w in (PREFIX_SUMS, CHAINS, LANGUAGE_MODEL, STATE_TRACKING, MAZES, SUDOKU)
+}
 
 
 def get_workload(name: str) -> Workload:
