@@ -215,6 +215,24 @@ def test_a_pooled_halting_head_reads_states_of_any_size_by_channel_mean_and_maxi
     assert head(small).tolist() == [0.5, 0.0] and head(large).tolist() == [0.0, 6.0]
     with pytest.raises(jfb.JfbError, match="pooled=True"):
         head(torch.zeros(2, 3))
+    with pytest.raises(jfb.JfbError, match="needs pooled=True"):
+        jfb.looped.HaltingHead(3, hidden=4)
+
+
+def test_a_hidden_layer_per_position_lets_the_maximum_find_the_one_position_not_done():
+    """A position is done when channel 0 exceeds channel 1, a sample when every position is: the maximum over
+    positions of relu(channel 1 - channel 0) is zero exactly then."""
+    head = jfb.looped.HaltingHead(2, pooled=True, hidden=1)
+    with torch.no_grad():
+        head.position[0].weight.copy_(torch.tensor([[-1.0, 1.0]]))
+        head.position[0].bias.zero_()
+        head.linear.weight.copy_(torch.tensor([[0.0, -100.0]]))  # the pooled mean ignored, the maximum read
+        head.linear.bias.fill_(1.0)
+    done = torch.tensor([[[1.0, 0.5, 0.9], [0.0, 0.0, 0.0]], [[0.2, 0.3, 0.4], [0.0, 0.1, 0.2]]])  # (B, C, positions)
+    not_done = done.clone()
+    not_done[0, 1, 2] = 1.5  # the last position of sample 0 is not done
+    assert (head(done) > 0).tolist() == [True, True] and (head(not_done) > 0).tolist() == [False, True]
+    assert head.features(done).shape == (2, 2)
 
 
 @pytest.mark.parametrize(("count", "threshold"), [(0, 0.5), (3, 1.0), (3, 0.0)])

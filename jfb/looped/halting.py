@@ -27,21 +27,28 @@ class HaltingHead(nn.Module):
     """``done`` logits per sample from the state: one linear unit on the flattened state (``features`` values), or,
     with ``pooled=True``, on each channel's mean and maximum over the trailing dimensions of a ``(B, features, ...)``
     state, so that one head reads states whose size varies with the problem (mazes of any size, strings of any
-    length)."""
+    length). ``hidden=H`` (pooled only) first maps each position's ``features`` to ``H`` by a linear layer and a ReLU,
+    so the maximum can find the one position that is not done yet."""
 
-    def __init__(self, features: int, pooled: bool = False) -> None:
+    def __init__(self, features: int, pooled: bool = False, hidden: int = 0) -> None:
         super().__init__()
+        if hidden and not pooled:
+            raise JfbError("HaltingHead: hidden=H is a layer per position before pooling; it needs pooled=True")
         self.pooled = pooled
-        self.linear = nn.Linear(2 * features if pooled else features, 1)
+        self.position = nn.Sequential(nn.Linear(features, hidden), nn.ReLU()) if hidden else None
+        width = hidden or features
+        self.linear = nn.Linear(2 * width if pooled else width, 1)
 
     def features(self, state: State) -> Tensor:
-        """What the linear unit reads: ``(B, features)``, or ``(B, 2 * features)`` pooled."""
+        """What the linear unit reads: ``(B, features)``, or pooled ``(B, 2 * features)`` (``2 * hidden``)."""
         if not self.pooled:
             return flat_rows(state)
         if not isinstance(state, Tensor) or state.dim() < 3:
             raise JfbError("HaltingHead(pooled=True) reads a (B, channels, ...) tensor state; use pooled=False")
-        channels = state.flatten(2)
-        return torch.cat([channels.mean(2), channels.amax(2)], 1)
+        positions = state.flatten(2)
+        if self.position is not None:
+            positions = self.position(positions.transpose(1, 2)).transpose(1, 2)
+        return torch.cat([positions.mean(2), positions.amax(2)], 1)
 
     def forward(self, state: State) -> Tensor:
         return self.linear(self.features(state)).squeeze(-1)
