@@ -79,8 +79,8 @@ def test_a_checkpoint_saved_as_safetensors_reloads_and_a_damaged_one_is_refused(
 
 
 #: shipped workloads whose evaluation takes seconds, not milliseconds (mazes: most of a minute, 100 mazes a size, up to
-#: 960 iterations; prefix sums 12 s, state tracking 2 s): the full suite runs them, the fast loop does not
-SLOW_EVALUATIONS = {"mazes", "prefix-sums", "state-tracking"}
+#: 960 iterations; prefix sums 12 s; sudoku, state tracking seconds): the full suite runs them, the fast loop not
+SLOW_EVALUATIONS = {"mazes", "prefix-sums", "state-tracking", "sudoku"}
 
 
 @pytest.mark.parametrize(

@@ -210,3 +210,31 @@ def test_the_mazes_path_independence_table_is_its_file():
         lowest = f"{min(float(r['score']) for r in mine):.4f}"
         converged = str(sum(int(r["converged"]) for r in mine))
         assert row[1:] == [mine[0]["max_iter"], str(len(mine)), str(len(by_answer[0])), *means, lowest, converged]
+
+
+def test_the_sudoku_table_is_its_file():
+    text = _section(RESULTS / "looped.md", "### Sudoku: trained at 34 givens")
+    rows = {r[0]: r for r in _table_rows(text) if len(r) == 6 and r[0].isdigit()}
+    measured = list(csv.DictReader((RESULTS / "looped" / "sudoku-default" / "sudoku.csv").open()))
+    depths = sorted({int(r["max_iter"]) for r in measured})
+    assert len(rows) == 3 and len(measured) == 3 * len(depths)
+    for row in measured:
+        cell = rows[row["givens"]][1 + depths.index(int(row["max_iter"]))]
+        assert cell == f"{float(row['accuracy']):.2f} ({float(row['iterations']):.0f})", (row["givens"], row["max_iter"])
+
+
+def test_the_halting_table_is_its_file_and_its_savings_follow_from_it():
+    text = _section(RESULTS / "looped.md", "### Halting: a learned head")
+    rows = {r[0]: r for r in _table_rows(text) if len(r) == 7 and r[0].startswith("halting, threshold")}
+    measured = list(csv.DictReader((RESULTS / "looped" / "mazes-halting" / "halting.csv").open()))
+    fixed = [r for r in measured if r["policy"] == "fixed"]
+    halted = [r for r in measured if r["policy"].startswith("halting")]
+    assert len(rows) == len(halted) == 3 and len(fixed) == 48
+    for row in halted:
+        cells = rows[f"halting, threshold {row['policy'].split()[1]}"]
+        accuracy, mean = float(row["accuracy"]), float(row["mean_segments"])
+        assert cells[1] == f"{accuracy:.4f} ({mean:.2f})"
+        sizes = [part.split(":")[1].split("/") for part in row["per_size"].split()]
+        assert cells[2:5] == [f"{a} ({s})" for a, s in sizes]
+        as_good = next(int(r["segments"]) for r in fixed if float(r["accuracy"]) >= accuracy)
+        assert cells[5] == str(as_good) and cells[6] == f"{1 - mean / as_good:.0%}"
