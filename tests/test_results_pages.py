@@ -220,7 +220,8 @@ def test_the_sudoku_table_is_its_file():
     assert len(rows) == 3 and len(measured) == 3 * len(depths)
     for row in measured:
         cell = rows[row["givens"]][1 + depths.index(int(row["max_iter"]))]
-        assert cell == f"{float(row['accuracy']):.2f} ({float(row['iterations']):.0f})", (row["givens"], row["max_iter"])
+        expected = f"{float(row['accuracy']):.2f} ({float(row['iterations']):.0f})"
+        assert cell == expected, (row["givens"], row["max_iter"])
 
 
 def test_the_halting_table_is_its_file_and_its_savings_follow_from_it():

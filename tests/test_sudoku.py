@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jfb.data.sudoku import BOX, COL, ROW, augment, count_solutions, solution_grid, sudoku_puzzles
+from jfb.data.sudoku import BOX, COL, ROW, augment, count_solutions, read_sudoku_csv, solution_grid, sudoku_puzzles
 from jfb.errors import JfbError
 from jfb.workloads import get_workload
 from jfb.workloads.sudoku import RelationalBlock, unit_sums
@@ -88,6 +88,46 @@ def test_the_relational_block_commutes_with_the_symmetries_of_the_board():
     assert torch.allclose(block(u[:, :, order], e[:, :, order]), block(u, e)[:, :, order], atol=1e-12)
     cells = torch.randperm(81)  # an arbitrary permutation of cells is not a symmetry: the output differs
     assert not torch.allclose(block(u[:, :, cells], e[:, :, cells]), block(u, e)[:, :, cells], atol=1e-3)
+
+
+def _csv(path, puzzles, solutions, header=True, dots=False):
+    lines = ["quizzes,solutions"] if header else []
+    for p, q in zip(puzzles, solutions, strict=True):
+        board = "".join(map(str, p.tolist()))
+        lines.append(f"{board.replace('0', '.') if dots else board},{''.join(map(str, q.tolist()))}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_published_csv_sets_are_read_and_every_line_checked(tmp_path):
+    puzzles, solutions = sudoku_puzzles(5, 36, seed=1)
+    _csv(tmp_path / "a.csv", puzzles, solutions)
+    _csv(tmp_path / "b.csv", puzzles, solutions, header=False, dots=True)
+    for name in ("a.csv", "b.csv"):
+        read = read_sudoku_csv(tmp_path / name)
+        assert torch.equal(read[0], puzzles) and torch.equal(read[1], solutions)
+    broken = solutions.clone()
+    broken[3, [0, 1]] = broken[3, [1, 0]]  # two digits of a row swapped: their columns now repeat digits
+    _csv(tmp_path / "c.csv", puzzles, broken)
+    with pytest.raises(JfbError, match=r"c\.csv:5: the solution is not a valid grid"):
+        read_sudoku_csv(tmp_path / "c.csv")
+    (tmp_path / "d.csv").write_text("1234,5678\n")
+    with pytest.raises(JfbError, match=r"d\.csv:1: expected two fields of 81 digits"):
+        read_sudoku_csv(tmp_path / "d.csv")
+    with pytest.raises(JfbError, match="no such file"):
+        read_sudoku_csv(tmp_path / "nope.csv")
+
+
+def test_the_workload_trains_and_tests_on_a_published_folder(tmp_path):
+    train, test = sudoku_puzzles(20, 40, seed=5), sudoku_puzzles(6, 38, seed=6)
+    _csv(tmp_path / "train.csv", *train)
+    _csv(tmp_path / "test.csv", *test)
+    workload = get_workload("sudoku")
+    smoke = {**workload.smoke, "steps": 3, "data": str(tmp_path), "test_givens": (38,), "test_puzzles": 4}
+    trained = workload.train(workload.config(**smoke))
+    assert 0.0 <= trained.metrics["accuracy_38_givens"] <= 1.0
+    assert [r["givens"] for r in trained.rows] == [38, 38]  # one row per budget, four puzzles each
+    with pytest.raises(JfbError, match=r"no puzzle with 30 givens \(it has 38\)"):
+        workload.evaluate(trained.model, workload.config(**{**smoke, "test_givens": (30,)}))
 
 
 @pytest.mark.slow  # 300 steps: about 30 s

@@ -9,11 +9,15 @@ the next (no puzzle with a unique solution has fewer than 17 givens, McGuire et 
 
 The same symmetries applied to a puzzle and its solution give another valid puzzle with a unique solution
 (:func:`augment`): a pool of dug puzzles becomes an unbounded training stream at no search cost.
+
+:func:`read_sudoku_csv` reads published sets of ``puzzle,solution`` lines (recurrent relational networks'
+``sudoku-hard`` ``train.csv`` and ``test.csv``, 17-34 givens; Kaggle's one million puzzles), each line checked.
 """
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -151,3 +155,43 @@ def _grouped_orders(b: int, generator: torch.Generator) -> Tensor:
     within = torch.argsort(torch.rand(b, 3, 3, generator=generator), 2)
     bands = torch.argsort(torch.rand(b, 3, generator=generator), 1)
     return (3 * bands.unsqueeze(2) + torch.gather(within, 1, bands.unsqueeze(2).expand(b, 3, 3))).reshape(b, 9)
+
+
+def read_sudoku_csv(path: Path) -> tuple[Tensor, Tensor]:
+    """Puzzles and solutions ``(N, 81)`` from lines ``puzzle,solution`` of 81 characters each (``0`` or ``.``: empty),
+    a header line allowed; checked: every solution is a valid grid and every puzzle's givens are its digits."""
+    if not path.is_file():
+        raise JfbError(f"{path}: no such file (a CSV of puzzle,solution lines, e.g. RRN's sudoku-hard/train.csv)")
+    puzzles, solutions = [], []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.strip().replace(".", "0").split(",")
+        if number == 1 and not fields[0].isdigit():
+            continue  # a header
+        if len(fields) != 2 or not all(len(f) == 81 and f.isdigit() for f in fields):
+            raise JfbError(f"{path}:{number}: expected two fields of 81 digits (puzzle,solution), got {line[:40]!r}")
+        puzzles.append([int(c) for c in fields[0]])
+        solutions.append([int(c) for c in fields[1]])
+    if not puzzles:
+        raise JfbError(f"{path}: no puzzles")
+    puzzles, solutions = torch.tensor(puzzles), torch.tensor(solutions)
+    bad = (~_valid_grids(solutions)) | ((puzzles != 0) & (puzzles != solutions)).any(1)
+    if bad.any():
+        raise JfbError(f"{path}:{_line_of(path, int(bad.nonzero()[0]))}: the solution is not a valid grid or the "
+                       "puzzle's givens are not its digits")  # fmt: skip
+    return puzzles, solutions
+
+
+def _valid_grids(solutions: Tensor) -> Tensor:
+    """``(N,)``: every row, column and box of each grid holds each of the digits 1-9 once."""
+    valid = ((solutions >= 1) & (solutions <= 9)).all(1)
+    one_hot = torch.nn.functional.one_hot((solutions - 1).clamp(0, 8), 9)  # (N, 81, 9)
+    for unit in (ROW, COL, BOX):
+        counts = torch.zeros(len(solutions), 9, 9, dtype=torch.long).index_add_(1, torch.tensor(unit), one_hot)
+        valid &= (counts == 1).all(2).all(1)
+    return valid
+
+
+def _line_of(path: Path, row: int) -> int:
+    """The line number of data row ``row`` (after a header, if any)."""
+    first = path.read_text().split("\n", 1)[0].split(",")[0]
+    return row + (2 if not first.replace(".", "0").isdigit() else 1)
