@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from jfb.workloads import WORKLOADS
+
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 
 
@@ -167,9 +169,10 @@ def test_the_exact_gradients_tables_are_their_summaries_of_three_seeds(runs, sum
     for mine, theirs in zip(committed, recomputed, strict=True):
         assert float(mine["mean"]) == theirs["mean"] and float(mine["ms_per_step"]) == theirs["ms_per_step"]
     text = (RESULTS / "exact-gradients.md").read_text().split(section, 1)[1].split("\n## ", 1)[0]
-    rows = {r[1].strip("`"): r for r in _table_rows(text) if len(r) == 8 and r[0] == "lm"}
+    rows = {(r[0], r[1].strip("`")): r for r in _table_rows(text) if len(r) == 8 and r[0] in WORKLOADS}
+    assert len(rows) == len(committed)
     for row in committed:
-        cells = rows[row["engine"]]
+        cells = rows[(row["workload"], row["engine"])]
         assert _rounded_from(cells[3], row["mean"], 3) and float(cells[5]) == float(row["ms_per_step"])
         assert cells[4] == f"{float(row['min']):.3f}-{float(row['max']):.3f}"
 
@@ -239,3 +242,19 @@ def test_the_halting_table_is_its_file_and_its_savings_follow_from_it():
         assert cells[2:5] == [f"{a} ({s})" for a, s in sizes]
         as_good = next(int(r["segments"]) for r in fixed if float(r["accuracy"]) >= accuracy)
         assert cells[5] == str(as_good) and cells[6] == f"{1 - mean / as_good:.0%}"
+
+
+def test_the_sudoku_engines_table_is_its_files():
+    text = _section(RESULTS / "looped.md", "### Sudoku: the engines side by side")
+    rows = {r[0].strip("`"): r for r in _table_rows(text) if len(r) == 8 and r[0].startswith("`")}
+    folder = RESULTS / "looped" / "sudoku-zoo"
+    cases = list(csv.DictReader((folder / "zoo-cases.csv").open()))
+    engines = list(csv.DictReader((folder / "zoo.csv").open()))
+    assert len(rows) == len(engines) == 5
+    for engine in engines:
+        cells = rows[engine["engine"]]
+        for column, givens in enumerate(("34", "30", "26"), 1):
+            key = (engine["engine"], givens, "256")
+            (case,) = [c for c in cases if (c["engine"], c["givens"], c["max_iter"]) == key]
+            assert cells[column] == f"{float(case['accuracy']):.3f} ({float(case['iterations']):.0f})"
+        assert cells[4:] == [engine[k] for k in ("ms_per_step", "time_vs_first", "saved_mib", "backward_misses")]
