@@ -22,7 +22,7 @@ from ..train.distributed import Processes, launched_rank, start_processes, stop_
 from ..train.engine import FitResult, Loss, StepSettings, Training
 from ..train.run_folder import claimed_run_folder
 from ..train.steps import StepRun, run_steps
-from ..train.supervision import DeepSupervision, SegmentLoss
+from ..train.supervision import DeepSupervision, SegmentLoss, from_start
 from .engines import EngineFactory, jfb_engine
 from .parallel import PARALLEL, full_state, parallel_batches, torchrun_needed, wrap_parallel
 
@@ -69,14 +69,14 @@ class Workload:
     the headline metrics (``metric`` names the one a table leads with) and per-case rows for a table or plot;
     ``smoke``: the config changes that make a run take seconds (they still learn; see the tests);
     ``segment_loss(config) -> (model, batch, state) -> (loss, iterations, state reached)``: the loss from a given
-    start, for deep supervision (``--segments N``; None: the workload's model takes no start)."""
+    start, for deep supervision (``--segments N``; None: the workload's model takes no start). A workload with a
+    ``segment_loss`` gives no ``loss``: it is the segment loss from the model's own start."""
 
     name: str
     help: str
     config: type
     build: Callable[[Any, EngineFactory], nn.Module]
     batches: Callable[[Any], Callable[[int], object]]
-    loss: Callable[[Any], Loss]
     evaluate: Callable[[nn.Module, Any], tuple[dict[str, Any], list[dict[str, Any]]]]
     metric: str
     smoke: dict[str, Any]  # config changes for a run of seconds (tests, the device check's dry run)
@@ -88,6 +88,14 @@ class Workload:
     #: the dimension of the model's logits that holds the classes (predictions are the argmax along it)
     class_dim: int = 1
     segment_loss: Callable[[Any], SegmentLoss] | None = None
+    loss: Callable[[Any], Loss] = None  # type: ignore[assignment]  # derived from segment_loss when not given
+
+    def __post_init__(self) -> None:
+        if (self.loss is None) == (self.segment_loss is None):
+            raise JfbError(f"workload {self.name!r}: give loss or segment_loss (the loss is derived from the latter)")
+        if self.loss is None:
+            segment_loss = self.segment_loss
+            object.__setattr__(self, "loss", lambda config: from_start(segment_loss(config)))
 
     def check(self, config: Any) -> None:
         """JfbError in one line, before any work, for a parallel mode this workload does not train under or deep

@@ -22,8 +22,7 @@ from torch import Tensor, nn
 
 from ..data.mazes import maze_batch, read_mazes
 from ..settings import setting
-from ..train.engine import Loss
-from ..train.supervision import SegmentLoss, from_start
+from ..train.supervision import SegmentLoss
 from .base import Placement, Workload, to_device
 from .curves import accuracy_over_budgets, cross_entropy_segments, plot_budget_curves
 from .engines import EngineFactory, zeros_like_state
@@ -100,10 +99,6 @@ def _segment_loss(config: MazesConfig) -> SegmentLoss:
     return cross_entropy_segments(config.depth)
 
 
-def _loss(config: MazesConfig) -> Loss:
-    return from_start(_segment_loss(config))
-
-
 def solved_mazes(model: nn.Module, config: MazesConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Mazes solved (every pixel right) and mean iterations per test size and test-time budget; the metrics: the
     fraction solved at the most iterations, per size, and ``hardest_accuracy`` (the largest mazes)."""
@@ -128,7 +123,6 @@ WORKLOAD = Workload(
     config=MazesConfig,
     build=_build,
     batches=_batches,
-    loss=_loss,
     evaluate=solved_mazes,
     metric="hardest_accuracy",
     smoke=dict(

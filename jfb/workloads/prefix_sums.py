@@ -24,8 +24,7 @@ from torch import Tensor, nn
 
 from ..data.easy_to_hard import read_prefix_sums
 from ..settings import setting
-from ..train.engine import Loss
-from ..train.supervision import SegmentLoss, from_start
+from ..train.supervision import SegmentLoss
 from .base import Placement, Workload, to_device
 from .curves import accuracy_over_budgets, cross_entropy_segments, plot_budget_curves
 from .engines import EngineFactory, zeros_like_state
@@ -125,10 +124,6 @@ def _segment_loss(config: PrefixSumsConfig) -> SegmentLoss:
     return cross_entropy_segments(config.depth)
 
 
-def _loss(config: PrefixSumsConfig) -> Loss:
-    return from_start(_segment_loss(config))
-
-
 def extrapolation(model: nn.Module, config: PrefixSumsConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Per-string accuracy and mean iterations for every test length and test-time iteration budget; the
     metrics: accuracy at the most iterations, per length, and ``hardest_accuracy`` (the longest strings)."""
@@ -154,7 +149,6 @@ WORKLOAD = Workload(
     config=PrefixSumsConfig,
     build=_build,
     batches=_batches,
-    loss=_loss,
     evaluate=extrapolation,
     metric="hardest_accuracy",
     smoke=dict(width=32, train_bits=16, depth=16, steps=150, test_bits=(32,), test_depths=(16, 64)),

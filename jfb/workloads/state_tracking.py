@@ -27,8 +27,7 @@ from torch import Tensor, nn
 
 from ..errors import JfbError, unknown_name
 from ..settings import setting
-from ..train.engine import Loss
-from ..train.supervision import SegmentLoss, from_start
+from ..train.supervision import SegmentLoss
 from .base import Placement, Workload, to_device
 from .engines import EngineFactory
 from .language import TransformerBlock
@@ -153,10 +152,6 @@ def _segment_loss(config: StateTrackingConfig) -> SegmentLoss:
     return loss
 
 
-def _loss(config: StateTrackingConfig) -> Loss:
-    return from_start(_segment_loss(config))
-
-
 @torch.no_grad()
 def length_generalisation(model: nn.Module, config: StateTrackingConfig) -> tuple[dict[str, Any], list[dict]]:
     """Per test length and test-time budget: the fraction of positions whose running product is right, the
@@ -225,7 +220,6 @@ WORKLOAD = Workload(
     config=StateTrackingConfig,
     build=_build,
     batches=_batches,
-    loss=_loss,
     evaluate=length_generalisation,
     metric="longest_accuracy",
     smoke=dict(

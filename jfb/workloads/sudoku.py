@@ -25,8 +25,7 @@ from torch import Tensor, nn
 from ..data.sudoku import BOX, COL, ROW, augment, read_sudoku_csv, sudoku_puzzles
 from ..errors import JfbError
 from ..settings import setting
-from ..train.engine import Loss
-from ..train.supervision import SegmentLoss, from_start
+from ..train.supervision import SegmentLoss
 from .base import Placement, Workload, to_device
 from .curves import accuracy_over_budgets, cross_entropy_segments, plot_budget_curves
 from .engines import EngineFactory, zeros_like_state
@@ -141,10 +140,6 @@ def _segment_loss(config: SudokuConfig) -> SegmentLoss:
     return cross_entropy_segments(config.depth)
 
 
-def _loss(config: SudokuConfig) -> Loss:
-    return from_start(_segment_loss(config))
-
-
 def solved_boards(model: nn.Module, config: SudokuConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Boards solved (every cell right) and mean iterations per number of givens and test-time budget; the metrics:
     the fraction solved at the most iterations per number of givens, and ``hardest_accuracy`` (the fewest givens)."""
@@ -171,7 +166,6 @@ WORKLOAD = Workload(
     config=SudokuConfig,
     build=_build,
     batches=_batches,
-    loss=_loss,
     evaluate=solved_boards,
     metric="hardest_accuracy",
     smoke=dict(
