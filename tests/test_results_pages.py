@@ -168,7 +168,7 @@ def test_the_exact_gradients_tables_are_their_summaries_of_three_seeds(runs, sum
     assert [r["engine"] for r in committed] == [r["engine"] for r in recomputed]
     for mine, theirs in zip(committed, recomputed, strict=True):
         assert float(mine["mean"]) == theirs["mean"] and float(mine["ms_per_step"]) == theirs["ms_per_step"]
-    text = (RESULTS / "exact-gradients.md").read_text().split(section, 1)[1].split("\n## ", 1)[0]
+    text = _section(RESULTS / "exact-gradients.md", section)
     rows = {(r[0], r[1].strip("`")): r for r in _table_rows(text) if len(r) == 8 and r[0] in WORKLOADS}
     assert len(rows) == len(committed)
     for row in committed:
@@ -258,3 +258,13 @@ def test_the_sudoku_engines_table_is_its_files():
             (case,) = [c for c in cases if (c["engine"], c["givens"], c["max_iter"]) == key]
             assert cells[column] == f"{float(case['accuracy']):.3f} ({float(case['iterations']):.0f})"
         assert cells[4:] == [engine[k] for k in ("ms_per_step", "time_vs_first", "saved_mib", "backward_misses")]
+
+
+def test_the_language_model_levers_table_is_its_run():
+    text = _section(RESULTS / "exact-gradients.md", "### The levers on the language model, seed 0")
+    rows = {r[0].strip("`"): r for r in _table_rows(text) if len(r) == 5 and r[0].startswith("`")}
+    measured = list(csv.DictReader((RESULTS / "exact-gradients" / "lm-levers-seed0" / "zoo.csv").open()))
+    assert len(rows) == len(measured) == 6
+    for row in measured:
+        expected = [f"{float(row['value']):.3f}", row["ms_per_step"], row["time_vs_first"], row["backward_misses"]]
+        assert rows[row["engine"]][1:] == expected
