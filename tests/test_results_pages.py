@@ -268,3 +268,11 @@ def test_the_language_model_levers_table_is_its_run():
     for row in measured:
         expected = [f"{float(row['value']):.3f}", row["ms_per_step"], row["time_vs_first"], row["backward_misses"]]
         assert rows[row["engine"]][1:] == expected
+
+
+def test_the_sudoku_deep_supervision_numbers_are_its_file():
+    text = _section(RESULTS / "looped.md", "### Sudoku: the engines side by side")
+    measured = list(csv.DictReader((RESULTS / "looped" / "sudoku-jfb-segments-4" / "sudoku.csv").open()))
+    at_256 = [f"{float(r['accuracy']):.2f}" for r in measured if r["max_iter"] == "256"]
+    assert at_256 == ["0.18", "0.00", "0.00"]
+    assert "0.18 of the 34-given boards at 256 iterations,\n  0 at 30 and 26 givens" in text
