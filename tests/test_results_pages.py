@@ -151,6 +151,7 @@ def test_the_multi_start_table_is_its_file():
     ("runs", "summary_file", "section"),
     [
         ("lm-truncated-seed", "lm-truncated-summary.csv", "### A truncated backward solve: three seeds"),
+        ("reasoning-seed", "reasoning-summary.csv", "### Prefix sums and chains: three seeds"),
         ("lm-output-seed", "lm-output-summary.csv", "## Three seeds, the Jacobian at the output"),
         ("lm-seed", "lm-summary.csv", "## Three seeds, the Jacobian at `u*`"),
     ],
