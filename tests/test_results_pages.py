@@ -152,6 +152,7 @@ def test_the_multi_start_table_is_its_file():
     [
         ("lm-truncated-seed", "lm-truncated-summary.csv", "### A truncated backward solve: three seeds"),
         ("reasoning-seed", "reasoning-summary.csv", "### Prefix sums and chains: three seeds"),
+        ("lm-default-seed", "lm-default-summary.csv", "### The library's default `ift` and unrolled training"),
         ("lm-output-seed", "lm-output-summary.csv", "## Three seeds, the Jacobian at the output"),
         ("lm-seed", "lm-summary.csv", "## Three seeds, the Jacobian at `u*`"),
     ],
