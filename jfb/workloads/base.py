@@ -91,9 +91,9 @@ class Workload:
     loss: Callable[[Any], Loss] = None  # type: ignore[assignment]  # derived from segment_loss when not given
 
     def __post_init__(self) -> None:
-        if (self.loss is None) == (self.segment_loss is None):
-            raise JfbError(f"workload {self.name!r}: give loss or segment_loss (the loss is derived from the latter)")
         if self.loss is None:
+            if self.segment_loss is None:
+                raise JfbError(f"workload {self.name!r}: give loss or segment_loss (the loss derives from the latter)")
             segment_loss = self.segment_loss
             object.__setattr__(self, "loss", lambda config: from_start(segment_loss(config)))
 
