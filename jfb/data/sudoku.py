@@ -162,7 +162,7 @@ def read_sudoku_csv(path: Path) -> tuple[Tensor, Tensor]:
     a header line allowed; checked: every solution is a valid grid and every puzzle's givens are its digits."""
     if not path.is_file():
         raise JfbError(f"{path}: no such file (a CSV of puzzle,solution lines, e.g. RRN's sudoku-hard/train.csv)")
-    puzzles, solutions = [], []
+    puzzles, solutions, numbers = [], [], []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         fields = line.strip().replace(".", "0").split(",")
         if number == 1 and not fields[0].isdigit():
@@ -171,12 +171,13 @@ def read_sudoku_csv(path: Path) -> tuple[Tensor, Tensor]:
             raise JfbError(f"{path}:{number}: expected two fields of 81 digits (puzzle,solution), got {line[:40]!r}")
         puzzles.append([int(c) for c in fields[0]])
         solutions.append([int(c) for c in fields[1]])
+        numbers.append(number)
     if not puzzles:
         raise JfbError(f"{path}: no puzzles")
     puzzles, solutions = torch.tensor(puzzles), torch.tensor(solutions)
     bad = (~_valid_grids(solutions)) | ((puzzles != 0) & (puzzles != solutions)).any(1)
     if bad.any():
-        raise JfbError(f"{path}:{_line_of(path, int(bad.nonzero()[0]))}: the solution is not a valid grid or the "
+        raise JfbError(f"{path}:{numbers[int(bad.nonzero()[0])]}: the solution is not a valid grid or the "
                        "puzzle's givens are not its digits")  # fmt: skip
     return puzzles, solutions
 
@@ -189,9 +190,3 @@ def _valid_grids(solutions: Tensor) -> Tensor:
         counts = torch.zeros(len(solutions), 9, 9, dtype=torch.long).index_add_(1, torch.tensor(unit), one_hot)
         valid &= (counts == 1).all(2).all(1)
     return valid
-
-
-def _line_of(path: Path, row: int) -> int:
-    """The line number of data row ``row`` (after a header, if any)."""
-    first = path.read_text().split("\n", 1)[0].split(",")[0]
-    return row + (2 if not first.replace(".", "0").isdigit() else 1)
