@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import re
 from pathlib import Path
@@ -153,6 +154,9 @@ def test_the_multi_start_table_is_its_file():
         ("lm-truncated-seed", "lm-truncated-summary.csv", "### A truncated backward solve: three seeds"),
         ("reasoning-seed", "reasoning-summary.csv", "### Prefix sums and chains: three seeds"),
         ("lm-default-seed", "lm-default-summary.csv", "### The library's default `ift` and unrolled training"),
+        ("chains-levers-seed", "chains-levers-summary.csv", "### Chains: the backward-solve levers"),
+        ("prefix-truncated-seed", "prefix-truncated-summary.csv", "### Prefix sums: the truncated solve"),
+        ("chains-default-seed", "chains-default-summary.csv", "### The library's default `ift` on chains"),
         ("lm-output-seed", "lm-output-summary.csv", "## Three seeds, the Jacobian at the output"),
         ("lm-seed", "lm-summary.csv", "## Three seeds, the Jacobian at `u*`"),
     ],
@@ -178,6 +182,23 @@ def test_the_exact_gradients_tables_are_their_summaries_of_three_seeds(runs, sum
         cells = rows[(row["workload"], row["engine"])]
         assert _rounded_from(cells[3], row["mean"], 3) and float(cells[5]) == float(row["ms_per_step"])
         assert cells[4] == f"{float(row['min']):.3f}-{float(row['max']):.3f}"
+
+
+def test_the_torchdeq_backward_table_is_its_files():
+    folder = RESULTS / "exact-gradients"
+    text = _section(RESULTS / "exact-gradients.md", "### What torchdeq's backward solve does")
+    rows = [r for r in _table_rows(text) if len(r) == 5 and r[0].isdigit()]
+    assert [r[0] for r in rows] == ["0", "1", "2"]
+    for seed, *cells in rows:
+        probes = [folder / "chains-torchdeq-backward" / f"seed{seed}{tail}.txt" for tail in ("", "-btol0")]
+        measured = [ast.literal_eval(p.read_text().splitlines()[-1])["far_end_accuracy"] for p in probes]
+        zoo = {
+            r["engine"]: float(r["value"])
+            for r in csv.DictReader((folder / f"chains-levers-seed{seed}" / "zoo.csv").open())
+        }
+        measured += [zoo["ift"], zoo["ift:max_iter=5"]]
+        assert cells == [f"{value:.3f}" for value in measured]
+        assert round(zoo["torchdeq-ift"], 4) == measured[0]  # the probe trains the zoo's model (printed to 4 places)
 
 
 def _section(page: Path, heading: str) -> str:
