@@ -230,6 +230,23 @@ def test_the_mazes_tables_are_their_files(heading, folder):
         assert cell == f"{float(row['accuracy']):.2f} ({float(row['iterations']):.0f})", (row["cells"], row["max_iter"])
 
 
+def test_the_prefix_sums_engines_table_is_its_files():
+    table = _table_rows(_section(RESULTS / "looped.md", "### Prefix sums: the engines"))
+    rows = {r[0].strip("`"): r[1:] for r in table if r[0] != "engine"}
+    zoo = RESULTS / "exact-gradients" / "reasoning-seed0" / "zoo-cases.csv"
+    cases = [r for r in csv.DictReader(zoo.open()) if r["workload"] == "prefix-sums"]
+    segments = list(csv.DictReader((RESULTS / "looped" / "prefix-sums-segments-3" / "prefix-sums.csv").open()))
+    measured = {engine: [r for r in cases if r["engine"] == engine] for engine in {r["engine"] for r in cases}}
+    measured["jfb`, 3 segments of 10"] = segments
+    assert set(rows) == set(measured)
+    for engine, mine in measured.items():
+        by_budget = {int(r["max_iter"]): r for r in mine if r["bits"] == "256"}
+        expected = [
+            f"{float(by_budget[d]['accuracy']):.2f} ({float(by_budget[d]['iterations']):.0f})" for d in (120, 240, 480)
+        ]
+        assert rows[engine] == expected, engine
+
+
 def test_the_mazes_path_independence_table_is_its_file():
     aligned = _maze_rows(_section(RESULTS / "looped.md", "### Path independence of a model that does not"), 8)
     scores = list(csv.DictReader((RESULTS / "looped" / "mazes-path-independence.csv").open()))
