@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Anil et al.'s question on the shipped mazes model, which fails to extrapolate: does its per-maze alignment go
-with being right? For each maze size: the test mazes of ``jfb eval mazes`` (same seeds), then
+"""Anil et al.'s question on a mazes model (default: the shipped one): does its per-maze alignment go with being
+right? For each maze size: the test mazes of ``jfb eval mazes`` (same seeds), then
 ``jfb.looped.path_independence`` at the evaluation's largest budget and tolerance (the paper's start, another
 maze's fixed point, and a random one), and per maze whether the path read from the reference solve is right.
 
-usage: scripts/mazes-path-independence.py OUT_CSV [MAZES]
+usage: scripts/mazes-path-independence.py OUT_CSV [MAZES [MODEL]]   (MODEL: a checkpoint or saved folder)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from jfb.workloads.mazes import _test_mazes
 
 def main() -> None:
     out, count = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 100
-    model, config = jfb.pretrained.from_pretrained("mazes")
+    model, config = jfb.pretrained.from_pretrained(sys.argv[3] if len(sys.argv) > 3 else "mazes")
     config = dataclasses.replace(config, test_mazes=count)
     layer, rows, depth = model.engine.layer, [], max(config.test_depths)
     for size in config.test_sizes:

@@ -218,6 +218,7 @@ def _maze_rows(text: str, cells: int) -> dict[str, list[str]]:
         ("### Mazes: trained on 4 x 4 cells", "mazes-default"),
         ("### Mazes with deep supervision: three segments", "mazes-segments-3"),
         ("### Mazes with deep supervision and a 5-step gradient", "mazes-segments-3-phantom-5"),
+        ("### More segments: six of 10 iterations", "mazes-segments-6-phantom-5"),
     ],
 )
 def test_the_mazes_tables_are_their_files(heading, folder):
