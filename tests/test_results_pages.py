@@ -217,6 +217,7 @@ def _maze_rows(text: str, cells: int) -> dict[str, list[str]]:
     [
         ("### Mazes: trained on 4 x 4 cells", "mazes-default"),
         ("### Mazes with deep supervision: three segments", "mazes-segments-3"),
+        ("### Mazes with deep supervision and an 8-step gradient", "mazes-segments-3-phantom-8"),
         ("### Mazes with deep supervision and a 5-step gradient", "mazes-segments-3-phantom-5"),
         ("### More segments: six of 10 iterations", "mazes-segments-6-phantom-5"),
     ],
@@ -248,9 +249,16 @@ def test_the_prefix_sums_engines_table_is_its_files():
         assert rows[engine] == expected, engine
 
 
-def test_the_mazes_path_independence_table_is_its_file():
-    aligned = _maze_rows(_section(RESULTS / "looped.md", "### Path independence of a model that does not"), 8)
-    scores = list(csv.DictReader((RESULTS / "looped" / "mazes-path-independence.csv").open()))
+@pytest.mark.parametrize(
+    ("heading", "file"),
+    [
+        ("### Path independence of a model that does not", "mazes-path-independence.csv"),
+        ("### Path independence of the model that extrapolates", "mazes-path-independence-phantom-8.csv"),
+    ],
+)
+def test_the_mazes_path_independence_tables_are_their_files(heading, file):
+    aligned = _maze_rows(_section(RESULTS / "looped.md", heading), 8)
+    scores = list(csv.DictReader((RESULTS / "looped" / file).open()))
     assert len(aligned) == 3
     for cells, row in aligned.items():
         mine = [r for r in scores if f"{r['cells']} x {r['cells']}" == cells]
