@@ -122,7 +122,7 @@ def test_a_hung_worker_makes_the_others_fail_within_the_timeout(tmp_path):
         code, _, stderr = finish(launcher, timeout=120)  # 3 s, then torchrun's 30 s grace before SIGKILL
     finally:
         kill_all(launcher)
-    assert code != 0 and "Timed out waiting 3000ms" in stderr
+    assert code != 0 and "Timed out waiting 3000ms" in stderr, (code, stderr[-3000:])  # the tail says which failure
 
 
 def test_a_truncated_last_checkpoint_falls_back_to_the_previous_one(tmp_path, reference):
