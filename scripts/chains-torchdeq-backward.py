@@ -15,46 +15,24 @@ import dataclasses
 import statistics
 import sys
 
-from torchdeq import get_deq
-
 from jfb.benchmarks.torchdeq_engine import TorchdeqEngine
-from jfb.benchmarks.zoo import engine_factory
 from jfb.workloads import get_workload
-from jfb.workloads.engines import Solved
 
 BACKWARD_ITERS = 40
 
 
-def recording_forward(records: list[dict[str, float]]):
-    """``TorchdeqEngine.forward`` with a backward writer that appends each training step's statistics."""
-
-    def forward(self: TorchdeqEngine, x, u0, depth: int) -> Solved:
-        self.deq.f_tol = self.eval_tol if not self.training and self.eval_tol is not None else 0.0
-        writer = None
-        if self.training:
-            writer = lambda info: records.append({k: float(info[k].float().mean()) for k in ("nstep", "abs_lowest")})  # noqa: E731
-        states, info = self.deq(
-            lambda u: self.operator(u, x), u0, solver_kwargs={"f_max_iter": depth}, backward_writer=writer
-        )
-        return Solved(states[-1], float(info["nstep"].float().mean()))
-
-    return forward
-
-
 def main() -> None:
     seed = int(sys.argv[1])
+    tol = float(sys.argv[2]) if len(sys.argv) > 2 else 1e-6  # torchdeq's default backward tolerance
     records: list[dict[str, float]] = []
-    TorchdeqEngine.forward = recording_forward(records)
     workload = get_workload("chains")
     config = dataclasses.replace(workload.config(), seed=seed, engine="torchdeq-ift")
-    model = workload.model(config, engine_factory("torchdeq-ift", config.eval_tol))
-    if len(sys.argv) > 2:  # the same engine, another backward tolerance
-        for module in model.modules():
-            if isinstance(module, TorchdeqEngine):
-                module.deq = get_deq(
-                    core="indexing", f_solver="fixed_point_iter", f_tol=0.0, f_stop_mode="rel", ift=True, grad=1,
-                    b_solver="fixed_point_iter", b_max_iter=BACKWARD_ITERS, b_tol=float(sys.argv[2]),
-                )  # fmt: skip
+    model = workload.model(
+        config, lambda op: TorchdeqEngine(op, True, config.eval_tol, backward_iters=BACKWARD_ITERS, backward_tol=tol)
+    )
+    model.engine.backward_writer = lambda info: records.append(
+        {key: float(info[key].float().mean()) for key in ("nstep", "abs_lowest")}
+    )
     training = workload.training(model, config)
     for step in range(config.steps):
         training.step(step)

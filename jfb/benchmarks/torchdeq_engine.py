@@ -10,6 +10,7 @@ at the same relative tolerance.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -29,9 +30,18 @@ def _get_deq():
 
 
 class TorchdeqEngine(nn.Module):
-    """``torchdeq.get_deq(core="indexing", ...)`` around ``operator``; returns :class:`Solved`."""
+    """``torchdeq.get_deq(core="indexing", ...)`` around ``operator``; returns :class:`Solved`. ``backward_tol`` is
+    torchdeq's absolute backward tolerance (its default); ``backward_writer``, when set, receives the statistics of
+    each backward solve in training (torchdeq's ``backward_writer``)."""
 
-    def __init__(self, operator: Operator, ift: bool, eval_tol: float | None, backward_iters: int = 40) -> None:
+    def __init__(
+        self,
+        operator: Operator,
+        ift: bool,
+        eval_tol: float | None,
+        backward_iters: int = 40,
+        backward_tol: float = 1e-6,
+    ) -> None:
         super().__init__()
         self.operator = operator
         self.deq = _get_deq()(
@@ -43,14 +53,18 @@ class TorchdeqEngine(nn.Module):
             grad=1,
             b_solver="fixed_point_iter",
             b_max_iter=backward_iters,
-            b_tol=1e-6,
+            b_tol=backward_tol,
         )
         self.eval_tol = eval_tol
+        self.backward_writer: Callable[[dict[str, Any]], None] | None = None
 
     def forward(self, x: Any, u0: Any, depth: int) -> Solved:
         # torchdeq takes the tolerance from its attribute only (a per-call one collides with it)
         self.deq.f_tol = self.eval_tol if not self.training and self.eval_tol is not None else 0.0
-        states, info = self.deq(lambda u: self.operator(u, x), u0, solver_kwargs={"f_max_iter": depth})
+        writer = self.backward_writer if self.training else None
+        states, info = self.deq(
+            lambda u: self.operator(u, x), u0, solver_kwargs={"f_max_iter": depth}, backward_writer=writer
+        )
         return Solved(states[-1], float(info["nstep"].float().mean()))
 
 
