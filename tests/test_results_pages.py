@@ -14,6 +14,11 @@ from jfb.workloads import WORKLOADS
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 
 
+def _budget_cell(row: dict[str, str]) -> str:
+    """A test-time compute table's cell: the accuracy at a budget and the mean iterations it used."""
+    return f"{float(row['accuracy']):.2f} ({float(row['iterations']):.0f})"
+
+
 def _table_rows(page: Path | str) -> list[list[str]]:
     """The rows of every table of a page (or of a page's text)."""
     rows = []
@@ -120,7 +125,7 @@ def test_the_looped_reasoning_tables_are_their_files():
     assert [cell for cell in next(r for r in rows if r[0] == "bits" and len(r) == 8)[1:]] == [str(d) for d in depths]
     for row in measured:
         cell = curve[row["bits"]][1 + depths.index(int(row["max_iter"]))]
-        assert cell == f"{float(row['accuracy']):.2f} ({float(row['iterations']):.0f})", (row["bits"], row["max_iter"])
+        assert cell == _budget_cell(row), (row["bits"], row["max_iter"])
     scores = list(csv.DictReader((RESULTS / "looped" / "prefix-sums-path-independence.csv").open()))
     table = {r[0]: r for r in rows if len(r) == 7 and r[0].isdigit() and "." not in r[2]}
     assert len(table) == 5
@@ -229,7 +234,7 @@ def test_the_mazes_tables_are_their_files(heading, folder):
     assert len(rows) == 3 and len(measured) == 3 * len(depths)
     for row in measured:
         cell = rows[f"{row['cells']} x {row['cells']}"][1 + depths.index(int(row["max_iter"]))]
-        assert cell == f"{float(row['accuracy']):.2f} ({float(row['iterations']):.0f})", (row["cells"], row["max_iter"])
+        assert cell == _budget_cell(row), (row["cells"], row["max_iter"])
 
 
 def test_the_prefix_sums_engines_table_is_its_files():
@@ -243,9 +248,7 @@ def test_the_prefix_sums_engines_table_is_its_files():
     assert set(rows) == set(measured)
     for engine, mine in measured.items():
         by_budget = {int(r["max_iter"]): r for r in mine if r["bits"] == "256"}
-        expected = [
-            f"{float(by_budget[d]['accuracy']):.2f} ({float(by_budget[d]['iterations']):.0f})" for d in (120, 240, 480)
-        ]
+        expected = [_budget_cell(by_budget[d]) for d in (120, 240, 480)]
         assert rows[engine] == expected, engine
 
 
@@ -277,7 +280,7 @@ def test_the_sudoku_table_is_its_file():
     assert len(rows) == 3 and len(measured) == 3 * len(depths)
     for row in measured:
         cell = rows[row["givens"]][1 + depths.index(int(row["max_iter"]))]
-        expected = f"{float(row['accuracy']):.2f} ({float(row['iterations']):.0f})"
+        expected = _budget_cell(row)
         assert cell == expected, (row["givens"], row["max_iter"])
 
 

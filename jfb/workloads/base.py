@@ -26,6 +26,9 @@ from ..train.supervision import DeepSupervision, SegmentLoss, from_start
 from .engines import EngineFactory, jfb_engine
 from .parallel import PARALLEL, full_state, parallel_batches, torchrun_needed, wrap_parallel
 
+#: the help of ``--segments``; a workload's config that sets its own default redeclares the field with it
+SEGMENTS_HELP = "deep supervision (HRM, TRM): solves per batch, each from the last one's state"
+
 
 @dataclass(frozen=True)
 class Placement(StepSettings):
@@ -34,7 +37,7 @@ class Placement(StepSettings):
 
     device: str = setting("cpu", "where the model trains", choices=("cpu", "cuda"))
     parallel: str = setting("none", "none, or under torchrun: ddp, fsdp", choices=PARALLEL)
-    segments: int = setting(1, "deep supervision (HRM, TRM): solves per batch, each from the last one's state")
+    segments: int = setting(1, SEGMENTS_HELP)
 
     def __post_init__(self) -> None:
         super().__post_init__()

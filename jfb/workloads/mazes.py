@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ..data.mazes import maze_batch, read_mazes
 from ..settings import setting
 from ..train.supervision import SegmentLoss
-from .base import Placement, Workload, to_device
+from .base import SEGMENTS_HELP, Placement, Workload, to_device
 from .curves import accuracy_over_budgets, cross_entropy_segments, plot_budget_curves
 from .engines import EngineFactory, zeros_like_state
 from .prefix_sums import RecurrentConvBlock
@@ -57,7 +57,7 @@ class MazesConfig(Placement):
     # the defaults are the measured best (docs/results/looped.md): JFB with one solve of 30 solves 1% of the 12 x 12
     # mazes, with three segments of 10 42%, with phantom:8 gradients through those segments 99%
     engine: str = setting("phantom:8", "phantom:8 (the gradient of 8 steps), jfb, ift, unroll, or a backward mode")
-    segments: int = setting(3, "deep supervision (HRM, TRM): solves per batch, each from the last one's state")
+    segments: int = setting(3, SEGMENTS_HELP)
     width: int = setting(32, "channels of the state")
     train_size: int = setting(4, "cells along a side of the training mazes (with --data: the files' size)")
     depth: int = setting(10, "forward iterations in training (of each segment)")
