@@ -42,9 +42,10 @@ def test_engines_start_from_the_same_weights_and_train_alike():
     assert rows[0]["time_vs_first"] == 1.0 and rows[0]["saved_mib"] == rows[1]["saved_mib"]
 
 
-def test_unknown_engine_is_refused_before_training():
-    with pytest.raises(JfbError, match="unknown engine 'torchdeq'"):
+def test_unknown_engine_is_refused_before_training_naming_torchdeqs_engines_too():
+    with pytest.raises(JfbError, match="unknown engine 'torchdeq'") as refused:
         ZooBenchSettings(engines=("jfb", "torchdeq"))
+    assert "torchdeq-jfb, torchdeq-ift" in str(refused.value) and "did you mean 'torchdeq-jfb'" in str(refused.value)
 
 
 @pytest.mark.slow

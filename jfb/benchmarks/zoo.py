@@ -101,7 +101,7 @@ class ZooBenchSettings:
             get_workload(name)
         for name in self.engines:
             if name not in TORCHDEQ_ENGINES:
-                jfb_engine(name)  # a named engine, stack:K or a backward mode by name; else one line naming them
+                jfb_engine(name, other_names=TORCHDEQ_ENGINES)  # else one line naming every engine
 
 
 def zoo_table(settings: ZooBenchSettings, progress: bool = True, log=print) -> Report:

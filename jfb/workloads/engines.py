@@ -10,7 +10,7 @@ mode a tolerance may stop the solve earlier.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,9 +90,9 @@ class StackEngine(nn.Module):
         return Solved(u, float(len(self.blocks)))
 
 
-def jfb_engine(name: str, eval_tol: float | None = 1e-4) -> EngineFactory:
+def jfb_engine(name: str, eval_tol: float | None = 1e-4, other_names: Sequence[str] = ()) -> EngineFactory:
     """The factory of a named torch-jfb engine (``jfb``, ``ift`` or ``unroll``), ``stack:K``, or any backward mode
-    by name (``ift:gmres:tol=1e-3``)."""
+    by name (``ift:gmres:tol=1e-3``); ``other_names``: engines a caller accepts besides, named if ``name`` is none."""
     if name.startswith("stack:"):
         blocks = name.removeprefix("stack:")
         if not blocks.isdigit() or int(blocks) < 1:
@@ -104,7 +104,7 @@ def jfb_engine(name: str, eval_tol: float | None = 1e-4) -> EngineFactory:
     except JfbError as error:
         if backward.split(":")[0] in BACKWARD_MODES.names():  # a known mode with a bad option: say which
             raise JfbError(f"engine {name!r}: {error}") from None
-        raise unknown_name("engine", name, [*JFB_ENGINES, "stack:K", "a backward mode by name"]) from None
+        raise unknown_name("engine", name, [*JFB_ENGINES, *other_names, "stack:K", "a backward mode by name"]) from None
     return lambda operator: JfbEngine(operator, backward, eval_tol)
 
 
