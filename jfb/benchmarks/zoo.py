@@ -24,6 +24,7 @@ from ..files import atomic_write_text, prepare_run_dir
 from ..reports import Report, csv_text, markdown_table, pyplot, write_report
 from ..settings import setting
 from ..workloads import WORKLOADS, Workload, get_workload
+from ..workloads.curves import BudgetCurves
 from ..workloads.engines import EngineFactory, jfb_engine
 from .torchdeq_engine import TORCHDEQ_ENGINES, torchdeq_engine
 
@@ -125,26 +126,45 @@ def zoo_table(settings: ZooBenchSettings, progress: bool = True, log=print) -> R
     report = write_report(out, "zoo", rows, markdown_table(headers, cells), summary={"engines": list(settings.engines)})
     if cases:
         atomic_write_text(out / "zoo-cases.csv", csv_text(cases))
-        report.files.append(out / "zoo-cases.csv")
-        extrapolation = [c for c in cases if c["workload"] == "prefix-sums"]
-        plt = pyplot()
-        if extrapolation and plt is not None:
-            plot_engines(plt, out / "zoo-prefix-sums.png", extrapolation)
-            report.files.append(out / "zoo-prefix-sums.png")
+        report.files += [out / "zoo-cases.csv", *plot_zoo_cases(out, cases)]
     return report
 
 
-def plot_engines(plt, path: Path, cases: list[dict[str, Any]]) -> None:
-    """Prefix sums: accuracy against test-time iterations, one panel per engine, one line per length."""
+def plot_zoo_cases(out: Path, cases: list[dict[str, Any]]) -> list[Path]:
+    """``zoo-WORKLOAD.png`` for each workload of ``cases`` that plots test-time compute curves: one panel per
+    engine. ``cases`` as the zoo makes them or as read back from its ``zoo-cases.csv`` (numbers as text, the other
+    workloads' columns empty). The files written (none without matplotlib)."""
+    plt, written = pyplot(), []
+    for name in dict.fromkeys(c["workload"] for c in cases):
+        curves = get_workload(name).curves
+        if curves is None or plt is None:
+            continue
+        mine = [{k: _number(v) for k, v in c.items() if v != ""} for c in cases if c["workload"] == name]
+        plot_engines(plt, out / f"zoo-{name}.png", mine, curves)
+        written.append(out / f"zoo-{name}.png")
+    return written
+
+
+def _number(value: Any) -> Any:
+    """A CSV cell as the number it spells (``"12"``: 12, ``"0.5"``: 0.5), anything else unchanged."""
+    if not isinstance(value, str):
+        return value
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def plot_engines(plt, path: Path, cases: list[dict[str, Any]], curves: BudgetCurves) -> None:
+    """One workload's test-time compute curves side by side: one panel per engine, one line per problem size."""
     engines = list(dict.fromkeys(c["engine"] for c in cases))
     fig, axes = plt.subplots(1, len(engines), figsize=(3.2 * len(engines), 3.4), sharey=True, squeeze=False)
     for ax, engine in zip(axes[0], engines):
-        mine = [c for c in cases if c["engine"] == engine]
-        for bits in sorted({c["bits"] for c in mine}):
-            line = [c for c in mine if c["bits"] == bits]
-            ax.plot([c["max_iter"] for c in line], [c["accuracy"] for c in line], marker="o", label=f"{bits} bits")
-        ax.set_xscale("log"), ax.set_title(engine), ax.set_xlabel("most iterations at test time")
-    axes[0][0].set_ylabel("strings all right"), axes[0][-1].legend(fontsize=8)
+        curves.draw(ax, [c for c in cases if c["engine"] == engine])
+        ax.set_title(engine)
+    axes[0][0].set_ylabel(curves.accuracy), axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -23,6 +23,7 @@ from ..train.engine import FitResult, Loss, StepSettings, Training
 from ..train.run_folder import claimed_run_folder
 from ..train.steps import StepRun, run_steps
 from ..train.supervision import DeepSupervision, SegmentLoss, from_start
+from .curves import BudgetCurves
 from .engines import EngineFactory, jfb_engine
 from .parallel import PARALLEL, full_state, parallel_batches, torchrun_needed, wrap_parallel
 
@@ -84,7 +85,8 @@ class Workload:
     metric: str
     smoke: dict[str, Any]  # config changes for a run of seconds (tests, the device check's dry run)
     higher_is_better: bool = True
-    plot: Callable[[Any, Path, list[dict[str, Any]]], None] | None = None
+    #: how its per-case rows plot (test-time compute curves), for a run, an evaluation and the side-by-side zoo
+    curves: BudgetCurves | None = None
     #: the ``parallel`` modes it trains under, and why not the others (its batch does not split)
     parallel: tuple[str, ...] = PARALLEL
     single_process_reason: str = ""
@@ -218,7 +220,7 @@ class Workload:
         if not trained.main:  # one process writes
             return Report([summary], key_value_table(summary), summary=summary)
         save_checkpoint(out / "model.pt", saved_workload(self, config, trained))
-        plot = (lambda plt, path: self.plot(plt, path, rows)) if self.plot else None
+        plot = (lambda plt, path: self.curves.plot(plt, path, rows)) if self.curves else None
         report = write_report(out, self.name, rows or [summary], key_value_table(summary), plot, summary)
         report.files.append(out / "model.pt")
         return report

@@ -4,6 +4,7 @@ test set for all budgets)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +43,32 @@ def accuracy_over_budgets(model: nn.Module, inputs: Tensor, targets: Tensor, bud
     return rows
 
 
-def plot_budget_curves(plt, path: Path, rows: list[dict[str, Any]], size: str, unit: str, title: str) -> None:
-    """Accuracy against test-time iterations, one line per problem size (the rows' ``size`` key, in ``unit``)."""
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for value in sorted({r[size] for r in rows}):
-        mine = [r for r in rows if r[size] == value]
-        ax.plot([r["max_iter"] for r in mine], [r["accuracy"] for r in mine], marker="o", label=f"{value} {unit}")
-    ax.set_xscale("log"), ax.set_xlabel("most iterations at test time"), ax.set_ylabel("all right")
-    ax.set_title(title), ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+@dataclass(frozen=True)
+class BudgetCurves:
+    """How a looped workload's per-case rows plot: accuracy against the test-time iterations (``max_iter``), one
+    line per problem size (the rows' ``size`` key, each line labelled ``"{size} {unit}"``)."""
+
+    size: str
+    unit: str
+    title: str
+    accuracy: str = "all right"
+
+    def draw(self, ax: Any, rows: list[dict[str, Any]]) -> None:
+        """The curves on one matplotlib axis (a panel of a larger figure)."""
+        for value in sorted({r[self.size] for r in rows}):
+            mine = [r for r in rows if r[self.size] == value]
+            ax.plot(
+                [r["max_iter"] for r in mine], [r["accuracy"] for r in mine], marker="o", label=f"{value} {self.unit}"
+            )
+        budgets = sorted({r["max_iter"] for r in rows})
+        ax.set_xscale("log"), ax.set_xlabel("most iterations at test time")
+        ax.set_xticks(budgets, [str(b) for b in budgets], fontsize=8), ax.minorticks_off()  # the budgets, no 10^k
+
+    def plot(self, plt: Any, path: Path, rows: list[dict[str, Any]]) -> None:
+        """One run's curves in a figure of their own, saved to ``path``."""
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        self.draw(ax, rows)
+        ax.set_ylabel(self.accuracy), ax.set_title(self.title), ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)

@@ -24,7 +24,7 @@ from ..data.mazes import maze_batch, read_mazes
 from ..settings import setting
 from ..train.supervision import SegmentLoss
 from .base import SEGMENTS_HELP, Placement, Workload, to_device
-from .curves import accuracy_over_budgets, cross_entropy_segments, plot_budget_curves
+from .curves import BudgetCurves, accuracy_over_budgets, cross_entropy_segments
 from .engines import EngineFactory, zeros_like_state
 from .prefix_sums import RecurrentConvBlock
 
@@ -116,10 +116,6 @@ def solved_mazes(model: nn.Module, config: MazesConfig) -> tuple[dict[str, Any],
     return metrics, rows
 
 
-def plot_mazes(plt, path: Path, rows: list[dict[str, Any]]) -> None:
-    plot_budget_curves(plt, path, rows, "cells", "cells a side", "mazes, trained on small ones")
-
-
 WORKLOAD = Workload(
     name="mazes",
     help="Mazes: find the path; train on small mazes, test on mazes 3x larger with more iterations.",
@@ -139,6 +135,6 @@ WORKLOAD = Workload(
         test_depths=(12, 48),
         test_mazes=32,
     ),
-    plot=plot_mazes,
+    curves=BudgetCurves("cells", "cells a side", "mazes, trained on small ones"),
     segment_loss=_segment_loss,
 )

@@ -26,7 +26,7 @@ from ..data.easy_to_hard import read_prefix_sums
 from ..settings import setting
 from ..train.supervision import SegmentLoss
 from .base import Placement, Workload, to_device
-from .curves import accuracy_over_budgets, cross_entropy_segments, plot_budget_curves
+from .curves import BudgetCurves, accuracy_over_budgets, cross_entropy_segments
 from .engines import EngineFactory, zeros_like_state
 
 TEST_SEED_OFFSET = 10_000  # test strings come from seed + this: never the training strings
@@ -138,11 +138,6 @@ def extrapolation(model: nn.Module, config: PrefixSumsConfig) -> tuple[dict[str,
     return metrics, rows
 
 
-def plot_extrapolation(plt, path: Path, rows: list[dict[str, Any]], label: str = "") -> None:
-    """Accuracy against test-time iterations, one line per string length."""
-    plot_budget_curves(plt, path, rows, "bits", "bits", label or "prefix sums, trained on short strings")
-
-
 WORKLOAD = Workload(
     name="prefix-sums",
     help="Prefix sums of bit strings: train on 32 bits, test on longer ones with more iterations.",
@@ -152,6 +147,6 @@ WORKLOAD = Workload(
     evaluate=extrapolation,
     metric="hardest_accuracy",
     smoke=dict(width=32, train_bits=16, depth=16, steps=150, test_bits=(32,), test_depths=(16, 64)),
-    plot=plot_extrapolation,
+    curves=BudgetCurves("bits", "bits", "prefix sums, trained on short strings"),
     segment_loss=_segment_loss,
 )

@@ -55,7 +55,7 @@ def evaluate_saved(
     result = {"workload": workload.name, "checkpoint": str(path), "metrics": metrics}
     result |= {"saved_metrics": checkpoint["metrics"], "changes": dict(changes or {})}
     if out is not None:
-        plot = None if workload.plot is None else (lambda plt, file: workload.plot(plt, file, rows))
+        plot = None if workload.curves is None else (lambda plt, file: workload.curves.plot(plt, file, rows))
         write_report(prepare_run_dir(out), "eval", rows, key_value_table(metrics), plot=plot)
         result["out"] = str(out)
     return result

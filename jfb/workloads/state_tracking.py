@@ -29,6 +29,7 @@ from ..errors import JfbError, unknown_name
 from ..settings import setting
 from ..train.supervision import SegmentLoss
 from .base import Placement, Workload, to_device
+from .curves import BudgetCurves
 from .engines import EngineFactory
 from .language import TransformerBlock
 
@@ -186,19 +187,6 @@ def length_generalisation(model: nn.Module, config: StateTrackingConfig) -> tupl
     return metrics, rows
 
 
-def plot_lengths(plt, path: Path, rows: list[dict[str, Any]], label: str = "") -> None:
-    """Accuracy against test-time iterations, one line per word length."""
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for length in sorted({r["length"] for r in rows}):
-        mine = [r for r in rows if r["length"] == length]
-        ax.plot([r["max_iter"] for r in mine], [r["accuracy"] for r in mine], marker="o", label=f"length {length}")
-    ax.set_xscale("log"), ax.set_xlabel("most iterations at test time"), ax.set_ylabel("positions right")
-    ax.set_title(label or "state tracking, trained on short words"), ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def plot_comparison(plt, path: Path, rows: list[dict[str, Any]], label: str = "") -> None:
     """Accuracy at the largest test budget against word length, one line per model (``scripts/state-tracking.sh``
     rows: ``engine``, ``length``, ``max_iter``, ``accuracy``)."""
@@ -233,7 +221,7 @@ WORKLOAD = Workload(
         test_depths=(8, 16),
         test_words=64,
     ),
-    plot=plot_lengths,
+    curves=BudgetCurves("length", "letters", "state tracking, trained on short words", "positions right"),
     class_dim=-1,
     segment_loss=_segment_loss,
 )

@@ -27,7 +27,7 @@ from ..errors import JfbError
 from ..settings import setting
 from ..train.supervision import SegmentLoss
 from .base import Placement, Workload, to_device
-from .curves import accuracy_over_budgets, cross_entropy_segments, plot_budget_curves
+from .curves import BudgetCurves, accuracy_over_budgets, cross_entropy_segments
 from .engines import EngineFactory, zeros_like_state
 
 TEST_SEED_OFFSET = 10_000  # test puzzles come from seed + this + givens: never the training pool
@@ -156,10 +156,6 @@ def solved_boards(model: nn.Module, config: SudokuConfig) -> tuple[dict[str, Any
     return metrics, rows
 
 
-def plot_sudoku(plt, path: Path, rows: list[dict[str, Any]]) -> None:
-    plot_budget_curves(plt, path, rows, "givens", "givens", "Sudoku, whole boards")
-
-
 WORKLOAD = Workload(
     name="sudoku",
     help="Sudoku 9x9: a relational DEQ over the cells; whole boards solved, at fewer givens with more iterations.",
@@ -179,6 +175,6 @@ WORKLOAD = Workload(
         test_depths=(12, 48),
         test_puzzles=50,
     ),
-    plot=plot_sudoku,
+    curves=BudgetCurves("givens", "givens", "Sudoku, whole boards"),
     segment_loss=_segment_loss,
 )
