@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 import torch
 
@@ -40,6 +43,18 @@ def test_engines_start_from_the_same_weights_and_train_alike():
     assert [r["engine"] for r in rows] == ["jfb", "torchdeq-jfb"]
     assert rows[0]["final_train_loss"] == pytest.approx(rows[1]["final_train_loss"], rel=1e-4)
     assert rows[0]["time_vs_first"] == 1.0 and rows[0]["saved_mib"] == rows[1]["saved_mib"]
+
+
+def test_a_training_that_stops_names_its_engine():
+    """A non-finite loss stops the zoo with the engine named (the first of the step's shuffled order to see it)."""
+    workload = get_workload("prefix-sums")
+    config = workload.config(width=8, depth=4, steps=3, test_bits=(8,), test_depths=(4,))
+    nan_strings = torch.full((4, 1, 8), math.nan)
+    poisoned = dataclasses.replace(
+        workload, batches=lambda config: lambda step: (nan_strings, prefix_sum_batch(4, 8, step)[1])
+    )
+    with pytest.raises(JfbError, match=r"^engine '(jfb|unroll)': a non-finite loss \(nan\) at step 0"):
+        compare_engines(poisoned, config, ("jfb", "unroll"))
 
 
 def test_unknown_engine_is_refused_before_training_naming_torchdeqs_engines_too():

@@ -57,7 +57,10 @@ def compare_engines(
     for step in range(config.steps):
         order.shuffle(names)
         for name in names:
-            trainings[name].step(step)
+            try:
+                trainings[name].step(step)
+            except JfbError as error:  # say which engine: the others trained the same batches
+                raise JfbError(f"engine {name!r}: {error}") from None
         if progress and (step + 1) % max(config.steps // 10, 1) == 0:
             print(f"  {workload.name}: step {step + 1}/{config.steps}", flush=True)
     rows, cases = [], []
