@@ -317,6 +317,23 @@ def test_the_sudoku_engines_table_is_its_files():
         assert cells[4:] == [engine[k] for k in ("ms_per_step", "time_vs_first", "saved_mib", "backward_misses")]
 
 
+def test_the_mazes_engines_table_is_its_files():
+    text = _section(RESULTS / "looped.md", "### Mazes: the engines side by side, with deep supervision")
+    rows = {r[0].strip("`"): r for r in _table_rows(text) if len(r) == 9 and r[0].startswith("`")}
+    folder = RESULTS / "looped" / "mazes-zoo"
+    cases = list(csv.DictReader((folder / "zoo-cases.csv").open()))
+    engines = list(csv.DictReader((folder / "zoo.csv").open()))
+    assert len(rows) == len(engines) == 5 and (folder / "zoo-mazes.png").is_file()
+    for engine in engines:
+        cells, mine = rows[engine["engine"]], [c for c in cases if c["engine"] == engine["engine"]]
+        for column, size in enumerate(("4", "8", "12"), 1):
+            (case,) = [c for c in mine if (c["cells"], c["max_iter"]) == (size, "960")]
+            assert cells[column] == f"{float(case['accuracy']):.2f} ({float(case['iterations']):.0f})"
+        best = max((c for c in mine if c["cells"] == "12"), key=lambda c: (float(c["accuracy"]), -int(c["max_iter"])))
+        assert cells[4] == f"{float(best['accuracy']):.2f} ({best['max_iter']})"
+        assert cells[5:] == [engine[k] for k in ("ms_per_step", "time_vs_first", "saved_mib", "backward_misses")]
+
+
 def test_the_language_model_levers_table_is_its_run():
     text = _section(RESULTS / "exact-gradients.md", "### The levers on the language model, seed 0")
     rows = {r[0].strip("`"): r for r in _table_rows(text) if len(r) == 5 and r[0].startswith("`")}
