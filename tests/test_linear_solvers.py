@@ -42,6 +42,17 @@ def test_a_diverging_fixed_point_iteration_returns_its_best_iterate_not_the_last
     assert last.norm() > 1e6 * b.norm()
 
 
+def test_a_fixed_point_iteration_that_overflows_returns_its_best_finite_iterate():
+    """Spectral radius 1e15 in float32: the iterates overflow to inf, their residuals to NaN (which compares false
+    against the best residual); the solve must still return its best iterate, never the non-finite last one."""
+    J, b = _system(1e15)
+    J, b = J.float(), b.float()
+    w, info = fixed_point(lambda v: J.T @ v, b, 1e-6, 10)
+    assert bool(torch.isfinite(w).all()) and torch.equal(w, b)  # the first iterate had the smallest residual
+    assert info.status == Status.MAX_ITER
+    assert info.relative_residual == pytest.approx(((J.T @ b).norm() / b.norm()).item(), rel=1e-5)
+
+
 # --- the backward-solve levers of ift (issue: exact gradients near JFB's price) ---
 
 

@@ -107,7 +107,7 @@ def fixed_point(
             break
         if stall is not None and iterations >= stall and not best_norm <= 0.5 * first:
             return best, LinearSolveInfo(iterations, best_norm / max(scalar(b_norm), 1e-300), Status.DIVERGED)
-    if scalar(res_norm) > best_norm:  # the residuals rose at the end: the best iterate seen
+    if not scalar(res_norm) <= best_norm:  # the residuals rose at the end, or overflowed (NaN): the best iterate seen
         return best, _info(iterations, torch.tensor(best_norm, dtype=b_norm.dtype), b_norm, tol)
     return w, _info(iterations, res_norm, b_norm, tol)
 
