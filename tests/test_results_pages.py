@@ -156,6 +156,7 @@ def test_the_multi_start_table_is_its_file():
 @pytest.mark.parametrize(
     ("runs", "summary_file", "section"),
     [
+        ("state-tracking-seed", "state-tracking-summary.csv", "### State tracking: three seeds"),
         ("lm-truncated-seed", "lm-truncated-summary.csv", "### A truncated backward solve: three seeds"),
         ("reasoning-seed", "reasoning-summary.csv", "### Prefix sums and chains: three seeds"),
         ("lm-default-seed", "lm-default-summary.csv", "### The library's default `ift` and unrolled training"),
@@ -187,6 +188,16 @@ def test_the_exact_gradients_tables_are_their_summaries_of_three_seeds(runs, sum
         cells = rows[(row["workload"], row["engine"])]
         assert _rounded_from(cells[3], row["mean"], 3) and float(cells[5]) == float(row["ms_per_step"])
         assert cells[4] == f"{float(row['min']):.3f}-{float(row['max']):.3f}"
+
+
+def test_torchdeqs_state_tracking_stops_are_their_files():
+    text = _section(RESULTS / "exact-gradients.md", "### State tracking: three seeds")
+    stops, folder = [], RESULTS / "exact-gradients" / "state-tracking-torchdeq"
+    for seed in range(3):
+        last = (folder / f"seed{seed}.txt").read_text().splitlines()[-1]
+        assert "engine 'torchdeq-ift': a non-finite loss (nan) at step " in last
+        stops.append(last.split(" at step ")[1].split(";")[0])
+    assert f"(steps {stops[0]}, {stops[1]} and {stops[2]} of\n  3000;" in text
 
 
 def test_the_torchdeq_backward_table_is_its_files():
