@@ -73,12 +73,13 @@ class Registry(Generic[Item]):
 def parse_spec(spec: str) -> tuple[str, list[Any], dict[str, Any]]:
     """``"ift:cg:tol=1e-8"`` -> ``("ift", ["cg"], {"tol": 1e-8})``."""
     name, *parts = spec.split(":")
-    args = [_value(part) for part in parts if "=" not in part]
-    keywords = {key: _value(value) for key, _, value in (part.partition("=") for part in parts if "=" in part)}
+    args = [parse_value(part) for part in parts if "=" not in part]
+    keywords = {key: parse_value(value) for key, _, value in (part.partition("=") for part in parts if "=" in part)}
     return name, args, keywords
 
 
-def _value(text: str) -> Any:
+def parse_value(text: str) -> Any:
+    """``text`` as the number it spells (``"12"``: 12, ``"1e-8"``: 1e-8), else the text itself."""
     for kind in (int, float):
         try:
             return kind(text)

@@ -312,29 +312,34 @@ def test_the_halting_table_is_its_file_and_its_savings_follow_from_it():
         assert cells[5] == str(as_good) and cells[6] == f"{1 - mean / as_good:.0%}"
 
 
-def test_the_sudoku_engines_table_is_its_files():
-    text = _section(RESULTS / "looped.md", "### Sudoku: the engines side by side")
-    rows = {r[0].strip("`"): r for r in _table_rows(text) if len(r) == 8 and r[0].startswith("`")}
-    folder = RESULTS / "looped" / "sudoku-zoo"
-    cases = list(csv.DictReader((folder / "zoo-cases.csv").open()))
-    engines = list(csv.DictReader((folder / "zoo.csv").open()))
+def _looped_zoo_table(section: str, folder: str, columns: int) -> tuple[dict, list[dict], list[dict]]:
+    """A looped-page table of a zoo run: its rows by engine, the run's cases and engines; every engine's last four
+    cells (ms per step, ratio, saved memory, backward misses) checked against ``zoo.csv``."""
+    text = _section(RESULTS / "looped.md", section)
+    rows = {r[0].strip("`"): r for r in _table_rows(text) if len(r) == columns and r[0].startswith("`")}
+    cases = list(csv.DictReader((RESULTS / "looped" / folder / "zoo-cases.csv").open()))
+    engines = list(csv.DictReader((RESULTS / "looped" / folder / "zoo.csv").open()))
     assert len(rows) == len(engines) == 5
+    for engine in engines:
+        expected = [engine[k] for k in ("ms_per_step", "time_vs_first", "saved_mib", "backward_misses")]
+        assert rows[engine["engine"]][-4:] == expected
+    return rows, cases, engines
+
+
+def test_the_sudoku_engines_table_is_its_files():
+    rows, cases, engines = _looped_zoo_table("### Sudoku: the engines side by side", "sudoku-zoo", 8)
     for engine in engines:
         cells = rows[engine["engine"]]
         for column, givens in enumerate(("34", "30", "26"), 1):
             key = (engine["engine"], givens, "256")
             (case,) = [c for c in cases if (c["engine"], c["givens"], c["max_iter"]) == key]
             assert cells[column] == f"{float(case['accuracy']):.3f} ({float(case['iterations']):.0f})"
-        assert cells[4:] == [engine[k] for k in ("ms_per_step", "time_vs_first", "saved_mib", "backward_misses")]
 
 
 def test_the_mazes_engines_table_is_its_files():
-    text = _section(RESULTS / "looped.md", "### Mazes: the engines side by side, with deep supervision")
-    rows = {r[0].strip("`"): r for r in _table_rows(text) if len(r) == 9 and r[0].startswith("`")}
-    folder = RESULTS / "looped" / "mazes-zoo"
-    cases = list(csv.DictReader((folder / "zoo-cases.csv").open()))
-    engines = list(csv.DictReader((folder / "zoo.csv").open()))
-    assert len(rows) == len(engines) == 5 and (folder / "zoo-mazes.png").is_file()
+    section = "### Mazes: the engines side by side, with deep supervision"
+    rows, cases, engines = _looped_zoo_table(section, "mazes-zoo", 9)
+    assert (RESULTS / "looped" / "mazes-zoo" / "zoo-mazes.png").is_file()
     for engine in engines:
         cells, mine = rows[engine["engine"]], [c for c in cases if c["engine"] == engine["engine"]]
         for column, size in enumerate(("4", "8", "12"), 1):
@@ -342,7 +347,6 @@ def test_the_mazes_engines_table_is_its_files():
             assert cells[column] == f"{float(case['accuracy']):.2f} ({float(case['iterations']):.0f})"
         best = max((c for c in mine if c["cells"] == "12"), key=lambda c: (float(c["accuracy"]), -int(c["max_iter"])))
         assert cells[4] == f"{float(best['accuracy']):.2f} ({best['max_iter']})"
-        assert cells[5:] == [engine[k] for k in ("ms_per_step", "time_vs_first", "saved_mib", "backward_misses")]
 
 
 def test_the_language_model_levers_table_is_its_run():

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import JfbError
 from ..files import atomic_write_text, prepare_run_dir
+from ..registry import parse_value
 from ..reports import Report, csv_text, markdown_table, pyplot, write_report
 from ..settings import setting
 from ..workloads import WORKLOADS, Workload, get_workload
@@ -138,26 +139,16 @@ def plot_zoo_cases(out: Path, cases: list[dict[str, Any]]) -> list[Path]:
     engine. ``cases`` as the zoo makes them or as read back from its ``zoo-cases.csv`` (numbers as text, the other
     workloads' columns empty). The files written (none without matplotlib)."""
     plt, written = pyplot(), []
+    if plt is None:
+        return written
     for name in dict.fromkeys(c["workload"] for c in cases):
         curves = get_workload(name).curves
-        if curves is None or plt is None:
+        if curves is None:
             continue
-        mine = [{k: _number(v) for k, v in c.items() if v != ""} for c in cases if c["workload"] == name]
+        mine = [{k: parse_value(str(v)) for k, v in c.items() if v != ""} for c in cases if c["workload"] == name]
         plot_engines(plt, out / f"zoo-{name}.png", mine, curves)
         written.append(out / f"zoo-{name}.png")
     return written
-
-
-def _number(value: Any) -> Any:
-    """A CSV cell as the number it spells (``"12"``: 12, ``"0.5"``: 0.5), anything else unchanged."""
-    if not isinstance(value, str):
-        return value
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
 
 
 def plot_engines(plt, path: Path, cases: list[dict[str, Any]], curves: BudgetCurves) -> None:
