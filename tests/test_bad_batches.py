@@ -1,4 +1,4 @@
-"""Bad batches (non-finite loss, diverged or non-finite fixed point) are skipped, counted, and stop training
+"""Bad batches (non-finite loss or gradient, diverged or non-finite fixed point) are skipped, counted, and stop training
 when they persist."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import torch
 from training import config_of
 
 import jfb.train.classifier as loop
+import jfb.train.optimization as optimization
 import jfb.train.records as records
 import jfb.train.setup as setup
 from jfb.train import TrainingStopped, load_checkpoint, train
@@ -94,6 +95,18 @@ def test_an_expansive_operator_is_reported_diverged_and_never_trained_on(tmp_pat
             )
     assert statuses == []  # no optimiser step was taken
     assert any("diverged" in str(w.message) for w in caught)
+    before = torch.manual_seed(0) and setup.build_from_config(config_of(**CONFIG)).state_dict()
+    saved = load_checkpoint(tmp_path / "stopped.pt")["model"]
+    for name, tensor in saved.items():
+        assert torch.equal(tensor, before[name]), name  # the initial weights and BatchNorm statistics, untouched
+
+
+def test_a_non_finite_gradient_is_never_applied_and_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(optimization, "gradients_finite", lambda model: False)  # every backward pass overflowed
+    monkeypatch.setattr(records.EpochStats, "add", lambda self, *a: pytest.fail("a batch was trained on"))
+    message = r"3 consecutive batches had a non-finite gradient \(of a finite loss, [0-9.]+\) \(last: epoch 1, step"
+    with pytest.raises(TrainingStopped, match=message):
+        train(config_of(**CONFIG, max_bad_batches=3), tmp_path, progress=False, log=lambda m: None)
     before = torch.manual_seed(0) and setup.build_from_config(config_of(**CONFIG)).state_dict()
     saved = load_checkpoint(tmp_path / "stopped.pt")["model"]
     for name, tensor in saved.items():

@@ -1,5 +1,6 @@
-"""The step engine's settings: optimiser, schedule, clipping and the bad-batch policy (today's defaults: Adam,
-cosine, clipping at 1, raise), checked on a linear model whose gradients are known."""
+"""The step engine's settings: optimiser, schedule, clipping and the bad-batch policy (a non-finite loss or
+gradient; today's defaults: Adam, cosine, clipping at 1, raise), checked on a linear model whose gradients are
+known."""
 
 from __future__ import annotations
 
@@ -15,12 +16,16 @@ from jfb.train.engine import StepSettings, Training
 from jfb.train.optimization import MAX_BAD_BATCHES
 
 
-def _training(steps: int = 4, bad: set[int] = frozenset(), **settings) -> Training:
+def _training(
+    steps: int = 4, bad: set[int] = frozenset(), bad_gradient: set[int] = frozenset(), **settings
+) -> Training:
     torch.manual_seed(0)
     model = nn.Linear(3, 1)
 
     def loss(model: nn.Module, batch: int):
         value = 100.0 * model(torch.ones(1, 3)).sum()  # gradient norm 100 * sqrt(4) = 200 before clipping
+        if batch in bad_gradient:  # adds 0, with the gradient inf * 0 = nan: a backward pass that overflowed
+            value = value + torch.sqrt(0.0 * model.bias).sum()
         return (value * math.nan if batch in bad else value), 1.0
 
     return Training(model, lambda index: index, loss, steps, 0.1, StepSettings(**settings))
@@ -76,6 +81,33 @@ def test_a_non_finite_loss_raises_by_default_and_is_skipped_on_request():
     with pytest.raises(JfbError, match=f"{MAX_BAD_BATCHES} consecutive batches had a non-finite loss"):
         for index in range(20):
             training.step(index)
+
+
+def test_a_non_finite_gradient_of_a_finite_loss_is_never_applied():
+    with pytest.raises(JfbError, match=r"a non-finite gradient \(of a finite loss, [0-9.-]+\) at step 1; "):
+        training = _training(bad_gradient={1})
+        for index in range(3):
+            training.step(index)
+    training = _training(bad_gradient={1}, bad_batches="skip")
+    training.step(0)
+    weights = [p.detach().clone() for p in training.model.parameters()]
+    rate = training.schedule.get_last_lr()
+    training.step(1)
+    assert all(torch.equal(w, p) for w, p in zip(weights, training.model.parameters()))
+    assert training.measured.skipped == 1 and training.schedule.get_last_lr() == rate  # no step, no schedule step
+    training.step(2)
+    assert all(torch.isfinite(p).all() for p in training.model.parameters()) and training.result().skipped == 1
+
+
+def test_a_gradient_non_finite_on_another_process_skips_the_step_here_too():
+    training = _training(optimizer="sgd", schedule="constant")
+    value, _ = training.loss(training.model, 0)
+    before = training.model.bias.detach().clone()
+    assert not training.optimization.apply(value, training.model, any_process=lambda flag: True)
+    assert torch.equal(before, training.model.bias) and all(p.grad is None for p in training.model.parameters())
+    value, _ = training.loss(training.model, 0)
+    assert training.optimization.apply(value, training.model, any_process=lambda flag: flag)
+    assert float(before - training.model.bias.detach()) == pytest.approx(0.1 * 100.0 / 200.0, rel=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """One optimiser step of an image classifier (the MNIST family): the forward pass with its warm start and
-scheduled depth, the loss with its regularisers, the bad-batch policy (a non-finite loss or a fixed point that
-diverged skips the step and restores the running statistics), then the engine's optimiser step
+scheduled depth, the loss with its regularisers, the bad-batch policy (a non-finite loss or gradient, or a
+fixed point that diverged, skips the step and restores the running statistics), then the engine's optimiser step
 (:class:`~jfb.train.engine.Optimization`)."""
 
 from __future__ import annotations
@@ -37,12 +37,15 @@ def train_step(run: Run, inputs: torch.Tensor, labels: torch.Tensor, index: torc
     signalled = watch.received is not None
     bad, stop = run.processes.any_of([_bad_batch(prediction, loss), signalled])  # one collective
     if bad:
-        _skip_bad_batch(run, buffers)
+        _skip_bad_batch(run, buffers, "a non-finite loss or a diverged or non-finite fixed point")
         return stop
-    position.consecutive_bad = 0
     global_batch = min(config.batch_size, len(run.data.train) - position.step * config.batch_size)
     share = labels.shape[0] * run.processes.world_size / global_batch
-    run.optimization.apply((loss + _regularization(prediction, labels, config)) * share, model)
+    total = (loss + _regularization(prediction, labels, config)) * share
+    if not run.optimization.apply(total, model, lambda flag: run.processes.any_of([flag])[0]):
+        _skip_bad_batch(run, buffers, f"a non-finite gradient (of a finite loss, {loss.item():.4g})")
+        return stop
+    position.consecutive_bad = 0
     if run.average is not None:
         run.average.update(model)
     equilibrium = prediction.equilibrium
@@ -76,15 +79,14 @@ def _regularization(prediction: Prediction, labels: torch.Tensor, config: TrainC
     return total
 
 
-def _skip_bad_batch(run: Run, buffers: list[torch.Tensor]) -> None:
-    """No optimiser step on a bad batch, and the running statistics that its forward pass already
-    updated are restored: the model stays the last good one."""
+def _skip_bad_batch(run: Run, buffers: list[torch.Tensor], what: str) -> None:
+    """No optimiser step on a bad batch (``what`` made it bad), and the running statistics that its forward pass
+    already updated are restored: the model stays the last good one."""
     run.optimization.skip()
     for buffer, saved in zip(run.model.buffers(), buffers):
         buffer.copy_(saved)
     position = run.position
     position.stats.skipped += 1
-    what = "a non-finite loss or a diverged or non-finite fixed point"
     where = f"epoch {position.epoch + 1}, step {position.step}"
     position.consecutive_bad = count_bad_batch(
         position.consecutive_bad, "skip", run.config.max_bad_batches, what, where

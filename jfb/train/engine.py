@@ -179,9 +179,9 @@ class Training:
         return self.optimization.schedule
 
     def step(self, index: int, watch: Watch | None = None) -> Stepped:
-        """Train on batch ``index`` (under deep supervision, one optimiser step per segment). A non-finite loss (on
-        any process) raises, or skips the step (``bad_batches``; the batch's later segments too); ``watch``: the
-        preemption signals, read once each segment's forward pass is done."""
+        """Train on batch ``index`` (under deep supervision, one optimiser step per segment). A non-finite loss or
+        gradient (on any process) raises, or skips the step (``bad_batches``; the batch's later segments too);
+        ``watch``: the preemption signals, read once each segment's forward pass is done."""
         self.model.train()
         start = time.perf_counter()
         segments = self._segments(self.batch(index))
@@ -196,8 +196,9 @@ class Training:
             bad, stopping = self.processes.any_of([not math.isfinite(loss), signalled])  # one collective for both
             stop = stop or stopping
             if bad:
-                return self._skip(index, loss, stop)
-            self.optimization.apply(value, self.model)
+                return self._skip(index, loss, stop, f"a non-finite loss ({loss})")
+            if not self.optimization.apply(value, self.model, self._on_any_process):
+                return self._skip(index, loss, stop, f"a non-finite gradient (of a finite loss, {loss:.4g})")
             iterations += forward_iterations
         self.measured.consecutive_bad = 0
         if self.cuda:
@@ -212,13 +213,16 @@ class Training:
         else:
             yield self.loss(self.model, batch)
 
-    def _skip(self, index: int, loss: float, stop: bool) -> Stepped:
-        """No optimiser step on a bad batch: counted, and raised or skipped per ``bad_batches``."""
+    def _on_any_process(self, flag: bool) -> bool:
+        return self.processes.any_of([flag])[0]
+
+    def _skip(self, index: int, loss: float, stop: bool, what: str) -> Stepped:
+        """No optimiser step on a bad batch (``what`` made it bad): counted, and raised or skipped per
+        ``bad_batches``."""
         self.optimization.skip()
         measured = self.measured
         measured.skipped += 1
-        policy, what = self.settings.bad_batches, f"a non-finite loss ({loss})"
-        where = f"step {index}"
+        policy, where = self.settings.bad_batches, f"step {index}"
         measured.consecutive_bad = count_bad_batch(measured.consecutive_bad, policy, MAX_BAD_BATCHES, what, where)
         return Stepped({"loss": f"{loss:.3f}"}, stop)
 

@@ -5,6 +5,7 @@ optimiser and the schedule), the optimisers and schedules it is built from by na
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,7 @@ MAX_BAD_BATCHES = 10
 
 
 class TrainingStopped(JfbError):
-    """A bad batch under ``bad_batches="raise"``, or too many in a row (non-finite loss, no fixed point)."""
+    """A bad batch under ``bad_batches="raise"``, or too many in a row (non-finite loss or gradient, no fixed point)."""
 
 
 def named_optimizer(
@@ -65,28 +66,53 @@ class Optimization:
     clip: float = 0.0
     scaler: torch.amp.GradScaler | None = None
 
-    def apply(self, loss: Tensor, model: nn.Module) -> None:
+    def apply(self, loss: Tensor, model: nn.Module, any_process: Callable[[bool], bool] = bool) -> bool:
+        """One step on ``loss``; False, with no step taken and the gradients dropped, when a gradient is not
+        finite on any process (``any_process`` combines a per-process flag). A finite loss can still have a
+        non-finite gradient (a backward linear solve that overflowed): applied, it would turn every weight NaN
+        and the next step's loss would take the blame. Under the fp16 scaler such steps are the scaler's own to
+        skip."""
         self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is None:
+        if self.scaler is not None:
+            self._scaled_step(self.scaler, loss, model)
+        else:
             loss.backward()
+            if any_process(not gradients_finite(model)):
+                self.skip()
+                return False
             self._clip(model)
             self.optimizer.step()
-        else:
-            self.scaler.scale(loss).backward()
-            if self.clip:
-                self.scaler.unscale_(self.optimizer)
-            self._clip(model)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
         self.schedule.step()
+        return True
 
     def skip(self) -> None:
         """No step on a bad batch: the gradients (none yet, or of the bad batch) are dropped."""
         self.optimizer.zero_grad(set_to_none=True)
 
+    def _scaled_step(self, scaler: torch.amp.GradScaler, loss: Tensor, model: nn.Module) -> None:
+        scaler.scale(loss).backward()
+        if self.clip:
+            scaler.unscale_(self.optimizer)
+        self._clip(model)
+        scaler.step(self.optimizer)
+        scaler.update()
+
     def _clip(self, model: nn.Module) -> None:
         if self.clip:
             nn.utils.clip_grad_norm_(model.parameters(), self.clip)
+
+
+def gradients_finite(model: nn.Module) -> bool:
+    """Whether every gradient this process holds is finite (its own shard under FSDP2): the largest magnitude of
+    all of them, one reduction, NaN or inf when any entry is."""
+    gradients = [_local(p.grad) for p in model.parameters() if p.grad is not None]
+    if not gradients:
+        return True
+    return bool(torch.isfinite(nn.utils.get_total_norm(gradients, norm_type=math.inf)))
+
+
+def _local(gradient: Tensor) -> Tensor:
+    return gradient.to_local() if hasattr(gradient, "to_local") else gradient  # an FSDP2 DTensor: this shard
 
 
 def count_bad_batch(consecutive: int, policy: str, limit: int, what: str, where: str) -> int:
