@@ -24,12 +24,14 @@ from jfb.workloads.language import _batches, _cross_entropy
 REFERENCES = {"neumann-limit": "ift:tol=1e-8:max_iter=300", "linear-solution": "ift:gmres:tol=1e-8:max_iter=300"}
 LEVERS = [
     "jfb",
+    "ift:max_iter=5",
     "ift:max_iter=40",
     "ift:max_iter=40:tol=1e-3",
     "ift:fixed_point:per_sample=1:max_iter=40",
     "ift:fixed_point:fallback=gmres:max_iter=40",
     "ift:anderson:max_iter=40",
     "ift:gmres:max_iter=40",
+    "shine:refine=5",
 ]
 
 
