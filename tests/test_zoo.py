@@ -8,8 +8,10 @@ import math
 import pytest
 import torch
 
+from jfb.benchmarks.torchdeq_engine import TorchdeqEngine
 from jfb.benchmarks.zoo import ZooBenchSettings, compare_engines, engine_factory, zoo_table
 from jfb.errors import JfbError
+from jfb.train.engine import backward_missed
 from jfb.workloads import get_workload
 from jfb.workloads.prefix_sums import prefix_sum_batch
 
@@ -33,6 +35,19 @@ def test_same_model_same_gradient_under_both_libraries(ours, theirs, rtol):
     assert loss_ours == pytest.approx(loss_theirs, rel=1e-6)
     for a, b in zip(grads_ours, grads_theirs, strict=True):
         assert torch.allclose(a, b, rtol=rtol, atol=rtol * a.abs().max().item())
+
+
+@pytest.mark.parametrize(("ift", "tol", "missed"), [(True, 0.0, True), (True, 1e6, False), (False, 0.0, False)])
+def test_torchdeqs_backward_misses_are_counted_against_its_own_tolerance(ift, tol, missed):
+    workload = get_workload("prefix-sums")
+    config = workload.config(width=16, depth=40)
+    model = workload.model(config, lambda op: TorchdeqEngine(op, ift, config.eval_tol, backward_tol=tol))
+    residuals: list[float] = []
+    model.engine.backward_writer = lambda info: residuals.append(float(info["abs_lowest"].max()))
+    loss, _ = workload.loss(config)(model, prefix_sum_batch(8, 16, seed=0))
+    loss.backward()
+    assert backward_missed(model) is missed and len(residuals) == int(ift)  # the user's writer still called
+    assert all(0 < r < 1e6 for r in residuals)
 
 
 def test_engines_start_from_the_same_weights_and_train_alike():

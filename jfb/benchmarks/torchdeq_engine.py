@@ -31,8 +31,9 @@ def _get_deq():
 
 class TorchdeqEngine(nn.Module):
     """``torchdeq.get_deq(core="indexing", ...)`` around ``operator``; returns :class:`Solved`. ``backward_tol`` is
-    torchdeq's absolute backward tolerance (its default); ``backward_writer``, when set, receives the statistics of
-    each backward solve in training (torchdeq's ``backward_writer``)."""
+    torchdeq's absolute backward tolerance (its default); ``last_backward_missed``: whether the last backward solve
+    in training ended above it for some sample (counted as a miss, as torch-jfb's own are); ``backward_writer``,
+    when set, receives the statistics of each backward solve in training (torchdeq's ``backward_writer``)."""
 
     def __init__(
         self,
@@ -55,17 +56,25 @@ class TorchdeqEngine(nn.Module):
             b_max_iter=backward_iters,
             b_tol=backward_tol,
         )
-        self.eval_tol = eval_tol
+        self.eval_tol, self.backward_tol = eval_tol, backward_tol
         self.backward_writer: Callable[[dict[str, Any]], None] | None = None
+        self.last_backward_missed = False
 
     def forward(self, x: Any, u0: Any, depth: int) -> Solved:
         # torchdeq takes the tolerance from its attribute only (a per-call one collides with it)
         self.deq.f_tol = self.eval_tol if not self.training and self.eval_tol is not None else 0.0
-        writer = self.backward_writer if self.training else None
+        writer = self._backward_solved if self.training else None
         states, info = self.deq(
             lambda u: self.operator(u, x), u0, solver_kwargs={"f_max_iter": depth}, backward_writer=writer
         )
         return Solved(states[-1], float(info["nstep"].float().mean()))
+
+    def _backward_solved(self, info: dict[str, Any]) -> None:
+        """torchdeq's statistics of a backward solve: a miss when a sample's lowest residual is not below the
+        tolerance (torchdeq stops once every sample's is)."""
+        self.last_backward_missed = not bool(info["abs_lowest"].max() < self.backward_tol)
+        if self.backward_writer is not None:
+            self.backward_writer(info)
 
 
 def torchdeq_engine(name: str, eval_tol: float | None = 1e-4) -> EngineFactory:

@@ -271,8 +271,13 @@ class Training:
 
 
 def backward_missed(model: nn.Module) -> bool:
-    """Whether a backward linear solve of the step just taken missed its tolerance or failed."""
-    return any(
-        isinstance(m, ImplicitLayer) and m.last_stats is not None and m.last_stats.backward.status.failed
-        for m in model.modules()
-    )
+    """Whether a backward linear solve of the step just taken missed its tolerance or failed: an implicit layer's
+    statistics say so, or a module that runs its own solve (another library's, side by side) sets
+    ``last_backward_missed``."""
+    return any(_missed(m) for m in model.modules())
+
+
+def _missed(module: nn.Module) -> bool:
+    if isinstance(module, ImplicitLayer):
+        return module.last_stats is not None and module.last_stats.backward.status.failed
+    return bool(getattr(module, "last_backward_missed", False))
