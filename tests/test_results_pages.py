@@ -177,6 +177,7 @@ def test_the_exact_gradients_tables_are_their_summaries_of_three_seeds(runs, sum
     [
         ("sudoku", {"givens": "34", "max_iter": "256"}, "sudoku-34-summary.csv", "### Sudoku: three seeds, 34 givens"),
         ("sudoku", None, "sudoku-summary.csv", "### Sudoku: three seeds, 26 givens"),
+        ("mazes", None, "mazes-summary.csv", "### Mazes: three seeds"),
     ],
 )
 def test_the_looped_exact_gradient_tables_are_their_summaries_of_three_seeds(workload, case, summary_file, section):
