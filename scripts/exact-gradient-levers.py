@@ -31,7 +31,6 @@ LEVERS = [
     "ift:fixed_point:fallback=gmres:max_iter=40",
     "ift:anderson:max_iter=40",
     "ift:gmres:max_iter=40",
-    "shine:refine=5",
 ]
 
 

@@ -385,3 +385,16 @@ def test_the_sudoku_deep_supervision_numbers_are_its_file():
     at_256 = [f"{float(r['accuracy']):.2f}" for r in measured if r["max_iter"] == "256"]
     assert at_256 == ["0.18", "0.00", "0.00"]
     assert "0.18 of the 34-given boards at 256 iterations,\n  0 at 30 and 26 givens" in text
+
+
+def test_the_gradient_quality_section_is_its_file():
+    text = _section(RESULTS / "exact-gradients.md", "### With the Jacobian at `T(u*)`, and the truncated solve")
+    levers = (RESULTS / "exact-gradients/levers-lm-output.csv").open()
+    rows = {(r["step"], r["lever"]): r for r in csv.DictReader(levers)}
+    cosine = {key: float(r["cos_linear_solution"]) for key, r in rows.items()}
+    assert f"0.992, JFB {cosine['200', 'jfb']:.2f}" in text and f"{cosine['200', 'ift:max_iter=5']:.3f}" == "0.992"
+    assert f"references part ({cosine['300', 'references']:.3f})" in text
+    assert "0.63 JFB" in text and round(cosine["300", "jfb"], 2) == 0.63
+    assert round(cosine["300", "ift:gmres:max_iter=40"], 2) == 0.87
+    assert round(cosine["300", "ift:anderson:max_iter=40"], 2) == 0.84
+    assert float(rows["100", "ift:max_iter=5"]["rel_err_neumann_limit"]) == 0.0212 and "2.1%" in text
