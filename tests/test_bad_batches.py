@@ -95,10 +95,7 @@ def test_an_expansive_operator_is_reported_diverged_and_never_trained_on(tmp_pat
             )
     assert statuses == []  # no optimiser step was taken
     assert any("diverged" in str(w.message) for w in caught)
-    before = torch.manual_seed(0) and setup.build_from_config(config_of(**CONFIG)).state_dict()
-    saved = load_checkpoint(tmp_path / "stopped.pt")["model"]
-    for name, tensor in saved.items():
-        assert torch.equal(tensor, before[name]), name  # the initial weights and BatchNorm statistics, untouched
+    _assert_initial_weights_saved(tmp_path)
 
 
 def test_a_non_finite_gradient_is_never_applied_and_named(tmp_path, monkeypatch):
@@ -107,7 +104,12 @@ def test_a_non_finite_gradient_is_never_applied_and_named(tmp_path, monkeypatch)
     message = r"3 consecutive batches had a non-finite gradient \(of a finite loss, [0-9.]+\) \(last: epoch 1, step"
     with pytest.raises(TrainingStopped, match=message):
         train(config_of(**CONFIG, max_bad_batches=3), tmp_path, progress=False, log=lambda m: None)
+    _assert_initial_weights_saved(tmp_path)
+
+
+def _assert_initial_weights_saved(run_dir) -> None:
+    """``stopped.pt`` holds the initial weights and BatchNorm statistics, untouched: no step was ever applied."""
     before = torch.manual_seed(0) and setup.build_from_config(config_of(**CONFIG)).state_dict()
-    saved = load_checkpoint(tmp_path / "stopped.pt")["model"]
+    saved = load_checkpoint(run_dir / "stopped.pt")["model"]
     for name, tensor in saved.items():
-        assert torch.equal(tensor, before[name]), name  # the initial weights and BatchNorm statistics, untouched
+        assert torch.equal(tensor, before[name]), name

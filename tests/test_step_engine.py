@@ -65,30 +65,17 @@ def test_sgd_constant_and_no_clipping_take_the_plain_gradient_step():
     assert clipped_step == pytest.approx(0.1 * 100.0 / 200.0, rel=1e-5)  # the gradient's norm clipped to 1
 
 
-def test_a_non_finite_loss_raises_by_default_and_is_skipped_on_request():
-    with pytest.raises(JfbError, match=r"a non-finite loss \(nan\) at step 1; .*--bad-batches skip"):
-        training = _training(bad={1})
+@pytest.mark.parametrize(
+    ("kind", "what"),
+    [("bad", r"a non-finite loss \(nan\)"), ("bad_gradient", r"a non-finite gradient \(of a finite loss, [0-9.-]+\)")],
+)
+def test_a_non_finite_loss_or_gradient_raises_by_default_and_is_skipped_on_request(kind, what):
+    """Neither is ever applied: a skipped step leaves the weights and the schedule as they were."""
+    with pytest.raises(JfbError, match=rf"{what} at step 1; .*--bad-batches skip"):
+        training = _training(**{kind: {1}})
         for index in range(3):
             training.step(index)
-    training = _training(bad={1}, bad_batches="skip")
-    training.step(0)
-    weights = training.model.weight.detach().clone()
-    training.step(1)
-    assert torch.equal(weights, training.model.weight) and training.measured.skipped == 1
-    training.step(2)
-    assert training.result().skipped == 1 and len(training.result().losses) == 2
-    training = _training(steps=20, bad=set(range(20)), bad_batches="skip")
-    with pytest.raises(JfbError, match=f"{MAX_BAD_BATCHES} consecutive batches had a non-finite loss"):
-        for index in range(20):
-            training.step(index)
-
-
-def test_a_non_finite_gradient_of_a_finite_loss_is_never_applied():
-    with pytest.raises(JfbError, match=r"a non-finite gradient \(of a finite loss, [0-9.-]+\) at step 1; "):
-        training = _training(bad_gradient={1})
-        for index in range(3):
-            training.step(index)
-    training = _training(bad_gradient={1}, bad_batches="skip")
+    training = _training(**{kind: {1}}, bad_batches="skip")
     training.step(0)
     weights = [p.detach().clone() for p in training.model.parameters()]
     rate = training.schedule.get_last_lr()
@@ -96,7 +83,12 @@ def test_a_non_finite_gradient_of_a_finite_loss_is_never_applied():
     assert all(torch.equal(w, p) for w, p in zip(weights, training.model.parameters()))
     assert training.measured.skipped == 1 and training.schedule.get_last_lr() == rate  # no step, no schedule step
     training.step(2)
-    assert all(torch.isfinite(p).all() for p in training.model.parameters()) and training.result().skipped == 1
+    assert training.result().skipped == 1 and len(training.result().losses) == 2
+    assert all(torch.isfinite(p).all() for p in training.model.parameters())
+    training = _training(steps=20, **{kind: set(range(20))}, bad_batches="skip")
+    with pytest.raises(JfbError, match=f"{MAX_BAD_BATCHES} consecutive batches had {what}"):
+        for index in range(20):
+            training.step(index)
 
 
 def test_a_gradient_non_finite_on_another_process_skips_the_step_here_too():

@@ -42,7 +42,7 @@ def train_step(run: Run, inputs: torch.Tensor, labels: torch.Tensor, index: torc
     global_batch = min(config.batch_size, len(run.data.train) - position.step * config.batch_size)
     share = labels.shape[0] * run.processes.world_size / global_batch
     total = (loss + _regularization(prediction, labels, config)) * share
-    if not run.optimization.apply(total, model, lambda flag: run.processes.any_of([flag])[0]):
+    if not run.optimization.apply(total, model, run.processes.any):
         _skip_bad_batch(run, buffers, f"a non-finite gradient (of a finite loss, {loss.item():.4g})")
         return stop
     position.consecutive_bad = 0

@@ -197,7 +197,7 @@ class Training:
             stop = stop or stopping
             if bad:
                 return self._skip(index, loss, stop, f"a non-finite loss ({loss})")
-            if not self.optimization.apply(value, self.model, self._on_any_process):
+            if not self.optimization.apply(value, self.model, self.processes.any):
                 return self._skip(index, loss, stop, f"a non-finite gradient (of a finite loss, {loss:.4g})")
             iterations += forward_iterations
         self.measured.consecutive_bad = 0
@@ -212,9 +212,6 @@ class Training:
             yield from self.loss(self.model, batch)
         else:
             yield self.loss(self.model, batch)
-
-    def _on_any_process(self, flag: bool) -> bool:
-        return self.processes.any_of([flag])[0]
 
     def _skip(self, index: int, loss: float, stop: bool, what: str) -> Stepped:
         """No optimiser step on a bad batch (``what`` made it bad): counted, and raised or skipped per
