@@ -75,6 +75,13 @@ def pyplot() -> Any | None:
     return plt
 
 
+def save_figure(fig: Any, path: Path) -> None:
+    """Lay ``fig`` out, write it to ``path`` (PNG, 100 dpi) and close it (pyplot keeps open figures alive)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
+
+
 def write_report(
     out_dir: Path,
     name: str,

@@ -26,7 +26,7 @@ from torch import nn
 import jfb
 
 from ..files import prepare_run_dir
-from ..reports import Report, markdown_table, write_report
+from ..reports import Report, markdown_table, save_figure, write_report
 from ..settings import setting
 
 MODELS = ("mnist", "elementwise")
@@ -189,9 +189,7 @@ def _plot(plt, path: Path, rows: list[dict], modes: tuple[str, ...]) -> None:
         points = [(r["max_iter"], r["peak_mib"]) for r in rows if r["backward"] == mode]
         ax.loglog(*zip(*points), marker="o", label=mode)
     ax.set_xlabel("forward iterations"), ax.set_ylabel("peak memory of a training step (MiB)"), ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

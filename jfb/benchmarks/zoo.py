@@ -22,7 +22,7 @@ from torch import nn
 from ..errors import JfbError
 from ..files import atomic_write_text, prepare_run_dir
 from ..registry import parse_value
-from ..reports import Report, csv_text, markdown_table, pyplot, write_report
+from ..reports import Report, csv_text, markdown_table, pyplot, save_figure, write_report
 from ..settings import setting
 from ..workloads import WORKLOADS, Workload, get_workload
 from ..workloads.curves import BudgetCurves
@@ -159,6 +159,4 @@ def plot_engines(plt, path: Path, cases: list[dict[str, Any]], curves: BudgetCur
         curves.draw(ax, [c for c in cases if c["engine"] == engine])
         ax.set_title(engine)
     axes[0][0].set_ylabel(curves.accuracy), axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import JfbError
 from ..files import prepare_run_dir
-from ..reports import Report, markdown_table, write_report
+from ..reports import Report, markdown_table, save_figure, write_report
 from ..settings import setting
 from ..train import EpochRecord, TrainConfig, TrainResult, load_target, train
 from ..train.recipes import merge_settings, migrate_legacy_keys
@@ -198,6 +198,4 @@ def _plot(plt, path: Path, curves: dict[str, list[EpochRecord]]) -> None:
     labels = [("epoch", "test accuracy (%)"), ("training time (s)", "test accuracy (%)"), ("epoch", "train loss")]
     for ax, (xlabel, ylabel) in zip(axes, labels):
         ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

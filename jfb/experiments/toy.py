@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..files import prepare_run_dir
 from ..layer import ImplicitLayer
-from ..reports import Report, key_value_table, write_report
+from ..reports import Report, key_value_table, save_figure, write_report
 from ..settings import setting
 
 ROOT_BOUND = 5 ** (-0.25)
@@ -94,6 +94,4 @@ def _plot(plt, path: Path, grid: Tensor, truth: Tensor, learned: Tensor) -> None
     ax.plot(grid[:, 0], truth[:, 0], label="true y(d): y = d + y^5")
     ax.plot(grid[:, 0], learned[:, 0], "--", label="fixed point of learned T")
     ax.set_xlabel("d"), ax.set_ylabel("y"), ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import StorageError
 from ..files import atomic_write_text
-from ..reports import MISSING_MATPLOTLIB, csv_text, pyplot
+from ..reports import MISSING_MATPLOTLIB, csv_text, pyplot, save_figure
 from .records import EpochRecord
 
 
@@ -107,8 +107,6 @@ def plot_curves(run_dir: Path, records: list[EpochRecord], log=print) -> Path | 
     for name in ("train", "val", "test"):
         right.plot(epochs, [getattr(r, f"{name}_acc") for r in records], marker="o", label=name)
     right.set_xlabel("epoch"), right.set_ylabel("accuracy (%)"), right.legend()
-    fig.tight_layout()
     path = run_dir / "curves.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..reports import save_figure
 from ..train.supervision import SegmentLoss
 
 
@@ -69,6 +70,4 @@ class BudgetCurves:
         fig, ax = plt.subplots(figsize=(5.5, 4))
         self.draw(ax, rows)
         ax.set_ylabel(self.accuracy), ax.set_title(self.title), ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        save_figure(fig, path)

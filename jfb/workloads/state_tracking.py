@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import JfbError, unknown_name
+from ..reports import save_figure
 from ..settings import setting
 from ..train.supervision import SegmentLoss
 from .base import Placement, Workload, to_device
@@ -197,9 +198,7 @@ def plot_comparison(plt, path: Path, rows: list[dict[str, Any]], label: str = ""
         ax.plot([int(r["length"]) for r in mine], [float(r["accuracy"]) for r in mine], marker="o", label=engine)
     ax.set_xscale("log", base=2), ax.set_xlabel("word length"), ax.set_ylabel("positions right")
     ax.set_title(label or "state tracking: trained on the shortest length"), ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 WORKLOAD = Workload(
