@@ -3,7 +3,6 @@ API reference from the docstrings."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -11,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from modules import from_file
 
 pytest.importorskip("mkdocs")
 
@@ -46,10 +46,7 @@ def test_the_site_builds_strictly_and_runs_its_tutorials(site):
 
 
 def _docs_check():
-    spec = importlib.util.spec_from_file_location("docs_check", ROOT / "scripts" / "docs_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return from_file(ROOT / "scripts" / "docs_check.py")
 
 
 def test_link_checker_finds_broken_links_missing_anchors_and_images(tmp_path):

@@ -4,12 +4,12 @@ seed's own interleaved run, and a metric taken from one test case on request."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from modules import from_file
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "exact-gradients-summary.py"
 ZOO = ["workload", "engine", "metric", "value", "ms_per_step", "backward_misses", "time_vs_first"]
@@ -48,10 +48,7 @@ def runs(tmp_path: Path) -> list[Path]:
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("summary", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return from_file(SCRIPT)
 
 
 def test_only_the_engines_of_every_seed_are_summarised_with_each_seeds_own_ratio(runs):
