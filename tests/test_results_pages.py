@@ -173,10 +173,13 @@ def test_the_exact_gradients_tables_are_their_summaries_of_three_seeds(runs, sum
     _check_summary_table([folder / f"{runs}{seed}" for seed in range(3)], summary_file, section)
 
 
+SUDOKU_34 = {"givens": "34", "max_iter": "256"}  # the training difficulty, at 256 iterations
+
+
 @pytest.mark.parametrize(
     ("workload", "case", "summary_file", "section"),
     [
-        ("sudoku", {"givens": "34", "max_iter": "256"}, "sudoku-34-summary.csv", "### Sudoku: three seeds, 34 givens"),
+        ("sudoku", SUDOKU_34, "sudoku-34-summary.csv", "### Sudoku: three seeds, 34 givens"),
         ("sudoku", None, "sudoku-summary.csv", "### Sudoku: three seeds, 26 givens"),
         ("mazes", None, "mazes-summary.csv", "### Mazes: three seeds"),
     ],
@@ -186,9 +189,6 @@ def test_the_looped_exact_gradient_tables_are_their_summaries_of_three_seeds(wor
     folder = RESULTS / "exact-gradients"
     runs = [RESULTS / "looped" / f"{workload}-zoo", *(folder / f"{workload}-seed{seed}" for seed in (1, 2))]
     _check_summary_table(runs, summary_file, section, case)
-
-
-SUDOKU_34 = {"givens": "34", "max_iter": "256"}  # the training difficulty, at 256 iterations
 
 
 @pytest.mark.parametrize(
@@ -206,10 +206,15 @@ def test_the_looped_shine_unroll_and_truncated_tables_are_their_summaries(runs, 
     _check_summary_table([folder / f"{runs}{seed}" for seed in range(3)], summary_file, section, case)
 
 
+def _overview_rows() -> list[list[str]]:
+    """The rows (workload, engine, mean, vs jfb, file) of the exact-gradients page's every-workload overview."""
+    text = _section(RESULTS / "exact-gradients.md", "### Every workload, every engine")
+    return [r for r in _table_rows(text) if len(r) == 5 and r[0] in WORKLOADS]
+
+
 def test_every_workloads_overview_row_is_its_summary_file():
     """The overview's rows come from the summaries of the sections below it: each cell is its file's, rounded."""
-    text = _section(RESULTS / "exact-gradients.md", "### Every workload, every engine")
-    rows = [r for r in _table_rows(text) if len(r) == 5 and r[0] in WORKLOADS]
+    rows = _overview_rows()
     assert {r[0] for r in rows} == set(WORKLOADS) and len(rows) >= 30
     for workload, engine, mean, ratio, source in rows:
         if not source.endswith(".csv)"):  # no summary: the cell says why (torchdeq's non-finite loss)
@@ -433,9 +438,8 @@ def test_the_guides_choice_of_engine_per_workload_is_the_overviews_best():
     """The command-line guide names each workload's best engine and best exact-gradient (`ift...`) engine: the
     overview's best 3-seed mean among torch-jfb's engines (the language model's bits per byte: the lowest)."""
     guide = _section(RESULTS.parent / "guide" / "command-line.md", "### Which gradient to train a workload with")
-    overview = _section(RESULTS / "exact-gradients.md", "### Every workload, every engine")
     means: dict[str, dict[str, float]] = {}
-    for workload, engine, mean, *_ in (r for r in _table_rows(overview) if len(r) == 5 and r[0] in WORKLOADS):
+    for workload, engine, mean, *_ in _overview_rows():
         if not engine.startswith("`torchdeq") and mean != "does not train":
             means.setdefault(workload, {})[engine.strip("`")] = float(mean) * (-1 if workload == "lm" else 1)
     rows = [r for r in _table_rows(guide) if len(r) == 3 and r[0] in WORKLOADS]
